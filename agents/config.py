@@ -1,0 +1,113 @@
+"""Hyperparameters: one dataclass per agent is the single source of truth.
+
+The same dataclass feeds `PPO(policy, env, **hyperparameters)`, the presets and the CLI's
+`--hp key=value`. Each field's `metadata["help"]` is its documentation (shown by --help-hp).
+Derived sizes are properties, never fields filled in at run time.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from rlgeom.schedules import validate_schedule
+
+
+def hp(default, help: str):
+    """A hyperparameter field with its documentation."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: json.loads(json.dumps(default)), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class OnPolicyConfig:
+    """Hyperparameters every on-policy agent shares (SB3's names where SB3 has one)."""
+
+    n_steps: int = hp(2048, "environment steps per env per rollout")
+    gamma: float = hp(0.99, "discount factor")
+    gae_lambda: float = hp(0.95, "GAE(λ) trade-off between bias and variance")
+    normalize_advantage: bool = hp(True, "normalise advantages to zero mean, unit std")
+    normalize_observations: bool = hp(False, "running mean/std observation normalisation (saved with the model)")
+    normalize_reward: bool = hp(False, "scale rewards by the running std of the discounted return (as VecNormalize)")
+
+    def validate(self, n_envs: int) -> None:
+        """Raise ValueError naming the first impossible value and what is accepted."""
+        positive_int(self, "n_steps")
+        in_range(self, "gamma", 0.0, 1.0)
+        in_range(self, "gae_lambda", 0.0, 1.0)
+
+    @classmethod
+    def field_help(cls) -> dict[str, tuple[object, str]]:
+        out = {}
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            out[f.name] = (default, f.metadata.get("help", ""))
+        return out
+
+    @classmethod
+    def build(cls, overrides: dict) -> "OnPolicyConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(
+                f"unknown hyperparameter(s) {', '.join(unknown)} for {cls.__name__}; accepted: {', '.join(sorted(names))}"
+            )
+        return cls(**overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def parse_hp_value(text: str):
+    """CLI value: a Python/JSON literal (3e-4, True, None, {"kind": ...}) or a bare string. No eval."""
+    for loader in (json.loads, ast.literal_eval):
+        try:
+            return loader(text)
+        except (ValueError, SyntaxError):
+            continue
+    if text in ("true", "false"):
+        return text == "true"
+    return text
+
+
+def positive_int(cfg, name: str) -> None:
+    v = getattr(cfg, name)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+
+def in_range(cfg, name: str, lo: float, hi: float) -> None:
+    v = getattr(cfg, name)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v <= hi):
+        raise ValueError(f"{name} must be a number in [{lo}, {hi}], got {v!r}")
+
+
+def positive(cfg, name: str, allow_none: bool = False) -> None:
+    v = getattr(cfg, name)
+    if v is None and allow_none:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+        raise ValueError(f"{name} must be > 0{' or None' if allow_none else ''}, got {v!r}")
+
+
+def non_negative(cfg, name: str) -> None:
+    v = getattr(cfg, name)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+        raise ValueError(f"{name} must be >= 0, got {v!r}")
+
+
+def schedule(cfg, name: str) -> None:
+    validate_schedule(name, getattr(cfg, name))
+
+
+def divides(cfg, name: str, total: int, what: str) -> None:
+    positive_int(cfg, name)
+    v = getattr(cfg, name)
+    if total % v:
+        divisors = [d for d in range(1, total + 1) if total % d == 0]
+        shown = ", ".join(map(str, divisors[-8:]))
+        raise ValueError(f"{name}={v} does not divide {what} ({total}); accepted: a divisor such as {shown}")
+

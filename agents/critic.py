@@ -1,0 +1,34 @@
+"""Fitting the value function V_φ to the λ-returns: shared by VPG, NPG and TRPO."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rlgeom.buffer import RolloutBuffer
+
+
+def fit_value_function(
+    policy, optimizer: torch.optim.Optimizer, buffer: RolloutBuffer, n_epochs: int, batch_size: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """n_epochs of minibatch regression of V(s) on the returns; the mean loss of the last epoch.
+
+    The optimiser holds only critic parameters, so this never moves the policy.
+    """
+    losses = []
+    for _ in range(n_epochs):
+        losses = []
+        for batch in buffer.minibatches(batch_size, generator):
+            loss = F.mse_loss(policy.value(batch.obs), batch.returns)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+    return torch.stack(losses).mean()
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
+    """1 - Var[returns - values] / Var[returns] (SB3's train/explained_variance)."""
+    var = returns.var()
+    return torch.where(var > 0, 1 - (returns - values).var() / var, torch.full_like(var, float("nan")))

@@ -1,0 +1,108 @@
+"""PPO-clip (Schulman et al. 2017, "Proximal Policy Optimization Algorithms").
+
+    for iteration = 1, 2, ...
+        collect n_steps × n_envs transitions with π_old; compute GAE advantages Â and returns
+        for epoch = 1..n_epochs, for each minibatch:
+            r = π_θ(a|s) / π_old(a|s)
+            L_clip = E[min(r Â, clip(r, 1-ε, 1+ε) Â)]             (first-order stand-in for TRPO's KL ball)
+            L = -L_clip + c_v (V_φ(s) - R)² - c_e H[π_θ]
+            stop the epochs early if the estimated KL(π_old ‖ π_θ) > 1.5 target_kl
+            Adam step on L with gradient-norm clipping
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from agents import config as c
+from agents.base import OnPolicyAgent
+from agents.config import OnPolicyConfig, hp
+from agents.critic import explained_variance
+from rlgeom.schedules import schedule_value
+
+
+@dataclass
+class PPOConfig(OnPolicyConfig):
+    """PPO's hyperparameters (defaults: SB3's, which follow the paper's MuJoCo settings)."""
+
+    learning_rate: float | dict = hp(3e-4, "Adam step size, or a schedule dict")
+    batch_size: int = hp(64, "minibatch size; must divide n_steps * n_envs")
+    n_epochs: int = hp(10, "passes over the rollout per update")
+    clip_range: float | dict = hp(0.2, "ε of the clipped ratio, or a schedule dict")
+    clip_range_vf: float | None = hp(None, "clip the value change around V_old (None: no value clipping)")
+    ent_coef: float = hp(0.0, "entropy bonus coefficient c_e")
+    vf_coef: float = hp(0.5, "value loss coefficient c_v")
+    max_grad_norm: float = hp(0.5, "gradient-norm clipping threshold")
+    target_kl: float | None = hp(None, "stop the epochs when the estimated KL(π_old‖π) exceeds 1.5× this")
+
+    def validate(self, n_envs: int) -> None:
+        super().validate(n_envs)
+        c.schedule(self, "learning_rate")
+        c.schedule(self, "clip_range")
+        c.divides(self, "batch_size", self.n_steps * n_envs, "the rollout size n_steps * n_envs")
+        c.positive_int(self, "n_epochs")
+        c.positive(self, "clip_range_vf", allow_none=True)
+        c.non_negative(self, "ent_coef")
+        c.non_negative(self, "vf_coef")
+        c.positive(self, "max_grad_norm")
+        c.positive(self, "target_kl", allow_none=True)
+
+
+class PPO(OnPolicyAgent):
+    Config = PPOConfig
+    algo = "ppo"
+
+    def _setup(self) -> None:
+        lr = schedule_value(self.config.learning_rate, 1.0)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=lr, eps=1e-5)
+
+    def update(self, buffer, progress_remaining: float) -> dict:
+        cfg = self.config
+        lr = schedule_value(cfg.learning_rate, progress_remaining)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        eps = schedule_value(cfg.clip_range, progress_remaining)
+        totals, n_minibatches, stopped_early = {}, 0, False
+        for epoch in range(cfg.n_epochs):
+            for batch in buffer.minibatches(cfg.batch_size, self.generator, cfg.normalize_advantage):
+                dist = self.policy.get_distribution(batch.obs)
+                log_ratio = dist.log_prob(batch.actions) - batch.old_log_probs
+                ratio = log_ratio.exp()
+                # The next two lines are the clipped surrogate objective.
+                unclipped, clipped = ratio * batch.advantages, ratio.clamp(1 - eps, 1 + eps) * batch.advantages
+                policy_loss = -torch.min(unclipped, clipped).mean()
+                values = self.policy.value(batch.obs)
+                if cfg.clip_range_vf is not None:
+                    values = batch.old_values + (values - batch.old_values).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
+                value_loss = F.mse_loss(values, batch.returns)
+                entropy_loss = -dist.entropy().mean()
+                loss = policy_loss + cfg.ent_coef * entropy_loss + cfg.vf_coef * value_loss
+                with torch.no_grad():  # k3 estimator of KL(π_old ‖ π_θ) (Schulman, "Approximating KL")
+                    approx_kl = ((ratio - 1) - log_ratio).mean()
+                    clip_fraction = ((ratio - 1).abs() > eps).float().mean()
+                if cfg.target_kl is not None and approx_kl > 1.5 * cfg.target_kl:
+                    stopped_early = True
+                    break
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                _accumulate(totals, policy_loss=policy_loss, value_loss=value_loss, entropy_loss=entropy_loss,
+                            approx_kl=approx_kl, clip_fraction=clip_fraction, loss=loss)
+                n_minibatches += 1
+            if stopped_early:
+                break
+        stats = {f"train/{k}": (v / max(n_minibatches, 1)).item() for k, v in totals.items()}
+        stats.update({
+            "train/learning_rate": lr, "train/clip_range": eps, "train/n_epochs_done": epoch + (not stopped_early),
+            "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()).item(),
+        })
+        return stats
+
+
+def _accumulate(totals: dict, **values: torch.Tensor) -> None:
+    for key, value in values.items():
+        totals[key] = totals.get(key, 0.0) + value.detach()

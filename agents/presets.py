@@ -1,0 +1,87 @@
+"""Tuned per-task presets: data only, each with the source it came from.
+
+`preset(algo, env_id)` returns {"n_envs", "timesteps", "policy", "policy_kwargs",
+"hyperparameters", "source"}: the task's entry if there is one, else the family's (MuJoCo,
+Atari), else the agent's defaults. `rlgeom.zoo` in a source means rl-baselines3-zoo's
+hyperparams/<algo>.yml; its `normalize: true` (VecNormalize) maps to normalize_observations and
+normalize_reward. gSDE (`use_sde`) has no rlgeom counterpart and is left out.
+"""
+
+from __future__ import annotations
+
+import copy
+
+DEFAULT_ENV = "CartPole-v1"
+MUJOCO_TASKS = (
+    "Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "Ant-v5", "Swimmer-v5", "InvertedPendulum-v5",
+    "InvertedDoublePendulum-v5", "Humanoid-v5", "Reacher-v5",
+)
+NORMALIZE = {"normalize_observations": True, "normalize_reward": True}
+ZOO_MUJOCO_NET = {"log_std_init": -2.0, "ortho_init": False, "activation_fn": "relu",
+                  "net_arch": {"pi": [256, 256], "vf": [256, 256]}}
+
+
+def _p(n_envs, timesteps, hyperparameters, source, policy="MlpPolicy", policy_kwargs=None):
+    return {"n_envs": n_envs, "timesteps": int(timesteps), "policy": policy,
+            "policy_kwargs": policy_kwargs or {}, "hyperparameters": hyperparameters, "source": source}
+
+
+PRESETS: dict[str, dict[str, dict]] = {
+    "ppo": {
+        "default": _p(1, 1e6, {}, "SB3 PPO defaults (the paper's MuJoCo settings)"),
+        "CartPole-v1": _p(8, 1e5, {
+            "n_steps": 32, "batch_size": 256, "gae_lambda": 0.8, "gamma": 0.98, "n_epochs": 20, "ent_coef": 0.0,
+            "learning_rate": {"kind": "linear", "start": 1e-3, "end": 0.0},
+            "clip_range": {"kind": "linear", "start": 0.2, "end": 0.0}}, "rl-zoo ppo.yml CartPole-v1"),
+        "Pendulum-v1": _p(4, 1e5, {
+            "n_steps": 1024, "gae_lambda": 0.95, "gamma": 0.9, "n_epochs": 10, "ent_coef": 0.0,
+            "learning_rate": 1e-3, "clip_range": 0.2}, "rl-zoo ppo.yml Pendulum-v1 (without gSDE)"),
+        "Acrobot-v1": _p(16, 1e6, {
+            **NORMALIZE, "n_steps": 256, "gae_lambda": 0.94, "gamma": 0.99, "n_epochs": 4, "ent_coef": 0.0},
+            "rl-zoo ppo.yml Acrobot-v1"),
+        "MountainCarContinuous-v0": _p(1, 2e4, {
+            **NORMALIZE, "batch_size": 256, "n_steps": 8 * 32, "gamma": 0.9999, "learning_rate": 7.77e-5,
+            "ent_coef": 0.00429, "clip_range": 0.1, "n_epochs": 10, "gae_lambda": 0.9, "max_grad_norm": 5.0,
+            "vf_coef": 0.19}, "rl-zoo ppo.yml MountainCarContinuous-v0 (without gSDE; n_steps 256, not 8)",
+            policy_kwargs={"log_std_init": -3.29, "ortho_init": False}),
+        "Hopper-v5": _p(1, 1e6, {
+            **NORMALIZE, "batch_size": 32, "n_steps": 512, "gamma": 0.999, "learning_rate": 9.80828e-05,
+            "ent_coef": 0.00229519, "clip_range": 0.2, "n_epochs": 5, "gae_lambda": 0.99, "max_grad_norm": 0.7,
+            "vf_coef": 0.835671}, "rl-zoo ppo.yml Hopper-v3", policy_kwargs=ZOO_MUJOCO_NET),
+        "HalfCheetah-v5": _p(1, 1e6, {
+            **NORMALIZE, "batch_size": 64, "n_steps": 512, "gamma": 0.98, "learning_rate": 2.0633e-05,
+            "ent_coef": 0.000401762, "clip_range": 0.1, "n_epochs": 20, "gae_lambda": 0.92, "max_grad_norm": 0.8,
+            "vf_coef": 0.58096}, "rl-zoo ppo.yml HalfCheetah-v3", policy_kwargs=ZOO_MUJOCO_NET),
+        "Walker2d-v5": _p(1, 1e6, {
+            **NORMALIZE, "batch_size": 32, "n_steps": 512, "gamma": 0.99, "learning_rate": 5.05041e-05,
+            "ent_coef": 0.000585045, "clip_range": 0.1, "n_epochs": 20, "gae_lambda": 0.95, "max_grad_norm": 1.0,
+            "vf_coef": 0.871923}, "rl-zoo ppo.yml Walker2d-v3", policy_kwargs=ZOO_MUJOCO_NET),
+        "mujoco": _p(1, 1e6, {**NORMALIZE}, "rl-zoo ppo.yml mujoco defaults (normalize, SB3 PPO defaults)"),
+        "atari": _p(8, 1e7, {
+            "n_steps": 128, "n_epochs": 4, "batch_size": 256, "vf_coef": 0.5, "ent_coef": 0.01,
+            "learning_rate": {"kind": "linear", "start": 2.5e-4, "end": 0.0},
+            "clip_range": {"kind": "linear", "start": 0.1, "end": 0.0}}, "rl-zoo ppo.yml atari", policy="CnnPolicy"),
+    },
+    "vpg": {
+        "default": _p(1, 1e6, {}, "Spinning Up VPG defaults (pi_lr 3e-4, vf_lr 1e-3, λ 0.97, 4000 steps/epoch)"),
+        "CartPole-v1": _p(4, 1e5, {"n_steps": 500, "learning_rate": 3e-3, "batch_size": 500},
+                          "rlgeom: Spinning Up VPG with a larger actor step for the 1e5-step budget"),
+        "mujoco": _p(1, 1e6, {"normalize_observations": True}, "Spinning Up VPG defaults + observation normalisation"),
+    },
+}
+
+
+def task_family(env_id: str) -> str | None:
+    if env_id in MUJOCO_TASKS or env_id.split("-v")[0] in {t.split("-v")[0] for t in MUJOCO_TASKS}:
+        return "mujoco"
+    if env_id.startswith("ALE/") or "NoFrameskip" in env_id:
+        return "atari"
+    return None
+
+
+def preset(algo: str, env_id: str) -> dict:
+    """The preset for (algo, env_id); a torch-native id uses its Gymnasium twin's preset."""
+    table = PRESETS.get(algo, {})
+    key = env_id[len("torch/"):] if env_id.startswith("torch/") else env_id
+    entry = table.get(key) or table.get(task_family(key) or "") or table.get("default") or _p(1, 1e6, {}, "agent defaults")
+    return copy.deepcopy(entry)

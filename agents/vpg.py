@@ -1,0 +1,80 @@
+"""Vanilla policy gradient: REINFORCE with GAE advantages and a learned value baseline
+(Williams 1992; Schulman et al. 2016 for GAE; Spinning Up's VPG for the structure).
+
+    for iteration = 1, 2, ...
+        collect n_steps × n_envs transitions with π_θ; compute GAE advantages Â and returns R
+        g = ∇_θ E[log π_θ(a|s) Â] (+ c_e ∇_θ H[π_θ])
+        one Adam step on the actor along g                       (Euclidean steepest ascent)
+        fit V_φ to R: n_critic_updates epochs of minibatch regression (critic optimiser only)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from agents import config as c
+from agents.base import OnPolicyAgent
+from agents.config import OnPolicyConfig, hp
+from agents.critic import explained_variance, fit_value_function
+from rlgeom.schedules import schedule_value
+
+
+@dataclass
+class VPGConfig(OnPolicyConfig):
+    """VPG's hyperparameters (defaults after Spinning Up: pi_lr 3e-4, vf_lr 1e-3, λ 0.97)."""
+
+    n_steps: int = hp(4000, "environment steps per env per rollout")
+    gae_lambda: float = hp(0.97, "GAE(λ)")
+    learning_rate: float | dict = hp(3e-4, "the actor's Adam step size, or a schedule dict")
+    vf_learning_rate: float = hp(1e-3, "the critic's Adam step size")
+    n_critic_updates: int = hp(10, "epochs of critic regression per update")
+    batch_size: int = hp(256, "critic minibatch size; must divide n_steps * n_envs")
+    ent_coef: float = hp(0.0, "entropy bonus coefficient")
+    max_grad_norm: float | None = hp(None, "clip the actor's gradient norm (None: no clipping)")
+
+    def validate(self, n_envs: int) -> None:
+        super().validate(n_envs)
+        c.schedule(self, "learning_rate")
+        c.positive(self, "vf_learning_rate")
+        c.positive_int(self, "n_critic_updates")
+        c.divides(self, "batch_size", self.n_steps * n_envs, "the rollout size n_steps * n_envs")
+        c.non_negative(self, "ent_coef")
+        c.positive(self, "max_grad_norm", allow_none=True)
+
+
+class VPG(OnPolicyAgent):
+    Config = VPGConfig
+    algo = "vpg"
+    needs_separate_networks = True
+
+    def _setup(self) -> None:
+        cfg = self.config
+        self.actor_optimizer = torch.optim.Adam(self.policy.actor_parameters(), lr=schedule_value(cfg.learning_rate, 1))
+        self.critic_optimizer = torch.optim.Adam(self.policy.critic_parameters(), lr=cfg.vf_learning_rate)
+
+    def update(self, buffer, progress_remaining: float) -> dict:
+        cfg = self.config
+        batch = buffer.full_batch(cfg.normalize_advantage)
+        lr = schedule_value(cfg.learning_rate, progress_remaining)
+        for group in self.actor_optimizer.param_groups:
+            group["lr"] = lr
+        dist = self.policy.get_distribution(batch.obs)
+        policy_loss = -(dist.log_prob(batch.actions) * batch.advantages).mean()
+        entropy = dist.entropy().mean()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        (policy_loss - cfg.ent_coef * entropy).backward()
+        if cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.policy.actor_parameters(), cfg.max_grad_norm)
+        self.actor_optimizer.step()
+        with torch.no_grad():
+            approx_kl = (batch.old_log_probs - self.policy.get_distribution(batch.obs).log_prob(batch.actions)).mean()
+        value_loss = fit_value_function(
+            self.policy, self.critic_optimizer, buffer, cfg.n_critic_updates, cfg.batch_size, self.generator
+        )
+        return {
+            "train/policy_loss": policy_loss.item(), "train/value_loss": value_loss.item(),
+            "train/entropy_loss": -entropy.item(), "train/approx_kl": approx_kl.item(), "train/learning_rate": lr,
+            "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()).item(),
+        }

@@ -1,0 +1,79 @@
+"""Gymnasium vector envs behind rlgeom's tensor interface."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv as GymVectorEnv
+
+from envs.base import StepResult, VecEnv
+from envs.boundary import EpisodeTracker, check_finite, to_action_array, to_obs_tensor
+
+
+class GymnasiumVecEnv(VecEnv):
+    """Wraps a `gymnasium.vector.VectorEnv` that autoresets on the same step (SAME_STEP)."""
+
+    def __init__(self, vec_env: GymVectorEnv, device: torch.device | str = "cpu", env_id: str | None = None):
+        mode = vec_env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+        if mode != AutoresetMode.SAME_STEP:
+            raise ValueError(
+                f"the gymnasium vector env autoresets with {mode}; rlgeom needs same-step autoreset so no step is "
+                "wasted and time-limit bootstraps see the final observation. Build it with "
+                "vector_kwargs={'autoreset_mode': gymnasium.vector.AutoresetMode.SAME_STEP} "
+                "(or pass the env id / a single gymnasium.Env and rlgeom builds it)"
+            )
+        self._env = vec_env
+        self.num_envs = vec_env.num_envs
+        self.device = torch.device(device)
+        self.single_observation_space = vec_env.single_observation_space
+        self.single_action_space = vec_env.single_action_space
+        self.env_id = env_id
+        self._discrete = isinstance(self.single_action_space, (spaces.Discrete, spaces.MultiDiscrete))
+        self._episodes = EpisodeTracker(self.num_envs)
+        self._t = 0
+
+    @property
+    def backend(self):
+        return self._env
+
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        obs, _ = self._env.reset(seed=seed)
+        self._episodes.reset()
+        check_finite(obs, "observation", self._t, self.env_id)
+        return to_obs_tensor(obs, self.device)
+
+    def step(self, actions: torch.Tensor) -> StepResult:
+        self._t += 1
+        obs, reward, terminated, truncated, info = self._env.step(to_action_array(actions, self._discrete))
+        done = terminated | truncated
+        final_obs = obs
+        if done.any():  # host-side numpy: the env lives on the host anyway
+            final_obs = obs.copy()
+            for i in np.flatnonzero(info["_final_obs"]):
+                final_obs[i] = info["final_obs"][i]
+        check_finite(obs, "observation", self._t, self.env_id)
+        check_finite(final_obs, "final observation", self._t, self.env_id)
+        check_finite(reward, "reward", self._t, self.env_id)
+        ep_return, ep_length = self._episodes.step(reward, done, _recorded_episodes(info, done))
+        as_t = lambda x, dtype: torch.as_tensor(x, dtype=dtype).to(self.device, non_blocking=True)  # noqa: E731
+        return StepResult(
+            obs=to_obs_tensor(obs, self.device),
+            reward=as_t(reward, torch.float32),
+            terminated=as_t(terminated, torch.bool),
+            truncated=as_t(truncated & ~terminated, torch.bool),
+            final_obs=to_obs_tensor(final_obs, self.device),
+            episode_return=as_t(ep_return, torch.float32),
+            episode_length=as_t(ep_length, torch.int64),
+        )
+
+    def close(self) -> None:
+        self._env.close()
+
+
+def _recorded_episodes(info: dict, done: np.ndarray):
+    """Episode returns recorded by a RecordEpisodeStatistics wrapper (Atari: the unclipped score)."""
+    final = info.get("final_info", {})
+    if not done.any() or "episode" not in final:
+        return None
+    return final["episode"]["r"], final["episode"]["l"], final["_episode"]

@@ -1,0 +1,81 @@
+"""One entry point from whatever the user has to rlgeom's `VecEnv`."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import torch
+from gymnasium.vector import AutoresetMode
+
+from envs.atari import atari_env_kwargs, atari_wrappers, is_atari_id, register_atari
+from envs.base import VecEnv
+from envs.gymnasium_backend import GymnasiumVecEnv
+from envs.sb3_backend import SB3VecEnvAdapter, is_sb3_vec_env
+
+VECTORIZATION_MODES = ("sync", "async")
+TORCH_NATIVE_PREFIX = "torch/"
+
+
+def make_vec_env(
+    env,
+    n_envs: int = 1,
+    seed: int | None = None,
+    device: torch.device | str = "cpu",
+    vectorization: str = "sync",
+    env_kwargs: dict | None = None,
+) -> VecEnv:
+    """Build rlgeom's vectorised env from an env id, a gymnasium Env or VectorEnv, an SB3 VecEnv
+    (VecNormalize included) or an rlgeom VecEnv. `seed` is applied at the first reset."""
+    if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs < 1:
+        raise ValueError(f"n_envs must be a positive integer, got {n_envs!r}")
+    if vectorization not in VECTORIZATION_MODES:
+        raise ValueError(f"unknown vectorization {vectorization!r}; accepted: {', '.join(VECTORIZATION_MODES)}")
+    if isinstance(env, VecEnv):
+        return env
+    if isinstance(env, str):
+        return _from_id(env, n_envs, device, vectorization, env_kwargs or {})
+    if isinstance(env, gym.vector.VectorEnv):
+        return GymnasiumVecEnv(env, device, env_id=_spec_id(env))
+    if isinstance(env, gym.Env):
+        if n_envs != 1:
+            raise ValueError(
+                f"a single gymnasium.Env instance cannot be copied into n_envs={n_envs} envs; "
+                "pass the env id (or a gymnasium vector env) instead"
+            )
+        vec = gym.vector.SyncVectorEnv([lambda: env], autoreset_mode=AutoresetMode.SAME_STEP)
+        return GymnasiumVecEnv(vec, device, env_id=_spec_id(env))
+    if is_sb3_vec_env(env):
+        return SB3VecEnvAdapter(env, device)
+    raise TypeError(
+        f"unsupported env type {type(env).__name__}; accepted: an env id string, a gymnasium.Env, a "
+        "gymnasium.vector.VectorEnv, a stable_baselines3 VecEnv or an envs.base.VecEnv"
+    )
+
+
+def _from_id(env_id: str, n_envs: int, device, vectorization: str, env_kwargs: dict) -> VecEnv:
+    if env_id.startswith(TORCH_NATIVE_PREFIX):
+        from envs.torch_native import make_torch_native
+
+        return make_torch_native(env_id, n_envs, device=device)
+    wrappers = None
+    if is_atari_id(env_id):
+        register_atari()
+        env_kwargs = {**atari_env_kwargs(env_id), **env_kwargs}
+        wrappers = atari_wrappers()
+    try:
+        gym.spec(env_id)
+    except gym.error.Error as err:
+        raise ValueError(f"unknown env id {env_id!r}: {err}") from None
+    vec = gym.make_vec(
+        env_id,
+        num_envs=n_envs,
+        vectorization_mode=vectorization,
+        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+        wrappers=wrappers,
+        **env_kwargs,
+    )
+    return GymnasiumVecEnv(vec, device, env_id=env_id)
+
+
+def _spec_id(env) -> str | None:
+    spec = getattr(env, "spec", None)
+    return spec.id if spec is not None else None

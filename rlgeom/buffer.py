@@ -1,0 +1,171 @@
+"""The rollout buffer every rlgeom agent shares, and GAE(λ).
+
+All storage is torch tensors of shape [n_steps, n_envs, ...] on the agent's device.
+
+| field            | shape                     | meaning                                               |
+|------------------|---------------------------|-------------------------------------------------------|
+| obs              | [T, N, *obs]              | observation the action was taken in (float or uint8)  |
+| actions          | [T, N, *act]              | sampled (unclipped) actions                           |
+| log_probs        | [T, N]                    | log π_old(a|s) at collection time                     |
+| values           | [T, N]                    | V_old(s)                                              |
+| rewards          | [T, N]                    | r_t                                                   |
+| terminated       | [T, N] bool               | s' is terminal: no bootstrap                          |
+| dones            | [T, N] bool               | the episode ended (terminated or truncated)           |
+| episode_starts   | [T, N] bool               | s_t is the first observation of an episode            |
+| next_obs         | [T, N, *obs]              | the true successor s'_t (the final obs when done)     |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_values: torch.Tensor,
+    terminated: torch.Tensor,
+    dones: torch.Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE(λ) advantages and λ-returns over [T, N] tensors.
+
+    next_values[t] = V(s'_t), the value of the true successor of step t (for a truncated episode,
+    its final observation: a time limit is not a terminal state, see SB3 issue #633).
+        δ_t = r_t + γ (1 - terminated_t) V(s'_t) - V(s_t)
+        A_t = δ_t + γ λ (1 - done_t) A_{t+1}
+    `terminated` kills the bootstrap; `done` (terminated or truncated) cuts the λ-trace.
+    """
+    not_terminal = (~terminated).to(values.dtype)
+    continues = (~dones).to(values.dtype)
+    deltas = rewards + gamma * not_terminal * next_values - values
+    advantages = torch.empty_like(values)
+    running = torch.zeros_like(values[0])
+    for t in range(values.shape[0] - 1, -1, -1):
+        running = deltas[t] + gamma * gae_lambda * continues[t] * running
+        advantages[t] = running
+    return advantages, advantages + values
+
+
+@dataclass
+class Batch:
+    """A flat (minibatch or full) view of the rollout: one row per transition."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    old_log_probs: torch.Tensor
+    old_values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.obs.shape[0]
+
+
+class RolloutBuffer:
+    """Preallocated on-policy storage for one rollout of n_steps × n_envs transitions."""
+
+    def __init__(
+        self,
+        n_steps: int,
+        n_envs: int,
+        obs_shape: tuple[int, ...],
+        obs_dtype: torch.dtype,
+        action_shape: tuple[int, ...],
+        action_dtype: torch.dtype,
+        device: torch.device,
+    ):
+        self.n_steps, self.n_envs, self.device = n_steps, n_envs, device
+        shape = (n_steps, n_envs)
+        z = dict(device=device)
+        self.obs = torch.zeros(shape + tuple(obs_shape), dtype=obs_dtype, **z)
+        self.next_obs = torch.zeros_like(self.obs)
+        self.actions = torch.zeros(shape + tuple(action_shape), dtype=action_dtype, **z)
+        self.log_probs = torch.zeros(shape, **z)
+        self.values = torch.zeros(shape, **z)
+        self.rewards = torch.zeros(shape, **z)
+        self.terminated = torch.zeros(shape, dtype=torch.bool, **z)
+        self.dones = torch.zeros(shape, dtype=torch.bool, **z)
+        self.episode_starts = torch.zeros(shape, dtype=torch.bool, **z)
+        # Finished-episode statistics, read once per rollout (no per-step host sync).
+        self.episode_returns = torch.zeros(shape, **z)
+        self.episode_lengths = torch.zeros(shape, dtype=torch.long, **z)
+        self.advantages = torch.zeros(shape, **z)
+        self.returns = torch.zeros(shape, **z)
+        self.pos = 0
+
+    @property
+    def full(self) -> bool:
+        return self.pos == self.n_steps
+
+    def reset(self) -> None:
+        self.pos = 0
+
+    def add(self, obs, actions, log_probs, values, episode_starts, step) -> None:
+        """Store one vector step; `step` is the envs.base.StepResult that followed the action."""
+        t = self.pos
+        self.obs[t] = obs
+        self.actions[t] = actions
+        self.log_probs[t] = log_probs
+        self.values[t] = values
+        self.episode_starts[t] = episode_starts
+        self.rewards[t] = step.reward
+        self.terminated[t] = step.terminated
+        self.dones[t] = step.done
+        self.next_obs[t] = step.final_obs
+        self.episode_returns[t] = step.episode_return
+        self.episode_lengths[t] = step.episode_length
+        self.pos += 1
+
+    def compute_advantages(self, value_fn, gamma: float, gae_lambda: float) -> None:
+        """Fill advantages and returns; `value_fn` maps observations [B, *obs] to values [B]."""
+        with torch.no_grad():
+            next_values = value_fn(self.next_obs.flatten(0, 1)).reshape(self.n_steps, self.n_envs)
+        self.advantages, self.returns = compute_gae(
+            self.rewards, self.values, next_values, self.terminated, self.dones, gamma, gae_lambda
+        )
+
+    def finished_episodes(self) -> tuple[list[float], list[int]]:
+        """Returns and lengths of the episodes that ended in this rollout (one host transfer)."""
+        mask = self.dones[: self.pos]
+        returns = self.episode_returns[: self.pos][mask]
+        lengths = self.episode_lengths[: self.pos][mask]
+        return returns.tolist(), lengths.tolist()
+
+    def full_batch(self, normalize_advantage: bool = False) -> Batch:
+        """Every transition at once (the second-order agents' view)."""
+        flat = lambda x: x.flatten(0, 1)  # noqa: E731
+        advantages = flat(self.advantages)
+        if normalize_advantage:
+            advantages = normalize(advantages)
+        return Batch(
+            flat(self.obs), flat(self.actions), flat(self.log_probs), flat(self.values), advantages, flat(self.returns)
+        )
+
+    def minibatches(
+        self, batch_size: int, generator: torch.Generator | None = None, normalize_advantage: bool = False
+    ) -> Iterator[Batch]:
+        """One shuffled pass over the rollout: every transition exactly once.
+
+        Advantages are normalised per minibatch when asked (as SB3's PPO does).
+        """
+        full = self.full_batch()
+        n = len(full)
+        order = torch.randperm(n, generator=generator, device="cpu").to(self.device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            advantages = full.advantages[idx]
+            if normalize_advantage and len(idx) > 1:
+                advantages = normalize(advantages)
+            yield Batch(
+                full.obs[idx], full.actions[idx], full.old_log_probs[idx], full.old_values[idx], advantages,
+                full.returns[idx],
+            )
+
+
+def normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    return (x - x.mean()) / (x.std() + eps)

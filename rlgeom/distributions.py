@@ -1,0 +1,156 @@
+"""Action distributions and their Fisher information on the distribution parameters.
+
+The actor network outputs one flat tensor of *distribution parameters* per observation; a family
+object turns it into a `torch.distributions.Distribution` and knows the analytic Fisher of the
+distribution with respect to those parameters (what the Gauss-Newton Fisher-vector product needs).
+
+| family            | parameters per sample (last dim)          | Fisher on those parameters            |
+|-------------------|-------------------------------------------|---------------------------------------|
+| Categorical(n)    | logits [n]                                | diag(p) - p pᵀ                        |
+| MultiCategorical  | logits of every sub-space, concatenated   | block-diagonal, one block per space   |
+| DiagGaussian(d)   | [mean (d), log σ (d)]                     | diag(1/σ², 2)                         |
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import distributions as D
+from torch.distributions.kl import register_kl
+
+
+class MultiCategorical(D.Distribution):
+    """Independent categoricals, one per sub-space of a `MultiDiscrete` action space."""
+
+    arg_constraints: dict = {}
+    has_enumerate_support = False
+
+    def __init__(self, logits: torch.Tensor, nvec: tuple[int, ...], validate_args=None):
+        self.nvec = tuple(int(n) for n in nvec)
+        self.logits = logits
+        self.parts = [D.Categorical(logits=chunk) for chunk in torch.split(logits, self.nvec, dim=-1)]
+        super().__init__(batch_shape=logits.shape[:-1], event_shape=(len(self.nvec),), validate_args=False)
+
+    def sample(self, sample_shape=torch.Size()):
+        return torch.stack([p.sample(sample_shape) for p in self.parts], dim=-1)
+
+    def log_prob(self, value):
+        return sum(p.log_prob(value[..., i]) for i, p in enumerate(self.parts))
+
+    def entropy(self):
+        return sum(p.entropy() for p in self.parts)
+
+    @property
+    def mode(self):
+        return torch.stack([p.probs.argmax(-1) for p in self.parts], dim=-1)
+
+    @property
+    def mean(self):  # pragma: no cover - not meaningful for categorical actions, kept for the API
+        return self.mode.float()
+
+
+@register_kl(MultiCategorical, MultiCategorical)
+def _kl_multicategorical(p: MultiCategorical, q: MultiCategorical) -> torch.Tensor:
+    return sum(D.kl_divergence(a, b) for a, b in zip(p.parts, q.parts))
+
+
+class ActionDistribution(abc.ABC):
+    """A family of action distributions parameterised by one flat tensor per sample."""
+
+    #: width of the parameter vector the actor must output per observation
+    param_dim: int
+    #: shape of one action as stored in the rollout buffer
+    action_shape: tuple[int, ...]
+    #: dtype of actions in the rollout buffer
+    action_dtype: torch.dtype
+
+    @abc.abstractmethod
+    def distribution(self, params: torch.Tensor) -> D.Distribution:
+        """The torch distribution for a batch of parameters [B, param_dim]."""
+
+    @abc.abstractmethod
+    def fisher_product(self, params: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Per-sample F_dist(params) @ v, both of shape [B, param_dim]."""
+
+    def fisher_matrix(self, params: torch.Tensor) -> torch.Tensor:
+        """Per-sample explicit Fisher [B, P, P] (slow; for tests and small analyses)."""
+        eye = torch.eye(self.param_dim, dtype=params.dtype, device=params.device)
+        cols = [self.fisher_product(params, eye[i].expand_as(params)) for i in range(self.param_dim)]
+        return torch.stack(cols, dim=-1)
+
+
+def _categorical_fisher_product(logits: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    p = torch.softmax(logits, dim=-1)
+    return p * v - p * (p * v).sum(-1, keepdim=True)
+
+
+class CategoricalFamily(ActionDistribution):
+    def __init__(self, n: int):
+        self.n = int(n)
+        self.param_dim = self.n
+        self.action_shape = ()
+        self.action_dtype = torch.long
+
+    def distribution(self, params):
+        return D.Categorical(logits=params)
+
+    def fisher_product(self, params, v):
+        return _categorical_fisher_product(params, v)
+
+
+class MultiCategoricalFamily(ActionDistribution):
+    def __init__(self, nvec):
+        self.nvec = tuple(int(n) for n in nvec)
+        self.param_dim = sum(self.nvec)
+        self.action_shape = (len(self.nvec),)
+        self.action_dtype = torch.long
+
+    def distribution(self, params):
+        return MultiCategorical(params, self.nvec)
+
+    def fisher_product(self, params, v):
+        blocks = zip(torch.split(params, self.nvec, -1), torch.split(v, self.nvec, -1))
+        return torch.cat([_categorical_fisher_product(lg, vb) for lg, vb in blocks], dim=-1)
+
+
+class DiagGaussianFamily(ActionDistribution):
+    """Diagonal Gaussian; parameters are [mean, log σ] so its Fisher is diag(1/σ², 2)."""
+
+    def __init__(self, action_dim: int):
+        self.action_dim = int(action_dim)
+        self.param_dim = 2 * self.action_dim
+        self.action_shape = (self.action_dim,)
+        self.action_dtype = torch.float32
+
+    def split(self, params):
+        return params[..., : self.action_dim], params[..., self.action_dim :]
+
+    def distribution(self, params):
+        mean, log_std = self.split(params)
+        return D.Independent(D.Normal(mean, log_std.exp()), 1)
+
+    def fisher_product(self, params, v):
+        _, log_std = self.split(params)
+        v_mean, v_log_std = self.split(v)
+        return torch.cat([v_mean * torch.exp(-2.0 * log_std), 2.0 * v_log_std], dim=-1)
+
+
+def family_for_space(action_space) -> ActionDistribution:
+    """The distribution family for a Gymnasium action space (Discrete, MultiDiscrete, Box)."""
+    from gymnasium import spaces
+
+    if isinstance(action_space, spaces.Discrete):
+        return CategoricalFamily(action_space.n)
+    if isinstance(action_space, spaces.MultiDiscrete):
+        if action_space.nvec.ndim != 1:
+            raise ValueError(f"MultiDiscrete action spaces must be 1-D, got nvec shape {action_space.nvec.shape}")
+        return MultiCategoricalFamily(action_space.nvec.tolist())
+    if isinstance(action_space, spaces.Box):
+        if len(action_space.shape) != 1:
+            raise ValueError(f"Box action spaces must be 1-D, got shape {action_space.shape}")
+        return DiagGaussianFamily(action_space.shape[0])
+    raise ValueError(
+        f"unsupported action space {action_space!r}; accepted: Discrete, MultiDiscrete, 1-D Box"
+    )
+

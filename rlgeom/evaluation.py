@@ -1,0 +1,32 @@
+"""Evaluating a policy on whole episodes through rlgeom's env interface (any backend)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def evaluate(agent, env, n_episodes: int = 10, deterministic: bool = True, seed: int | None = None):
+    """(mean, std) of the returns of the first n_episodes finished episodes on `env` (a VecEnv).
+
+    Episodes are counted per env so that short episodes do not dominate (as SB3's evaluate_policy).
+    """
+    n = env.num_envs
+    targets = np.array([(n_episodes + i) // n for i in range(n)])
+    counts = np.zeros(n, dtype=int)
+    returns: list[float] = []
+    obs = env.reset(seed=seed)
+    while (counts < targets).any():
+        with torch.no_grad():
+            dist = agent.policy.get_distribution(obs)
+            actions = dist.mode if deterministic else dist.sample()
+        step = env.step(agent._env_actions(actions))
+        obs = step.obs
+        done = step.done.cpu().numpy()
+        if done.any():
+            ep_returns = step.episode_return.cpu().numpy()
+            for i in np.flatnonzero(done):
+                if counts[i] < targets[i]:
+                    returns.append(float(ep_returns[i]))
+                    counts[i] += 1
+    return float(np.mean(returns)), float(np.std(returns))

@@ -1,0 +1,67 @@
+"""Running observation normalisation, kept as module buffers so it is saved with the weights."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RunningNormalizer(nn.Module):
+    """(x - mean) / sqrt(var + eps), clipped; statistics merged batch-wise (Chan et al.).
+
+    Statistics change only through `update` (the agent calls it once per rollout, after the
+    update), so log-probabilities stored during a rollout and recomputed in the update agree.
+    """
+
+    def __init__(self, shape: tuple[int, ...], clip: float = 10.0, eps: float = 1e-8, enabled: bool = True):
+        super().__init__()
+        self.clip, self.eps, self.enabled = clip, eps, enabled
+        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(0.0, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        mean, std = self.mean.to(x.dtype), torch.sqrt(self.var + self.eps).to(x.dtype)
+        return torch.clamp((x - mean) / std, -self.clip, self.clip)
+
+    @torch.no_grad()
+    def update(self, batch: torch.Tensor) -> None:
+        if not self.enabled:
+            return
+        batch = batch.reshape(-1, *self.mean.shape).to(torch.float64)
+        n = batch.shape[0]
+        b_mean, b_var = batch.mean(0), batch.var(0, unbiased=False)
+        total = self.count + n
+        delta = b_mean - self.mean
+        m2 = self.var * self.count + b_var * n + delta.pow(2) * self.count * n / total
+        self.mean.add_(delta * n / total)
+        self.var.copy_(m2 / total)
+        self.count.copy_(total)
+
+
+class RewardScaler(nn.Module):
+    """Divide rewards by the running std of the discounted return (what SB3's VecNormalize does).
+
+    Applied to a whole rollout at once before GAE; the logged episode returns stay unscaled.
+    """
+
+    def __init__(self, gamma: float, clip: float = 10.0, eps: float = 1e-8):
+        super().__init__()
+        self.gamma, self.clip, self.eps = gamma, clip, eps
+        self.return_stats = RunningNormalizer(())
+        self._discounted: torch.Tensor | None = None  # per-env running return, carried across rollouts
+
+    @torch.no_grad()
+    def scale_rollout(self, rewards: torch.Tensor, dones: torch.Tensor) -> torch.Tensor:
+        if self._discounted is None or self._discounted.shape != rewards.shape[1:]:
+            self._discounted = torch.zeros_like(rewards[0])
+        seen = torch.empty_like(rewards)
+        for t in range(rewards.shape[0]):
+            self._discounted = self._discounted * self.gamma + rewards[t]
+            seen[t] = self._discounted
+            self._discounted = self._discounted * (~dones[t]).to(rewards.dtype)
+        self.return_stats.update(seen.reshape(-1))
+        std = torch.sqrt(self.return_stats.var + self.eps).to(rewards.dtype)
+        return torch.clamp(rewards / std, -self.clip, self.clip)

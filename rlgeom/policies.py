@@ -1,0 +1,224 @@
+"""Actor-critic policies: "MlpPolicy" (vector observations) and "CnnPolicy" (Nature CNN, images).
+
+The policy contract, once:
+
+| member                    | maps                                   | shape                        |
+|---------------------------|----------------------------------------|------------------------------|
+| actor_inputs(obs)         | raw obs -> network input (normalised)  | [B, *obs] -> [B, *obs]       |
+| actor(x)                  | network input -> distribution params   | [B, *obs] -> [B, P]          |
+| critic(x)                 | network input -> state value           | [B, *obs] -> [B]             |
+| get_distribution(obs)     | raw obs -> torch Distribution          | batch shape [B]              |
+| value(obs)                | raw obs -> V(s)                        | [B]                          |
+| family                    | rlgeom.distributions.ActionDistribution (params -> distribution, its Fisher) |
+
+Actor and critic are separate modules (the critic's optimiser never sees actor parameters); a CNN
+feature extractor may be shared between them (`share_features_extractor`, the default for
+"CnnPolicy", as SB3 does), which only the joint-loss agents (PPO, ACKTR) accept.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from rlgeom.distributions import ActionDistribution, DiagGaussianFamily, family_for_space
+from rlgeom.normalization import RunningNormalizer
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU}
+POLICY_NAMES = ("MlpPolicy", "CnnPolicy")
+#: how the Gaussian's state-independent scale is parameterised (the reparameterisation experiments)
+SCALE_PARAMETERISATIONS = ("log_std", "std", "var")
+
+
+def is_image_space(space) -> bool:
+    return isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
+
+
+def mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), activation()]
+    return nn.Sequential(*layers)
+
+
+def orthogonal_init(module: nn.Module, gain: float) -> None:
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.orthogonal_(m.weight, gain=gain)
+            nn.init.zeros_(m.bias)
+
+
+class NatureCNN(nn.Module):
+    """Mnih et al. 2015's torso: uint8 [B, C, 84, 84] frames -> 512 features."""
+
+    def __init__(self, obs_shape: tuple[int, int, int], features_dim: int = 512):
+        super().__init__()
+        c = obs_shape[0]
+        self.convs = nn.Sequential(
+            nn.Conv2d(c, 32, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            n_flat = self.convs(torch.zeros(1, *obs_shape)).shape[1]
+        self.linear = nn.Sequential(nn.Linear(n_flat, features_dim), nn.ReLU())
+        self.features_dim = features_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.convs(x.float() / 255.0))
+
+
+class GaussianScale(nn.Module):
+    """The state-independent scale σ of a diagonal Gaussian, stored as log σ, σ or σ².
+
+    forward() always returns log σ, so the distribution parameters (and their Fisher
+    diag(1/σ², 2)) are the same whichever parameterisation is trained.
+    """
+
+    def __init__(self, action_dim: int, log_std_init: float, parameterisation: str):
+        super().__init__()
+        if parameterisation not in SCALE_PARAMETERISATIONS:
+            raise ValueError(
+                f"unknown scale parameterisation {parameterisation!r}; accepted: {', '.join(SCALE_PARAMETERISATIONS)}"
+            )
+        self.parameterisation = parameterisation
+        init = {"log_std": log_std_init, "std": math.exp(log_std_init), "var": math.exp(2 * log_std_init)}
+        self.raw = nn.Parameter(torch.full((action_dim,), float(init[parameterisation])))
+
+    def forward(self) -> torch.Tensor:
+        if self.parameterisation == "log_std":
+            return self.raw
+        if self.parameterisation == "std":
+            return torch.log(self.raw.clamp_min(1e-8))
+        return 0.5 * torch.log(self.raw.clamp_min(1e-16))
+
+
+class Actor(nn.Module):
+    """features -> hidden layers -> distribution parameters (a flat tensor [B, P])."""
+
+    def __init__(self, features: nn.Module, body: nn.Module, body_out: int, family: ActionDistribution, **gauss):
+        super().__init__()
+        self.features, self.body = features, body
+        if isinstance(family, DiagGaussianFamily):
+            self.head = nn.Linear(body_out, family.action_dim)
+            self.scale = GaussianScale(family.action_dim, gauss["log_std_init"], gauss["scale_parameterisation"])
+        else:
+            self.head = nn.Linear(body_out, family.param_dim)
+            self.scale = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.head(self.body(self.features(x)))
+        if self.scale is None:
+            return out
+        return torch.cat([out, self.scale().expand_as(out)], dim=-1)
+
+
+class Critic(nn.Module):
+    def __init__(self, features: nn.Module, body: nn.Module, body_out: int):
+        super().__init__()
+        self.features, self.body, self.head = features, body, nn.Linear(body_out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(self.features(x))).squeeze(-1)
+
+
+class ActorCriticPolicy(nn.Module):
+    """Separate actor and critic networks over optionally normalised observations."""
+
+    def __init__(
+        self,
+        observation_space,
+        action_space,
+        policy: str = "MlpPolicy",
+        net_arch: dict | list | None = None,
+        activation_fn: str = "tanh",
+        ortho_init: bool = True,
+        log_std_init: float = 0.0,
+        scale_parameterisation: str = "log_std",
+        share_features_extractor: bool | None = None,
+        features_dim: int = 512,
+        normalize_observations: bool = False,
+    ):
+        super().__init__()
+        if policy not in POLICY_NAMES:
+            raise ValueError(f"unknown policy {policy!r}; accepted: {', '.join(POLICY_NAMES)}")
+        if activation_fn not in ACTIVATIONS:
+            raise ValueError(f"unknown activation_fn {activation_fn!r}; accepted: {', '.join(ACTIVATIONS)}")
+        self.family = family_for_space(action_space)
+        self.observation_space, self.action_space = observation_space, action_space
+        self.policy_name = policy
+        obs_shape = tuple(observation_space.shape)
+        image = is_image_space(observation_space)
+        if policy == "CnnPolicy" and not image:
+            raise ValueError(
+                f"CnnPolicy needs uint8 image observations [C, H, W], got {observation_space}; use MlpPolicy"
+            )
+        if policy == "MlpPolicy" and (image or len(obs_shape) != 1):
+            raise ValueError(
+                f"MlpPolicy needs 1-D vector observations, got shape {obs_shape}; use CnnPolicy for images"
+            )
+        pi_sizes, vf_sizes = _split_net_arch(net_arch, default=[64, 64] if policy == "MlpPolicy" else [])
+        act = ACTIVATIONS[activation_fn]
+        share = (policy == "CnnPolicy") if share_features_extractor is None else share_features_extractor
+        self.share_features_extractor = share
+        # Images are not normalised by running statistics (the CNN scales uint8 by 1/255).
+        self.obs_normalizer = RunningNormalizer(obs_shape, enabled=normalize_observations and not image)
+
+        def features():
+            return NatureCNN(obs_shape, features_dim) if policy == "CnnPolicy" else nn.Flatten()
+
+        in_dim = features_dim if policy == "CnnPolicy" else obs_shape[0]
+        actor_features = features()
+        critic_features = actor_features if share else features()
+        self.actor = Actor(
+            actor_features, mlp([in_dim] + pi_sizes, act), ([in_dim] + pi_sizes)[-1], self.family,
+            log_std_init=log_std_init, scale_parameterisation=scale_parameterisation,
+        )
+        self.critic = Critic(critic_features, mlp([in_dim] + vf_sizes, act), ([in_dim] + vf_sizes)[-1])
+        if ortho_init:  # SB3 / Baselines gains: sqrt(2) hidden, 0.01 policy head, 1 value head
+            for module in (self.actor.features, self.actor.body, self.critic.features, self.critic.body):
+                orthogonal_init(module, math.sqrt(2))
+            orthogonal_init(self.actor.head, 0.01)
+            orthogonal_init(self.critic.head, 1.0)
+
+    def actor_parameters(self) -> list[nn.Parameter]:
+        return list(self.actor.parameters())
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        return list(self.critic.parameters())
+
+    def actor_inputs(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.obs_normalizer(obs)
+
+    def dist_params(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor(self.actor_inputs(obs))
+
+    def get_distribution(self, obs: torch.Tensor):
+        return self.family.distribution(self.dist_params(obs))
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.critic(self.actor_inputs(obs))
+
+    def forward(self, obs: torch.Tensor, deterministic: bool = False):
+        """(actions, values, log_probs) for a batch of raw observations."""
+        dist = self.get_distribution(obs)
+        actions = dist.mode if deterministic else dist.sample()
+        return actions, self.value(obs), dist.log_prob(actions)
+
+
+def _split_net_arch(net_arch, default: list[int]) -> tuple[list[int], list[int]]:
+    """SB3's net_arch: a list (same sizes for both) or dict(pi=[...], vf=[...])."""
+    if net_arch is None:
+        return list(default), list(default)
+    if isinstance(net_arch, (list, tuple)) and all(isinstance(n, int) and n > 0 for n in net_arch):
+        return list(net_arch), list(net_arch)
+    if isinstance(net_arch, dict) and set(net_arch) <= {"pi", "vf"}:
+        sizes = [list(net_arch.get(k, default)) for k in ("pi", "vf")]
+        if all(isinstance(n, int) and n > 0 for s in sizes for n in s):
+            return sizes[0], sizes[1]
+    raise ValueError(f"invalid net_arch {net_arch!r}; accepted: a list of positive ints or dict(pi=[...], vf=[...])")

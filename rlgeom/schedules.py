@@ -1,0 +1,42 @@
+"""Schedules as data: a float (constant) or {"kind": "linear", "start": a, "end": b}.
+
+`progress_remaining` goes from 1 at the start of training to 0 at the end (SB3's convention).
+Being plain data, a schedule is saved as JSON and never pickled.
+"""
+
+from __future__ import annotations
+
+KINDS = ("constant", "linear")
+
+
+def validate_schedule(name: str, spec) -> None:
+    """Raise ValueError naming `name` unless `spec` is a schedule whose start is > 0 and end >= 0."""
+    values = _values(name, spec)
+    for v in values:
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v or v < 0:
+            raise ValueError(f"{name} must be a non-negative number or a schedule dict, got {spec!r}")
+    if values[0] <= 0:
+        raise ValueError(f"{name} must be > 0, got {spec!r}")
+
+
+def schedule_value(spec, progress_remaining: float) -> float:
+    if isinstance(spec, dict):
+        kind = spec.get("kind", "constant")
+        if kind == "linear":
+            return spec["end"] + (spec["start"] - spec["end"]) * progress_remaining
+        return spec["value"]
+    return float(spec)
+
+
+def _values(name: str, spec) -> list:
+    if not isinstance(spec, dict):
+        return [spec]
+    kind = spec.get("kind")
+    if kind == "linear" and set(spec) == {"kind", "start", "end"}:
+        return [spec["start"], spec["end"]]
+    if kind == "constant" and set(spec) == {"kind", "value"}:
+        return [spec["value"]]
+    raise ValueError(
+        f"invalid schedule for {name}: {spec!r}; accepted: a number, "
+        '{"kind": "linear", "start": a, "end": b} or {"kind": "constant", "value": a}'
+    )

@@ -1,0 +1,111 @@
+"""Saved models: one safetensors file whose header metadata holds the JSON description.
+
+Nothing is ever unpickled: weights are read by safetensors, everything else is JSON. Every
+problem with a file raises `ModelFileError` naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+FORMAT = "rlgeom-model"
+FORMAT_VERSION = 1
+SUFFIX = ".safetensors"
+
+
+class ModelFileError(ValueError):
+    """A saved model that cannot be used: missing, truncated, corrupted, edited or mismatched."""
+
+
+def model_path(path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    return path if path.endswith(SUFFIX) else path + SUFFIX
+
+
+def space_to_json(space) -> dict:
+    if isinstance(space, spaces.Discrete):
+        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
+    if isinstance(space, spaces.MultiDiscrete):
+        return {"type": "MultiDiscrete", "nvec": space.nvec.tolist()}
+    if isinstance(space, spaces.Box):
+        return {
+            "type": "Box", "shape": list(space.shape), "dtype": str(space.dtype),
+            "low": space.low.tolist(), "high": space.high.tolist(),
+        }
+    raise ModelFileError(f"cannot save a model for space {space!r}")
+
+
+def space_from_json(d: dict):
+    kind = d.get("type")
+    if kind == "Discrete":
+        return spaces.Discrete(d["n"], start=d.get("start", 0))
+    if kind == "MultiDiscrete":
+        return spaces.MultiDiscrete(d["nvec"])
+    if kind == "Box":
+        dtype = np.dtype(d["dtype"])
+        return spaces.Box(np.array(d["low"], dtype=dtype), np.array(d["high"], dtype=dtype), tuple(d["shape"]), dtype)
+    raise ValueError(f"unknown space type {kind!r}")
+
+
+def spaces_equal(a, b) -> bool:
+    return space_to_json(a) == space_to_json(b)
+
+
+def write_model(path: str, tensors: dict[str, torch.Tensor], description: dict) -> str:
+    """Atomically write weights + description (temporary file, fsync, rename)."""
+    from safetensors.torch import save
+
+    path = model_path(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "description": json.dumps(description)}
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=meta)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_model(path: str, device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, description) of a saved model; ModelFileError on any problem with the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    resolved = model_path(path) if not os.path.exists(os.fspath(path)) else os.fspath(path)
+    if not os.path.isfile(resolved):
+        raise ModelFileError(f"{resolved}: no such model file")
+    with open(resolved, "rb") as f:
+        raw = f.read()
+    try:
+        meta = _header_metadata(raw)
+        tensors = load(raw)
+    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError, OverflowError) as err:
+        raise ModelFileError(f"{resolved}: not a readable safetensors model file (truncated or corrupted?): {err}")
+    if meta.get("format") != FORMAT:
+        raise ModelFileError(f"{resolved}: not an rlgeom model (no '{FORMAT}' header)")
+    if meta.get("format_version") != str(FORMAT_VERSION):
+        raise ModelFileError(
+            f"{resolved}: model format version {meta.get('format_version')!r}; this rlgeom reads version {FORMAT_VERSION}"
+        )
+    try:
+        description = json.loads(meta["description"])
+    except (KeyError, json.JSONDecodeError) as err:
+        raise ModelFileError(f"{resolved}: the model description is missing or not valid JSON: {err}")
+    return {k: v.to(device) for k, v in tensors.items()}, description
+
+
+def _header_metadata(raw: bytes) -> dict:
+    if len(raw) < 8:
+        raise ValueError("file shorter than a safetensors header")
+    n = int.from_bytes(raw[:8], "little")
+    if n <= 0 or 8 + n > len(raw):
+        raise ValueError("header length beyond the end of the file")
+    header = json.loads(raw[8 : 8 + n].decode("utf-8"))
+    return header.get("__metadata__", {}) or {}

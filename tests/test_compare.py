@@ -1,0 +1,194 @@
+"""rlgeom.compare on a synthetic TensorBoard log directory with known linear curves."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlgeom.compare import CompareError, load_runs, main, run_xy, summarize, write_report
+
+REPO = Path(__file__).resolve().parents[1]
+T975_DF1 = 12.706204736174703  # Student-t 0.975 quantile, 1 degree of freedom
+T975_DF2 = 4.302652729749464  # ... 2 degrees of freedom
+
+
+def write_run(run_dir: Path, steps, values, fps=None, tag="rollout/ep_rew_mean", meta=None, wall=None):
+    """One run directory: return (and optionally time/fps) scalars at the given steps."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if meta is not None:
+        (run_dir / "run.json").write_text(json.dumps(meta))
+    writer = SummaryWriter(str(run_dir))
+    for i, (s, v) in enumerate(zip(steps, values)):
+        writer.add_scalar(tag, v, s, walltime=None if wall is None else wall[i])
+        if fps is not None:
+            writer.add_scalar("time/fps", fps + i, s)  # last value: fps + len - 1
+    writer.flush()
+    writer.close()
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory):
+    """Two tasks x two agents (2-3 seeds), an SB3-style single-seed task, a run.json run."""
+    root = tmp_path_factory.mktemp("logs")
+    s = np.arange(0, 1001, 50)
+    for k, slope in enumerate([0.4, 0.5, 0.6]):  # CartPole-v1 / ppo: y = slope * step
+        write_run(root / "CartPole-v1" / "ppo" / f"seed{k}", s, slope * s, fps=1000 + 100 * k - (len(s) - 1))
+    s = np.arange(0, 801, 100)
+    for k in range(2):  # CartPole-v1 / vpg: y = step/4 + 20k
+        write_run(root / "CartPole-v1" / "vpg" / f"seed{k}", s, 0.25 * s + 20 * k, fps=500 + 200 * k - (len(s) - 1))
+    s = np.arange(0, 401, 100)
+    for k in range(2):  # Toy-v0 / ppo: y = step/100 + k, no time/fps
+        write_run(root / "Toy-v0" / "ppo" / f"seed{k}", s, 0.01 * s + k)
+    write_run(root / "Toy-v0" / "trpo" / "seed3", s, 0.02 * s + 2)
+    write_run(root / "Toy-v0" / "custom_dir", s, 0.02 * s, meta={"env_id": "Toy-v0", "algo": "trpo", "seed": 7})
+    s = np.arange(0, 1001, 100)
+    write_run(root / "Solo-v0" / "PPO_1", s, s / 100.0, fps=50)  # SB3 tb_log_name layout, one seed
+    write_run(root / "A2C_2", [0, 100], [1.0, 1.0])  # SB3 layout without a task
+    return root
+
+
+@pytest.fixture(scope="module")
+def tables(logdir):
+    return summarize(load_runs(logdir), {"Toy-v0": 5.0})
+
+
+def by_agent(rows):
+    return {r.agent: r for r in rows}
+
+
+def test_discovery(logdir):
+    ids = sorted((r.task, r.agent, str(r.seed)) for r in load_runs(logdir))
+    assert ids == sorted([
+        ("CartPole-v1", "ppo", "0"), ("CartPole-v1", "ppo", "1"), ("CartPole-v1", "ppo", "2"),
+        ("CartPole-v1", "vpg", "0"), ("CartPole-v1", "vpg", "1"),
+        ("Toy-v0", "ppo", "0"), ("Toy-v0", "ppo", "1"), ("Toy-v0", "trpo", "3"), ("Toy-v0", "trpo", "7"),
+        ("Solo-v0", "PPO", "1"), ("unknown", "A2C", "2"),
+    ])
+
+
+def test_cartpole_table(tables):
+    rows = by_agent(tables["CartPole-v1"])
+    ppo, vpg = rows["ppo"], rows["vpg"]
+    assert (ppo.seeds, vpg.seeds) == (3, 2)
+    assert ppo.threshold == 475.0  # gymnasium's registered reward_threshold
+    # final: mean of steps 900, 950, 1000 -> slope * 950 = 380, 475, 570
+    assert ppo.final_mean == pytest.approx(475.0)
+    assert ppo.final_ci == pytest.approx(T975_DF2 * 95.0 / np.sqrt(3))
+    # vpg final: only step 800 is in the last 10% -> 200, 220
+    assert vpg.final_mean == pytest.approx(210.0)
+    assert vpg.final_ci == pytest.approx(T975_DF1 * np.std([200, 220], ddof=1) / np.sqrt(2))
+    # AUC over the task's common range [0, 800]: mean of a line = its midpoint value
+    assert ppo.auc_range == (0.0, 800.0)
+    assert ppo.auc == pytest.approx(0.5 * 400)
+    assert vpg.auc == pytest.approx(0.25 * 400 + 10)
+    # first step >= 475: slope 0.4 never, 0.5 -> 950, 0.6 -> 800 (792 rounded up to the 50 grid)
+    assert ppo.first_reach == [None, 950.0, 800.0]
+    assert ppo.steps_to_threshold == 950.0 and ppo.reached == 2
+    assert vpg.reached == 0 and vpg.steps_to_threshold == np.inf
+    assert ppo.fps == pytest.approx(1100.0) and vpg.fps == pytest.approx(600.0)
+    assert (ppo.budget, vpg.budget) == (1000, 800)
+
+
+def test_toy_and_single_seed_tables(tables):
+    toy = by_agent(tables["Toy-v0"])
+    assert toy["ppo"].final_mean == pytest.approx(4.5)
+    assert toy["ppo"].final_ci == pytest.approx(T975_DF1 * 0.5)
+    assert toy["ppo"].auc == pytest.approx(2.5) and toy["trpo"].auc == pytest.approx(5.0)
+    assert toy["ppo"].first_reach == [None, 400.0] and toy["ppo"].steps_to_threshold == np.inf
+    assert toy["trpo"].first_reach == [200.0, 250.0 + 50.0]  # seeds "3" then "7"
+    assert toy["trpo"].steps_to_threshold == 250.0
+    assert toy["ppo"].fps is None
+    solo = tables["Solo-v0"][0]
+    assert (solo.agent, solo.seeds, solo.final_ci, solo.threshold) == ("PPO", 1, None, None)
+    assert solo.final_mean == pytest.approx(9.5) and solo.auc == pytest.approx(5.0)
+    assert solo.fps == pytest.approx(50 + 10) and any("single seed" in n for n in solo.notes)
+
+
+def test_bootstrap_two_seeds(logdir):
+    toy = by_agent(summarize(load_runs(logdir), {"Toy-v0": 5.0}, ci="bootstrap")["Toy-v0"])
+    assert toy["ppo"].final_ci == pytest.approx(0.5)  # bootstrap means span the two seeds 4 and 5
+
+
+def test_report_files_and_markdown(logdir, tmp_path):
+    paths = write_report(logdir, tmp_path / "rep", thresholds={"Toy-v0": 5.0})
+    names = {p.name for p in paths}
+    for stem in ("CartPole-v1", "Toy-v0", "Solo-v0", "unknown"):
+        assert {f"{stem}_return_vs_steps.png", f"{stem}_return_vs_time.png", f"{stem}.md"} <= names
+    assert "report.md" in names
+    for p in paths:
+        assert p.stat().st_size > 0
+        if p.suffix == ".png":
+            assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cart = (tmp_path / "rep" / "CartPole-v1.md").read_text()
+    assert f"| ppo | 3 | 475.00 ± {T975_DF2 * 95 / np.sqrt(3):.2f} | 200.00 | 950 (2/3) | 1100.0 | 1000 |" in cart
+    assert "| vpg | 2 | 210.00 ± 127.06 | 110.00 | not reached (0/2) | 600.0 | 800 |" in cart
+    solo = (tmp_path / "rep" / "Solo-v0.md").read_text()
+    assert "9.50 (1 seed, no CI)" in solo and "no threshold" in solo and "single seed" in solo
+    assert "threshold 475 (gymnasium's reward_threshold)" in cart
+    toy = (tmp_path / "rep" / "Toy-v0.md").read_text()
+    assert "| ppo | 2 | 4.50 ± 6.35 | 2.50 | not reached (1/2) | n/a | 400 |" in toy
+    assert "| trpo | 2 | 9.00 ± 12.71 | 5.00 | 250 | n/a | 400 |" in toy
+    report = (tmp_path / "rep" / "report.md").read_text()
+    assert all(f"## {t}" in report for t in ("CartPole-v1", "Toy-v0", "Solo-v0", "unknown"))
+
+
+def run_main(argv, capsys):
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def test_cli_empty_and_missing_dir(tmp_path, capsys):
+    code, err = run_main([tmp_path], capsys)
+    assert code == 2 and err.startswith("error: no TensorBoard event files") and "Traceback" not in err
+    code, err = run_main([tmp_path / "nope"], capsys)
+    assert code == 2 and "does not exist" in err
+
+
+def test_cli_missing_return_tag(tmp_path, capsys):
+    write_run(tmp_path / "Toy-v0" / "ppo" / "seed0", [0, 100], [1.0, 2.0])
+    write_run(tmp_path / "Toy-v0" / "ppo" / "seed1", [0, 100], [1.0, 2.0], tag="train/loss")
+    code, err = run_main([tmp_path], capsys)
+    assert code == 2 and "seed1" in err and "rollout/ep_rew_mean" in err and "train/loss" in err
+
+
+def test_cli_unreadable_file_and_bad_threshold(tmp_path, capsys, logdir):
+    bad = tmp_path / "Toy-v0" / "ppo" / "seed0" / "events.out.tfevents.1.host"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"this is not a tensorboard record" * 4)
+    code, err = run_main([tmp_path], capsys)
+    assert code == 2 and str(bad) in err
+    code, err = run_main([logdir, "--out", tmp_path / "o", "--threshold", "CartPole-v1"], capsys)
+    assert code == 2 and "TASK=VALUE" in err
+    code, err = run_main([logdir, "--out", tmp_path / "o", "--threshold", "Nope-v0=1"], capsys)
+    assert code == 2 and "Nope-v0" in err and "CartPole-v1" in err
+
+
+def test_wall_clock_axis(tmp_path):
+    write_run(tmp_path / "Toy-v0" / "ppo" / "seed0", [0, 100, 200], [1.0, 2.0, 3.0], wall=[1000.0, 1010.0, 1030.0])
+    (run,) = load_runs(tmp_path)
+    x, y = run_xy(run, "rollout/ep_rew_mean", "time")
+    assert x.tolist() == [0.0, 10.0, 30.0] and y.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_unidentifiable_run(tmp_path):
+    write_run(tmp_path / "just" / "a" / "folder", [0], [1.0])
+    with pytest.raises(CompareError, match="cannot tell"):
+        load_runs(tmp_path)
+
+
+def test_module_subprocess(logdir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = tmp_path / "cli"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlgeom.compare", str(logdir), "--out", str(out), "--threshold", "Toy-v0=5",
+         "--ci", "bootstrap"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "report.md").is_file() and (out / "CartPole-v1_return_vs_steps.png").stat().st_size > 0
