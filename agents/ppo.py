@@ -21,6 +21,8 @@ from agents import config as c
 from agents.base import OnPolicyAgent
 from agents.config import OnPolicyConfig, hp
 from agents.critic import explained_variance
+from rlgeom.guards import guard_finite
+from rlgeom.optim import adam, clip_grad_norm_
 from rlgeom.schedules import schedule_value
 
 
@@ -57,7 +59,7 @@ class PPO(OnPolicyAgent):
 
     def _setup(self) -> None:
         lr = schedule_value(self.config.learning_rate, 1.0)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=lr, eps=1e-5)
+        self.optimizer = adam(self.policy.parameters(), lr=lr, eps=1e-5)  # fused kernel where torch has one
 
     def update(self, buffer, progress_remaining: float) -> dict:
         cfg = self.config
@@ -66,6 +68,7 @@ class PPO(OnPolicyAgent):
             group["lr"] = lr
         eps = schedule_value(cfg.clip_range, progress_remaining)
         totals, n_minibatches, stopped_early = {}, 0, False
+        step_losses, step_grad_norms = [], []  # checked once after the epochs (one host sync); the base rolls back
         for epoch in range(cfg.n_epochs):
             for batch in buffer.minibatches(cfg.batch_size, self.generator, cfg.normalize_advantage):
                 dist = self.policy.get_distribution(batch.obs)
@@ -88,13 +91,16 @@ class PPO(OnPolicyAgent):
                     break
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                grad_norm = clip_grad_norm_(self.optimizer.param_groups[0]["params"], cfg.max_grad_norm)
                 self.optimizer.step()
+                step_losses.append(loss.detach())
+                step_grad_norms.append(grad_norm)
                 _accumulate(totals, policy_loss=policy_loss, value_loss=value_loss, entropy_loss=entropy_loss,
                             approx_kl=approx_kl, clip_fraction=clip_fraction, loss=loss)
                 n_minibatches += 1
             if stopped_early:
                 break
+        guard_finite(loss=step_losses, gradient_norm=step_grad_norms)
         stats = {f"train/{k}": (v / max(n_minibatches, 1)).item() for k, v in totals.items()}
         stats.update({
             "train/learning_rate": lr, "train/clip_range": eps, "train/n_epochs_done": epoch + (not stopped_early),

@@ -17,6 +17,9 @@ MUJOCO_TASKS = (
     "InvertedDoublePendulum-v5", "Humanoid-v5", "Reacher-v5",
 )
 NORMALIZE = {"normalize_observations": True, "normalize_reward": True}
+TRPO_MUJOCO = {**NORMALIZE, "batch_size": 128, "n_steps": 1024, "gamma": 0.99, "gae_lambda": 0.95,
+               "sub_sampling_factor": 1, "cg_max_steps": 25, "cg_damping": 0.1, "n_critic_updates": 20,
+               "learning_rate": 1e-3}
 ZOO_MUJOCO_NET = {"log_std_init": -2.0, "ortho_init": False, "activation_fn": "relu",
                   "net_arch": {"pi": [256, 256], "vf": [256, 256]}}
 
@@ -62,11 +65,53 @@ PRESETS: dict[str, dict[str, dict]] = {
             "learning_rate": {"kind": "linear", "start": 2.5e-4, "end": 0.0},
             "clip_range": {"kind": "linear", "start": 0.1, "end": 0.0}}, "rl-zoo ppo.yml atari", policy="CnnPolicy"),
     },
+    "trpo": {
+        "default": _p(1, 1e6, {}, "sb3-contrib TRPO defaults (δ 0.01, 15 CG steps, damping 0.1)"),
+        "CartPole-v1": _p(2, 1e5, {
+            "n_steps": 512, "batch_size": 512, "cg_damping": 1e-3, "gae_lambda": 0.98, "gamma": 0.99,
+            "learning_rate": 1e-3, "n_critic_updates": 20}, "rl-zoo trpo.yml CartPole-v1"),
+        "Pendulum-v1": _p(2, 1e5, {"n_steps": 1024, "gamma": 0.9, "n_critic_updates": 15},
+                          "rl-zoo trpo.yml Pendulum-v1 (without gSDE)"),
+        "Acrobot-v1": _p(2, 1e5, {**NORMALIZE, "n_steps": 1024}, "rl-zoo trpo.yml Acrobot-v1"),
+        "MountainCarContinuous-v0": _p(2, 5e4, {**NORMALIZE}, "rl-zoo trpo.yml MountainCarContinuous-v0 (without gSDE)"),
+        "HalfCheetah-v5": _p(2, 1e6, {**TRPO_MUJOCO, "max_kl": 0.04}, "rl-zoo trpo.yml HalfCheetah-v4 (target_kl 0.04)"),
+        "mujoco": _p(2, 1e6, TRPO_MUJOCO, "rl-zoo trpo.yml mujoco defaults (Hopper-v4, Walker2d-v4, Ant-v4)"),
+    },
+    "npg": {
+        "default": _p(1, 1e6, {}, "TRPO's defaults without the line search"),
+        "CartPole-v1": _p(2, 1e5, {
+            "n_steps": 512, "batch_size": 512, "cg_damping": 1e-3, "gae_lambda": 0.98, "gamma": 0.99,
+            "learning_rate": 1e-3, "n_critic_updates": 20}, "rl-zoo trpo.yml CartPole-v1 (TRPO's tuned values)"),
+        "Pendulum-v1": _p(2, 1e5, {"n_steps": 1024, "gamma": 0.9, "n_critic_updates": 15},
+                          "rl-zoo trpo.yml Pendulum-v1 (TRPO's tuned values)"),
+        "Acrobot-v1": _p(2, 1e5, {**NORMALIZE, "n_steps": 1024}, "rl-zoo trpo.yml Acrobot-v1 (TRPO's)"),
+        "MountainCarContinuous-v0": _p(2, 5e4, {**NORMALIZE}, "rl-zoo trpo.yml MountainCarContinuous-v0 (TRPO's)"),
+        "mujoco": _p(2, 1e6, TRPO_MUJOCO, "rl-zoo trpo.yml mujoco defaults (TRPO's tuned values)"),
+    },
     "vpg": {
         "default": _p(1, 1e6, {}, "Spinning Up VPG defaults (pi_lr 3e-4, vf_lr 1e-3, λ 0.97, 4000 steps/epoch)"),
         "CartPole-v1": _p(4, 1e5, {"n_steps": 500, "learning_rate": 3e-3, "batch_size": 500},
                           "rlgeom: Spinning Up VPG with a larger actor step for the 1e5-step budget"),
         "mujoco": _p(1, 1e6, {"normalize_observations": True}, "Spinning Up VPG defaults + observation normalisation"),
+    },
+    # ACKTR: defaults = the paper's Atari settings via openai/baselines (agents/acktr.py lists each source);
+    # "zoo1" = rl-baselines-zoo (SB2) hyperparams/acktr.yml, whose `normalize: true` maps to NORMALIZE.
+    "acktr": {
+        "default": _p(8, 1e6, {}, "ACKTR paper / baselines defaults (lr 0.25, momentum 0.9, kl_clip 1e-3, n_steps 20)"),
+        "CartPole-v1": _p(8, 1e5, {"ent_coef": 0.0, "learning_rate": {"kind": "linear", "start": 0.25, "end": 0.0}},
+                          "zoo1 acktr.yml CartPole-v1 (n_envs 8, ent_coef 0) + baselines' linear lr decay "
+                          "(rlgeom: constant 0.25 collapsed the policy within 1e5 steps)"),
+        "Acrobot-v1": _p(16, 5e5, {**NORMALIZE, "ent_coef": 0.0}, "zoo1 acktr.yml Acrobot-v1"),
+        "Pendulum-v1": _p(4, 2e6, {"ent_coef": 0.0, "n_steps": 16, "learning_rate": 0.06},
+                          "zoo1 acktr.yml Pendulum-v0"),
+        "MountainCarContinuous-v0": _p(16, 3e5, {**NORMALIZE, "ent_coef": 0.0}, "zoo1 acktr.yml MountainCarContinuous-v0"),
+        "mujoco": _p(1, 1e6, {**NORMALIZE, "ent_coef": 0.0, "learning_rate": 0.2, "n_steps": 2048,
+                              "max_grad_norm": 10.0, "vf_coef": 0.5},
+                     "zoo1 acktr.yml HalfCheetah-v2 (without its TimeFeatureWrapper)",
+                     policy_kwargs={"net_arch": [256, 256]}),
+        "atari": _p(32, 1e7, {"learning_rate": {"kind": "linear", "start": 0.25, "end": 0.0}},
+                    "ACKTR paper / baselines run_atari (32 envs, lrschedule linear); zoo1 acktr.yml atari",
+                    policy="CnnPolicy"),
     },
 }
 

@@ -18,6 +18,7 @@ from agents import config as c
 from agents.base import OnPolicyAgent
 from agents.config import OnPolicyConfig, hp
 from agents.critic import explained_variance, fit_value_function
+from rlgeom.guards import guard_finite
 from rlgeom.schedules import schedule_value
 
 
@@ -30,7 +31,7 @@ class VPGConfig(OnPolicyConfig):
     learning_rate: float | dict = hp(3e-4, "the actor's Adam step size, or a schedule dict")
     vf_learning_rate: float = hp(1e-3, "the critic's Adam step size")
     n_critic_updates: int = hp(10, "epochs of critic regression per update")
-    batch_size: int = hp(256, "critic minibatch size; must divide n_steps * n_envs")
+    batch_size: int = hp(200, "critic minibatch size; must divide n_steps * n_envs (the default divides 4000)")
     ent_coef: float = hp(0.0, "entropy bonus coefficient")
     max_grad_norm: float | None = hp(None, "clip the actor's gradient norm (None: no clipping)")
 
@@ -67,12 +68,14 @@ class VPG(OnPolicyAgent):
         (policy_loss - cfg.ent_coef * entropy).backward()
         if cfg.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.policy.actor_parameters(), cfg.max_grad_norm)
+        guard_finite(policy_loss=policy_loss, policy_gradient=[p.grad for p in self.policy.actor_parameters()])
         self.actor_optimizer.step()
         with torch.no_grad():
             approx_kl = (batch.old_log_probs - self.policy.get_distribution(batch.obs).log_prob(batch.actions)).mean()
         value_loss = fit_value_function(
             self.policy, self.critic_optimizer, buffer, cfg.n_critic_updates, cfg.batch_size, self.generator
         )
+        guard_finite(value_loss=value_loss)  # the base rolls the critic back too
         return {
             "train/policy_loss": policy_loss.item(), "train/value_loss": value_loss.item(),
             "train/entropy_loss": -entropy.item(), "train/approx_kl": approx_kl.item(), "train/learning_rate": lr,

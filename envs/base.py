@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -35,8 +36,9 @@ class StepResult:
     episode_return: torch.Tensor
     episode_length: torch.Tensor
 
-    @property
+    @cached_property
     def done(self) -> torch.Tensor:
+        """terminated | truncated (computed once per step: the rollout reads it several times)."""
         return self.terminated | self.truncated
 
 

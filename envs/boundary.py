@@ -2,20 +2,65 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections import Counter
+
 import numpy as np
 import torch
+
+#: what to do with a NaN/inf coming out of an env: stop with NonFiniteEnvError, or replace it by 0 and count it
+NONFINITE_MODES = ("raise", "sanitize")
 
 
 class NonFiniteEnvError(RuntimeError):
     """An environment produced NaN or inf in an observation or reward."""
 
 
+class NonFiniteCounter:
+    """The policy for non-finite env output, and how many values were sanitised, per kind (obs, reward)."""
+
+    def __init__(self, mode: str = "raise"):
+        if mode not in NONFINITE_MODES:
+            raise ValueError(f"nonfinite={mode!r} is not a mode; accepted: {', '.join(map(repr, NONFINITE_MODES))}")
+        self.mode = mode
+        self.counts: Counter = Counter()
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+_POLICY: contextvars.ContextVar[NonFiniteCounter | None] = contextvars.ContextVar("rlgeom_nonfinite", default=None)
+
+
+@contextlib.contextmanager
+def nonfinite_policy(counter: NonFiniteCounter):
+    """Within this block, host backends apply `counter.mode` to non-finite env output (default: raise).
+
+    The agent sets it around its rollouts, so the backends stay unaware of the agent's option.
+    """
+    token = _POLICY.set(counter)
+    try:
+        yield counter
+    finally:
+        _POLICY.reset(token)
+
+
 def check_finite(x: np.ndarray, what: str, step: int, env_id: str | None) -> None:
+    """Raise NonFiniteEnvError naming env indices and step, or (mode "sanitize") zero them in place."""
     if x.dtype.kind == "f" and not np.isfinite(x).all():
-        bad = np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[:, 0]
+        finite = np.isfinite(x)
+        policy = _POLICY.get()
+        if policy is not None and policy.mode == "sanitize" and x.flags.writeable:
+            policy.counts[what] += int((~finite).sum())
+            x[~finite] = 0
+            return
+        bad = np.argwhere(~finite.reshape(len(x), -1))[:, 0]
         raise NonFiniteEnvError(
             f"non-finite {what} from env {env_id or '(unnamed)'} at vector step {step}, env index(es) "
-            f"{sorted(set(bad.tolist()))}; check the environment (rlgeom never trains on NaN/inf)"
+            f"{sorted(set(bad.tolist()))}; check the environment (rlgeom never trains on NaN/inf), or pass "
+            "nonfinite='sanitize' to the agent to replace such values by 0 and count them"
         )
 
 
@@ -27,8 +72,8 @@ def to_obs_tensor(obs: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def to_action_array(actions: torch.Tensor, discrete: bool) -> np.ndarray:
-    a = actions.detach().cpu().numpy()
-    return a.astype(np.int64) if discrete else a.astype(np.float32)
+    a = actions.detach().cpu().numpy()  # the env only reads it: no extra copy when the dtype already fits
+    return a.astype(np.int64, copy=False) if discrete else a.astype(np.float32, copy=False)
 
 
 class EpisodeTracker:

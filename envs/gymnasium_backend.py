@@ -52,19 +52,22 @@ class GymnasiumVecEnv(VecEnv):
             final_obs = obs.copy()
             for i in np.flatnonzero(info["_final_obs"]):
                 final_obs[i] = info["final_obs"][i]
+            check_finite(final_obs, "final observation", self._t, self.env_id)
         check_finite(obs, "observation", self._t, self.env_id)
-        check_finite(final_obs, "final observation", self._t, self.env_id)
         check_finite(reward, "reward", self._t, self.env_id)
         ep_return, ep_length = self._episodes.step(reward, done, _recorded_episodes(info, done))
-        as_t = lambda x, dtype: torch.as_tensor(x, dtype=dtype).to(self.device, non_blocking=True)  # noqa: E731
+        # The arrays below are fresh copies owned by this step (gymnasium copies what it returns, the
+        # tracker returns copies), so from_numpy's zero-copy view is safe; one .to() per field.
+        dev, nb = self.device, True
+        obs_t = to_obs_tensor(obs, dev)
         return StepResult(
-            obs=to_obs_tensor(obs, self.device),
-            reward=as_t(reward, torch.float32),
-            terminated=as_t(terminated, torch.bool),
-            truncated=as_t(truncated & ~terminated, torch.bool),
-            final_obs=to_obs_tensor(final_obs, self.device),
-            episode_return=as_t(ep_return, torch.float32),
-            episode_length=as_t(ep_length, torch.int64),
+            obs=obs_t,
+            reward=torch.from_numpy(np.asarray(reward)).to(dev, torch.float32, non_blocking=nb),
+            terminated=torch.from_numpy(np.asarray(terminated, dtype=bool)).to(dev, non_blocking=nb),
+            truncated=torch.from_numpy(truncated & ~terminated).to(dev, non_blocking=nb),
+            final_obs=obs_t if final_obs is obs else to_obs_tensor(final_obs, dev),
+            episode_return=torch.from_numpy(ep_return).to(dev, torch.float32, non_blocking=nb),
+            episode_length=torch.from_numpy(ep_length).to(dev, torch.int64, non_blocking=nb),
         )
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ distribution with respect to those parameters (what the Gauss-Newton Fisher-vect
 from __future__ import annotations
 
 import abc
+import math
 
 import torch
 from torch import distributions as D
@@ -29,7 +30,9 @@ class MultiCategorical(D.Distribution):
     def __init__(self, logits: torch.Tensor, nvec: tuple[int, ...], validate_args=None):
         self.nvec = tuple(int(n) for n in nvec)
         self.logits = logits
-        self.parts = [D.Categorical(logits=chunk) for chunk in torch.split(logits, self.nvec, dim=-1)]
+        self.parts = [
+            D.Categorical(logits=chunk, validate_args=False) for chunk in torch.split(logits, self.nvec, dim=-1)
+        ]
         super().__init__(batch_shape=logits.shape[:-1], event_shape=(len(self.nvec),), validate_args=False)
 
     def sample(self, sample_shape=torch.Size()):
@@ -73,6 +76,16 @@ class ActionDistribution(abc.ABC):
     def fisher_product(self, params: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Per-sample F_dist(params) @ v, both of shape [B, param_dim]."""
 
+    def sample_with_log_prob(self, params: torch.Tensor, deterministic: bool = False):
+        """(actions, log π(actions)) for a batch of parameters: the rollout's fast path.
+
+        Same distribution as `distribution(params).sample()` / `.log_prob()`; families override it
+        to skip building a torch Distribution object per environment step.
+        """
+        dist = self.distribution(params)
+        actions = dist.mode if deterministic else dist.sample()
+        return actions, dist.log_prob(actions)
+
     def fisher_matrix(self, params: torch.Tensor) -> torch.Tensor:
         """Per-sample explicit Fisher [B, P, P] (slow; for tests and small analyses)."""
         eye = torch.eye(self.param_dim, dtype=params.dtype, device=params.device)
@@ -93,10 +106,18 @@ class CategoricalFamily(ActionDistribution):
         self.action_dtype = torch.long
 
     def distribution(self, params):
-        return D.Categorical(logits=params)
+        return D.Categorical(logits=params, validate_args=False)
 
     def fisher_product(self, params, v):
         return _categorical_fisher_product(params, v)
+
+    def sample_with_log_prob(self, params, deterministic=False):
+        log_p = torch.log_softmax(params, dim=-1)
+        if deterministic:
+            actions = log_p.argmax(-1)
+        else:  # Gumbel-max: argmax(log p - log E), E ~ Exp(1), is a draw from Categorical(p)
+            actions = (log_p - torch.empty_like(log_p).exponential_().log()).argmax(-1)
+        return actions, log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
 
 
 class MultiCategoricalFamily(ActionDistribution):
@@ -128,12 +149,27 @@ class DiagGaussianFamily(ActionDistribution):
 
     def distribution(self, params):
         mean, log_std = self.split(params)
-        return D.Independent(D.Normal(mean, log_std.exp()), 1)
+        return D.Independent(D.Normal(mean, log_std.exp(), validate_args=False), 1, validate_args=False)
+
+    def sample_with_log_prob(self, params, deterministic=False):
+        mean, log_std = self.split(params)
+        if deterministic:
+            noise = torch.zeros_like(mean)
+            actions = mean
+        else:
+            noise = torch.randn_like(mean)
+            actions = mean + noise * log_std.exp()
+        # log N(a; μ, σ) with (a - μ)/σ = noise, summed over the action dimensions
+        log_prob = -(0.5 * noise.square() + log_std).sum(-1) - self.action_dim * _HALF_LOG_2PI
+        return actions, log_prob
 
     def fisher_product(self, params, v):
         _, log_std = self.split(params)
         v_mean, v_log_std = self.split(v)
         return torch.cat([v_mean * torch.exp(-2.0 * log_std), 2.0 * v_log_std], dim=-1)
+
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def family_for_space(action_space) -> ActionDistribution:

@@ -210,6 +210,127 @@ class ActorCriticPolicy(nn.Module):
         actions = dist.mode if deterministic else dist.sample()
         return actions, self.value(obs), dist.log_prob(actions)
 
+    # ----------------------------------------------------------------- the rollout's fast path
+    @torch.inference_mode()
+    def act(self, obs: torch.Tensor, deterministic: bool = False):
+        """(actions, values, log_probs) without autograd: what the rollout calls once per step.
+
+        Same distribution as `forward`, computed with fewer kernels: the observation is normalised
+        once for both networks, the layers are called functionally (no nn.Module dispatch), a
+        separate MLP actor and critic of equal widths run as one batched matmul per layer, and the
+        action is drawn by the family's `sample_with_log_prob` (no torch Distribution object).
+        Between `start_rollout()` and `end_rollout()` the stacked weights and normalisation
+        constants are built once (the parameters do not change during a rollout); elsewhere they
+        are rebuilt per call. Results are inference tensors: copy them (the rollout buffer does)
+        before any autograd use.
+        """
+        cache = self._rollout_cache if self._rollout_cache is not None else self._build_rollout_cache()
+        fused, norm = cache
+        x = obs if norm is None else torch.clamp((obs - norm[0]) * norm[1], -norm[2], norm[2])
+        if fused is None:
+            params, values = _functional_actor(self.actor, x), self.critic(x)
+        else:
+            params, values = self._fused_forward(fused, x)
+        actions, log_probs = self.family.sample_with_log_prob(params, deterministic)
+        return actions, values, log_probs
+
+    _rollout_cache = None
+
+    @torch.inference_mode()
+    def start_rollout(self) -> None:
+        """Freeze the rollout constants (stacked weights, normalisation) until `end_rollout()`.
+
+        Parameters must not change in between (the agents update only after the rollout);
+        optimisers such as fused Adam do not bump tensor versions, so no automatic check is made.
+        """
+        self._rollout_cache = self._build_rollout_cache()
+
+    def end_rollout(self) -> None:
+        self._rollout_cache = None
+
+    def _build_rollout_cache(self):
+        norm = self.obs_normalizer
+        constants = None
+        if norm.enabled:
+            dtype = self.actor.head.weight.dtype
+            constants = (norm.mean.to(dtype), torch.rsqrt(norm.var + norm.eps).to(dtype), norm.clip)
+        return self._fused_weights(), constants
+
+    def _fused_weights(self):
+        """Stacked actor/critic weights (layer 1: [in, 2H]; then [2, in, out] per layer), or None."""
+        if getattr(self, "_fusable", None) is None:
+            self._fusable = _can_fuse(self)
+        if not self._fusable:
+            return None
+        a_lin = [m for m in self.actor.body if isinstance(m, nn.Linear)]
+        c_lin = [m for m in self.critic.body if isinstance(m, nn.Linear)]
+        first = (torch.cat([a_lin[0].weight, c_lin[0].weight]).t().contiguous(),
+                 torch.cat([a_lin[0].bias, c_lin[0].bias]))
+        hidden = [
+            (torch.stack([a.weight.t(), c.weight.t()]).contiguous(), torch.stack([a.bias, c.bias]).unsqueeze(1))
+            for a, c in zip(a_lin[1:], c_lin[1:])
+        ]
+        ah, ch = self.actor.head, self.critic.head
+        head_w = torch.zeros(2, ah.in_features, ah.out_features, dtype=ah.weight.dtype, device=ah.weight.device)
+        head_b = torch.zeros(2, 1, ah.out_features, dtype=ah.bias.dtype, device=ah.bias.device)
+        head_w[0] = ah.weight.t()
+        head_w[1, :, 0] = ch.weight[0]
+        head_b[0, 0] = ah.bias
+        head_b[1, 0, 0] = ch.bias[0]
+        activation = _activation_fn(next(m for m in self.actor.body if not isinstance(m, nn.Linear)))
+        return first, hidden, (head_w, head_b), activation
+
+    def _fused_forward(self, fused, x: torch.Tensor):
+        (w1, b1), hidden, (head_w, head_b), act = fused
+        h = act(torch.addmm(b1, x, w1))  # [B, 2H]: both networks' first layer in one matmul
+        h = h.view(x.shape[0], 2, -1).transpose(0, 1)  # [2, B, H]
+        for w, b in hidden:
+            h = act(torch.baddbmm(b, h, w))
+        out = torch.baddbmm(head_b, h, head_w)  # [2, B, P]
+        params, values = out[0], out[1, :, 0]
+        scale = self.actor.scale
+        if scale is not None:
+            params = torch.cat([params, scale().expand_as(params)], dim=-1)
+        return params, values
+
+
+def _activation_fn(module: nn.Module):
+    """The activation as a plain function (skips nn.Module dispatch in the rollout)."""
+    if type(module) is nn.Tanh:
+        return torch.tanh
+    if type(module) is nn.ReLU:
+        return torch.relu
+    return module.forward
+
+
+def _functional_actor(actor: Actor, x: torch.Tensor) -> torch.Tensor:
+    """Actor.forward for MLP actors without per-module dispatch (CNN actors: the module call)."""
+    if not isinstance(actor.features, nn.Flatten) or x.dim() != 2:
+        return actor(x)
+    for m in actor.body:
+        x = torch.nn.functional.linear(x, m.weight, m.bias) if isinstance(m, nn.Linear) else _activation_fn(m)(x)
+    out = torch.nn.functional.linear(x, actor.head.weight, actor.head.bias)
+    if actor.scale is None:
+        return out
+    return torch.cat([out, actor.scale().expand_as(out)], dim=-1)
+
+
+def _can_fuse(policy: "ActorCriticPolicy") -> bool:
+    """Separate MLP actor and critic with the same layer widths and activation: one batched forward."""
+    if policy.share_features_extractor or policy.policy_name != "MlpPolicy":
+        return False
+    a_body, c_body = list(policy.actor.body), list(policy.critic.body)
+    if len(a_body) != len(c_body) or not a_body:
+        return False
+    for a, c in zip(a_body, c_body):
+        if type(a) is not type(c):
+            return False
+        if isinstance(a, nn.Linear) and (a.weight.shape != c.weight.shape):
+            return False
+        if not isinstance(a, nn.Linear) and type(a) not in (nn.Tanh, nn.ReLU):
+            return False
+    return True
+
 
 def _split_net_arch(net_arch, default: list[int]) -> tuple[list[int], list[int]]:
     """SB3's net_arch: a list (same sizes for both) or dict(pi=[...], vf=[...])."""

@@ -63,9 +63,19 @@ def is_event_file(path: Path) -> bool:
 
 
 def find_run_dirs(logdir: Path) -> list[Path]:
-    """Every directory under (and including) logdir that directly holds event files, sorted."""
+    """Every directory under (and including) logdir that directly holds event files, sorted.
+
+    Left out: runs the grid runner set aside as unfinished (`<run>.incomplete-<time>`, kept so
+    nothing is lost) and runs that failed (an error.log and no done.json): neither is a seed.
+    """
     dirs = {p.parent for p in logdir.rglob(f"*{EVENT_MARK}*") if is_event_file(p)}
-    return sorted(dirs)
+    return sorted(d for d in dirs if not _set_aside(d, logdir))
+
+
+def _set_aside(run_dir: Path, logdir: Path) -> bool:
+    if any(".incomplete-" in part for part in run_dir.relative_to(logdir).parts):
+        return True
+    return (run_dir / "error.log").is_file() and not (run_dir / "done.json").is_file()
 
 
 def _read_run_json(run_dir: Path) -> dict:

@@ -13,10 +13,10 @@ def validate_schedule(name: str, spec) -> None:
     """Raise ValueError naming `name` unless `spec` is a schedule whose start is > 0 and end >= 0."""
     values = _values(name, spec)
     for v in values:
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v or v < 0:
-            raise ValueError(f"{name} must be a non-negative number or a schedule dict, got {spec!r}")
-    if values[0] <= 0:
-        raise ValueError(f"{name} must be > 0, got {spec!r}")
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
+            raise ValueError(f"{name} must be a number or a schedule dict, got {spec!r}")
+    if values[0] <= 0 or min(values) < 0:
+        raise ValueError(f"{name} must be > 0 (a linear schedule may end at 0), got {spec!r}")
 
 
 def schedule_value(spec, progress_remaining: float) -> float:

@@ -6,6 +6,7 @@ problem with a file raises `ModelFileError` naming the file and what is wrong.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -23,7 +24,11 @@ class ModelFileError(ValueError):
 
 
 def model_path(path: str | os.PathLike) -> str:
+    """The file a model is saved to: `.safetensors` is appended, and SB3's `.zip` (which its
+    CheckpointCallback and user code pass) becomes `.safetensors`: the format is never a zip."""
     path = os.fspath(path)
+    if path.endswith(".zip"):
+        path = path[: -len(".zip")]
     return path if path.endswith(SUFFIX) else path + SUFFIX
 
 
@@ -63,7 +68,11 @@ def write_model(path: str, tensors: dict[str, torch.Tensor], description: dict) 
     path = model_path(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "description": json.dumps(description)}
-    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=meta)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    # The SHA-256 of the tensor bytes (everything after the header) goes into the header, so a
+    # flipped bit in the weights is an error on load rather than a silently different model.
+    meta["sha256"] = hashlib.sha256(_body(save(tensors, metadata=meta))).hexdigest()
+    data = save(tensors, metadata=meta)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(data)
@@ -90,6 +99,8 @@ def read_model(path: str, device: torch.device | str = "cpu") -> tuple[dict[str,
         raise ModelFileError(f"{resolved}: not a readable safetensors model file (truncated or corrupted?): {err}")
     if meta.get("format") != FORMAT:
         raise ModelFileError(f"{resolved}: not an rlgeom model (no '{FORMAT}' header)")
+    if "sha256" in meta and hashlib.sha256(_body(raw)).hexdigest() != meta["sha256"]:
+        raise ModelFileError(f"{resolved}: checksum mismatch: the tensor data was modified or corrupted")
     if meta.get("format_version") != str(FORMAT_VERSION):
         raise ModelFileError(
             f"{resolved}: model format version {meta.get('format_version')!r}; this rlgeom reads version {FORMAT_VERSION}"
@@ -98,7 +109,14 @@ def read_model(path: str, device: torch.device | str = "cpu") -> tuple[dict[str,
         description = json.loads(meta["description"])
     except (KeyError, json.JSONDecodeError) as err:
         raise ModelFileError(f"{resolved}: the model description is missing or not valid JSON: {err}")
+    if not isinstance(description, dict):
+        raise ModelFileError(f"{resolved}: the model description is not a JSON object")
     return {k: v.to(device) for k, v in tensors.items()}, description
+
+
+def _body(raw: bytes) -> memoryview:
+    """The tensor bytes of a serialised safetensors file (what follows the JSON header)."""
+    return memoryview(raw)[8 + int.from_bytes(raw[:8], "little"):]
 
 
 def _header_metadata(raw: bytes) -> dict:

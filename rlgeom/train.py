@@ -7,6 +7,7 @@ hyperparameter of the agent's config (`--help-hp` lists them with their document
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import sys
@@ -21,10 +22,17 @@ class UsageError(ValueError):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rlgeom.train", description=__doc__.split("\n")[0])
-    p.add_argument("--algo", default="ppo", help="agent: vpg, npg, trpo, ppo, acktr")
-    p.add_argument("--env", default=None, help="env id (default: CartPole-v1)")
+    p.add_argument("--algo", default="ppo", help="agent: vpg, npg, trpo, ppo, acktr; a comma-separated list "
+                   "(also sb3:ppo, sb3:a2c, sb3contrib:trpo) runs a grid (rlgeom.benchmark)")
+    p.add_argument("--env", default=None, help="env id, or a comma-separated list (default: CartPole-v1)")
     p.add_argument("--timesteps", type=int, default=None, help="environment steps (default: the preset's)")
-    p.add_argument("--seed", type=int, default=0)
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0)
+    seeds.add_argument("--seeds", default=None, help="grid: comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--workers", type=int, default=None, help="grid: parallel runs (default: min(runs, CPU cores))")
+    p.add_argument("--max-timesteps", type=int, default=None, help="grid: cap on the presets' budgets")
+    p.add_argument("--gym-packages", nargs="*", default=[], metavar="MODULE",
+                   help="modules to import first (they register extra Gymnasium envs)")
     p.add_argument("--n-envs", type=int, default=None, help="parallel envs (default: the preset's)")
     p.add_argument("--vectorization", default="sync", help="sync or async gymnasium vector env")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -35,6 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-episodes", type=int, default=10, help="deterministic evaluation episodes at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--verbose", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="write a checkpoint every N environment steps and at the end (atomic; see --keep-checkpoints)")
+    p.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (default: <run dir>/checkpoints)")
+    p.add_argument("--keep-checkpoints", type=int, default=3, metavar="K", help="keep the newest K checkpoints")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH|latest",
+                   help="continue a run from a checkpoint file, a run or checkpoint directory, or 'latest' (the "
+                        "newest checkpoint of this --algo/--env/--seed under --logdir) up to --timesteps in total")
+    p.add_argument("--nonfinite", choices=("raise", "sanitize"), default=None,
+                   help="NaN/inf from the env: stop with an error (default) or replace by 0 and count")
+    p.add_argument("--max-consecutive-skips", type=int, default=None, metavar="N",
+                   help="stop after N consecutive updates skipped for non-finite values (default 5)")
+    p.add_argument("--geometry-every", type=int, default=None, metavar="N",
+                   help="log the Fisher / value-Hessian spectrum under geometry/ every N updates (default: off)")
     p.add_argument("--help-hp", action="store_true", help="list the agent's hyperparameters and exit")
     return p
 
@@ -78,15 +99,29 @@ def run(args) -> dict:
     timesteps = args.timesteps if args.timesteps is not None else cfg["timesteps"]
     if timesteps < 1:
         raise UsageError(f"--timesteps must be positive, got {timesteps}")
-    agent = cls(
-        cfg["policy"], env_id, n_envs=args.n_envs or cfg["n_envs"], seed=args.seed, device=args.device,
-        tensorboard_log=args.logdir, verbose=args.verbose, vectorization=args.vectorization,
-        policy_kwargs=policy_kwargs, **hyperparameters,
-    )
+    options = {k: v for k, v in (("nonfinite", args.nonfinite), ("max_consecutive_skips", args.max_consecutive_skips),
+                                 ("geometry_every", args.geometry_every))
+               if v is not None}
+    if args.resume is not None:
+        agent, env_id = resume_agent(args, cls, env_id, {**parse_overrides(args.hp), **options})
+        if args.timesteps is None and agent._target_timesteps:
+            timesteps = agent._target_timesteps
+    else:
+        agent = cls(
+            cfg["policy"], env_id, n_envs=args.n_envs or cfg["n_envs"], seed=args.seed, device=args.device,
+            tensorboard_log=args.logdir, verbose=args.verbose, vectorization=args.vectorization,
+            policy_kwargs=policy_kwargs, **options, **hyperparameters,
+        )
+    every = args.checkpoint_every if args.checkpoint_every is not None else agent._checkpoint_every
+    remaining = timesteps - agent.num_timesteps
     start = time.perf_counter()
-    agent.learn(timesteps, progress_bar=not args.no_progress)
+    if remaining > 0:
+        agent.learn(
+            remaining, progress_bar=not args.no_progress, reset_num_timesteps=args.resume is None,
+            checkpoint_every=every, checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep_checkpoints,
+        )
     wall = time.perf_counter() - start
-    save_path = agent.save(args.save or os.path.join(agent._run_dir, "model"))
+    save_path = agent.save(args.save or os.path.join(agent._run_dir or args.logdir, "model"))
     eval_env = make_vec_env(env_id, 1, device=agent.device)
     mean, std = evaluate(agent, eval_env, args.eval_episodes, deterministic=True, seed=args.seed + 10_000)
     eval_env.close()
@@ -102,10 +137,38 @@ def run(args) -> dict:
     return summary
 
 
+def resume_agent(args, cls, env_id: str, overrides: dict):
+    """(agent loaded from the checkpoint --resume names, env id): the env id is --env, else the checkpoint's."""
+    from agents.presets import DEFAULT_ENV
+    from rlgeom.checkpoint import find_run_checkpoint, latest_checkpoint
+    from rlgeom.serialization import read_model
+
+    if args.resume == "latest":
+        base = os.path.join(args.logdir, env_id.replace("/", "-"), args.algo, f"seed{args.seed}")
+        roots = [base] + sorted(glob.glob(glob.escape(base) + "_*"))
+        path = find_run_checkpoint([r for r in roots if os.path.isdir(r)] or [base])
+    else:
+        path = latest_checkpoint(args.resume)
+    _, description = read_model(path)
+    env_id = args.env or description.get("env_id") or DEFAULT_ENV
+    agent = cls.load(path, env=env_id, device=args.device, **overrides)
+    agent.verbose = args.verbose
+    if agent.tensorboard_log is None:  # a checkpoint written without TensorBoard: log from here on
+        agent.tensorboard_log = args.logdir
+    print(f"resuming {path} at step {agent.num_timesteps}", file=sys.stderr)
+    return agent, env_id
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from rlgeom import benchmark
+    from envs.boundary import NonFiniteEnvError
+    from rlgeom.guards import TrainingDivergedError
     from rlgeom.serialization import ModelFileError
+
+    if benchmark.is_grid(args) and not args.help_hp:
+        return benchmark.main(args)
 
     try:
         if args.help_hp:
@@ -113,10 +176,14 @@ def main(argv=None) -> int:
             for name, (default, help_text) in cls.Config.field_help().items():
                 print(f"{name:28s} {default!r:>24}  {help_text}")
             return 0
+        benchmark.import_gym_packages(args.gym_packages)
         summary = run(args)
     except (UsageError, ValueError, TypeError, ModelFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (TrainingDivergedError, NonFiniteEnvError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

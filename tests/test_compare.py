@@ -192,3 +192,15 @@ def test_module_subprocess(logdir, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert (out / "report.md").is_file() and (out / "CartPole-v1_return_vs_steps.png").stat().st_size > 0
+
+
+def test_set_aside_and_failed_runs_are_not_seeds(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from rlgeom.runlogs import find_run_dirs
+
+    for name in ("T-v0/ppo/seed0", "T-v0/ppo/seed1.incomplete-20260101-000000", "T-v0/ppo/seed2"):
+        with SummaryWriter(str(tmp_path / name)) as w:
+            w.add_scalar("rollout/ep_rew_mean", 1.0, 1)
+    (tmp_path / "T-v0/ppo/seed2/error.log").write_text("Traceback ...")
+    assert [p.name for p in find_run_dirs(tmp_path)] == ["seed0"]

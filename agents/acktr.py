@@ -1,0 +1,254 @@
+"""ACKTR: actor-critic using a Kronecker-factored trust region (Wu et al. 2017, arXiv 1708.05144).
+
+A synchronous advantage actor-critic (A2C) whose joint actor + critic step is preconditioned by
+K-FAC (rlgeom.kfac) and shrunk to a KL trust region measured with the same K-FAC Fisher:
+
+    for iteration = 1, 2, ...
+        collect n_steps × n_envs transitions with π_θ; advantages Â and returns R by GAE(λ)
+            (λ = 1: the n-step returns of A2C/ACKTR, bootstrapped from V(s_{t+n}))
+        L = -E[log π_θ(a|s) Â] + c_v E[(V_θ(s) - R)²] - c_e H[π_θ]                 (A2C's loss)
+        A_l, G_l <- running averages from ∇ of the sampled-target loss             (model Fisher)
+                    -log π_θ(ã|s) + ½ (V_θ(s) - ṽ)²,   ã ~ π_θ(·|s), ṽ ~ N(V_θ(s), 1)
+        g = ∇L (global norm clipped at max_grad_norm)
+        Δ = -lr (F̂ + λI)⁻¹ g,  F̂ = ⊕_l A_l ⊗ G_l                                  (K-FAC direction)
+        η = min(1, √(2 kl_clip / ΔᵀF̂Δ))                                            (KL clipping)
+        SGD with momentum on the preconditioned gradient η (F̂ + λI)⁻¹ g
+
+The update below follows this box line by line; every piece of K-FAC (statistics hooks, factors,
+eigendecompositions, damping, ΔᵀF̂Δ, the non-finite guard) lives in rlgeom.kfac and the trust-region
+scale in rlgeom.fisher.kl_scale.
+
+Defaults and where they come from:
+
+| hyperparameter         | default | source                                                          |
+|------------------------|---------|-----------------------------------------------------------------|
+| learning_rate          | 0.25    | Wu et al. 2017 (Atari); openai/baselines acktr `lr=0.25` (which |
+|                        |         | decays it linearly: `lrschedule='linear'`, used by our Atari    |
+|                        |         | preset)                                                         |
+| momentum               | 0.9     | baselines acktr Model: `KfacOptimizer(momentum=0.9)`            |
+| kl_clip                | 0.001   | paper, Atari; baselines `kfac_clip=0.001`                       |
+| n_steps                | 20      | baselines acktr `nsteps=20`; stable-baselines (SB2) ACKTR       |
+| gae_lambda             | 1.0     | n-step returns as in A2C / the paper; < 1 gives GAE             |
+| vf_coef                | 0.5     | baselines acktr `vf_coef=0.5` (SB2's ACKTR uses 0.25)           |
+| ent_coef               | 0.01    | baselines acktr; SB2 ACKTR                                      |
+| max_grad_norm          | 0.5     | baselines acktr / SB2 ACKTR `max_grad_norm=0.5`                 |
+| stat_decay             | 0.99    | baselines `stats_decay=0.99`; ikostrikov's KFACOptimizer        |
+| damping                | 1e-2    | baselines `epsilon=0.01`; ikostrikov `damping=1e-2`             |
+| update_statistics_every| 1       | baselines `kfac_update=1` (statistics every update)             |
+| update_inverse_every   | 10      | ikostrikov/pytorch-a2c-ppo-acktr-gail `Tinv=10`                 |
+| normalize_advantage    | False   | A2C/ACKTR do not normalise advantages (baselines, SB2, SB3 A2C) |
+
+Differences from baselines/ikostrikov, on purpose: the trust region is the paper's
+η = min(1, √(2·kl_clip / ΔᵀF̂Δ)) with the undamped K-FAC quadratic form of the full step Δ (they use
+√(kl_clip / (lr²·vᵀ∇)) with the damped form, no factor 2); the gradient is clipped before
+preconditioning (baselines clips only its cold-start SGD steps, ikostrikov does not clip ACKTR);
+there is no cold start (K-FAC statistics exist from the first update because each update collects
+them before preconditioning).
+
+Parameters outside nn.Linear / nn.Conv2d: the only one in rlgeom's policies is the state-independent
+scale of the diagonal Gaussian (`policy.actor.scale.raw`, log σ by default). K-FAC has no block for
+it, but its Fisher block is known exactly: with distribution parameters (μ, log σ) the Gaussian's
+Fisher is diag(1/σ², 2) and has no (μ, log σ) cross terms, and log σ does not depend on the state,
+so F_raw = 2·diag((∂ log σ/∂raw)²) for every sample (= 2I for the log σ parameterisation). ACKTR
+preconditions that gradient with (F_raw + λ)⁻¹ and adds Δᵀ F_raw Δ to the trust-region quadratic
+form, so the scale moves in the same metric as the rest of the policy (a plain gradient at lr 0.25
+with momentum 0.9 would not be bounded by the KL budget). The cross-layer blocks of the Fisher are
+ignored as K-FAC ignores them between layers.
+
+A shared feature extractor (CnnPolicy's NatureCNN) is called once per update, so its factors see the
+*sum* of the actor's and the critic's output gradients: the Fisher of the joint model (a categorical
+policy and a unit-variance Gaussian value head on the same torso), as in baselines' single network.
+
+Non-finite guard (the base's, agents/base.py): before the parameters move, `guard_finite` checks the
+loss, the gradient norm, the preconditioned gradients and ΔᵀF̂Δ, and a K-FAC `finite=False` is a skip
+too; `SkippedUpdate` makes `learn()` restore the parameters, the SGD momentum and the K-FAC state
+(factors, eigendecompositions, counters: `_extra_state()`) from before the update and count it in
+`train/skipped_updates`. Checkpoints carry the same K-FAC state (the momentum buffers are saved with
+the optimiser), so a resumed run preconditions exactly as the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from agents import config as c
+from agents.base import OnPolicyAgent
+from agents.config import OnPolicyConfig, hp
+from agents.critic import explained_variance
+from rlgeom.fisher import kl_scale, policy_kl
+from rlgeom.guards import SkippedUpdate, guard_finite
+from rlgeom.kfac import KFACPreconditioner
+from rlgeom.schedules import schedule_value
+
+@dataclass
+class ACKTRConfig(OnPolicyConfig):
+    """ACKTR's hyperparameters (defaults: the paper's Atari settings via openai/baselines; see the module)."""
+
+    n_steps: int = hp(20, "environment steps per env per rollout (n of the n-step returns)")
+    gae_lambda: float = hp(1.0, "GAE(λ); 1.0 gives the paper's n-step returns")
+    normalize_advantage: bool = hp(False, "normalise advantages to zero mean, unit std (A2C/ACKTR: off)")
+    learning_rate: float | dict = hp(0.25, "SGD step size on the preconditioned gradient, or a schedule dict")
+    momentum: float = hp(0.9, "SGD momentum, in [0, 1)")
+    kl_clip: float = hp(0.001, "trust region: the step is scaled by min(1, sqrt(2 kl_clip / ΔᵀF̂Δ)); > 0")
+    ent_coef: float = hp(0.01, "entropy bonus coefficient c_e")
+    vf_coef: float = hp(0.5, "value loss coefficient c_v")
+    max_grad_norm: float | None = hp(0.5, "clip the gradient's global norm before preconditioning (None: off)")
+    damping: float = hp(1e-2, "K-FAC damping λ of (A ⊗ G + λI); > 0")
+    stat_decay: float = hp(0.99, "weight of the past in the running K-FAC factors, in [0, 1)")
+    update_statistics_every: int = hp(1, "collect K-FAC statistics every this many updates")
+    update_inverse_every: int = hp(10, "refresh the factors' eigendecompositions every this many updates")
+
+    def validate(self, n_envs: int) -> None:
+        super().validate(n_envs)
+        c.schedule(self, "learning_rate")
+        _in_half_open(self, "momentum")
+        _in_half_open(self, "stat_decay")
+        c.positive(self, "kl_clip")
+        c.positive(self, "damping")
+        c.non_negative(self, "ent_coef")
+        c.non_negative(self, "vf_coef")
+        c.positive(self, "max_grad_norm", allow_none=True)
+        c.positive_int(self, "update_statistics_every")
+        c.positive_int(self, "update_inverse_every")
+        for name in ("kl_clip", "damping"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
+
+
+def _in_half_open(cfg, name: str) -> None:
+    v = getattr(cfg, name)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0.0 <= v < 1.0):
+        raise ValueError(f"{name} must be a number in [0, 1), got {v!r}")
+
+
+class ACKTR(OnPolicyAgent):
+    Config = ACKTRConfig
+    algo = "acktr"
+
+    def _setup(self) -> None:
+        cfg = self.config
+        self.kfac = KFACPreconditioner(
+            self.policy, damping=cfg.damping, stat_decay=cfg.stat_decay,
+            update_statistics_every=cfg.update_statistics_every, update_inverse_every=cfg.update_inverse_every,
+        )
+        self.optimizer = torch.optim.SGD(
+            self.policy.parameters(), lr=schedule_value(cfg.learning_rate, 1.0), momentum=cfg.momentum)
+        scale = self.policy.actor.scale
+        self._scale_param = None if scale is None else scale.raw
+        self._updates_bound = 0  # applied updates where the trust region shrank the step (η < 1)
+
+    def update(self, buffer, progress_remaining: float) -> dict:
+        cfg, family = self.config, self.policy.family
+        lr = schedule_value(cfg.learning_rate, progress_remaining)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = buffer.full_batch(cfg.normalize_advantage)
+        dist_params, values = self._forward(batch.obs)
+        dist = family.distribution(dist_params)
+        # A2C's loss
+        policy_loss = -(dist.log_prob(batch.actions) * batch.advantages).mean()
+        value_loss = F.mse_loss(values, batch.returns)
+        entropy = dist.entropy().mean()
+        loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy
+        # K-FAC statistics from the sampled-target loss (the model Fisher, not the empirical one)
+        with torch.no_grad():
+            a_tilde, v_tilde = dist.sample(), values + torch.randn_like(values)
+        fisher_loss = -dist.log_prob(a_tilde).mean() + 0.5 * (values - v_tilde).pow(2).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.kfac.track_statistics() as collecting:
+            if collecting:
+                fisher_loss.backward(retain_graph=True)
+        # g = ∇L, clipped; then (F̂ + λI)⁻¹ g in place of every gradient
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.policy.parameters(), cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf)
+        kfac_stats = self.kfac.step()
+        scale_fisher = self._precondition_scale(cfg.damping)
+        # trust region: η = min(1, √(2 kl_clip / ΔᵀF̂Δ)) for the full step Δ = -lr (F̂ + λI)⁻¹ g
+        steps = {p: -lr * p.grad for p in self.policy.parameters() if p.grad is not None}
+        quad = self.kfac.fisher_quadratic_form(steps)
+        if scale_fisher is not None:
+            quad = quad + (scale_fisher * steps[self._scale_param].pow(2)).sum()
+        eta = kl_scale(quad, cfg.kl_clip, clip=True)
+        # non-finite guard, before the parameters move (a skip restores the K-FAC state too)
+        if not kfac_stats.finite:
+            raise SkippedUpdate([f"K-FAC step ({', '.join(kfac_stats.nonfinite_layers)})"])
+        guard_finite(loss=loss, grad_norm=grad_norm, quadratic_form=quad,
+                     natural_gradient=[p.grad for p in self.policy.parameters()])
+        for p in self.policy.parameters():
+            if p.grad is not None:
+                p.grad.mul_(eta)
+        self.optimizer.step()  # SGD with momentum on η (F̂ + λI)⁻¹ g
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            kl = policy_kl(family, dist_params.detach(), self.policy.dist_params(batch.obs)).mean()
+        quad_value, eta_value, kl_value = torch.stack([quad, eta, kl]).tolist()
+        self._updates_bound += eta_value < 1.0
+        return self._stats(lr, policy_loss, value_loss, entropy, buffer, kfac_stats, eta_value, quad_value, kl_value)
+
+    # ----------------------------------------------------------------- pieces of the update
+    def _forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distribution parameters and values, with every layer called once (a shared torso included).
+
+        Equal to (policy.dist_params(obs), policy.value(obs)); with a shared feature extractor the
+        features are computed once, so that K-FAC pairs the torso's input with the sum of the actor's
+        and the critic's output gradients (the joint model's Fisher) instead of averaging two calls.
+        """
+        policy = self.policy
+        x = policy.actor_inputs(obs)
+        if not policy.share_features_extractor:
+            return policy.actor(x), policy.critic(x)
+        actor, critic = policy.actor, policy.critic
+        h = actor.features(x)
+        dist_params = actor.head(actor.body(h))
+        if actor.scale is not None:
+            dist_params = torch.cat([dist_params, actor.scale().expand_as(dist_params)], dim=-1)
+        return dist_params, critic.head(critic.body(h)).squeeze(-1)
+
+    def _precondition_scale(self, damping: float) -> torch.Tensor | None:
+        """(F_raw + λ)⁻¹ on the Gaussian scale's gradient; returns the exact diagonal F_raw (or None).
+
+        F_raw = 2·(∂ log σ/∂raw)²: the (log σ, log σ) block of the Gaussian's Fisher diag(1/σ², 2),
+        state-independent, pulled back to the stored parameterisation (log σ, σ or σ²).
+        """
+        raw = self._scale_param
+        if raw is None or raw.grad is None:
+            return None
+        with torch.enable_grad():
+            dlogstd = torch.autograd.grad(self.policy.actor.scale().sum(), raw)[0]  # elementwise map
+        fisher = 2.0 * dlogstd.pow(2)
+        raw.grad.div_(fisher + damping)
+        return fisher
+
+    def _stats(self, lr, policy_loss, value_loss, entropy, buffer, kfac_stats, eta, quad, kl) -> dict:
+        n = self.n_updates + 1  # this update included (the base counts it after update() returns)
+        stats = {
+            "train/policy_loss": policy_loss.item(), "train/value_loss": value_loss.item(),
+            "train/entropy_loss": -entropy.item(), "train/learning_rate": lr,
+            "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()).item(),
+            "geometry/eta": eta,
+            "geometry/trust_region_bound": float(eta < 1.0),
+            "geometry/trust_region_bound_fraction": self._updates_bound / n,
+            "geometry/quadratic_form": quad,
+            "geometry/kl_predicted": 0.5 * eta * eta * quad,
+            "geometry/kl": kl,
+        }
+        for key, value in kfac_stats.scalars().items():
+            stats[f"geometry/kfac_{key}"] = value
+        return stats
+
+    # ----------------------------------------------------------------- checkpoints
+    def _extra_state(self) -> dict:
+        """K-FAC factors, eigendecompositions and counters (the SGD momentum is saved with the optimiser)."""
+        return {**super()._extra_state(), "kfac": self.kfac.state_dict(), "trust_region_bound": self._updates_bound}
+
+    def _load_extra_state(self, state: dict) -> None:
+        super()._load_extra_state(state)
+        if "kfac" in state:
+            self.kfac.load_state_dict(state["kfac"])
+        self._updates_bound = int(state.get("trust_region_bound", 0))

@@ -1,0 +1,104 @@
+"""What NPG and TRPO share: their hyperparameters, the natural-gradient direction on the policy
+surrogate, and its geometry telemetry. Each agent file then adds only its step rule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from agents import config as c
+from agents.config import OnPolicyConfig, hp
+from rlgeom.buffer import Batch
+from rlgeom.guards import guard_finite
+from rlgeom.fisher import FVP_METHODS, NaturalStep, PolicyFisher, flat_gradient, natural_step
+
+
+@dataclass
+class NaturalGradientConfig(OnPolicyConfig):
+    """Hyperparameters of the natural-gradient agents (sb3-contrib TRPO's names and defaults)."""
+
+    max_kl: float = hp(0.01, "δ: the KL(π_old‖π_new) radius of each policy step")
+    cg_max_steps: int = hp(15, "conjugate-gradient iterations for F⁻¹g")
+    cg_damping: float = hp(0.1, "λ in (F + λI): keeps CG well conditioned")
+    cg_tolerance: float = hp(1e-10, "CG stops when the squared residual falls below this")
+    fisher_method: str = hp("gauss_newton", "Fisher-vector products: gauss_newton (JᵀF_dist J) or kl_hessian")
+    sub_sampling_factor: int = hp(1, "use 1/k of the batch for Fisher-vector products (TRPO paper: 10)")
+    learning_rate: float | dict = hp(1e-3, "the critic's Adam step size (the policy step is set by max_kl)")
+    n_critic_updates: int = hp(10, "epochs of critic regression per update")
+    batch_size: int = hp(128, "critic minibatch size; must divide n_steps * n_envs")
+
+    def validate(self, n_envs: int) -> None:
+        super().validate(n_envs)
+        c.positive(self, "max_kl")
+        c.positive_int(self, "cg_max_steps")
+        c.non_negative(self, "cg_damping")
+        c.positive(self, "cg_tolerance")
+        if self.fisher_method not in FVP_METHODS:
+            raise ValueError(f"fisher_method must be one of {', '.join(FVP_METHODS)}, got {self.fisher_method!r}")
+        c.positive_int(self, "sub_sampling_factor")
+        c.schedule(self, "learning_rate")
+        c.positive_int(self, "n_critic_updates")
+        c.divides(self, "batch_size", self.n_steps * n_envs, "the rollout size n_steps * n_envs")
+
+
+def surrogate(fisher: PolicyFisher, batch: Batch) -> torch.Tensor:
+    """L(θ) = E[π_θ(a|s) / π_old(a|s) Â] at the actor's current parameters."""
+    log_probs = fisher.distribution().log_prob(batch.actions)
+    return (torch.exp(log_probs - batch.old_log_probs) * batch.advantages).mean()
+
+
+@dataclass
+class NaturalDirection:
+    """The pieces of one natural-gradient step on the surrogate L."""
+
+    fisher: PolicyFisher
+    batch: Batch
+    gradient: torch.Tensor  # g = ∇_θ L at θ_old
+    step: NaturalStep  # x = F⁻¹g by CG, scaled to the KL radius
+    surrogate_before: torch.Tensor  # L(θ_old)
+
+    def guard(self) -> None:
+        """Raise SkippedUpdate (the base agent rolls back and counts it) on a non-finite g, x or xᵀFx."""
+        guard_finite(policy_gradient=self.gradient, cg_solution=self.step.direction,
+                     fisher_quadratic_form=self.step.quadratic_form)
+
+    def improvement_and_kl(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L(θ) - L(θ_old), mean KL(π_old ‖ π_θ)) at the current parameters: the line search's test."""
+        return surrogate(self.fisher, self.batch) - self.surrogate_before, self.fisher.mean_kl()
+
+
+def natural_direction(policy, batch: Batch, cfg: NaturalGradientConfig, generator: torch.Generator) -> NaturalDirection:
+    """g = ∇L(θ_old); x = CG(F + λI, g); step = √(2δ / xᵀFx)·x (rlgeom.fisher does the maths)."""
+    fisher = PolicyFisher(
+        policy.actor, policy.family, policy.actor_inputs(batch.obs), damping=cfg.cg_damping,
+        method=cfg.fisher_method, subsample=1.0 / cfg.sub_sampling_factor, generator=generator,
+    )
+    objective = surrogate(fisher, batch)
+    gradient = flat_gradient(objective, fisher.parameters)
+    step = natural_step(gradient, fisher.fvp, cfg.max_kl, cfg.cg_max_steps, cfg.cg_tolerance)
+    return NaturalDirection(fisher, batch, gradient, step, objective.detach())
+
+
+@torch.no_grad()
+def geometry_telemetry(direction: NaturalDirection, step_fraction: float, damping: float) -> dict[str, float]:
+    """geometry/ tags for the step θ_old + step_fraction · s actually taken.
+
+    The quadratic model predicts KL ≈ ½ (f s)ᵀ F(θ_old) (f s); F at θ_old comes for free from CG:
+    sᵀFs = scale² (xᵀ(F+λI)x − λ‖x‖²), since s = scale · x and q = xᵀ(F+λI)x was already computed.
+    """
+    fisher, g, x, ns = direction.fisher, direction.gradient, direction.step.direction, direction.step
+    kl = fisher.mean_kl()
+    scale_sq = (ns.step.norm() / x.norm().clamp_min(1e-30)) ** 2
+    predicted = 0.5 * step_fraction**2 * scale_sq * (ns.quadratic_form - damping * x.dot(x))
+    cosine = torch.dot(g, x) / (g.norm() * x.norm()).clamp_min(1e-30)
+    return {
+        "geometry/kl": kl.item(),
+        "geometry/max_kl": fisher.max_kl().item(),
+        "geometry/quadratic_model_ratio": (kl / predicted).item() if predicted > 0 else float("nan"),
+        "geometry/cg_iterations": ns.cg.iterations,
+        "geometry/cg_residual": ns.cg.residual_norm.item(),
+        "geometry/step_norm": step_fraction * ns.step.norm().item(),
+        "geometry/gradient_norm": g.norm().item(),
+        "geometry/natural_vanilla_cosine": cosine.item(),
+    }

@@ -1,0 +1,71 @@
+"""Natural policy gradient (Kakade 2001; with GAE and CG as in Schulman et al. 2015/2016).
+
+    for iteration = 1, 2, ...
+        collect n_steps × n_envs transitions with π_old; compute GAE advantages Â and returns R
+        g = ∇_θ L(θ_old),  L(θ) = E[π_θ(a|s) / π_old(a|s) Â]
+        x ≈ (F + λI)⁻¹ g by conjugate gradient on Fisher-vector products
+        θ ← θ_old + √(2δ / xᵀFx) · x                     (a fixed KL radius δ, no line search)
+        fit V_φ to R: n_critic_updates epochs of minibatch regression
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from agents.base import OnPolicyAgent
+from agents.critic import explained_variance, fit_value_function
+from agents.natural import NaturalGradientConfig, geometry_telemetry, natural_direction
+from rlgeom.fisher import assign_flat_parameters, flat_parameters
+from rlgeom.guards import guard_finite
+from rlgeom.schedules import schedule_value
+
+
+@dataclass
+class NPGConfig(NaturalGradientConfig):
+    """NPG's hyperparameters: those of TRPO without the line search."""
+
+
+class NPG(OnPolicyAgent):
+    Config = NPGConfig
+    algo = "npg"
+    needs_separate_networks = True
+
+    def _setup(self) -> None:
+        self.critic_optimizer = torch.optim.Adam(
+            self.policy.critic_parameters(), lr=schedule_value(self.config.learning_rate, 1.0)
+        )
+
+    def update(self, buffer, progress_remaining: float) -> dict:
+        cfg = self.config
+        batch = buffer.full_batch(cfg.normalize_advantage)
+        direction = natural_direction(self.policy, batch, cfg, self.generator)
+        direction.guard()  # a non-finite gradient, FVP or CG result never reaches the parameters
+        params = direction.fisher.parameters
+        if direction.step.valid:  # invalid only for zero curvature (e.g. g = 0): then stay put
+            assign_flat_parameters(params, flat_parameters(params) + direction.step.step)
+        stats = policy_and_critic_stats(self, buffer, direction, progress_remaining)
+        stats.update(geometry_telemetry(direction, float(direction.step.valid), cfg.cg_damping))
+        return stats
+
+
+def policy_and_critic_stats(agent, buffer, direction, progress_remaining: float) -> dict:
+    """Fit the critic (shared by NPG and TRPO) and report the train/ tags SB3 users know."""
+    cfg = agent.config
+    lr = schedule_value(cfg.learning_rate, progress_remaining)
+    for group in agent.critic_optimizer.param_groups:
+        group["lr"] = lr
+    value_loss = fit_value_function(
+        agent.policy, agent.critic_optimizer, buffer, cfg.n_critic_updates, cfg.batch_size, agent.generator
+    )
+    guard_finite(value_loss=value_loss)
+    with torch.no_grad():
+        improvement, _ = direction.improvement_and_kl()
+    return {
+        "train/policy_improvement": improvement.item(),
+        "train/value_loss": value_loss.item(),
+        "train/entropy_loss": -direction.fisher.entropy().item(),
+        "train/learning_rate": lr,
+        "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()).item(),
+    }

@@ -1,0 +1,72 @@
+"""Trust region policy optimisation (Schulman et al. 2015).
+
+    for iteration = 1, 2, ...
+        collect n_steps × n_envs transitions with π_old; compute GAE advantages Â and returns R
+        g = ∇_θ L(θ_old),  L(θ) = E[π_θ(a|s) / π_old(a|s) Â]
+        x ≈ (F + λI)⁻¹ g by conjugate gradient on Fisher-vector products      (NPG's direction)
+        s = √(2δ / xᵀFx) · x
+        for j = 0, 1, ..., line_search_max_iter:                             (backtracking line search)
+            θ = θ_old + βʲ s;  accept if L(θ) > L(θ_old) and mean KL(π_old ‖ π_θ) ≤ δ
+        if nothing was accepted: θ = θ_old
+        fit V_φ to R: n_critic_updates epochs of minibatch regression
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from agents import config as c
+from agents.base import OnPolicyAgent
+from agents.config import hp
+from agents.natural import NaturalGradientConfig, geometry_telemetry, natural_direction
+from agents.npg import policy_and_critic_stats
+from rlgeom.fisher import backtracking_line_search
+from rlgeom.schedules import schedule_value
+
+
+@dataclass
+class TRPOConfig(NaturalGradientConfig):
+    """TRPO's hyperparameters (sb3-contrib's names and defaults; δ = 0.01, backtracking × 0.8 ≤ 10)."""
+
+    line_search_shrinking_factor: float = hp(0.8, "β: each backtrack multiplies the step by this")
+    line_search_max_iter: int = hp(10, "backtracks before the step is rejected")
+
+    def validate(self, n_envs: int) -> None:
+        super().validate(n_envs)
+        c.in_range(self, "line_search_shrinking_factor", 1e-6, 1 - 1e-6)
+        c.positive_int(self, "line_search_max_iter")
+
+
+class TRPO(OnPolicyAgent):
+    Config = TRPOConfig
+    algo = "trpo"
+    needs_separate_networks = True
+
+    def _setup(self) -> None:
+        self.critic_optimizer = torch.optim.Adam(
+            self.policy.critic_parameters(), lr=schedule_value(self.config.learning_rate, 1.0)
+        )
+
+    def update(self, buffer, progress_remaining: float) -> dict:
+        cfg = self.config
+        batch = buffer.full_batch(cfg.normalize_advantage)
+        direction = natural_direction(self.policy, batch, cfg, self.generator)
+        direction.guard()  # a non-finite gradient, FVP or CG result never reaches the parameters
+        backtracks, accepted, fraction = 0, False, 0.0
+        if direction.step.valid:
+            search = backtracking_line_search(
+                direction.fisher.parameters, direction.step.step, direction.improvement_and_kl,
+                max_kl=cfg.max_kl, expected_improvement=direction.step.expected_improvement,
+                backtrack_coef=cfg.line_search_shrinking_factor, max_backtracks=cfg.line_search_max_iter,
+            )
+            backtracks, accepted, fraction = search.backtracks, search.accepted, search.step_fraction
+        stats = policy_and_critic_stats(self, buffer, direction, progress_remaining)
+        stats.update(geometry_telemetry(direction, fraction, cfg.cg_damping))
+        stats.update({
+            "geometry/line_search_backtracks": backtracks,
+            "geometry/line_search_accepted": float(accepted),
+            "geometry/line_search_rejected": float(direction.step.valid and not accepted),
+        })
+        return stats

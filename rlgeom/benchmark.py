@@ -1,0 +1,668 @@
+"""The grid runner: every (agent, task, seed) of a benchmark in parallel worker processes.
+
+    python -m rlgeom.train --algo vpg,npg,trpo,ppo,acktr[,sb3:ppo,sb3:a2c,sb3contrib:trpo]
+                           --env CartPole-v1,Pendulum-v1 --seeds 0,1,2 [--workers W]
+                           [--timesteps N | --max-timesteps N] [--logdir DIR] [--hp KEY=VALUE ...]
+
+All runs write into one TensorBoard log directory, laid out as <logdir>/<task>/<agent>/seed<k> (the
+layout of a single `rlgeom.train` run; an SB3 baseline's agent is named sb3-ppo, sb3-a2c or
+sb3contrib-trpo), so TensorBoard's run selector groups by task and agent and
+`python -m rlgeom.compare <logdir>` reports the whole grid.
+
+A run that finishes writes `done.json` (its summary) into its run directory, atomically, as its last
+act. Rerunning the same command skips those runs; a run directory without `done.json` (an interrupted
+or failed run) is moved aside to `<dir>.incomplete-<timestamp>` (nothing is deleted) and run again.
+A failing run is reported with its error and the path of the log holding its traceback
+(`<run dir>/error.log`); it does not stop the others. Exit status: 0 if every run succeeded, 1 if
+any failed, 2 for bad input (reported before anything runs).
+
+Each run gets a fresh worker process (spawn start method, `torch.set_num_threads(1)`), so runs do
+not share global state; `--workers` of them run at once (default: min(runs, CPU cores)).
+SB3 and sb3-contrib are imported only inside the workers of SB3 runs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import importlib
+import importlib.util
+import inspect
+import json
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+
+DONE_FILE = "done.json"
+ERROR_LOG = "error.log"
+INCOMPLETE_MARK = ".incomplete-"
+
+#: SB3 baselines the grid accepts: name -> (module, class, preset key)
+SB3_ALGOS = {
+    "sb3:ppo": ("stable_baselines3", "PPO", "ppo"),
+    "sb3:a2c": ("stable_baselines3", "A2C", "a2c"),
+    "sb3contrib:trpo": ("sb3_contrib", "TRPO", "trpo"),
+}
+
+#: SB3's A2C logs about every this many environment steps (its iterations are only n_steps * n_envs long)
+SB3_LOG_EVERY_STEPS = 2048
+_SB3_COMMON = ("learning_rate", "n_steps", "gamma", "gae_lambda", "normalize_advantage", "use_sde", "sde_sample_freq",
+               "stats_window_size")
+#: the hyperparameters (constructor arguments) of each SB3 baseline, as SB3 2.x documents them: the parent
+#: routes --hp with these without importing SB3; the worker checks them against the real constructor
+SB3_HYPERPARAMETERS = {
+    "sb3:ppo": frozenset(_SB3_COMMON + ("batch_size", "n_epochs", "clip_range", "clip_range_vf", "ent_coef",
+                                        "vf_coef", "max_grad_norm", "target_kl")),
+    "sb3:a2c": frozenset(_SB3_COMMON + ("ent_coef", "vf_coef", "max_grad_norm", "rms_prop_eps", "use_rms_prop")),
+    "sb3contrib:trpo": frozenset(_SB3_COMMON + ("batch_size", "cg_max_steps", "cg_damping", "line_search_max_iter",
+                                                "line_search_shrinking_factor", "n_critic_updates",
+                                                "sub_sampling_factor", "target_kl")),
+}
+#: rlgeom hyperparameter names that SB3 spells differently, per SB3 baseline
+SB3_RENAMES = {"sb3contrib:trpo": {"max_kl": "target_kl"}}
+
+_ZOO_A2C_SDE = {"use_sde": True}
+_ZOO = "rl-zoo a2c.yml"
+#: A2C has no rlgeom counterpart, so its presets live here: rl-baselines3-zoo's hyperparams/a2c.yml
+#: (`normalize: true` written as normalize_observations + normalize_reward, `lin_x` as a linear schedule)
+A2C_PRESETS: dict[str, dict] = {
+    "default": {"n_envs": 1, "timesteps": 1_000_000, "policy": "MlpPolicy", "policy_kwargs": {},
+                "hyperparameters": {}, "source": "SB3 A2C defaults"},
+    "CartPole-v1": {"n_envs": 8, "timesteps": 500_000, "policy": "MlpPolicy", "policy_kwargs": {},
+                    "hyperparameters": {"ent_coef": 0.0}, "source": f"{_ZOO} CartPole-v1"},
+    "Acrobot-v1": {"n_envs": 16, "timesteps": 500_000, "policy": "MlpPolicy", "policy_kwargs": {},
+                   "hyperparameters": {"normalize_observations": True, "normalize_reward": True, "ent_coef": 0.0},
+                   "source": f"{_ZOO} Acrobot-v1"},
+    "Pendulum-v1": {"n_envs": 8, "timesteps": 1_000_000, "policy": "MlpPolicy",
+                    "policy_kwargs": {"log_std_init": -2.0, "ortho_init": False},
+                    "hyperparameters": {
+                        "normalize_observations": True, "normalize_reward": True, "ent_coef": 0.0,
+                        "max_grad_norm": 0.5, "n_steps": 8, "gae_lambda": 0.9, "vf_coef": 0.4, "gamma": 0.9,
+                        "use_rms_prop": True, "normalize_advantage": False,
+                        "learning_rate": {"kind": "linear", "start": 7e-4, "end": 0.0}, **_ZOO_A2C_SDE},
+                    "source": f"{_ZOO} Pendulum-v1 (tuned, with gSDE)"},
+    "MountainCarContinuous-v0": {"n_envs": 4, "timesteps": 100_000, "policy": "MlpPolicy",
+                                 "policy_kwargs": {"log_std_init": 0.0, "ortho_init": False},
+                                 "hyperparameters": {
+                                     "normalize_observations": True, "normalize_reward": True, "n_steps": 100,
+                                     "ent_coef": 0.0, "sde_sample_freq": 16, **_ZOO_A2C_SDE},
+                                 "source": f"{_ZOO} MountainCarContinuous-v0 (tuned, with gSDE)"},
+    "mujoco": {"n_envs": 1, "timesteps": 1_000_000, "policy": "MlpPolicy", "policy_kwargs": {},
+               "hyperparameters": {"normalize_observations": True, "normalize_reward": True},
+               "source": f"{_ZOO} mujoco defaults (HalfCheetah/Hopper/Walker2d/Ant-v3: normalize, SB3 A2C defaults)"},
+}
+
+#: run summary columns: header, record key, format
+TABLE_COLUMNS = (
+    ("agent", "algo", "{}"), ("task", "env", "{}"), ("seed", "seed", "{}"), ("status", "status", "{}"),
+    ("eval return", "eval_return", "{:.1f}"), ("steps", "timesteps", "{:d}"), ("wall s", "wall_s", "{:.1f}"),
+    ("FPS", "fps", "{:.0f}"),
+)
+
+
+#: rlgeom.train options passed on to every rlgeom run of a grid (SB3 runs ignore them)
+GRID_FORWARDS = ("--checkpoint-every", "--nonfinite", "--max-consecutive-skips", "--geometry-every")
+#: rlgeom.train options that name one run's files, refused in a grid
+GRID_REJECTS = ("--resume", "--checkpoint-dir")
+
+
+class GridUsageError(ValueError):
+    """Bad grid input: printed without a traceback, exit status 2, before any run starts."""
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def is_grid(args) -> bool:
+    """True when the command asks for more than one plain rlgeom run (or a grid-only option)."""
+    return (
+        "," in args.algo or ":" in args.algo or "," in (args.env or "")
+        or args.seeds is not None or args.workers is not None or args.max_timesteps is not None
+    )
+
+
+def split_list(text: str | None, what: str) -> list[str]:
+    """Comma-separated names; GridUsageError on an empty item or a repeat."""
+    items = [s.strip() for s in (text or "").split(",")]
+    if not items or any(not s for s in items):
+        raise GridUsageError(f"{what} expects a comma-separated list without empty items, got {text!r}")
+    repeated = sorted({s for s in items if items.count(s) > 1})
+    if repeated:
+        raise GridUsageError(f"{what} lists {', '.join(repeated)} more than once")
+    return items
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2]; non-negative integers, no repeats."""
+    items = split_list(text, "--seeds")
+    seeds = []
+    for item in items:
+        try:
+            seed = int(item)
+        except ValueError:
+            seed = -1
+        if seed < 0:
+            raise GridUsageError(f"--seeds expects non-negative integers like 0,1,2; got {item!r} in {text!r}")
+        seeds.append(seed)
+    return seeds
+
+
+def check_algos(names: list[str]) -> None:
+    """Every name is an rlgeom agent or a supported SB3 baseline whose library is installed."""
+    from agents import AGENTS
+
+    for name in names:
+        if name in AGENTS:
+            continue
+        if name not in SB3_ALGOS:
+            accepted = ", ".join([*AGENTS, *SB3_ALGOS])
+            raise GridUsageError(f"unknown algorithm {name!r} in --algo; accepted: {accepted}")
+        module = SB3_ALGOS[name][0]
+        if importlib.util.find_spec(module) is None:
+            raise GridUsageError(f"--algo {name} needs the {module} package, which is not installed")
+
+
+def check_env(env_id: str, algos: list[str]) -> None:
+    """The env id exists (no env is made); SB3 baselines take Gymnasium vector-observation ids only."""
+    from envs.atari import is_atari_id, register_atari
+    from envs.make import TORCH_NATIVE_PREFIX
+
+    sb3 = [a for a in algos if a in SB3_ALGOS]
+    if env_id.startswith(TORCH_NATIVE_PREFIX):
+        from envs.torch_native import TORCH_NATIVE_IDS
+
+        if env_id not in TORCH_NATIVE_IDS:
+            raise GridUsageError(f"unknown env id {env_id!r}; torch-native ids: {', '.join(TORCH_NATIVE_IDS)}")
+        if sb3:
+            raise GridUsageError(f"{', '.join(sb3)} cannot run the torch-native task {env_id}; use its Gymnasium id")
+        return
+    if is_atari_id(env_id):
+        if sb3:
+            raise GridUsageError(f"the grid's SB3 baselines take vector-observation tasks, not the Atari id {env_id}")
+        try:
+            register_atari()
+        except ValueError as err:
+            raise GridUsageError(str(err)) from None
+    import gymnasium
+
+    try:
+        gymnasium.spec(env_id)
+    except (gymnasium.error.Error, ModuleNotFoundError) as err:
+        raise GridUsageError(f"unknown env id {env_id!r}: {err}") from None
+
+
+def import_gym_packages(modules: list[str]) -> None:
+    """Import modules that register extra Gymnasium envs (RL Zoo's --gym-packages)."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise GridUsageError(f"--gym-packages {name}: cannot import it ({err})") from None
+
+
+def forwarded_options(args) -> list[str]:
+    """rlgeom.train's per-run options that the grid passes on to each rlgeom run as given."""
+    argv = []
+    for option in GRID_FORWARDS:
+        value = getattr(args, option.lstrip("-").replace("-", "_"), None)
+        if value is not None:
+            argv += [option, str(value)]
+    if argv and getattr(args, "checkpoint_every", None) is not None:
+        argv += ["--keep-checkpoints", str(args.keep_checkpoints)]
+    return argv
+
+
+def check_hyperparameters(algo: str, env_id: str, hp: list[str], n_envs: int | None) -> None:
+    """The --hp overrides leave the preset a valid config for the agent (as its constructor checks it).
+
+    A preset that is invalid by itself is not the user's input: that run fails and is reported."""
+    from agents import AGENTS
+    from rlgeom.train import parse_overrides
+
+    cfg = algo_preset(algo, env_id)
+    n_envs = n_envs or cfg["n_envs"]
+
+    def problem(hyperparameters: dict) -> str | None:
+        try:
+            AGENTS[algo].Config.build(hyperparameters).validate(n_envs)
+        except (ValueError, TypeError) as err:
+            return str(err)
+        return None
+
+    if problem(cfg["hyperparameters"]) is None:
+        err = problem({**cfg["hyperparameters"], **parse_overrides(hp)})
+        if err is not None:
+            raise GridUsageError(f"{algo} on {env_id} with --hp {' '.join(hp)}: {err}")
+
+
+def hp_keys(pairs: list[str]) -> list[str]:
+    return [pair.partition("=")[0].strip() for pair in pairs]
+
+
+def accepted_hyperparameters(algo: str) -> set[str]:
+    """Hyperparameter names an agent takes from --hp (SB3: its constructor's, plus normalisation)."""
+    if algo in SB3_ALGOS:
+        names = SB3_HYPERPARAMETERS[algo] | {"normalize_observations", "normalize_reward"}
+        return names | set(SB3_RENAMES.get(algo, {}))
+    from agents import AGENTS
+
+    return set(AGENTS[algo].Config.field_help())
+
+
+# ---------------------------------------------------------------- the plan
+
+
+def algo_dirname(algo: str) -> str:
+    """The agent's directory (and run.json algo) name: sb3:ppo -> sb3-ppo."""
+    return algo.replace(":", "-")
+
+
+def run_dir_for(logdir: str, env_id: str, algo: str, seed: int) -> str:
+    """<logdir>/<task>/<agent>/seed<k>, the task named as rlgeom.logger.run_directory names it."""
+    return os.path.join(logdir, env_id.replace("/", "-"), algo_dirname(algo), f"seed{seed}")
+
+
+def algo_preset(algo: str, env_id: str) -> dict:
+    """The preset a run starts from: agents.presets for rlgeom agents and SB3's PPO/TRPO, A2C_PRESETS for A2C."""
+    from agents.presets import preset, task_family
+
+    key = SB3_ALGOS[algo][2] if algo in SB3_ALGOS else algo
+    if key == "a2c":
+        entry = A2C_PRESETS.get(env_id) or A2C_PRESETS.get(task_family(env_id) or "") or A2C_PRESETS["default"]
+        return json.loads(json.dumps(entry))
+    return preset(key, env_id)
+
+
+def budget(args, algo: str, env_id: str) -> int:
+    """--timesteps if given, else the preset's budget capped by --max-timesteps."""
+    if args.timesteps is not None:
+        return args.timesteps
+    steps = algo_preset(algo, env_id)["timesteps"]
+    return min(steps, args.max_timesteps) if args.max_timesteps is not None else steps
+
+
+def plan(args) -> list[dict]:
+    """One spec per (task, agent, seed); GridUsageError for bad input, before anything runs."""
+    import_gym_packages(args.gym_packages)
+    if args.save is not None:
+        raise GridUsageError("--save names one model file; a grid saves each model in its run directory")
+    for option in GRID_REJECTS:
+        if getattr(args, option.lstrip("-").replace("-", "_"), None) is not None:
+            raise GridUsageError(f"{option} applies to one run; in a grid, checkpoints go to each run's directory "
+                                 "and a rerun skips finished runs and restarts unfinished ones")
+    if args.timesteps is not None and args.timesteps < 1:
+        raise GridUsageError(f"--timesteps must be positive, got {args.timesteps}")
+    if args.max_timesteps is not None and args.max_timesteps < 1:
+        raise GridUsageError(f"--max-timesteps must be positive, got {args.max_timesteps}")
+    if args.workers is not None and args.workers < 1:
+        raise GridUsageError(f"--workers must be a positive integer, got {args.workers}")
+    algos = split_list(args.algo, "--algo")
+    check_algos(algos)
+    envs = split_list(args.env or "CartPole-v1", "--env")
+    for env_id in envs:
+        check_env(env_id, algos)
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else [args.seed]
+    for pair in args.hp:
+        if "=" not in pair or not pair.partition("=")[0].strip():
+            raise GridUsageError(f"--hp expects KEY=VALUE pairs, got {pair!r}")
+    accepted = {algo: accepted_hyperparameters(algo) for algo in algos}
+    unused = [k for k in hp_keys(args.hp) if not any(k in names for names in accepted.values())]
+    if unused:
+        raise GridUsageError(f"--hp {', '.join(unused)}: no agent in --algo {args.algo} takes this hyperparameter")
+    if args.policy_kwargs:
+        try:
+            json.loads(args.policy_kwargs)
+        except json.JSONDecodeError as err:
+            raise GridUsageError(f"--policy-kwargs is not valid JSON: {err}") from None
+    specs = []
+    for env_id in envs:
+        for algo in algos:
+            hp = [pair for pair in args.hp if pair.partition("=")[0].strip() in accepted[algo]]
+            if algo not in SB3_ALGOS:
+                check_hyperparameters(algo, env_id, hp, args.n_envs)
+            for seed in seeds:
+                specs.append({
+                    "algo": algo, "env": env_id, "seed": seed, "timesteps": budget(args, algo, env_id),
+                    "run_dir": run_dir_for(args.logdir, env_id, algo, seed), "logdir": args.logdir, "hp": hp,
+                    "n_envs": args.n_envs, "device": args.device, "vectorization": args.vectorization,
+                    "policy_kwargs": args.policy_kwargs, "eval_episodes": args.eval_episodes,
+                    "verbose": args.verbose, "gym_packages": list(args.gym_packages),
+                    "train_options": forwarded_options(args),
+                })
+    return specs
+
+
+# ---------------------------------------------------------------- run directories
+
+
+def read_done(run_dir: str) -> dict | None:
+    """The done.json record of a finished run (None when the run has not finished)."""
+    path = os.path.join(run_dir, DONE_FILE)
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def write_done(run_dir: str, record: dict) -> str:
+    """done.json, written to a temporary file and renamed into place (never half-written)."""
+    path = os.path.join(run_dir, DONE_FILE)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def set_aside(run_dir: str) -> str | None:
+    """Move an unfinished run directory to <dir>.incomplete-<timestamp>; an empty one is removed.
+
+    Returns the new path (None when there was nothing to keep)."""
+    if not os.path.lexists(run_dir):
+        return None
+    if os.path.isdir(run_dir) and not os.path.islink(run_dir) and not os.listdir(run_dir):
+        os.rmdir(run_dir)
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target, k = f"{run_dir}{INCOMPLETE_MARK}{stamp}", 1
+    while os.path.lexists(target):
+        k += 1
+        target = f"{run_dir}{INCOMPLETE_MARK}{stamp}-{k}"
+    os.rename(run_dir, target)
+    return target
+
+
+# ---------------------------------------------------------------- the worker
+
+
+def run_in_worker(spec: dict) -> dict:
+    """Train one run in this (fresh) process; never raises: a failure comes back as a record."""
+    start = time.perf_counter()
+    base = {"algo": spec["algo"], "env": spec["env"], "seed": spec["seed"], "run_dir": spec["run_dir"]}
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        import_gym_packages(spec["gym_packages"])
+        summary = _train_sb3(spec) if spec["algo"] in SB3_ALGOS else _train_rlgeom(spec)
+        record = {**base, **summary, "algo": spec["algo"], "status": "done",
+                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_done(spec["run_dir"], record)
+        return record
+    except Exception as err:  # a failing run is reported and never stops the others
+        lines = traceback.format_exception_only(type(err), err)
+        last = (lines[-1].strip() if lines else repr(err)).splitlines()[-1]
+        log_path = os.path.join(spec["run_dir"], ERROR_LOG)
+        try:
+            os.makedirs(spec["run_dir"], exist_ok=True)
+            with open(log_path, "w") as f:
+                f.write(f"{spec['algo']} on {spec['env']} (seed {spec['seed']}) failed after "
+                        f"{time.perf_counter() - start:.1f} s\n\n")
+                f.write(traceback.format_exc())
+        except OSError as log_err:
+            log_path = f"(could not write {log_path}: {log_err})"
+        return {**base, "status": "failed", "error": last, "log": log_path, "wall_s": time.perf_counter() - start}
+
+
+def _train_rlgeom(spec: dict) -> dict:
+    """One rlgeom run through rlgeom.train's single-run path, into exactly spec['run_dir']."""
+    from rlgeom import train
+
+    argv = [
+        "--algo", spec["algo"], "--env", spec["env"], "--seed", str(spec["seed"]),
+        "--timesteps", str(spec["timesteps"]), "--logdir", spec["logdir"], "--device", spec["device"],
+        "--vectorization", spec["vectorization"], "--eval-episodes", str(spec["eval_episodes"]),
+        "--verbose", str(spec["verbose"]), "--no-progress",
+    ]
+    if spec["n_envs"] is not None:
+        argv += ["--n-envs", str(spec["n_envs"])]
+    if spec["policy_kwargs"]:
+        argv += ["--policy-kwargs", spec["policy_kwargs"]]
+    args = train.build_parser().parse_args(argv + list(spec["train_options"]))
+    args.hp = list(spec["hp"])
+    # the grid moved any earlier directory aside, so rlgeom.logger.run_directory returns exactly this one
+    summary = train.run(args)
+    if os.path.abspath(summary["logdir"]) != os.path.abspath(spec["run_dir"]):
+        raise RuntimeError(
+            f"the run logged to {summary['logdir']}, not to {spec['run_dir']}: another process wrote there "
+            "meanwhile; run the grid again"
+        )
+    return summary
+
+
+def _sb3_constructor_names(cls) -> set[str]:
+    reserved = {"self", "policy", "env", "tensorboard_log", "policy_kwargs", "verbose", "seed", "device",
+                "_init_setup_model", "rollout_buffer_class", "rollout_buffer_kwargs"}
+    return set(inspect.signature(cls.__init__).parameters) - reserved
+
+
+def _sb3_value(value):
+    """rlgeom's schedule dicts as SB3 schedules (callables of progress_remaining); others as given."""
+    if isinstance(value, dict) and value.get("kind") in ("linear", "constant"):
+        from rlgeom.schedules import schedule_value
+
+        spec = dict(value)
+        return lambda progress_remaining: schedule_value(spec, progress_remaining)
+    return value
+
+
+def _sb3_policy_kwargs(policy_kwargs: dict) -> tuple[dict, list[str]]:
+    """rlgeom policy_kwargs in SB3's terms (activation names -> torch.nn classes); drops what SB3 lacks."""
+    from stable_baselines3.common.policies import ActorCriticPolicy
+
+    from rlgeom.policies import ACTIVATIONS
+
+    names = set(inspect.signature(ActorCriticPolicy.__init__).parameters) - {"self", "observation_space",
+                                                                            "action_space", "lr_schedule"}
+    out, dropped = {}, []
+    for key, value in policy_kwargs.items():
+        if key not in names:
+            dropped.append(key)
+        elif key == "activation_fn" and isinstance(value, str):
+            if value not in ACTIVATIONS:
+                raise ValueError(f"unknown activation_fn {value!r}; accepted: {', '.join(ACTIVATIONS)}")
+            out[key] = ACTIVATIONS[value]
+        else:
+            out[key] = value
+    return out, dropped
+
+
+def _train_sb3(spec: dict) -> dict:
+    """One SB3 / sb3-contrib baseline with the preset's (zoo) hyperparameters, logged with SB3's own tags."""
+    import numpy as np
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from agents.config import parse_hp_value
+
+    module, cls_name, _ = SB3_ALGOS[spec["algo"]]
+    library = importlib.import_module(module)
+    cls = getattr(library, cls_name)
+    cfg = algo_preset(spec["algo"], spec["env"])
+    overrides = {}
+    for pair in spec["hp"]:
+        key, _, value = pair.partition("=")
+        overrides[key.strip()] = parse_hp_value(value.strip())
+    renames = SB3_RENAMES.get(spec["algo"], {})
+    hyperparameters = {renames.get(k, k): v for k, v in {**cfg["hyperparameters"], **overrides}.items()}
+    norm_obs = bool(hyperparameters.pop("normalize_observations", False))
+    norm_reward = bool(hyperparameters.pop("normalize_reward", False))
+    accepted = _sb3_constructor_names(cls)
+    unknown = sorted({renames.get(k, k) for k in overrides} - accepted - {"normalize_observations", "normalize_reward"})
+    if unknown:
+        raise ValueError(f"--hp {', '.join(unknown)}: not a hyperparameter of {cls_name}; accepted: {', '.join(sorted(accepted))}")
+    kwargs = {k: v for k, v in hyperparameters.items() if k in accepted}
+    dropped = sorted(set(hyperparameters) - accepted)
+    policy_kwargs = dict(cfg["policy_kwargs"])
+    if spec["policy_kwargs"]:
+        policy_kwargs.update(json.loads(spec["policy_kwargs"]))
+    sb3_policy_kwargs, dropped_policy = _sb3_policy_kwargs(policy_kwargs)
+    n_envs = spec["n_envs"] or cfg["n_envs"]
+    seed, run_dir = spec["seed"], spec["run_dir"]
+
+    env = make_vec_env(spec["env"], n_envs=n_envs, seed=seed)
+    if norm_obs or norm_reward:
+        env = VecNormalize(env, norm_obs=norm_obs, norm_reward=norm_reward, gamma=kwargs.get("gamma", 0.99))
+    model = cls(cfg["policy"], env, seed=seed, device=spec["device"], verbose=spec["verbose"],
+                policy_kwargs=sb3_policy_kwargs, **{k: _sb3_value(v) for k, v in kwargs.items()})
+    os.makedirs(run_dir, exist_ok=True)
+    info = {
+        "env_id": spec["env"], "algo": algo_dirname(spec["algo"]), "seed": seed,
+        "library": f"{module} {getattr(library, '__version__', '?')}", "class": cls_name, "n_envs": n_envs,
+        "policy": cfg["policy"], "policy_kwargs": policy_kwargs, "hyperparameters": kwargs,
+        "vec_normalize": {"norm_obs": norm_obs, "norm_reward": norm_reward} if (norm_obs or norm_reward) else None,
+        "not_applied": dropped + [f"policy_kwargs.{k}" for k in dropped_policy],
+        "preset_source": cfg["source"], "device": str(model.device),
+    }
+    with open(os.path.join(run_dir, "run.json"), "w") as f:
+        json.dump(info, f, indent=2, default=str)
+    model.set_logger(configure(run_dir, ["stdout", "tensorboard"] if spec["verbose"] else ["tensorboard"]))
+    # SB3 logs every log_interval iterations: PPO/TRPO every one, A2C's short iterations about every 2048 steps
+    per_iteration = model.n_steps * model.n_envs
+    log_interval = max(1, round(SB3_LOG_EVERY_STEPS / per_iteration)) if cls_name == "A2C" else 1
+    start = time.perf_counter()
+    model.learn(total_timesteps=spec["timesteps"], log_interval=log_interval)
+    wall = time.perf_counter() - start
+
+    eval_env = make_vec_env(spec["env"], n_envs=1, seed=seed + 10_000)
+    if isinstance(env, VecNormalize):
+        eval_env = VecNormalize(eval_env, training=False, norm_obs=norm_obs, norm_reward=False)
+        eval_env.obs_rms = env.obs_rms.copy()
+    mean, std = evaluate_policy(model, eval_env, n_eval_episodes=spec["eval_episodes"], deterministic=True)
+    eval_env.close()
+    env.close()
+    steps = int(model.num_timesteps)
+    # the last point of every curve at the final step, also when training ended between log intervals
+    if model.ep_info_buffer:
+        model.logger.record("rollout/ep_rew_mean", float(np.mean([e["r"] for e in model.ep_info_buffer])))
+        model.logger.record("rollout/ep_len_mean", float(np.mean([e["l"] for e in model.ep_info_buffer])))
+    model.logger.record("time/fps", int(steps / max(wall, 1e-9)))
+    model.logger.record("eval/mean_reward", float(mean))
+    model.logger.dump(steps)
+    model.logger.close()
+    return {"env": spec["env"], "seed": seed, "eval_return": float(mean), "eval_std": float(std),
+            "timesteps": steps, "wall_s": wall, "fps": steps / max(wall, 1e-9), "logdir": run_dir,
+            "model": None, "preset_source": cfg["source"]}
+
+
+# ---------------------------------------------------------------- the parent
+
+
+def _label(spec: dict) -> str:
+    return f"{spec['algo']} on {spec['env']} (seed {spec['seed']})"
+
+
+def _announce(record: dict, finished: int, total: int) -> None:
+    head = f"[{finished}/{total}] {_label(record)}:"
+    if record["status"] == "failed":
+        print(f"{head} FAILED: {record['error']} (traceback: {record['log']})", flush=True)
+    else:
+        print(f"{head} {record['status']}, eval return {record.get('eval_return', float('nan')):.1f}, "
+              f"{record.get('timesteps', 0)} steps in {record.get('wall_s', 0.0):.1f} s", flush=True)
+
+
+def _pool(workers: int) -> cf.ProcessPoolExecutor:
+    kwargs = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+    return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), **kwargs)
+
+
+def _execute(specs: list[dict], workers: int, on_record) -> None:
+    """Run specs in a pool; a worker that dies takes its pool down, so the runs it took with it are
+    retried one at a time in pools of their own (which tells the crashing run from the bystanders)."""
+    crashed: list[dict] = []
+    with _pool(workers) as pool:
+        futures = {pool.submit(run_in_worker, spec): spec for spec in specs}
+        for future in cf.as_completed(futures):
+            spec = futures[future]
+            try:
+                on_record(future.result())
+            except cf.process.BrokenProcessPool:
+                crashed.append(spec)
+    for spec in crashed:
+        set_aside(spec["run_dir"])
+        with _pool(1) as pool:
+            try:
+                record = pool.submit(run_in_worker, spec).result()
+            except cf.process.BrokenProcessPool as err:
+                record = {"algo": spec["algo"], "env": spec["env"], "seed": spec["seed"], "status": "failed",
+                          "error": f"the worker process died (killed or crashed): {err}",
+                          "log": "(none: the process died before it could write one)", "run_dir": spec["run_dir"]}
+        on_record(record)
+
+
+def format_table(records: list[dict]) -> str:
+    """The summary table, one line per run, in plan order."""
+    rows = [[header for header, _, _ in TABLE_COLUMNS]]
+    for r in records:
+        row = []
+        for _, key, fmt in TABLE_COLUMNS:
+            value = r.get(key)
+            row.append("-" if value is None else fmt.format(value))
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run_grid(args) -> int:
+    """The whole grid: plan, skip finished runs, run the rest in parallel, print the summary."""
+    specs = plan(args)
+    records: dict[int, dict] = {}
+    pending = []
+    for i, spec in enumerate(specs):
+        done = read_done(spec["run_dir"])
+        if done is not None:
+            records[i] = {**done, "algo": spec["algo"], "env": spec["env"], "seed": spec["seed"],
+                          "status": "skipped (done)"}
+            continue
+        moved = set_aside(spec["run_dir"])
+        if moved is not None:
+            print(f"{_label(spec)}: unfinished run directory moved aside to {moved}", flush=True)
+        pending.append(i)
+    total = len(specs)
+    print(f"grid: {total} runs ({total - len(pending)} already done), logging to {args.logdir}", flush=True)
+    for i in sorted(records):
+        _announce(records[i], len(records), total)
+    if pending:
+        workers = args.workers or min(len(pending), os.cpu_count() or 1)
+        index = {specs[i]["run_dir"]: i for i in pending}
+
+        def on_record(record: dict) -> None:
+            records[index[record["run_dir"]]] = record
+            _announce(record, len(records), total)
+
+        _execute([specs[i] for i in pending], workers, on_record)
+    ordered = [records[i] for i in range(total)]
+    print()
+    print(format_table(ordered))
+    failed = [r for r in ordered if r["status"] == "failed"]
+    if failed:
+        print(f"\n{len(failed)} of {total} runs failed:")
+        for r in failed:
+            print(f"  {_label(r)}: {r['error']}\n    traceback: {r['log']}")
+        print("rerun the same command to retry them (finished runs are skipped)")
+    print(f"\nlogs: {args.logdir}  (tensorboard --logdir {args.logdir}; python -m rlgeom.compare {args.logdir})")
+    return 1 if failed else 0
+
+
+def main(args) -> int:
+    """Entry from rlgeom.train: 0 all runs succeeded, 1 some failed, 2 bad input, 130 interrupted."""
+    try:
+        return run_grid(args)
+    except GridUsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to finish the grid (finished runs are skipped)", file=sys.stderr)
+        return 130
+
+
+__all__ = ["A2C_PRESETS", "SB3_ALGOS", "GridUsageError", "is_grid", "main", "plan", "run_grid", "run_in_worker"]

@@ -1,0 +1,204 @@
+"""Checkpoints: everything a run needs to continue as if it had never stopped, without pickle.
+
+A checkpoint is a model file (`rlgeom.serialization`: safetensors + JSON in the header, written
+atomically: temporary file, fsync, rename) whose description also holds a `"checkpoint"` record.
+Nested state (a torch optimizer's `state_dict()`, a K-FAC `state_dict()`, RNG states) is split by
+`pack_state` into tensors, stored by safetensors, and a JSON skeleton in which each tensor is a
+`{"__tensor__": key}` placeholder; `unpack_state` rebuilds it. Only JSON types, tuples, int-keyed
+dicts and tensors are accepted: there is no way to smuggle an object (or code) into a checkpoint.
+
+Checkpoints of a run live in one directory as `checkpoint_<steps>.safetensors` (zero-padded, so
+names sort by step); a temporary file being written has another name (`....safetensors.tmp<pid>`)
+and is never listed, so a process killed mid-write leaves at most a stray temporary and the
+previous checkpoints intact. `latest_checkpoint` picks the newest complete one.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+import re
+import sys
+
+import numpy as np
+import torch
+
+from rlgeom.serialization import SUFFIX, ModelFileError, read_model
+
+PREFIX = "checkpoint_"
+_NAME = re.compile(rf"^{PREFIX}(\d+){re.escape(SUFFIX)}$")
+_TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
+
+
+# ----------------------------------------------------------------------------- nested state
+def pack_state(prefix: str, obj) -> tuple[dict[str, torch.Tensor], object]:
+    """(tensors keyed `prefix/path`, JSON skeleton) of a nested dict/list/tuple of tensors and JSON values."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(x, path: str):
+        if isinstance(x, torch.Tensor):
+            if path in tensors:
+                raise ValueError(f"state key {path!r} occurs twice")
+            tensors[path] = x.detach()
+            return {_TENSOR: path}
+        if isinstance(x, dict):
+            if all(isinstance(k, str) and not k.startswith("__") for k in x):
+                return {k: walk(v, f"{path}/{k}") for k, v in x.items()}
+            if not all(isinstance(k, (str, int)) and not isinstance(k, bool) for k in x):
+                raise TypeError(f"state at {path!r} has keys that are neither str nor int: {list(x)[:4]}")
+            return {_ITEMS: [[k, walk(v, f"{path}/{k}")] for k, v in x.items()]}
+        if isinstance(x, tuple):
+            return {_TUPLE: [walk(v, f"{path}/{i}") for i, v in enumerate(x)]}
+        if isinstance(x, list):
+            return [walk(v, f"{path}/{i}") for i, v in enumerate(x)]
+        if isinstance(x, np.ndarray):
+            return walk(torch.from_numpy(np.ascontiguousarray(x)), path)
+        if isinstance(x, np.generic):
+            return x.item()
+        if x is None or isinstance(x, (bool, int, float, str)):
+            return x
+        raise TypeError(f"cannot store {type(x).__name__} at {path!r} in a checkpoint (tensors and JSON values only)")
+
+    return tensors, walk(obj, prefix)
+
+
+def unpack_state(skeleton, tensors: dict[str, torch.Tensor], where: str = "checkpoint"):
+    """Inverse of `pack_state`; ModelFileError if a placeholder names a missing tensor."""
+
+    def walk(x):
+        if isinstance(x, dict):
+            if set(x) == {_TENSOR}:
+                if x[_TENSOR] not in tensors:
+                    raise ModelFileError(f"{where}: the tensor {x[_TENSOR]!r} named in the description is missing")
+                return tensors[x[_TENSOR]]
+            if set(x) == {_TUPLE}:
+                return tuple(walk(v) for v in x[_TUPLE])
+            if set(x) == {_ITEMS}:
+                return {k: walk(v) for k, v in x[_ITEMS]}
+            return {k: walk(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [walk(v) for v in x]
+        return x
+
+    try:
+        return walk(skeleton)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ModelFileError):
+            raise
+        raise ModelFileError(f"{where}: malformed state description: {err}") from None
+
+
+# ----------------------------------------------------------------------------- random states
+def rng_state() -> dict:
+    """Global RNG states: torch CPU (and CUDA, when initialised) as uint8 tensors, numpy and random as JSON."""
+    np_state = np.random.get_state()
+    state = {
+        "torch_cpu": torch.get_rng_state(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["torch_cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def set_rng_state(state: dict, where: str = "checkpoint") -> None:
+    """Restore what `rng_state()` returned. CUDA states are restored only where CUDA is available."""
+    try:
+        torch.set_rng_state(state["torch_cpu"].to(torch.uint8).cpu())
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+        version, internal, gauss_next = state["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+        cuda = state.get("torch_cuda")
+        if cuda and torch.cuda.is_available():
+            for i, s in enumerate(cuda[: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(s.to(torch.uint8).cpu(), i)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ModelFileError(f"{where}: the saved random-number-generator state is unusable: {err}") from None
+
+
+# ----------------------------------------------------------------------------- files of a run
+def checkpoint_path(directory: str, step: int) -> str:
+    return os.path.join(directory, f"{PREFIX}{int(step):012d}{SUFFIX}")
+
+
+def list_checkpoints(directory: str) -> list[tuple[int, str]]:
+    """Complete checkpoints in `directory` as (step, path), oldest first; temporaries are never listed."""
+    if not os.path.isdir(directory):
+        return []
+    found = []
+    for name in os.listdir(directory):
+        m = _NAME.match(name)
+        if m:
+            found.append((int(m.group(1)), os.path.join(directory, name)))
+    return sorted(found)
+
+
+def prune_checkpoints(directory: str, keep: int) -> None:
+    """Keep the newest `keep` checkpoints; remove stray temporaries left by killed processes."""
+    for _, path in list_checkpoints(directory)[:-keep] if keep > 0 else []:
+        os.remove(path)
+    mine = f".tmp{os.getpid()}"
+    for tmp in glob.glob(os.path.join(glob.escape(directory), f"{PREFIX}*{SUFFIX}.tmp*")):
+        if not tmp.endswith(mine):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+
+
+def latest_checkpoint(path: str) -> str:
+    """The newest complete, readable checkpoint for `path`: a checkpoint file itself, a checkpoint
+    directory, or a run directory (its `checkpoints/`). An unreadable newest file (e.g. damaged on
+    disk) is reported on stderr and the one before it is used."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        return path
+    candidates = list_checkpoints(path) or list_checkpoints(os.path.join(path, "checkpoints"))
+    if not candidates:
+        raise ModelFileError(
+            f"{path}: no checkpoint found (looked for {PREFIX}<steps>{SUFFIX} in it and in its checkpoints/)"
+        )
+    for _, candidate in reversed(candidates):
+        try:
+            read_model(candidate)
+        except ModelFileError as err:
+            print(f"rlgeom: skipping unreadable checkpoint: {err}", file=sys.stderr)
+            continue
+        return candidate
+    raise ModelFileError(f"{path}: every checkpoint in it is unreadable")
+
+
+def find_run_checkpoint(run_roots: list[str]) -> str:
+    """The newest checkpoint (by step, then modification time) across several run directories."""
+    best = None
+    for root in run_roots:
+        for step, path in list_checkpoints(os.path.join(root, "checkpoints")):
+            key = (step, os.path.getmtime(path))
+            if best is None or key > best[0]:
+                best = (key, root)
+    if best is None:
+        raise ModelFileError(f"no checkpoint to resume from in {', '.join(run_roots) or '(no run directory)'}")
+    return latest_checkpoint(best[1])
+
+
+def open_resumed_logger(run_dir: str, step: int, verbose: int = 0):
+    """A RunLogger appending to `run_dir`: TensorBoard drops anything an interrupted process logged
+    after `step` (purge_step), so curves continue without a gap or a duplicated step."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from rlgeom.logger import RunLogger
+
+    logger = RunLogger(None, verbose)
+    os.makedirs(run_dir, exist_ok=True)
+    logger.run_dir = run_dir
+    logger.writer = SummaryWriter(run_dir, purge_step=int(step) + 1)
+    return logger
+
+
+__all__ = [
+    "pack_state", "unpack_state", "rng_state", "set_rng_state", "checkpoint_path", "list_checkpoints",
+    "prune_checkpoints", "latest_checkpoint", "find_run_checkpoint", "open_resumed_logger",
+]

@@ -1,0 +1,393 @@
+"""The policy's Fisher metric: KL, Fisher-vector products, conjugate gradient, natural step, line search.
+
+The one home of this mathematics; NPG, TRPO and ACKTR call it, none re-implements it.
+
+| symbol | meaning                                              | shape / type             |
+|--------|------------------------------------------------------|--------------------------|
+| θ      | trainable actor parameters, flattened                | [d]                      |
+| x      | actor inputs (normalised observations)               | [B, *obs]                |
+| φ(θ)   | distribution parameters, `actor(x)`                  | [B, P]                   |
+| J      | ∂φ_i/∂θ for sample i                                 | [P, d] per sample        |
+| F_dist | Fisher of the action distribution on φ (the family)  | [P, P] per sample        |
+| F      | policy Fisher E_i[J_iᵀ F_dist(φ_i) J_i]              | [d, d], never built      |
+| KL     | always KL(π_old ‖ π_new), mean over the batch        | scalar                   |
+
+Locally KL(π_θ ‖ π_θ+ε) = ½ εᵀFε + O(ε³), so F⁻¹g is steepest ascent per unit of KL (Kakade 2001);
+a direction x with q = xᵀFx is scaled to KL radius δ by √(2δ/q) (Schulman et al. 2015, appendix C).
+
+Costs, for d parameters and a batch of B (or the subsample used for products):
+- `PolicyFisher.fvp`: "gauss_newton" one forward-mode pass (jvp) + one forward and one reverse pass
+  (vjp); "kl_hessian" one forward + a double backward. Neither loops over samples or builds F.
+- `conjugate_gradient`: one matvec per iteration plus one for the true final residual (whose
+  product A·x `natural_step` reuses for xᵀAx, so a natural step costs iterations + 1 products).
+- Host syncs: one per CG iteration (early stop), one per line-search trial (acceptance), one for
+  `NaturalStep.valid`. `kl_scale` itself never syncs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.distributions import kl_divergence
+from torch.func import functional_call, jvp, vjp
+
+from rlgeom.distributions import ActionDistribution
+
+FVP_METHODS = ("gauss_newton", "kl_hessian")
+
+
+# ---------------------------------------------------------------------------------------------
+# flat parameter vectors
+# ---------------------------------------------------------------------------------------------
+
+
+def flat_parameters(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """θ as one detached 1-D tensor (a copy), in the order of `params`."""
+    return torch.cat([p.detach().reshape(-1) for p in params])
+
+
+def assign_flat_parameters(params: Sequence[torch.Tensor], flat: torch.Tensor) -> None:
+    """Copy the 1-D `flat` into `params` in place (the inverse of `flat_parameters`)."""
+    total = sum(p.numel() for p in params)
+    if flat.dim() != 1 or flat.numel() != total:
+        raise ValueError(f"flat parameter vector must be 1-D with {total} entries, got shape {tuple(flat.shape)}")
+    with torch.no_grad():
+        for p, chunk in zip(params, torch.split(flat, [p.numel() for p in params])):
+            p.copy_(chunk.view_as(p))
+
+
+def _unflatten(flat: torch.Tensor, params: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """A flat vector split into tensors shaped like `params` (views, no copy)."""
+    total = sum(p.numel() for p in params)
+    if flat.dim() != 1 or flat.numel() != total:
+        raise ValueError(f"vector must be 1-D with {total} entries (one per parameter), got shape {tuple(flat.shape)}")
+    return tuple(c.view_as(p) for p, c in zip(params, torch.split(flat, [p.numel() for p in params])))
+
+
+def flat_gradient(
+    loss_or_grads: torch.Tensor | Sequence[torch.Tensor | None],
+    params: Sequence[torch.Tensor],
+    retain_graph: bool = False,
+    create_graph: bool = False,
+) -> torch.Tensor:
+    """∇_θ loss as one 1-D tensor; parameters the loss does not depend on get zeros.
+
+    `loss_or_grads` is a scalar loss, or already-computed per-parameter gradients (None allowed).
+    """
+    if isinstance(loss_or_grads, torch.Tensor):
+        grads = torch.autograd.grad(
+            loss_or_grads,
+            list(params),
+            retain_graph=retain_graph or create_graph,  # a graph differentiated again must be kept
+            create_graph=create_graph,
+            allow_unused=True,
+        )
+    else:
+        grads = list(loss_or_grads)
+        if len(grads) != len(params):
+            raise ValueError(f"got {len(grads)} gradients for {len(params)} parameters")
+    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)])
+
+
+# ---------------------------------------------------------------------------------------------
+# KL and the policy Fisher
+# ---------------------------------------------------------------------------------------------
+
+
+def policy_kl(family: ActionDistribution, old_params: torch.Tensor, new_params: torch.Tensor) -> torch.Tensor:
+    """Per-sample KL(π_old ‖ π_new) [B] from distribution parameters: the one place KL is written."""
+    return kl_divergence(family.distribution(old_params), family.distribution(new_params))
+
+
+class PolicyFisher:
+    """KL, entropy and Fisher-vector products of a policy on one batch of inputs.
+
+    On construction it snapshots φ_old = actor(x) (detached) and the trainable actor parameters;
+    KL is always against that snapshot. Fisher products use the actor's parameters as they are when
+    called (F at the *current* θ), averaged over a subsample of the batch fixed at construction
+    (Schulman et al. 2015, appendix C: products on ~10% of the batch are nearly as good and cheaper).
+
+    Args:
+        actor: module mapping inputs [B, ...] to distribution parameters [B, P].
+        family: the action-distribution family that reads those parameters.
+        inputs: the actor's inputs for the batch.
+        damping: λ in (F + λI)v; ≥ 0.
+        method: "gauss_newton" (Jᵀ F_dist J v: forward-mode then reverse-mode) or "kl_hessian"
+            (Hessian-vector product of KL(π_θ̄ ‖ π_θ), θ̄ = θ detached, by double backprop). Equal
+            in exact arithmetic: the KL's gradient vanishes at θ̄ = θ, leaving JᵀF_dist J.
+        subsample: fraction of the batch used for products, in (0, 1].
+        generator: drives the subsample draw; the global RNG is never touched when subsample == 1.
+    """
+
+    def __init__(
+        self,
+        actor: nn.Module,
+        family: ActionDistribution,
+        inputs: torch.Tensor,
+        *,
+        damping: float = 0.1,
+        method: str = "gauss_newton",
+        subsample: float = 1.0,
+        generator: torch.Generator | None = None,
+    ):
+        if method not in FVP_METHODS:
+            raise ValueError(f"unknown Fisher-vector product method {method!r}; accepted: {', '.join(FVP_METHODS)}")
+        if not 0.0 < subsample <= 1.0:
+            raise ValueError(f"subsample must be a fraction in (0, 1], got {subsample}")
+        if damping < 0:
+            raise ValueError(f"damping must be >= 0, got {damping}")
+        self.actor, self.family, self.inputs = actor, family, inputs
+        self.damping, self.method, self.subsample = float(damping), method, float(subsample)
+        named = [(n, p) for n, p in actor.named_parameters() if p.requires_grad]
+        self.parameter_names = [n for n, _ in named]
+        self.parameters = [p for _, p in named]
+        self.num_parameters = sum(p.numel() for p in self.parameters)
+        with torch.no_grad():
+            self.old_dist_params = actor(inputs).detach()
+        self.fisher_indices = self._draw_subsample(inputs.shape[0], generator)
+        self.fisher_inputs = inputs if self.fisher_indices is None else inputs[self.fisher_indices]
+
+    def _draw_subsample(self, batch: int, generator: torch.Generator | None) -> torch.Tensor | None:
+        """Indices of the samples used for products (None: the whole batch, no RNG consumed)."""
+        if self.subsample >= 1.0:
+            return None
+        n = max(1, int(round(self.subsample * batch)))
+        device = generator.device if generator is not None else self.inputs.device
+        perm = torch.randperm(batch, generator=generator, device=device)
+        return perm[:n].sort().values.to(self.inputs.device)
+
+    # --- KL and entropy (full batch, differentiable in the actor's parameters) -----------------
+
+    def distribution(self) -> torch.distributions.Distribution:
+        """π_θ on the batch at the actor's current parameters (differentiable)."""
+        return self.family.distribution(self.actor(self.inputs))
+
+    def old_distribution(self) -> torch.distributions.Distribution:
+        """π_old on the batch (the snapshot taken at construction)."""
+        return self.family.distribution(self.old_dist_params)
+
+    def kl(self, current_dist_params: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample KL(π_old ‖ π_θ) [B]; pass `current_dist_params` = actor(inputs) to reuse a forward."""
+        current = self.actor(self.inputs) if current_dist_params is None else current_dist_params
+        return policy_kl(self.family, self.old_dist_params, current)
+
+    def mean_kl(self, current_dist_params: torch.Tensor | None = None) -> torch.Tensor:
+        """E_batch KL(π_old ‖ π_θ), the trust-region quantity of TRPO."""
+        return self.kl(current_dist_params).mean()
+
+    def max_kl(self, current_dist_params: torch.Tensor | None = None) -> torch.Tensor:
+        """max_batch KL(π_old ‖ π_θ)."""
+        return self.kl(current_dist_params).max()
+
+    def entropy(self, current_dist_params: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean entropy of π_θ over the batch."""
+        current = self.actor(self.inputs) if current_dist_params is None else current_dist_params
+        return self.family.distribution(current).entropy().mean()
+
+    # --- Fisher-vector products ----------------------------------------------------------------
+
+    def fvp(self, v: torch.Tensor) -> torch.Tensor:
+        """(F + λI) v for a flat v [d], F at the current parameters over the (sub)sampled batch."""
+        return self.fisher_product(v) + self.damping * v
+
+    def quadratic_form(self, v: torch.Tensor) -> torch.Tensor:
+        """vᵀ F v (undamped): twice the KL the quadratic model predicts for a step v."""
+        return torch.dot(v, self.fisher_product(v))
+
+    def fisher_product(self, v: torch.Tensor) -> torch.Tensor:
+        """F v (undamped) by the configured method."""
+        tangents = _unflatten(v.detach(), self.parameters)  # also checks v's size
+        if self.method == "gauss_newton":
+            return self._gauss_newton_product(tangents)
+        return self._kl_hessian_product(v.detach())
+
+    def _actor_of(self, *theta: torch.Tensor) -> torch.Tensor:
+        """φ(θ) on the product batch as a pure function of the trainable parameters."""
+        return functional_call(self.actor, dict(zip(self.parameter_names, theta)), (self.fisher_inputs,))
+
+    def _gauss_newton_product(self, tangents: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """E_i[J_iᵀ F_dist(φ_i) J_i v]: Jv by forward mode, F_dist analytically, Jᵀ(·) by reverse mode."""
+        theta = tuple(p.detach() for p in self.parameters)
+        _, jv = jvp(self._actor_of, theta, tangents)
+        phi, pullback = vjp(self._actor_of, *theta)
+        f_jv = self.family.fisher_product(phi.detach(), jv) / phi.shape[0]  # batch mean
+        return flat_gradient(pullback(f_jv), self.parameters).detach()
+
+    def _kl_hessian_product(self, v: torch.Tensor) -> torch.Tensor:
+        """∇_θ (vᵀ ∇_θ KL(π_θ̄ ‖ π_θ)) at θ̄ = θ: the Hessian of the KL times v, by double backprop."""
+        with torch.enable_grad():  # also callable from no_grad code (telemetry, line searches)
+            phi = self.actor(self.fisher_inputs)
+            kl = policy_kl(self.family, phi.detach(), phi).mean()
+            grad = flat_gradient(kl, self.parameters, create_graph=True)
+            if not grad.requires_grad:  # no parameter reaches the output: F = 0
+                return torch.zeros_like(v)
+            return flat_gradient(torch.dot(grad, v), self.parameters).detach()
+
+
+# ---------------------------------------------------------------------------------------------
+# conjugate gradient, the KL budget and the natural step
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CGResult:
+    """Outcome of `conjugate_gradient`.
+
+    solution: x ≈ A⁻¹b. iterations: CG iterations run (≤ max_iterations). residual_norm: the true
+    ‖b − A x‖ (recomputed, not CG's recursive estimate), a 0-dim tensor. product: A x, computed once
+    for that residual and reused by `natural_step` for xᵀAx.
+    """
+
+    solution: torch.Tensor
+    iterations: int
+    residual_norm: torch.Tensor
+    product: torch.Tensor
+
+
+def conjugate_gradient(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    b: torch.Tensor,
+    max_iterations: int = 10,
+    residual_tolerance: float = 1e-10,
+) -> CGResult:
+    """Solve A x = b for symmetric positive-definite A given only v ↦ A v (Hestenes & Stiefel 1952).
+
+    Starts from x = 0 (deterministic, no RNG), stops once ‖r‖² ≤ residual_tolerance (the squared
+    residual, as in Schulman et al. 2015's implementation) or after max_iterations, and stops
+    early, keeping the last iterate, if a search direction has non-positive or non-finite
+    curvature pᵀAp (A is not SPD on it). b = 0 returns x = 0 after zero iterations.
+    """
+    x = torch.zeros_like(b)
+    r = b.clone()  # r = b − A·0
+    p = r.clone()
+    rr = torch.dot(r, r)
+    iterations = 0
+    for _ in range(max_iterations):
+        if not bool(rr > residual_tolerance):  # converged, or b itself is non-finite
+            break
+        ap = matvec(p)
+        curvature = torch.dot(p, ap)
+        if not bool(curvature > 0):  # also catches NaN
+            break
+        alpha = rr / curvature
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = torch.dot(r, r)
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+        iterations += 1
+    product = matvec(x) if iterations > 0 else torch.zeros_like(b)
+    return CGResult(x, iterations, torch.linalg.vector_norm(b - product), product)
+
+
+def kl_scale(quadratic_form: torch.Tensor | float, radius: float, *, clip: bool = False) -> torch.Tensor:
+    """Scale taking a direction d with q = dᵀFd to KL radius δ under the quadratic model ½ s²q = δ.
+
+    clip=False: √(2δ/q) (NPG's step, TRPO's first trial). clip=True: min(1, √(2δ/q)), for a d that
+    is already a full step and is only shrunk to respect the trust region (ACKTR's KL clip).
+    Invalid q (≤ 0, NaN, ±inf) gives a scale of exactly 0, as a tensor, without a host sync: the
+    caller tests `scale > 0` when (and if) it wants to know, and a zero step is harmless if applied.
+    """
+    q = torch.as_tensor(quadratic_form)
+    valid = torch.isfinite(q) & (q > 0)
+    scale = torch.sqrt(2.0 * radius / torch.where(valid, q, torch.ones_like(q)))
+    if clip:
+        scale = torch.clamp(scale, max=1.0)
+    return torch.where(valid, scale, torch.zeros_like(scale))
+
+
+@dataclass
+class NaturalStep:
+    """Outcome of `natural_step`.
+
+    step: the parameter change to add (zeros when invalid). direction: x ≈ F⁻¹g from CG.
+    quadratic_form: xᵀ(F+λI)x with the matvec given. cg: the CG report. valid: False when g, x or q
+    is non-finite or q ≤ 0. expected_improvement: gᵀ step, the linear model's predicted gain (what
+    `backtracking_line_search` compares against).
+    """
+
+    step: torch.Tensor
+    direction: torch.Tensor
+    quadratic_form: torch.Tensor
+    cg: CGResult
+    valid: bool
+    expected_improvement: torch.Tensor
+
+
+def natural_step(
+    gradient: torch.Tensor,
+    fvp: Callable[[torch.Tensor], torch.Tensor],
+    max_kl: float,
+    cg_iterations: int = 10,
+    cg_tolerance: float = 1e-10,
+) -> NaturalStep:
+    """x = CG(F, g); step = √(2δ / xᵀFx) · x, the ascent step whose quadratic-model KL is δ = max_kl.
+
+    `gradient` is of the objective to *maximise* (e.g. the surrogate advantage); add `step` to θ.
+    """
+    cg = conjugate_gradient(fvp, gradient, cg_iterations, cg_tolerance)
+    x = cg.solution
+    q = torch.dot(x, cg.product)  # xᵀFx from the product CG already computed for its residual
+    scale = kl_scale(q, max_kl)
+    finite = torch.isfinite(gradient).all() & torch.isfinite(x).all()
+    valid = bool(finite & (scale > 0))  # kl_scale is 0 exactly when q ≤ 0 or non-finite
+    step = x * scale if valid else torch.zeros_like(x)
+    return NaturalStep(step, x, q, cg, valid, torch.dot(gradient, step))
+
+
+# ---------------------------------------------------------------------------------------------
+# line search
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LineSearchResult:
+    """Outcome of `backtracking_line_search`.
+
+    accepted: whether a trial was kept. step_fraction: the fraction of the step applied (0.0 when
+    none was). backtracks: how many times the step was shrunk before acceptance (max_backtracks
+    when none was accepted). kl, improvement: of the accepted trial, else of the last one tried.
+    """
+
+    accepted: bool
+    step_fraction: float
+    backtracks: int
+    kl: float
+    improvement: float
+
+
+@torch.no_grad()
+def backtracking_line_search(
+    params: Sequence[torch.Tensor],
+    step: torch.Tensor,
+    evaluate: Callable[[], tuple[torch.Tensor | float, torch.Tensor | float]],
+    *,
+    max_kl: float,
+    expected_improvement: torch.Tensor | float,
+    backtrack_coef: float = 0.8,
+    max_backtracks: int = 10,
+    accept_ratio: float = 0.0,
+) -> LineSearchResult:
+    """Try θ_old + βʲ·step for j = 0, 1, …, max_backtracks (β = backtrack_coef) and keep the first
+    whose surrogate improvement is finite, > 0 and > accept_ratio · expected · βʲ, and whose mean KL
+    is ≤ max_kl (Schulman et al. 2015, appendix C). If none passes, θ_old is restored bit for bit.
+
+    `evaluate()` returns (surrogate improvement, mean KL(π_old ‖ π)) at the parameters currently
+    assigned; it runs under torch.no_grad like the whole search. At most max_backtracks + 1 trials.
+    """
+    old = flat_parameters(params)
+    expected = float(expected_improvement)
+    improvement = kl = float("nan")
+    for j in range(max_backtracks + 1):
+        fraction = backtrack_coef**j
+        assign_flat_parameters(params, old + fraction * step)
+        improvement, kl = (float(t) for t in evaluate())
+        finite = math.isfinite(improvement) and math.isfinite(kl)
+        if finite and kl <= max_kl and improvement > max(0.0, accept_ratio * expected * fraction):
+            return LineSearchResult(True, fraction, j, kl, improvement)
+    assign_flat_parameters(params, old)  # copying the saved tensor back: exact, not old + 0·step
+    return LineSearchResult(False, 0.0, max_backtracks, kl, improvement)

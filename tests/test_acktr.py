@@ -1,0 +1,191 @@
+"""ACKTR: the K-FAC-preconditioned, KL-clipped actor-critic step (agents/acktr.py)."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from agents import ACKTR, AGENTS
+from rlgeom.fisher import kl_scale
+
+
+class TinyImageEnv(gym.Env):
+    """uint8 [4, 84, 84] frames, 3 actions; reward 1 for action 0, episodes of 8 steps."""
+
+    observation_space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    action_space = spaces.Discrete(3)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.np_random.integers(0, 256, (4, 84, 84), dtype=np.uint8), {}
+
+    def step(self, action):
+        self.t += 1
+        obs = self.np_random.integers(0, 256, (4, 84, 84), dtype=np.uint8)
+        return obs, float(action == 0), False, self.t >= 8, {}
+
+
+def params_of(agent) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in agent.policy.parameters()]
+
+
+def one_update(agent):
+    """Collect one rollout and run one update, as learn() does (without the logger)."""
+    agent._reset_env()
+    agent.collect_rollout()
+    before = params_of(agent)
+    stats = agent.update(agent.buffer, 1.0)
+    return before, stats
+
+
+def applied_step_quadratic(agent, before) -> float:
+    """ΔᵀF̂Δ of the step actually applied, by the preconditioner's own quadratic form, plus the
+    Gaussian scale's exact block (2·Δ² for log σ) when the policy has one."""
+    params = list(agent.policy.parameters())
+    deltas = {p: p.detach() - b for p, b in zip(params, before)}
+    q = float(agent.kfac.fisher_quadratic_form(deltas))
+    scale = agent.policy.actor.scale
+    if scale is not None:
+        q += float((2.0 * deltas[scale.raw].pow(2)).sum())
+    return q
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_step_respects_the_kl_budget(env_id):
+    """With momentum 0 the applied step is η·Δ: its K-FAC quadratic form is ≤ 2·kl_clip (= when η < 1)."""
+    kl_clip = 1e-3
+    agent = ACKTR("MlpPolicy", env_id, n_envs=2, n_steps=16, seed=0, device="cpu", momentum=0.0,
+                  learning_rate=0.25, kl_clip=kl_clip, update_inverse_every=1)
+    before, stats = one_update(agent)
+    changed = sum(float((p.detach() - b).abs().sum()) for p, b in zip(agent.policy.parameters(), before))
+    assert changed > 0
+    q = applied_step_quadratic(agent, before)
+    assert q <= 2 * kl_clip * (1 + 1e-4)
+    eta = stats["geometry/eta"]
+    assert 0 < eta <= 1
+    if eta < 1:  # the trust region binds: the step sits on its boundary, ½ΔᵀF̂Δ = kl_clip
+        assert q == pytest.approx(2 * kl_clip, rel=1e-3)
+        assert stats["geometry/trust_region_bound"] == 1.0
+    assert stats["geometry/kl_predicted"] == pytest.approx(0.5 * q, rel=1e-3)
+    for tag in ("train/policy_loss", "train/value_loss", "train/entropy_loss", "train/learning_rate",
+                "train/explained_variance", "geometry/kfac_damping", "geometry/kfac_max_condition",
+                "geometry/kfac_inverse_seconds", "geometry/trust_region_bound_fraction", "geometry/kl"):
+        assert tag in stats
+
+
+def test_eta_is_one_when_the_raw_step_is_small():
+    """A tiny learning rate puts the raw step deep inside the trust region: η = 1 and the step is
+    exactly -lr (F̂ + λI)⁻¹ g (checked through its quadratic form, lr² times that of the direction)."""
+    agent = ACKTR("MlpPolicy", "CartPole-v1", n_envs=2, n_steps=16, seed=1, device="cpu", momentum=0.0,
+                  learning_rate=1e-6, kl_clip=1e-3)
+    before, stats = one_update(agent)
+    assert stats["geometry/eta"] == 1.0
+    assert stats["geometry/trust_region_bound"] == 0.0
+    q = applied_step_quadratic(agent, before)
+    assert q == pytest.approx(stats["geometry/quadratic_form"], rel=1e-3)
+    assert 0 < q < 2e-3
+    assert float(kl_scale(torch.tensor(q), 1e-3, clip=True)) == 1.0
+
+
+def test_cnn_policy_update_on_images():
+    agent = ACKTR("CnnPolicy", TinyImageEnv(), n_steps=8, seed=0, device="cpu", momentum=0.0)
+    assert agent.policy.share_features_extractor
+    assert "actor.features.convs.0" in agent.kfac.layer_names
+    obs = torch.as_tensor(np.random.default_rng(0).integers(0, 256, (5, 4, 84, 84), dtype=np.uint8))
+    params, values = agent._forward(obs)  # one call of the shared torso, same outputs as the policy's
+    torch.testing.assert_close(params, agent.policy.dist_params(obs))
+    torch.testing.assert_close(values, agent.policy.value(obs))
+    before, stats = one_update(agent)
+    moved = [not torch.equal(p.detach(), b) for p, b in zip(agent.policy.parameters(), before)]
+    assert all(moved)  # conv torso, actor and critic heads
+    assert applied_step_quadratic(agent, before) <= 2 * agent.config.kl_clip * (1 + 1e-4)
+    assert all(math.isfinite(v) for v in stats.values())
+
+
+class TrackedACKTR(ACKTR):
+    """Records the return of every finished training episode, in order."""
+
+    def collect_rollout(self, callback=None):
+        ok = super().collect_rollout(callback)
+        self.episode_returns = getattr(self, "episode_returns", []) + self.buffer.finished_episodes()[0]
+        return ok
+
+
+def test_acktr_improves_cartpole():
+    """CartPole-v1's preset, fixed seed, 30k steps: the last 20 training episodes average well above
+    the first 20 (random play: ~20). Margin: at least twice as long and 50 steps longer."""
+    torch.set_num_threads(1)
+    from agents.presets import preset
+
+    cfg = preset("acktr", "CartPole-v1")
+    agent = TrackedACKTR("MlpPolicy", "CartPole-v1", n_envs=cfg["n_envs"], seed=0, device="cpu",
+                         **cfg["hyperparameters"])
+    agent.learn(30_000)
+    returns = agent.episode_returns
+    assert len(returns) >= 40
+    early, late = float(np.mean(returns[:20])), float(np.mean(returns[-20:]))
+    assert late > max(2 * early, early + 50), (early, late)
+
+
+def test_save_load_identical_predictions(tmp_path):
+    agent = ACKTR("MlpPolicy", "Pendulum-v1", n_envs=2, n_steps=8, seed=0, device="cpu")
+    agent.learn(64)
+    path = agent.save(tmp_path / "acktr")
+    loaded = ACKTR.load(path, device="cpu")
+    obs = np.random.default_rng(0).standard_normal((7, 3)).astype(np.float32)
+    a, _ = agent.predict(obs, deterministic=True)
+    b, _ = loaded.predict(obs, deterministic=True)
+    np.testing.assert_array_equal(a, b)
+    for name, (A, G) in agent.kfac.factors().items():  # the K-FAC state travels with the model
+        A2, G2 = loaded.kfac.factors()[name]
+        torch.testing.assert_close(A, A2, rtol=0, atol=0)
+        torch.testing.assert_close(G, G2, rtol=0, atol=0)
+    assert loaded.kfac.counters == agent.kfac.counters
+
+
+def test_checkpoint_carries_kfac_state_and_momentum(tmp_path):
+    agent = ACKTR("MlpPolicy", "CartPole-v1", n_envs=2, n_steps=8, seed=0, device="cpu")
+    agent.learn(64)
+    loaded = ACKTR.load(agent.save_checkpoint(tmp_path / "ckpt.safetensors"), device="cpu")
+    for (p, q) in zip(agent.policy.parameters(), loaded.policy.parameters()):
+        torch.testing.assert_close(agent.optimizer.state[p]["momentum_buffer"],
+                                   loaded.optimizer.state[q]["momentum_buffer"], rtol=0, atol=0)
+    assert loaded.kfac.counters == agent.kfac.counters
+    assert loaded._updates_bound == agent._updates_bound
+
+
+def test_nonfinite_loss_skips_the_update_and_restores_kfac():
+    agent = ACKTR("MlpPolicy", "CartPole-v1", n_envs=2, n_steps=8, seed=0, device="cpu")
+    agent.learn(32)
+    agent.collect_rollout()
+    agent.buffer.advantages[0, 0] = float("nan")
+    before, factors, counters = params_of(agent), agent.kfac.factors(), agent.kfac.counters
+    stats = agent._guarded_update(1.0)
+    assert stats["train/skipped_updates"] == 1
+    for p, b in zip(agent.policy.parameters(), before):
+        assert torch.equal(p.detach(), b)
+    assert agent.kfac.counters == counters
+    for name, (A, G) in agent.kfac.factors().items():
+        assert torch.equal(A, factors[name][0]) and torch.equal(G, factors[name][1])
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"kl_clip": 0.0}, "kl_clip"), ({"kl_clip": -1e-3}, "kl_clip"), ({"damping": -1e-2}, "damping"),
+    ({"damping": 0.0}, "damping"), ({"momentum": 1.0}, "momentum"), ({"stat_decay": 1.5}, "stat_decay"),
+    ({"learning_rate": -0.1}, "learning_rate"), ({"update_inverse_every": 0}, "update_inverse_every"),
+    ({"update_statistics_every": 1.5}, "update_statistics_every"), ({"max_grad_norm": 0.0}, "max_grad_norm"),
+    ({"vf_coef": -1.0}, "vf_coef"), ({"kl_clip": float("inf")}, "kl_clip"), ({"n_step": 5}, "unknown"),
+])
+def test_bad_hyperparameters_raise(bad, match):
+    with pytest.raises(ValueError, match=match):
+        ACKTR("MlpPolicy", "CartPole-v1", device="cpu", **bad)
+
+
+def test_registered():
+    assert AGENTS["acktr"] is ACKTR

@@ -1,0 +1,148 @@
+"""The SB3-style surface every agent shares: predict, save/load, SB3 interop, learning at all."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from agents import AGENTS, PPO, TRPO, VPG
+from agents.presets import preset
+from envs import make_vec_env
+from rlgeom.evaluation import evaluate
+from rlgeom.serialization import ModelFileError
+
+TINY = {
+    "vpg": dict(n_steps=64, batch_size=64),
+    "npg": dict(n_steps=64, batch_size=64),
+    "trpo": dict(n_steps=64, batch_size=64),
+    "ppo": dict(n_steps=64, batch_size=32, n_epochs=2),
+    "acktr": dict(n_steps=16),
+}
+
+
+def tiny(algo, env="CartPole-v1", **kw):
+    return AGENTS[algo]("MlpPolicy", env, seed=0, **{**TINY[algo], **kw})
+
+
+@pytest.mark.parametrize("algo", sorted(AGENTS))
+def test_predict_shapes_follow_sb3(algo):
+    model = tiny(algo)
+    obs = np.zeros(4, dtype=np.float32)
+    action, state = model.predict(obs, deterministic=True)
+    assert state is None and np.shape(action) == () and action in (0, 1)
+    actions, _ = model.predict(np.zeros((5, 4), dtype=np.float32))
+    assert actions.shape == (5,)
+    cont = tiny(algo, "Pendulum-v1")
+    a, _ = cont.predict(np.zeros(3, dtype=np.float32))
+    assert a.shape == (1,) and -2 <= a[0] <= 2
+    assert cont.predict(np.zeros((2, 3)))[0].shape == (2, 1)
+    with pytest.raises(ValueError, match="does not match the model's observation space"):
+        model.predict(np.zeros(3))
+
+
+@pytest.mark.parametrize("algo", sorted(AGENTS))
+def test_save_load_gives_identical_predictions(algo, tmp_path):
+    model = tiny(algo, "Pendulum-v1", normalize_observations=True).learn(128)
+    path = model.save(tmp_path / "m")
+    assert path.endswith(".safetensors")
+    loaded = AGENTS[algo].load(tmp_path / "m")
+    obs = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+    assert loaded.num_timesteps == model.num_timesteps and loaded.config == model.config
+    assert torch.equal(loaded.policy.obs_normalizer.mean, model.policy.obs_normalizer.mean)
+
+
+def test_loading_into_the_wrong_class_names_both(tmp_path):
+    tiny("ppo").save(tmp_path / "ppo_model")
+    with pytest.raises(ModelFileError, match="holds a PPO model, not TRPO"):
+        TRPO.load(tmp_path / "ppo_model")
+
+
+def test_evaluate_policy_and_sb3_callbacks(tmp_path):
+    from stable_baselines3.common.callbacks import (
+        BaseCallback, CheckpointCallback, EvalCallback, StopTrainingOnRewardThreshold,
+    )
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    class Counter(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.steps = self.rollouts = 0
+            self.started = self.ended = False
+
+        def _on_training_start(self):
+            self.started = True
+
+        def _on_rollout_end(self):
+            self.rollouts += 1
+
+        def _on_step(self):
+            self.steps += 1
+            return True
+
+        def _on_training_end(self):
+            self.ended = True
+
+    model = tiny("ppo", n_steps=32)
+    counter = Counter()
+    stop = StopTrainingOnRewardThreshold(reward_threshold=-1.0)  # any return beats it: stops at first eval
+    eval_cb = EvalCallback(gym.make("CartPole-v1"), eval_freq=96, n_eval_episodes=2, callback_on_new_best=stop,
+                           best_model_save_path=str(tmp_path / "best"), verbose=0)
+    ckpt = CheckpointCallback(save_freq=32, save_path=str(tmp_path / "ckpt"), name_prefix="ppo")
+    model.learn(1000, callback=[counter, eval_cb, ckpt])
+    assert counter.started and counter.ended and counter.rollouts >= 2
+    assert model.num_timesteps == 96 == counter.steps  # stopped by the threshold at the first evaluation
+    assert (tmp_path / "best" / "best_model.safetensors").exists()
+    saved = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert saved == [f"ppo_{n}_steps.safetensors" for n in (32, 64, 96)]
+    PPO.load(tmp_path / "ckpt" / saved[-1])
+    mean, std = evaluate_policy(model, gym.make("CartPole-v1"), n_eval_episodes=3)
+    assert mean > 0 and std >= 0
+
+
+def test_sb3_vec_envs_including_vecnormalize():
+    from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    venv = VecNormalize(sb3_make_vec_env("Pendulum-v1", n_envs=2, seed=0))
+    model = TRPO("MlpPolicy", venv, seed=0, n_steps=128, batch_size=64).learn(512)
+    assert model.get_env() is venv and model.get_vec_normalize_env() is venv
+    assert model.num_timesteps == 512 and len(model.ep_info_buffer) == 2  # 2 envs × 256 steps, 200-step episodes
+    # the logged returns are the unnormalised ones (Monitor), around Pendulum's scale
+    assert all(e["r"] < -50 for e in model.ep_info_buffer)
+
+
+def test_gymnasium_env_instance_and_vector_env():
+    model = PPO("MlpPolicy", gym.make("CartPole-v1"), n_steps=64, batch_size=64, seed=0).learn(64)
+    assert model.num_timesteps == 64
+    bad = gym.make_vec("CartPole-v1", num_envs=2)  # NEXT_STEP autoreset by default
+    with pytest.raises(ValueError, match="SAME_STEP"):
+        PPO("MlpPolicy", bad)
+
+
+def test_time_limit_truncation_reaches_the_buffer():
+    env = make_vec_env("Pendulum-v1", 2, seed=0)
+    model = TRPO("MlpPolicy", env, n_steps=200, batch_size=100, seed=0)
+    model.learn(400)
+    buf = model.buffer
+    assert buf.dones[-1].all() and not buf.terminated.any()  # 200-step time limit, never terminal
+    # the stored successor of the last step is the final observation, not the reset one
+    assert not torch.equal(buf.next_obs[-1], model._last_obs)
+
+
+@pytest.mark.parametrize("algo", ["vpg", "npg", "trpo", "ppo"])
+def test_learning_happens_on_cartpole(algo):
+    """Fixed seed, short budget: the trained policy beats the initial one by a wide margin.
+
+    Both are evaluated stochastically: the argmax of an untrained policy's near-zero logits is a
+    linear controller that can balance CartPole by chance, which says nothing about learning."""
+    cfg = preset(algo, "CartPole-v1")
+    torch.set_num_threads(1)
+    model = AGENTS[algo]("MlpPolicy", "CartPole-v1", n_envs=cfg["n_envs"], seed=0, **cfg["hyperparameters"])
+    env = make_vec_env("CartPole-v1", 4)
+    torch.manual_seed(1)
+    before, _ = evaluate(model, env, 8, deterministic=False, seed=1)
+    model.learn(25_000)
+    torch.manual_seed(1)
+    after, _ = evaluate(model, env, 8, deterministic=False, seed=1)
+    assert after > before + 50, (before, after)

@@ -1,0 +1,182 @@
+"""The grid runner (rlgeom.benchmark through `python -m rlgeom.train`): parallel runs, a failing run,
+skip-on-rerun, an SB3 baseline in the same log directory, and the report over it."""
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from rlgeom import benchmark
+from rlgeom.runlogs import read_run
+from rlgeom.train import main
+
+TINY_PPO = ["--timesteps", "256", "--eval-episodes", "2", "--hp", "n_steps=32", "batch_size=32", "n_epochs=1"]
+
+# A task registered by a module the workers import (--gym-packages): it fails at its first reset,
+# as a broken environment would, after the agent and its env have been built.
+FAILING_ENV_MODULE = textwrap.dedent(
+    """
+    import gymnasium as gym
+    import numpy as np
+
+
+    class ResetFails(gym.Env):
+        observation_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+        action_space = gym.spaces.Discrete(2)
+
+        def reset(self, *, seed=None, options=None):
+            raise RuntimeError("simulated env failure in reset")
+
+        def step(self, action):
+            raise RuntimeError("simulated env failure in step")
+
+
+    gym.register("BenchResetFails-v0", entry_point=ResetFails, max_episode_steps=10)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """The first grid run (a good run and a failing one) and its rerun, on one log directory."""
+    root = tmp_path_factory.mktemp("grid")
+    (root / "bench_failing_env.py").write_text(FAILING_ENV_MODULE)
+    mp = pytest.MonkeyPatch()
+    mp.syspath_prepend(str(root))  # the spawned workers inherit sys.path
+    logdir = root / "runs"
+    argv = ["--algo", "ppo", "--env", "CartPole-v1,BenchResetFails-v0", "--seeds", "0", "--workers", "2",
+            "--logdir", str(logdir), "--gym-packages", "bench_failing_env", *TINY_PPO]
+    yield root, logdir, argv
+    mp.undo()
+
+
+def run_cli(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_grid_reports_failure_and_rerun_skips(grid, capsys):
+    root, logdir, argv = grid
+    good = logdir / "CartPole-v1" / "ppo" / "seed0"
+    bad = logdir / "BenchResetFails-v0" / "ppo" / "seed0"
+
+    code, out, _ = run_cli(argv, capsys)
+    assert code == 1, out
+    done = json.loads((good / "done.json").read_text())
+    assert done["status"] == "done" and done["timesteps"] == 256 and done["env"] == "CartPole-v1"
+    assert json.loads((good / "run.json").read_text())["algo"] == "ppo"
+    assert (good / "model.safetensors").is_file()
+    assert not (bad / "done.json").exists()
+    log = bad / "error.log"
+    assert "Traceback" in log.read_text() and "simulated env failure in reset" in log.read_text()
+    assert "FAILED: RuntimeError: simulated env failure in reset" in out and str(log) in out
+    table = out[out.index("agent"):]
+    assert "done" in table and "failed" in table and "256" in table and "FPS" in table
+
+    stamp = (good / "done.json").stat().st_mtime_ns
+    code, out, _ = run_cli(argv, capsys)
+    assert code == 1
+    assert "skipped (done)" in out
+    assert (good / "done.json").stat().st_mtime_ns == stamp  # not rerun
+    aside = sorted(p for p in bad.parent.iterdir() if p.name.startswith("seed0.incomplete-"))
+    assert len(aside) == 1 and (aside[0] / "error.log").is_file()  # the failed run's dir kept, moved aside
+    assert (bad / "error.log").is_file()  # ... and the run tried again
+
+
+def test_sb3_baseline_lands_in_the_same_logdir_and_report_works(grid, capsys):
+    root, logdir, _ = grid
+    code, out, _ = run_cli(["--algo", "sb3:ppo", "--env", "CartPole-v1", "--seeds", "0", "--logdir", str(logdir),
+                            *TINY_PPO], capsys)
+    assert code == 0, out
+    run_dir = logdir / "CartPole-v1" / "sb3-ppo" / "seed0"
+    info = json.loads((run_dir / "run.json").read_text())
+    assert (info["env_id"], info["algo"], info["seed"]) == ("CartPole-v1", "sb3-ppo", 0)
+    assert info["hyperparameters"]["n_steps"] == 32 and info["preset_source"].startswith("rl-zoo ppo.yml")
+    assert json.loads((run_dir / "done.json").read_text())["timesteps"] == 256
+    scalars, _ = read_run(run_dir)
+    assert "rollout/ep_rew_mean" in scalars and "time/fps" in scalars
+
+    from rlgeom.compare import write_report
+
+    if not (logdir / "CartPole-v1" / "ppo" / "seed0" / "done.json").exists():
+        pytest.skip("needs the grid of test_grid_reports_failure_and_rerun_skips")
+    paths = write_report(logdir, root / "report")
+    report = (root / "report" / "report.md").read_text()
+    assert "| ppo | 1 |" in report and "| sb3-ppo | 1 |" in report  # one row per agent, one seed each
+    assert any(p.name == "CartPole-v1_return_vs_steps.png" for p in paths)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--algo", "ppo,nope", "--seeds", "0"], "unknown algorithm 'nope'"),
+        (["--algo", "ppo", "--env", "CartPole-v1,NoSuchEnv-v0", "--seeds", "0"], "unknown env id 'NoSuchEnv-v0'"),
+        (["--algo", "ppo", "--seeds", "0,a"], "--seeds expects non-negative integers"),
+        (["--algo", "ppo", "--seeds", "1,1"], "--seeds lists 1 more than once"),
+        (["--algo", "ppo,vpg", "--seeds", "0", "--hp", "no_such_hp=1"], "no agent in --algo"),
+        (["--algo", "ppo,vpg", "--seeds", "0", "--hp", "learning_rate=-1"], "learning_rate must be > 0"),
+    ],
+)
+def test_bad_input_exits_2_before_anything_runs(tmp_path, capsys, args, message):
+    code, out, err = run_cli([*args, "--logdir", str(tmp_path / "runs")], capsys)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_seed_and_seeds_are_exclusive(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--algo", "ppo", "--seeds", "0,1", "--seed", "2"])
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_plan_layout_budgets_and_hp_routing(tmp_path):
+    from rlgeom.train import build_parser
+
+    args = build_parser().parse_args([
+        "--algo", "ppo,vpg,sb3:a2c,sb3contrib:trpo", "--env", "CartPole-v1,Pendulum-v1", "--seeds", "0,1",
+        "--max-timesteps", "50000", "--logdir", str(tmp_path), "--hp", "vf_learning_rate=0.002",
+    ])
+    specs = benchmark.plan(args)
+    assert len(specs) == 16
+    dirs = {(s["algo"], s["env"], s["seed"]): s["run_dir"] for s in specs}
+    assert dirs[("sb3:a2c", "Pendulum-v1", 1)] == os.path.join(str(tmp_path), "Pendulum-v1", "sb3-a2c", "seed1")
+    assert dirs[("ppo", "CartPole-v1", 0)] == os.path.join(str(tmp_path), "CartPole-v1", "ppo", "seed0")
+    assert all(s["timesteps"] <= 50000 for s in specs)
+    assert {s["algo"]: s["hp"] for s in specs}["vpg"] == ["vf_learning_rate=0.002"]
+    assert {s["algo"]: s["hp"] for s in specs}["ppo"] == []  # not a PPO hyperparameter: not passed to it
+    assert benchmark.algo_preset("sb3:a2c", "Hopper-v5")["source"].startswith("rl-zoo a2c.yml mujoco")
+    assert benchmark.algo_preset("sb3contrib:trpo", "CartPole-v1") == benchmark.algo_preset("trpo", "CartPole-v1")
+
+    args = build_parser().parse_args(["--algo", "ppo,trpo", "--seeds", "0", "--checkpoint-every", "1000",
+                                      "--logdir", str(tmp_path)])
+    assert benchmark.plan(args)[0]["train_options"] == ["--checkpoint-every", "1000", "--keep-checkpoints", "3"]
+    args = build_parser().parse_args(["--algo", "ppo,trpo", "--seeds", "0", "--resume", "--logdir", str(tmp_path)])
+    with pytest.raises(benchmark.GridUsageError, match="--resume applies to one run"):
+        benchmark.plan(args)
+
+
+def test_set_aside_keeps_unfinished_dirs(tmp_path):
+    run_dir = tmp_path / "Task-v0" / "ppo" / "seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "events.out.tfevents.1").write_text("partial")
+    moved = Path(benchmark.set_aside(str(run_dir)))
+    assert not run_dir.exists() and (moved / "events.out.tfevents.1").read_text() == "partial"
+    assert moved.name.startswith("seed0.incomplete-")
+    run_dir.mkdir()
+    assert benchmark.set_aside(str(run_dir)) is None and not run_dir.exists()  # empty: nothing to keep
+    benchmark.write_done(str(moved), {"status": "done"})
+    assert benchmark.read_done(str(moved)) == {"status": "done"}
+    assert [p.name for p in moved.iterdir() if "tmp" in p.name] == []
+
+
+def test_sb3_hyperparameter_lists_match_the_installed_constructors():
+    import sb3_contrib
+    import stable_baselines3
+
+    classes = {"sb3:ppo": stable_baselines3.PPO, "sb3:a2c": stable_baselines3.A2C, "sb3contrib:trpo": sb3_contrib.TRPO}
+    for algo, cls in classes.items():
+        assert benchmark.SB3_HYPERPARAMETERS[algo] == benchmark._sb3_constructor_names(cls), algo

@@ -1,0 +1,88 @@
+"""Action distributions against torch.distributions and the explicit Fisher of their parameters."""
+
+import pytest
+import torch
+from gymnasium import spaces
+from torch import distributions as D
+
+from rlgeom.distributions import (
+    CategoricalFamily, DiagGaussianFamily, MultiCategoricalFamily, family_for_space,
+)
+
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def explicit_fisher(family, params):
+    """Hessian of KL(p_old ‖ p) in the parameters at p = p_old, one sample at a time."""
+    out = []
+    for row in params:
+        old = row.detach()
+
+        def kl(x):
+            return D.kl_divergence(family.distribution(old[None]), family.distribution(x[None])).sum()
+
+        out.append(torch.autograd.functional.hessian(kl, old.clone()))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("family", [CategoricalFamily(4), MultiCategoricalFamily([2, 3]), DiagGaussianFamily(3)])
+def test_fisher_product_equals_explicit_fisher(family):
+    params = torch.randn(5, family.param_dim)
+    v = torch.randn_like(params)
+    F = explicit_fisher(family, params)
+    expected = torch.einsum("bij,bj->bi", F, v)
+    torch.testing.assert_close(family.fisher_product(params, v), expected, rtol=1e-7, atol=1e-9)
+
+
+def test_gaussian_fisher_is_diag_inverse_variance_and_two():
+    fam = DiagGaussianFamily(2)
+    params = torch.tensor([[0.3, -1.0, 0.5, -0.2]])
+    F = fam.fisher_matrix(params)[0]
+    sigma = params[0, 2:].exp()
+    torch.testing.assert_close(torch.diag(F), torch.cat([1 / sigma**2, torch.tensor([2.0, 2.0])]))
+
+
+def test_distributions_match_torch():
+    logits = torch.randn(6, 4)
+    cat = CategoricalFamily(4).distribution(logits)
+    ref = D.Categorical(logits=logits)
+    a = ref.sample()
+    torch.testing.assert_close(cat.log_prob(a), ref.log_prob(a))
+    torch.testing.assert_close(cat.entropy(), ref.entropy())
+
+    params = torch.randn(6, 4)
+    g = DiagGaussianFamily(2).distribution(params)
+    ref = D.Normal(params[:, :2], params[:, 2:].exp())
+    x = torch.randn(6, 2)
+    torch.testing.assert_close(g.log_prob(x), ref.log_prob(x).sum(-1))
+    torch.testing.assert_close(g.entropy(), ref.entropy().sum(-1))
+
+    logits = torch.randn(6, 5)
+    mc = MultiCategoricalFamily([2, 3]).distribution(logits)
+    parts = [D.Categorical(logits=logits[:, :2]), D.Categorical(logits=logits[:, 2:])]
+    act = mc.sample()
+    assert act.shape == (6, 2)
+    torch.testing.assert_close(mc.log_prob(act), parts[0].log_prob(act[:, 0]) + parts[1].log_prob(act[:, 1]))
+    torch.testing.assert_close(mc.entropy(), parts[0].entropy() + parts[1].entropy())
+    other = MultiCategoricalFamily([2, 3]).distribution(logits + torch.randn(6, 5))
+    kl = D.kl_divergence(mc, other)
+    expected = sum(D.kl_divergence(p, q) for p, q in zip(parts, other.parts))
+    torch.testing.assert_close(kl, expected)
+    assert torch.equal(mc.mode, torch.stack([logits[:, :2].argmax(-1), logits[:, 2:].argmax(-1) + 0], -1))
+
+
+def test_family_for_space_and_errors():
+    assert isinstance(family_for_space(spaces.Discrete(3)), CategoricalFamily)
+    assert isinstance(family_for_space(spaces.MultiDiscrete([2, 4])), MultiCategoricalFamily)
+    assert isinstance(family_for_space(spaces.Box(-1, 1, (2,))), DiagGaussianFamily)
+    with pytest.raises(ValueError, match="accepted: Discrete, MultiDiscrete, 1-D Box"):
+        family_for_space(spaces.MultiBinary(3))
+    with pytest.raises(ValueError, match="1-D"):
+        family_for_space(spaces.Box(-1, 1, (2, 2)))

@@ -1,0 +1,162 @@
+"""The fast paths: the rollout's inference forward, no host sync per step, lazy imports, CUDA (skipped
+without a GPU)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from agents import PPO
+from rlgeom.buffer import RolloutBuffer
+from rlgeom.policies import ActorCriticPolicy
+
+CUDA = torch.cuda.is_available()
+
+
+def _policy(obs_dim, action_space, **kw):
+    return ActorCriticPolicy(spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32), action_space, **kw)
+
+
+@pytest.mark.parametrize(
+    "action_space, kw",
+    [
+        (spaces.Discrete(3), {}),
+        (spaces.Box(-1, 1, (2,), np.float32), {}),
+        (spaces.Box(-1, 1, (2,), np.float32), {"net_arch": {"pi": [32], "vf": [16, 16]}}),  # not fusable
+        (spaces.Discrete(2), {"activation_fn": "elu", "normalize_observations": True}),
+        (spaces.MultiDiscrete([2, 3]), {"net_arch": [8]}),
+    ],
+)
+def test_act_matches_the_distribution(action_space, kw):
+    """act()'s values and log-probabilities are the autograd path's, for the actions it drew."""
+    torch.manual_seed(0)
+    policy = _policy(5, action_space, ortho_init=False, **kw)
+    policy.obs_normalizer.update(torch.randn(64, 5) * 3 + 1)
+    obs = torch.randn(32, 5)
+    actions, values, log_probs = policy.act(obs)
+    with torch.no_grad():
+        dist = policy.get_distribution(obs)
+        torch.testing.assert_close(log_probs, dist.log_prob(actions), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(values, policy.value(obs), rtol=1e-5, atol=1e-5)
+        mode, _, _ = policy.act(obs, deterministic=True)
+        torch.testing.assert_close(mode, dist.mode)
+    # fused Adam moves parameters without bumping tensor versions: start_rollout() re-stacks them
+    policy.start_rollout()
+    opt = torch.optim.Adam(policy.parameters(), lr=0.1, fused=True)
+    policy.value(obs).sum().backward()
+    opt.step()
+    policy.start_rollout()
+    _, values2, _ = policy.act(obs)
+    policy.end_rollout()
+    _, values3, _ = policy.act(obs)  # outside a rollout: built from the live parameters
+    with torch.no_grad():
+        torch.testing.assert_close(values2, policy.value(obs), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(values3, policy.value(obs), rtol=1e-5, atol=1e-5)
+
+
+def test_fast_sampling_has_the_right_distribution():
+    torch.manual_seed(1)
+    policy = _policy(3, spaces.Discrete(3), ortho_init=False)
+    obs = torch.zeros(20000, 3)
+    actions, _, _ = policy.act(obs)
+    with torch.no_grad():
+        probs = policy.get_distribution(obs[:1]).probs[0]
+    freq = torch.bincount(actions, minlength=3).float() / len(actions)
+    assert torch.allclose(freq, probs, atol=0.015)
+    gauss = _policy(3, spaces.Box(-1, 1, (1,), np.float32), log_std_init=-0.5)
+    a, _, _ = gauss.act(obs)
+    assert abs(a.std().item() - np.exp(-0.5)) < 0.02
+
+
+class _HostSync(AssertionError):
+    pass
+
+
+def test_no_host_sync_per_step_on_torch_native(monkeypatch):
+    """Inside collect_rollout's per-step loop nothing reads a tensor back to the host.
+
+    On CPU a host read cannot be observed as a device sync, so the host-reading tensor methods
+    (item, tolist, cpu, numpy, bool/int/float conversion) are made to raise from the start of each
+    rollout until the rollout asks for its finished episodes (the one allowed read per rollout).
+    """
+    armed = {"on": False, "rollouts": 0}
+
+    def guard(name, original):
+        def wrapped(self, *args, **kwargs):
+            if armed["on"]:
+                raise _HostSync(f"Tensor.{name} called inside the per-step loop")
+            return original(self, *args, **kwargs)
+        return wrapped
+
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, guard(name, getattr(torch.Tensor, name)))
+    original_collect = PPO.collect_rollout
+    original_finished = RolloutBuffer.finished_episodes
+
+    def collect(self, callback=None):
+        armed["on"], armed["rollouts"] = True, armed["rollouts"] + 1
+        try:
+            return original_collect(self, callback)
+        finally:
+            armed["on"] = False
+
+    def finished(self):
+        armed["on"] = False  # the end of the per-step section
+        return original_finished(self)
+
+    monkeypatch.setattr(PPO, "collect_rollout", collect)
+    monkeypatch.setattr(RolloutBuffer, "finished_episodes", finished)
+    model = PPO("MlpPolicy", "torch/CartPole-v1", n_envs=256, n_steps=16, batch_size=1024, n_epochs=2,
+                seed=0, device="cpu")
+    model.learn(256 * 16 * 3)
+    assert armed["rollouts"] == 3 and model.num_timesteps == 256 * 16 * 3
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_no_sync_per_step_on_cuda():
+    model = PPO("MlpPolicy", "torch/CartPole-v1", n_envs=1024, n_steps=16, batch_size=4096, n_epochs=2,
+                seed=0, device="cuda")
+    model.learn(1024 * 16)  # warm-up: allocations, cuBLAS handles
+    model.buffer.reset()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(model.config.n_steps):
+            actions, values, log_probs = model.policy.act(model._last_obs)
+            step = model.env.step(model._env_actions(actions))
+            model.buffer.add(model._last_obs, actions, log_probs, values, model._last_episode_starts, step)
+            model._last_obs, model._last_episode_starts = step.obs, step.done
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_ppo_learns_on_cuda_torch_native():
+    model = PPO("MlpPolicy", "torch/CartPole-v1", n_envs=1024, n_steps=32, batch_size=8192, n_epochs=4,
+                learning_rate=1e-3, seed=0, device="cuda")
+    model.learn(1024 * 32 * 10)
+    assert np.mean([e["r"] for e in model.ep_info_buffer]) > 60
+
+
+def test_ppo_learns_on_torch_native_cpu():
+    """A short PPO run on the batched torch CartPole gets well above a random policy's ~22."""
+    model = PPO("MlpPolicy", "torch/CartPole-v1", n_envs=64, n_steps=32, batch_size=512, n_epochs=10,
+                learning_rate=1e-3, gae_lambda=0.8, gamma=0.98, seed=0, device="cpu")
+    model.learn(64 * 32 * 8)
+    returns = [e["r"] for e in model.ep_info_buffer]
+    assert len(returns) > 50 and np.mean(returns) > 60, np.mean(returns)
+
+
+def test_import_agents_stays_light():
+    code = (
+        "import sys, agents; "
+        "bad = [m for m in ('stable_baselines3', 'sb3_contrib', 'tensorboard', 'torch.utils.tensorboard', "
+        "'matplotlib', 'scipy', 'pandas') if m in sys.modules]; print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"import agents pulled in: {out.stdout.strip()}"
