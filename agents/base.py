@@ -57,7 +57,7 @@ from agents.config import OnPolicyConfig
 from envs.boundary import NonFiniteCounter, nonfinite_policy
 
 #: constructor options saved with the model that are not hyperparameters of the algorithm
-AGENT_OPTIONS = ("nonfinite", "max_consecutive_skips")
+AGENT_OPTIONS = ("nonfinite", "max_consecutive_skips", "geometry_every")
 
 
 def resolve_device(device) -> torch.device:

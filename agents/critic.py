@@ -6,6 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from rlgeom.buffer import RolloutBuffer
+from rlgeom.optim import adam
+
+
+def critic_optimizer(policy, learning_rate: float) -> torch.optim.Optimizer:
+    """Adam over the critic's parameters only (the actor is moved by its own rule)."""
+    return adam(policy.critic_parameters(), lr=learning_rate)
 
 
 def fit_value_function(

@@ -9,9 +9,11 @@ import torch
 
 from agents import config as c
 from agents.config import OnPolicyConfig, hp
+from agents.critic import explained_variance, fit_value_function
 from rlgeom.buffer import Batch
-from rlgeom.guards import guard_finite
 from rlgeom.fisher import FVP_METHODS, NaturalStep, PolicyFisher, flat_gradient, natural_step
+from rlgeom.guards import guard_finite
+from rlgeom.schedules import schedule_value
 
 
 @dataclass
@@ -101,4 +103,25 @@ def geometry_telemetry(direction: NaturalDirection, step_fraction: float, dampin
         "geometry/step_norm": step_fraction * ns.step.norm().item(),
         "geometry/gradient_norm": g.norm().item(),
         "geometry/natural_vanilla_cosine": cosine.item(),
+    }
+
+
+def policy_and_critic_stats(agent, buffer, direction, progress_remaining: float) -> dict:
+    """Fit the critic (shared by NPG and TRPO) and report the train/ tags SB3 users know."""
+    cfg = agent.config
+    lr = schedule_value(cfg.learning_rate, progress_remaining)
+    for group in agent.critic_optimizer.param_groups:
+        group["lr"] = lr
+    value_loss = fit_value_function(
+        agent.policy, agent.critic_optimizer, buffer, cfg.n_critic_updates, cfg.batch_size, agent.generator
+    )
+    guard_finite(value_loss=value_loss)
+    with torch.no_grad():
+        improvement, _ = direction.improvement_and_kl()
+    return {
+        "train/policy_improvement": improvement.item(),
+        "train/value_loss": value_loss.item(),
+        "train/entropy_loss": -direction.fisher.entropy().item(),
+        "train/learning_rate": lr,
+        "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()).item(),
     }

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from agents.base import OnPolicyAgent
-from agents.critic import explained_variance, fit_value_function
-from agents.natural import NaturalGradientConfig, geometry_telemetry, natural_direction
+from agents.critic import critic_optimizer
+from agents.natural import NaturalGradientConfig, geometry_telemetry, natural_direction, policy_and_critic_stats
 from rlgeom.fisher import assign_flat_parameters, flat_parameters
-from rlgeom.guards import guard_finite
 from rlgeom.schedules import schedule_value
 
 
@@ -33,9 +30,7 @@ class NPG(OnPolicyAgent):
     needs_separate_networks = True
 
     def _setup(self) -> None:
-        self.critic_optimizer = torch.optim.Adam(
-            self.policy.critic_parameters(), lr=schedule_value(self.config.learning_rate, 1.0)
-        )
+        self.critic_optimizer = critic_optimizer(self.policy, schedule_value(self.config.learning_rate, 1.0))
 
     def update(self, buffer, progress_remaining: float) -> dict:
         cfg = self.config
@@ -49,23 +44,3 @@ class NPG(OnPolicyAgent):
         stats.update(geometry_telemetry(direction, float(direction.step.valid), cfg.cg_damping))
         return stats
 
-
-def policy_and_critic_stats(agent, buffer, direction, progress_remaining: float) -> dict:
-    """Fit the critic (shared by NPG and TRPO) and report the train/ tags SB3 users know."""
-    cfg = agent.config
-    lr = schedule_value(cfg.learning_rate, progress_remaining)
-    for group in agent.critic_optimizer.param_groups:
-        group["lr"] = lr
-    value_loss = fit_value_function(
-        agent.policy, agent.critic_optimizer, buffer, cfg.n_critic_updates, cfg.batch_size, agent.generator
-    )
-    guard_finite(value_loss=value_loss)
-    with torch.no_grad():
-        improvement, _ = direction.improvement_and_kl()
-    return {
-        "train/policy_improvement": improvement.item(),
-        "train/value_loss": value_loss.item(),
-        "train/entropy_loss": -direction.fisher.entropy().item(),
-        "train/learning_rate": lr,
-        "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()).item(),
-    }

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from agents import config as c
 from agents.base import OnPolicyAgent
 from agents.config import hp
-from agents.natural import NaturalGradientConfig, geometry_telemetry, natural_direction
-from agents.npg import policy_and_critic_stats
+from agents.critic import critic_optimizer
+from agents.natural import NaturalGradientConfig, geometry_telemetry, natural_direction, policy_and_critic_stats
 from rlgeom.fisher import backtracking_line_search
 from rlgeom.schedules import schedule_value
 
@@ -45,9 +43,7 @@ class TRPO(OnPolicyAgent):
     needs_separate_networks = True
 
     def _setup(self) -> None:
-        self.critic_optimizer = torch.optim.Adam(
-            self.policy.critic_parameters(), lr=schedule_value(self.config.learning_rate, 1.0)
-        )
+        self.critic_optimizer = critic_optimizer(self.policy, schedule_value(self.config.learning_rate, 1.0))
 
     def update(self, buffer, progress_remaining: float) -> dict:
         cfg = self.config

@@ -17,8 +17,9 @@ import torch
 from agents import config as c
 from agents.base import OnPolicyAgent
 from agents.config import OnPolicyConfig, hp
-from agents.critic import explained_variance, fit_value_function
+from agents.critic import critic_optimizer, explained_variance, fit_value_function
 from rlgeom.guards import guard_finite
+from rlgeom.optim import adam
 from rlgeom.schedules import schedule_value
 
 
@@ -52,8 +53,8 @@ class VPG(OnPolicyAgent):
 
     def _setup(self) -> None:
         cfg = self.config
-        self.actor_optimizer = torch.optim.Adam(self.policy.actor_parameters(), lr=schedule_value(cfg.learning_rate, 1))
-        self.critic_optimizer = torch.optim.Adam(self.policy.critic_parameters(), lr=cfg.vf_learning_rate)
+        self.actor_optimizer = adam(self.policy.actor_parameters(), lr=schedule_value(cfg.learning_rate, 1))
+        self.critic_optimizer = critic_optimizer(self.policy, cfg.vf_learning_rate)
 
     def update(self, buffer, progress_remaining: float) -> dict:
         cfg = self.config

@@ -4,9 +4,10 @@
     python experiments/bench_learning.py speed               # figure 5: PPO FPS vs SB3 PPO vs raw env
     python experiments/bench_learning.py report              # tables + PNGs from the saved JSON
 
-A JOB is LIB:ALGO:ENV:SEED:TIMESTEPS:EVAL_EVERY, LIB in {rlgeom, sb3}; sb3 runs SB3's PPO or
+A JOB is LIB:ALGO:ENV:SEED:TIMESTEPS:EVAL_EVERY[:K=V,K=V...], LIB in {rlgeom, sb3}; sb3 runs SB3's PPO or
 sb3-contrib's TRPO with the hyperparameters of rlgeom's preset (agents.presets) for that task.
-EVAL_EVERY = 0: one deterministic evaluation at the end only. Every job writes
+EVAL_EVERY = 0: one deterministic evaluation at the end only. The optional K=V list overrides
+preset hyperparameters on both sides (an ablation; the result file name gets a suffix). Every job writes
 experiments/results/learning/<lib>_<algo>_<env>_s<seed>_<timesteps>.json (JSON, no pickle).
 
 Protocol (both libraries): deterministic actions, 10 episodes on a separate single env seeded
@@ -172,15 +173,20 @@ def make_recorder(evaluator, eval_every: int):
 
 
 # -------------------------------------------------------------------------------------- jobs
-def job_path(lib, algo, env_id, seed, timesteps) -> str:
-    return os.path.join(OUT_DIR, f"{lib}_{algo}_{env_id}_s{seed}_{timesteps}.json")
+def job_path(lib, algo, env_id, seed, timesteps, tag="") -> str:
+    return os.path.join(OUT_DIR, f"{lib}_{algo}_{env_id}_s{seed}_{timesteps}{tag}.json")
 
 
-def run_rlgeom(algo, env_id, seed, timesteps, eval_every) -> dict:
+def apply_overrides(cfg: dict, overrides: dict) -> dict:
+    cfg["hyperparameters"].update(overrides)
+    return cfg
+
+
+def run_rlgeom(algo, env_id, seed, timesteps, eval_every, overrides=None) -> dict:
     from agents import AGENTS
     from agents.presets import preset
 
-    cfg = preset(algo, env_id)
+    cfg = apply_overrides(preset(algo, env_id), overrides or {})
     agent = AGENTS[algo](cfg["policy"], env_id, n_envs=cfg["n_envs"], seed=seed, device="cpu",
                          policy_kwargs=cfg["policy_kwargs"], **cfg["hyperparameters"])
     update_stats = []
@@ -207,12 +213,12 @@ def run_rlgeom(algo, env_id, seed, timesteps, eval_every) -> dict:
             "evals": rec.evals, "train_curve": rec.train_curve, "update_stats": update_stats}
 
 
-def run_sb3(algo, env_id, seed, timesteps, eval_every) -> dict:
+def run_sb3(algo, env_id, seed, timesteps, eval_every, overrides=None) -> dict:
     from agents.presets import preset
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
 
-    cfg = preset(algo, env_id)
+    cfg = apply_overrides(preset(algo, env_id), overrides or {})
     hp = dict(cfg["hyperparameters"])
     norm_obs, norm_rew = hp.pop("normalize_observations", False), hp.pop("normalize_reward", False)
     venv = make_vec_env(env_id, n_envs=cfg["n_envs"], seed=seed)
@@ -252,17 +258,25 @@ def run_sb3(algo, env_id, seed, timesteps, eval_every) -> dict:
 
 
 def run_job(spec: str) -> dict:
-    lib, algo, env_id, seed, timesteps, eval_every = spec.split(":")
+    from agents.config import parse_hp_value
+
+    lib, algo, env_id, seed, timesteps, eval_every, *extra = spec.split(":")
     seed, timesteps, eval_every = int(seed), int(timesteps), int(eval_every)
+    overrides = {}
+    for pair in (extra[0].split(",") if extra and extra[0] else []):
+        k, _, v = pair.partition("=")
+        overrides[k] = parse_hp_value(v)
+    tag = ("_" + "_".join(f"{k}-{v}" for k, v in overrides.items())) if overrides else ""
     print(f"[{time.strftime('%H:%M:%S')}] start {spec}", flush=True)
     fn = run_rlgeom if lib == "rlgeom" else run_sb3
-    result = fn(algo, env_id, seed, timesteps, eval_every)
+    result = fn(algo, env_id, seed, timesteps, eval_every, overrides)
+    result.update({"overrides": overrides, "tag": tag})
     result.update({"lib": lib, "algo": algo, "env": env_id, "seed": seed, "budget": timesteps,
                    "eval_every": eval_every, "job": spec, "command": "python experiments/bench_learning.py run " + spec,
                    "machine": machine(), "git": git_state(), "loadavg_end": os.getloadavg(),
                    "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     os.makedirs(OUT_DIR, exist_ok=True)
-    with open(job_path(lib, algo, env_id, seed, timesteps), "w") as f:
+    with open(job_path(lib, algo, env_id, seed, timesteps, tag), "w") as f:
         json.dump(result, f, indent=1)
     print(f"[{time.strftime('%H:%M:%S')}] done  {spec}: final eval {result['final_eval'][0]:.1f} ± "
           f"{result['final_eval'][1]:.1f}, train ep_rew_mean {result['final_train_ep_rew_mean']:.1f}, "
@@ -396,28 +410,28 @@ def report() -> None:
     lines.append("### rlgeom vs SB3 / sb3-contrib, same hyperparameters, same process, back to back\n")
     lines.append("| env | algo | seed | budget | rlgeom final eval | sb3 final eval | rlgeom train ep_rew_mean | sb3 train ep_rew_mean | rlgeom FPS | sb3 FPS | FPS ratio | rlgeom telemetry | sb3 telemetry |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    by_key = {(r["lib"], r["algo"], r["env"], r["seed"], r["budget"]): r for r in runs}
+    by_key = {(r["lib"], r["algo"], r["env"] + r.get("tag", ""), r["seed"], r["budget"]): r for r in runs}
     pairs = []
     for (lib, algo, env_id, seed, budget), r in sorted(by_key.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][3])):
         other = by_key.get(("sb3", algo, env_id, seed, budget))
         if lib != "rlgeom" or other is None:
             continue
         pairs.append((r, other))
-        lines.append(f"| {env_id} | {algo} | {seed} | {budget} | {fmt(r['final_eval'][0])} ± {fmt(r['final_eval'][1])} | "
+        lines.append(f"| {env_id.replace('_', ' ')} | {algo} | {seed} | {budget} | {fmt(r['final_eval'][0])} ± {fmt(r['final_eval'][1])} | "
                      f"{fmt(other['final_eval'][0])} ± {fmt(other['final_eval'][1])} | {fmt(r['final_train_ep_rew_mean'])} | "
                      f"{fmt(other['final_train_ep_rew_mean'])} | {r['fps']:.0f} | {other['fps']:.0f} | "
                      f"{r['fps'] / other['fps']:.2f}× | {telemetry(r)} | {telemetry(other)} |")
     lines.append("")
     if pairs:
-        envs_ = sorted({p[0]["env"] for p in pairs})
+        envs_ = sorted({p[0]["env"] + p[0].get("tag", "") for p in pairs})
         fig, axes = plt.subplots(1, len(envs_), figsize=(4.5 * len(envs_), 3.4), squeeze=False)
         for ax, env_id in zip(axes[0], envs_):
-            for r, o in (p for p in pairs if p[0]["env"] == env_id):
+            for r, o in (p for p in pairs if p[0]["env"] + p[0].get("tag", "") == env_id):
                 for run, ls in ((r, "-"), (o, "--")):
                     tc = np.array(run["train_curve"]) if run["train_curve"] else np.zeros((0, 2))
                     if len(tc):
-                        ax.plot(tc[:, 0], tc[:, 1], ls=ls, label=f"{run['lib']} {run['algo']} s{run['seed']}")
-            ax.set_title(f"{env_id}: training ep_rew_mean")
+                        ax.plot(tc[:, 0], tc[:, 1], ls=ls, label=f"{run['lib']} {run['algo']} s{run['seed']}{run.get('tag', '')}")
+            ax.set_title(f"{env_id.replace('_normalize_observations-False_normalize_reward-False', ' (no normalisation)')}: train ep_rew_mean", fontsize=8)
             ax.set_xlabel("env steps")
             ax.legend(fontsize=6)
         fig.tight_layout()
@@ -435,18 +449,27 @@ def report() -> None:
                      f"{fmt(r['final_eval'][0])} ± {fmt(r['final_eval'][1])} | {fmt(r['final_train_ep_rew_mean'])} | "
                      f"{r['fps']:.0f} | {telemetry(r)} |")
     lines.append("")
-    speed_path = os.path.join(OUT_DIR, "speed_ppo.json")
-    if os.path.exists(speed_path):
-        with open(speed_path) as f:
-            sp = json.load(f)
+    import glob
+
+    speed_runs = {}
+    for path in sorted(glob.glob(os.path.join(ROOT, "experiments", "results", "speed_ppo_run*.json"))) + [
+            os.path.join(OUT_DIR, "speed_ppo.json")]:
+        if os.path.exists(path):
+            with open(path) as f:
+                sp = json.load(f)
+            speed_runs[sp["finished"]] = sp  # earlier runs are kept as copies; dedupe by finish time
+    if speed_runs:
         lines.append("### PPO training speed (steps/s; training only, no evaluation)\n")
-        lines.append("| env | n_envs | steps | repeat | raw env (random actions) | rlgeom PPO | SB3 PPO | rlgeom / SB3 | rlgeom / raw env | load avg (1, 5, 15 min) |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|")
-        for row in sp["rows"]:
-            lines.append(f"| {row['env']} | {row['n_envs']} | {row['steps']} | {row['repeat']} | {row['raw_env_fps']:.0f} | "
-                         f"{row['rlgeom_fps']:.0f} | {row['sb3_fps']:.0f} | {row['ratio']:.2f}× | "
-                         f"{row['rlgeom_fps'] / row['raw_env_fps']:.3f} | {', '.join(f'{x:.1f}' for x in row['loadavg'])} |")
-        lines.append(f"\ngit: {sp['git']['commit']} dirty files: {', '.join(sp['git']['dirty_files']) or 'none'}\n")
+        lines.append("| run finished | env | n_envs | steps | repeat | raw env (random actions) | rlgeom PPO | SB3 PPO | rlgeom / SB3 | rlgeom / raw env | load avg (1, 5, 15 min) |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        for finished, sp in sorted(speed_runs.items()):
+            for row in sp["rows"]:
+                lines.append(f"| {finished[11:]} | {row['env']} | {row['n_envs']} | {row['steps']} | {row['repeat']} | {row['raw_env_fps']:.0f} | "
+                             f"{row['rlgeom_fps']:.0f} | {row['sb3_fps']:.0f} | {row['ratio']:.2f}× | "
+                             f"{row['rlgeom_fps'] / row['raw_env_fps']:.3f} | {', '.join(f'{x:.1f}' for x in row['loadavg'])} |")
+        for finished, sp in sorted(speed_runs.items()):
+            lines.append(f"\nrun {finished}: `{sp['command']}`, git {sp['git']['commit'][:10]} + {len(sp['git']['dirty_files'])} dirty paths")
+        lines.append("")
     text = "\n".join(lines)
     with open(os.path.join(OUT_DIR, "tables.md"), "w") as f:
         f.write(text)

@@ -35,6 +35,10 @@ import numpy as np
 import torch
 
 DEFAULT_ALGOS = ("trpo", "npg", "ppo", "vpg")
+GEOMETRY_TAGS = (
+    "geometry/fisher_top_eigenvalue", "geometry/fisher_trace", "geometry/fisher_top_over_trace",
+    "geometry/gradient_top_k_share", "geometry/value_hessian_top_eigenvalue", "geometry/value_hessian_trace",
+)
 
 
 def parse_args(argv=None):
@@ -117,7 +121,7 @@ def spectrum_over_training(run: dict, args) -> list[dict]:
         agent, description = load_agent(path, device=args.device)
         batch = collect_batch(agent, args.env, args.batch_states, run["seed"])
         fisher = PolicyFisher(agent.policy.actor, agent.policy.family,
-                              agent.policy.actor_inputs(batch.obs).detach(), damping=0.0, method="kl_hessian")
+                              agent.policy.actor_inputs(batch.obs).detach(), damping=0.0)
         spec = fisher_spectrum(fisher, k=args.k, n_probes=20, tol=1e-3)
         rows.append({"step": int(description["num_timesteps"]), "eigenvalues": spec.eigenvalues.tolist(),
                      "trace": spec.trace, "effective_condition_number": spec.effective_condition_number,
@@ -135,7 +139,7 @@ def geometry_curves(run: dict) -> dict[str, tuple[list, list]]:
 
 
 def landscapes(run: dict, args, data_dir: str, out: str) -> dict:
-    from rlgeom.landscape import compute_landscape, compute_sharpness
+    from rlgeom.landscape import LandscapeError, compute_landscape, compute_sharpness
 
     stem = f"{run['algo']}_s{run['seed']}"
     opts = dict(env=args.env, points=args.points, return_points=args.return_points, batch_states=args.batch_states,
@@ -143,7 +147,12 @@ def landscapes(run: dict, args, data_dir: str, out: str) -> dict:
     result = {}
     for kind in ("random", "fisher", "pca"):
         extra = {"checkpoints": [run["checkpoints"]]} if kind == "pca" else {}
-        land = compute_landscape(kind, run["model"], dims=2, **opts, **extra)
+        try:
+            land = compute_landscape(kind, run["model"], dims=2, **opts, **extra)
+        except LandscapeError as err:  # e.g. a budget too small for two saves before the final model
+            print(f"skipping the {kind} landscape of {stem}: {err}", file=sys.stderr)
+            result[kind] = {"skipped": str(err)}
+            continue
         paths = land.save(data_dir, f"{stem}_{kind}")
         os.replace(paths["png"], os.path.join(out, f"landscape_{stem}_{kind}.png"))
         result[kind] = {"return_at_model": land.meta.get("return_at_model"), "return_min": float(np.min(land.returns)),
@@ -168,7 +177,9 @@ def interpolations(runs: list[dict], args, data_dir: str, out: str) -> list[dict
                                      progress=False)
         except LandscapeError as err:
             print(f"skipping the interpolation {name}: {err}", file=sys.stderr)
-            rows.append({"pair": name, "skipped": str(err).split(" (")[0] + ": different architectures"})
+            detail = str(err)
+            detail = detail[detail.find("(") + 1 : detail.find(");")] if "(" in detail else detail
+            rows.append({"pair": name, "skipped": "skipped, different architectures: " + detail[:90]})
             continue
         paths = land.save(data_dir, f"interpolate_{name}")
         os.replace(paths["png"], os.path.join(out, f"interpolate_{name}.png"))
@@ -204,18 +215,24 @@ def plot_spectra(spectra: dict, curves: dict, out: str) -> list[str]:
     fig.savefig(path, dpi=110)
     written.append(path)
 
-    tags = sorted({t for c in curves.values() for t in c})
+    tags = [t for t in GEOMETRY_TAGS if any(t in c for c in curves.values())]
     if tags:
-        fig = Figure(figsize=(4 * min(3, len(tags)), 3.4 * ((len(tags) + 2) // 3)), layout="constrained")
+        rows = (len(tags) + 2) // 3
+        fig = Figure(figsize=(4 * min(3, len(tags)), 3.2 * rows + 0.5), layout="constrained")
         FigureCanvasAgg(fig)
         for i, tag in enumerate(tags):
-            ax = fig.add_subplot((len(tags) + 2) // 3, min(3, len(tags)), i + 1)
+            ax = fig.add_subplot(rows, min(3, len(tags)), i + 1)
+            positive = True
             for name, c in curves.items():
                 if tag in c:
                     ax.plot(*c[tag], ".-", label=name)
+                    positive &= bool(np.all(np.asarray(c[tag][1]) > 0))
+            if positive and "share" not in tag:
+                ax.set_yscale("log")
             ax.set_title(tag, fontsize=9)
             ax.set_xlabel("environment steps", fontsize=8)
-        fig.axes[0].legend(fontsize=7)
+        handles = {h.get_label(): h for ax in fig.axes for h in ax.get_lines()}
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=len(handles), fontsize=8)
         path = os.path.join(out, "geometry_tags_over_training.png")
         fig.savefig(path, dpi=110)
         written.append(path)
@@ -278,6 +295,9 @@ def write_results(args, argv, runs, spectra, curves, lands, interps, skipped, pn
     for key, land in lands.items():
         for kind in ("random", "fisher", "pca"):
             r = land[kind]
+            if "skipped" in r:
+                lines.append(f"| {key} | {kind} | skipped: {r['skipped']} | | | |")
+                continue
             lines.append(f"| {key} | {kind} | {fmt(r['return_at_model'])} | {fmt(r['return_min'])} | "
                          f"{fmt(r['return_max'])} | {r['seconds']:.0f} |")
     lines += ["", "## Linear interpolation between final policies", "",
@@ -296,12 +316,6 @@ def write_results(args, argv, runs, spectra, curves, lands, interps, skipped, pn
     with open(path, "w") as f:
         f.write("\n".join(lines))
     return path
-
-
-GEOMETRY_TAGS = (
-    "geometry/fisher_top_eigenvalue", "geometry/fisher_trace", "geometry/fisher_top_over_trace",
-    "geometry/gradient_top_k_share", "geometry/value_hessian_top_eigenvalue", "geometry/value_hessian_trace",
-)
 
 
 def main(argv=None) -> int:

@@ -60,6 +60,11 @@ from rlgeom.serialization import ModelFileError, read_model
 from rlgeom.spectrum import filter_normalized_direction, fisher_spectrum, policy_sharpness, surrogate_objective
 
 KINDS = ("random", "fisher", "pca", "interpolate")
+#: a return grid estimated to take less than this in one process is not worth starting worker processes
+#: (each imports torch, gymnasium and the agents: seconds, more on a loaded machine)
+POOL_MIN_SECONDS = 20.0
+#: start-up allowance per pool in the time estimate
+POOL_STARTUP_SECONDS = 5.0
 DEFAULT_RADIUS = {"random": 0.5, "fisher": 0.5}
 
 
@@ -550,7 +555,8 @@ def compute_landscape(
 
     `other` is the second model of "interpolate"; `checkpoints` the run's model files or
     directories for "pca". Grids have `points` (surrogate) and `return_points` (return) per axis;
-    they must be odd for the centred kinds so that the model itself is a grid point.
+    they must be odd for the centred kinds so that the model itself is a grid point. The return
+    grid runs in `workers` processes when it is estimated to take at least POOL_MIN_SECONDS in one.
     """
     if kind not in KINDS:
         raise LandscapeError(f"unknown landscape kind {kind!r}; accepted: {', '.join(KINDS)}")
@@ -617,13 +623,17 @@ def compute_landscape(
         meta["return_at_model"], t_eval = time_one_evaluation(model, env_id, plane, eval_episodes, seed)
         timings["return_s_per_point"] = t_eval
         n_return = return_points**dims
-        estimate += t_eval * math.ceil(n_return / max(1, workers))
+        if workers > 1 and t_eval * n_return < POOL_MIN_SECONDS:
+            workers = 1  # cheaper in this process than starting the pool
+        estimate += t_eval * math.ceil(n_return / workers) + (POOL_STARTUP_SECONDS if workers > 1 else 0.0)
+        timings["workers"] = workers
     timings["estimate_s"] = estimate
     if time_budget is not None and estimate > time_budget:
         detail = f"{points ** dims} surrogate points × {timings['surrogate_s_per_point']:.3g} s"
         if returns:
             detail += (f" + {return_points ** dims} return points × {timings['return_s_per_point']:.3g} s per "
-                       f"evaluation of {eval_episodes} episode(s) / {max(1, workers)} worker(s)")
+                       f"evaluation of {eval_episodes} episode(s) / {max(1, workers)} worker(s)"
+                       + (f" + {POOL_STARTUP_SECONDS:g} s start-up" if workers > 1 else ""))
         raise LandscapeError(
             f"the {kind} grid would take about {estimate:.0f} s ({detail}), more than --time-budget "
             f"{time_budget:g} s; use fewer --points / --return-points or --eval-episodes, more --workers, "

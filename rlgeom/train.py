@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-envs", type=int, default=None, help="parallel envs (default: the preset's)")
     p.add_argument("--vectorization", default="sync", help="sync or async gymnasium vector env")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: 1 for MlpPolicy, whose small matmuls only pay thread "
+                        "overhead with more; torch's default for CnnPolicy)")
     p.add_argument("--logdir", default=DEFAULT_LOGDIR, help="TensorBoard root (one run dir per task/agent/seed)")
     p.add_argument("--save", default=None, help="model path (default: <run dir>/model.safetensors)")
     p.add_argument("--hp", nargs="*", default=[], metavar="KEY=VALUE", help="override hyperparameters")
@@ -96,6 +99,13 @@ def run(args) -> dict:
             policy_kwargs.update(json.loads(args.policy_kwargs))
         except json.JSONDecodeError as err:
             raise UsageError(f"--policy-kwargs is not valid JSON: {err}") from None
+    threads = args.threads if args.threads is not None else (1 if cfg["policy"] == "MlpPolicy" else None)
+    if threads is not None:
+        import torch
+
+        if threads < 1:
+            raise UsageError(f"--threads must be a positive integer, got {threads}")
+        torch.set_num_threads(threads)
     timesteps = args.timesteps if args.timesteps is not None else cfg["timesteps"]
     if timesteps < 1:
         raise UsageError(f"--timesteps must be positive, got {timesteps}")

@@ -15,19 +15,19 @@ from rlgeom.fisher import kl_scale
 
 
 class TinyImageEnv(gym.Env):
-    """uint8 [4, 84, 84] frames, 3 actions; reward 1 for action 0, episodes of 8 steps."""
+    """uint8 [4, 36, 36] frames (the Nature CNN shrinks them to 1×1×64, so K-FAC factors stay small), 3 actions; reward 1 for action 0, episodes of 8 steps."""
 
-    observation_space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    observation_space = spaces.Box(0, 255, (4, 36, 36), np.uint8)
     action_space = spaces.Discrete(3)
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
         self.t = 0
-        return self.np_random.integers(0, 256, (4, 84, 84), dtype=np.uint8), {}
+        return self.np_random.integers(0, 256, (4, 36, 36), dtype=np.uint8), {}
 
     def step(self, action):
         self.t += 1
-        obs = self.np_random.integers(0, 256, (4, 84, 84), dtype=np.uint8)
+        obs = self.np_random.integers(0, 256, (4, 36, 36), dtype=np.uint8)
         return obs, float(action == 0), False, self.t >= 8, {}
 
 
@@ -97,7 +97,7 @@ def test_cnn_policy_update_on_images():
     agent = ACKTR("CnnPolicy", TinyImageEnv(), n_steps=8, seed=0, device="cpu", momentum=0.0)
     assert agent.policy.share_features_extractor
     assert "actor.features.convs.0" in agent.kfac.layer_names
-    obs = torch.as_tensor(np.random.default_rng(0).integers(0, 256, (5, 4, 84, 84), dtype=np.uint8))
+    obs = torch.as_tensor(np.random.default_rng(0).integers(0, 256, (5, 4, 36, 36), dtype=np.uint8))
     params, values = agent._forward(obs)  # one call of the shared torso, same outputs as the policy's
     torch.testing.assert_close(params, agent.policy.dist_params(obs))
     torch.testing.assert_close(values, agent.policy.value(obs))

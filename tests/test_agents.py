@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents import AGENTS, PPO, TRPO, VPG
+from agents import AGENTS, PPO, TRPO
 from agents.presets import preset
 from envs import make_vec_env
 from rlgeom.evaluation import evaluate
