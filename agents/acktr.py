@@ -84,6 +84,7 @@ from rlgeom.guards import SkippedUpdate, guard_finite
 from rlgeom.kfac import KFACPreconditioner
 from rlgeom.schedules import schedule_value
 
+
 @dataclass
 class ACKTRConfig(OnPolicyConfig):
     """ACKTR's hyperparameters (defaults: the paper's Atari settings via openai/baselines; see the module)."""

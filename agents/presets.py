@@ -20,6 +20,21 @@ NORMALIZE = {"normalize_observations": True, "normalize_reward": True}
 TRPO_MUJOCO = {**NORMALIZE, "batch_size": 128, "n_steps": 1024, "gamma": 0.99, "gae_lambda": 0.95,
                "sub_sampling_factor": 1, "cg_max_steps": 25, "cg_damping": 0.1, "n_critic_updates": 20,
                "learning_rate": 1e-3}
+# sb3-contrib's TRPO averages the KL over the action dimensions as well as the batch, so its
+# target_kl and cg_damping are the true KL radius and damping divided by the action dimension k
+# (measured: experiments/RESULTS_trpo.md reproduces its step exactly with both multiplied by k).
+# rlgeom's KL is the true KL(π_old ‖ π_new): the zoo's values are translated per task.
+KL_NOTE = "target_kl and cg_damping × action dim (sb3-contrib averages KL over action dims)"
+ACTION_DIMS = {"Hopper-v5": 3, "HalfCheetah-v5": 6, "Walker2d-v5": 6, "Ant-v5": 8, "Swimmer-v5": 2}
+ZOO_TARGET_KL = {"HalfCheetah-v5": 0.04}  # the zoo's per-task override; 0.01 elsewhere
+
+
+def zoo_trpo_mujoco(task: str) -> dict:
+    k = ACTION_DIMS[task]
+    return {**TRPO_MUJOCO, "max_kl": round(ZOO_TARGET_KL.get(task, 0.01) * k, 6),
+            "cg_damping": round(TRPO_MUJOCO["cg_damping"] * k, 6)}
+
+
 ZOO_MUJOCO_NET = {"log_std_init": -2.0, "ortho_init": False, "activation_fn": "relu",
                   "net_arch": {"pi": [256, 256], "vf": [256, 256]}}
 
@@ -74,8 +89,9 @@ PRESETS: dict[str, dict[str, dict]] = {
                           "rl-zoo trpo.yml Pendulum-v1 (without gSDE)"),
         "Acrobot-v1": _p(2, 1e5, {**NORMALIZE, "n_steps": 1024}, "rl-zoo trpo.yml Acrobot-v1"),
         "MountainCarContinuous-v0": _p(2, 5e4, {**NORMALIZE}, "rl-zoo trpo.yml MountainCarContinuous-v0 (without gSDE)"),
-        "HalfCheetah-v5": _p(2, 1e6, {**TRPO_MUJOCO, "max_kl": 0.04}, "rl-zoo trpo.yml HalfCheetah-v4 (target_kl 0.04)"),
-        "mujoco": _p(2, 1e6, TRPO_MUJOCO, "rl-zoo trpo.yml mujoco defaults (Hopper-v4, Walker2d-v4, Ant-v4)"),
+        **{task: _p(2, 1e6, zoo_trpo_mujoco(task), f"rl-zoo trpo.yml {task.replace('-v5', '-v4')}; {KL_NOTE}")
+           for task in ACTION_DIMS},
+        "mujoco": _p(2, 1e6, TRPO_MUJOCO, "rl-zoo trpo.yml mujoco defaults, untranslated (action dim unknown)"),
     },
     "npg": {
         "default": _p(1, 1e6, {}, "TRPO's defaults without the line search"),
@@ -86,7 +102,9 @@ PRESETS: dict[str, dict[str, dict]] = {
                           "rl-zoo trpo.yml Pendulum-v1 (TRPO's tuned values)"),
         "Acrobot-v1": _p(2, 1e5, {**NORMALIZE, "n_steps": 1024}, "rl-zoo trpo.yml Acrobot-v1 (TRPO's)"),
         "MountainCarContinuous-v0": _p(2, 5e4, {**NORMALIZE}, "rl-zoo trpo.yml MountainCarContinuous-v0 (TRPO's)"),
-        "mujoco": _p(2, 1e6, TRPO_MUJOCO, "rl-zoo trpo.yml mujoco defaults (TRPO's tuned values)"),
+        **{task: _p(2, 1e6, zoo_trpo_mujoco(task), f"rl-zoo trpo.yml {task.replace('-v5', '-v4')} (TRPO's); {KL_NOTE}")
+           for task in ACTION_DIMS},
+        "mujoco": _p(2, 1e6, TRPO_MUJOCO, "rl-zoo trpo.yml mujoco defaults (TRPO's), untranslated"),
     },
     "vpg": {
         "default": _p(1, 1e6, {}, "Spinning Up VPG defaults (pi_lr 3e-4, vf_lr 1e-3, λ 0.97, 4000 steps/epoch)"),

@@ -345,6 +345,17 @@ def first_reach(evals, target):
     return None
 
 
+def stable_from(evals, target):
+    """First evaluation step from which every later evaluation (the final one included) is ≥ target."""
+    step = None
+    for s, mean, _ in evals:
+        if mean >= target:
+            step = s if step is None else step
+        else:
+            step = None
+    return step
+
+
 def fmt(x, nd=1):
     return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{nd}f}"
 
@@ -364,7 +375,7 @@ def telemetry(r: dict) -> str:
     if r["lib"] == "sb3" and us and "train/kl_divergence_loss" in us[-1]:
         kl = np.array([u["train/kl_divergence_loss"] for u in us if "train/kl_divergence_loss" in u])
         acc = [u.get("train/is_line_search_success", np.nan) for u in us]
-        return f"KL med {np.median(kl):.4f} max {kl.max():.4f}; accepted {int(np.nansum(acc))}/{len(acc)}"
+        return f"sb3-reported KL med {np.median(kl):.4f} max {kl.max():.4f}; accepted {int(np.nansum(acc))}/{len(acc)}"
     if "train/approx_kl" in us[-1]:
         kl = np.array([u["train/approx_kl"] for u in us])
         return f"approx KL med {np.median(kl):.4f}; clip frac (last) {us[-1].get('train/clip_fraction', float('nan')):.3f}"
@@ -382,15 +393,26 @@ def report() -> None:
     # Figure 1: CartPole learning curves.
     cart = [r for r in runs if r["env"] == "CartPole-v1" and r["eval_every"] > 0]
     lines.append("### CartPole-v1: first step with deterministic eval ≥ 475 (eval every 10k steps, 10 episodes)\n")
-    lines.append("| lib | algo | seed | budget | first step ≥ 475 | final eval (mean ± std) | best periodic eval | train ep_rew_mean (last 100 ep) | FPS (excl. eval) | telemetry |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("| lib | algo | seed | budget | first step ≥ 475 | ≥ 475 from then on, from | final eval (mean ± std) | best periodic eval | train ep_rew_mean (last 100 ep) | FPS (excl. eval) | telemetry |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in sorted(cart, key=lambda r: (r["lib"], r["algo"], r["seed"])):
         fr = first_reach(r["evals"] + [[r["timesteps"], *r["final_eval"]]], TARGET["CartPole-v1"])
+        st = stable_from(r["evals"] + [[r["timesteps"], *r["final_eval"]]], TARGET["CartPole-v1"])
         best = max((e[1] for e in r["evals"]), default=float("nan"))
-        lines.append(f"| {r['lib']} | {r['algo']} | {r['seed']} | {r['budget']} | {fr if fr is not None else 'not reached'} | "
+        lines.append(f"| {r['lib']} | {r['algo']} | {r['seed']} | {r['budget']} | {fr if fr is not None else 'not reached'} | {st if st is not None else 'not stable'} | "
                      f"{fmt(r['final_eval'][0])} ± {fmt(r['final_eval'][1])} | {fmt(best)} | {fmt(r['final_train_ep_rew_mean'])} | "
                      f"{r['fps']:.0f} | {telemetry(r)} |")
     lines.append("")
+    if cart:
+        steps = sorted({e[0] for r in cart for e in r["evals"]})
+        lines.append("Deterministic eval return (10 episodes) at each periodic evaluation, then after training:\n")
+        lines.append("| run | " + " | ".join(f"{s // 1000}k" for s in steps) + " | final |")
+        lines.append("|---|" + "---|" * (len(steps) + 1))
+        for r in sorted(cart, key=lambda r: (r["lib"], r["algo"], r["seed"])):
+            by = {e[0]: e[1] for e in r["evals"]}
+            lines.append(f"| {r['lib']} {r['algo']} s{r['seed']} | " + " | ".join(fmt(by.get(s), 0) for s in steps)
+                         + f" | {fmt(r['final_eval'][0], 0)} |")
+        lines.append("")
     if cart:
         algos = sorted({(r["lib"], r["algo"]) for r in cart})
         fig, axes = plt.subplots(1, len(algos), figsize=(4.2 * len(algos), 3.4), squeeze=False)
@@ -437,15 +459,34 @@ def report() -> None:
         fig.tight_layout()
         fig.savefig(os.path.join(ROOT, "experiments", "rlgeom_vs_sb3_curves.png"), dpi=110)
         plt.close(fig)
+    # Hopper: rlgeom preset vs rlgeom with sb3-contrib's effective trust region vs sb3-contrib.
+    groups = {"rlgeom TRPO preset (δ 0.01, λ 0.1)": ("rlgeom", ""),
+              "rlgeom TRPO δ 0.03, λ 0.3 (= sb3-contrib's true KL)": ("rlgeom", "_max_kl-0.03_cg_damping-0.3"),
+              "sb3-contrib TRPO (target_kl 0.01, λ 0.1)": ("sb3", "")}
+    hop = {name: [r for r in runs if r["env"] == "Hopper-v5" and r["algo"] == "trpo" and r["budget"] == 100000
+                  and r["lib"] == lib and r.get("tag", "") == tag] for name, (lib, tag) in groups.items()}
+    if all(hop.values()):
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for (name, rs), color in zip(hop.items(), ("C0", "C2", "C1")):
+            for i, r in enumerate(rs):
+                tc = np.array(r["train_curve"])
+                ax.plot(tc[:, 0], tc[:, 1], color=color, alpha=0.8, lw=1, label=f"{name}" if i == 0 else None)
+        ax.set_title("Hopper-v5, training ep_rew_mean, seeds 0-2", fontsize=9)
+        ax.set_xlabel("env steps")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(ROOT, "experiments", "hopper_trpo_kl_convention.png"), dpi=110)
+        plt.close(fig)
     # Other MuJoCo runs (no partner).
     lines.append("### Other runs (final deterministic eval, 10 episodes)\n")
-    lines.append("| lib | algo | env | seed | budget | final eval | train ep_rew_mean | FPS | telemetry |")
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+    lines.append("| lib | algo | env | overrides | seed | budget | final eval | train ep_rew_mean | FPS | telemetry |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
     paired = {id(x) for p in pairs for x in p}
     for r in sorted(runs, key=lambda r: (r["env"], r["algo"], r["seed"])):
         if id(r) in paired or (r["env"] == "CartPole-v1" and r["eval_every"] > 0):
             continue
-        lines.append(f"| {r['lib']} | {r['algo']} | {r['env']} | {r['seed']} | {r['budget']} | "
+        ov = ", ".join(f"{k}={v}" for k, v in (r.get("overrides") or {}).items()) or "preset"
+        lines.append(f"| {r['lib']} | {r['algo']} | {r['env']} | {ov} | {r['seed']} | {r['budget']} | "
                      f"{fmt(r['final_eval'][0])} ± {fmt(r['final_eval'][1])} | {fmt(r['final_train_ep_rew_mean'])} | "
                      f"{r['fps']:.0f} | {telemetry(r)} |")
     lines.append("")

@@ -28,6 +28,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import math
 import multiprocessing
 import os
 import sys
@@ -472,6 +473,19 @@ def _sb3_policy_kwargs(policy_kwargs: dict) -> tuple[dict, list[str]]:
     return out, dropped
 
 
+def _sb3contrib_kl_convention(kwargs: dict, action_space) -> dict:
+    """rlgeom's max_kl and cg_damping are of the true KL; sb3-contrib's TRPO averages the KL over the
+    k action dimensions of a Box space, so the same step needs target_kl and cg_damping divided by k
+    (experiments/RESULTS_trpo.md: with this, both compute the same step to 1e-5)."""
+    from gymnasium import spaces
+
+    k = math.prod(action_space.shape) if isinstance(action_space, spaces.Box) else 1
+    out = dict(kwargs)
+    for name, default in (("target_kl", 0.01), ("cg_damping", 0.1)):
+        out[name] = out.get(name, default) / k
+    return out
+
+
 def _train_sb3(spec: dict) -> dict:
     """One SB3 / sb3-contrib baseline with the preset's (zoo) hyperparameters, logged with SB3's own tags."""
     import numpy as np
@@ -508,6 +522,8 @@ def _train_sb3(spec: dict) -> dict:
     seed, run_dir = spec["seed"], spec["run_dir"]
 
     env = make_vec_env(spec["env"], n_envs=n_envs, seed=seed)
+    if spec["algo"] == "sb3contrib:trpo":
+        kwargs = _sb3contrib_kl_convention(kwargs, env.action_space)
     if norm_obs or norm_reward:
         env = VecNormalize(env, norm_obs=norm_obs, norm_reward=norm_reward, gamma=kwargs.get("gamma", 0.99))
     model = cls(cfg["policy"], env, seed=seed, device=spec["device"], verbose=spec["verbose"],

@@ -180,3 +180,18 @@ def test_sb3_hyperparameter_lists_match_the_installed_constructors():
     classes = {"sb3:ppo": stable_baselines3.PPO, "sb3:a2c": stable_baselines3.A2C, "sb3contrib:trpo": sb3_contrib.TRPO}
     for algo, cls in classes.items():
         assert benchmark.SB3_HYPERPARAMETERS[algo] == benchmark._sb3_constructor_names(cls), algo
+
+
+def test_sb3contrib_trpo_gets_the_kl_radius_in_its_own_convention():
+    """sb3-contrib averages KL over action dimensions: the same step needs δ/k and λ/k there."""
+    from gymnasium import spaces
+
+    from agents.presets import preset
+    from rlgeom.benchmark import _sb3contrib_kl_convention
+
+    hopper = preset("trpo", "Hopper-v5")["hyperparameters"]
+    assert (hopper["max_kl"], hopper["cg_damping"]) == (0.03, 0.3)  # the zoo's 0.01 and 0.1, × 3
+    converted = _sb3contrib_kl_convention({"target_kl": hopper["max_kl"], "cg_damping": hopper["cg_damping"]},
+                                          spaces.Box(-1, 1, (3,)))
+    assert converted["target_kl"] == pytest.approx(0.01) and converted["cg_damping"] == pytest.approx(0.1)
+    assert _sb3contrib_kl_convention({"target_kl": 0.02}, spaces.Discrete(2)) == {"target_kl": 0.02, "cg_damping": 0.1}
