@@ -93,19 +93,6 @@ PRESETS: dict[str, dict[str, dict]] = {
            for task in ACTION_DIMS},
         "mujoco": _p(2, 1e6, TRPO_MUJOCO, "rl-zoo trpo.yml mujoco defaults, untranslated (action dim unknown)"),
     },
-    "npg": {
-        "default": _p(1, 1e6, {}, "TRPO's defaults without the line search"),
-        "CartPole-v1": _p(2, 1e5, {
-            "n_steps": 512, "batch_size": 512, "cg_damping": 1e-3, "gae_lambda": 0.98, "gamma": 0.99,
-            "learning_rate": 1e-3, "n_critic_updates": 20}, "rl-zoo trpo.yml CartPole-v1 (TRPO's tuned values)"),
-        "Pendulum-v1": _p(2, 1e5, {"n_steps": 1024, "gamma": 0.9, "n_critic_updates": 15},
-                          "rl-zoo trpo.yml Pendulum-v1 (TRPO's tuned values)"),
-        "Acrobot-v1": _p(2, 1e5, {**NORMALIZE, "n_steps": 1024}, "rl-zoo trpo.yml Acrobot-v1 (TRPO's)"),
-        "MountainCarContinuous-v0": _p(2, 5e4, {**NORMALIZE}, "rl-zoo trpo.yml MountainCarContinuous-v0 (TRPO's)"),
-        **{task: _p(2, 1e6, zoo_trpo_mujoco(task), f"rl-zoo trpo.yml {task.replace('-v5', '-v4')} (TRPO's); {KL_NOTE}")
-           for task in ACTION_DIMS},
-        "mujoco": _p(2, 1e6, TRPO_MUJOCO, "rl-zoo trpo.yml mujoco defaults (TRPO's), untranslated"),
-    },
     "vpg": {
         "default": _p(1, 1e6, {}, "Spinning Up VPG defaults (pi_lr 3e-4, vf_lr 1e-3, λ 0.97, 4000 steps/epoch)"),
         "CartPole-v1": _p(4, 1e5, {"n_steps": 128, "learning_rate": 3e-3, "batch_size": 128},
@@ -132,6 +119,13 @@ PRESETS: dict[str, dict[str, dict]] = {
                     "ACKTR paper / baselines run_atari (32 envs, lrschedule linear); zoo1 acktr.yml atari",
                     policy="CnnPolicy"),
     },
+}
+
+
+# NPG has no published presets: it takes TRPO's tuned values (the same direction, no line search).
+PRESETS["npg"] = {
+    task: {**copy.deepcopy(entry), "source": f"{entry['source']} (TRPO's tuned values, used for NPG)"}
+    for task, entry in PRESETS["trpo"].items()
 }
 
 

@@ -178,6 +178,18 @@ def hutchinson_trace(
     return float(total / n_probes)
 
 
+def operator_spectrum(
+    matvec, num_parameters: int, like: torch.Tensor, k: int = 5, n_probes: int = 10, *,
+    tol: float = 1e-4, generator: torch.Generator | None = None,
+) -> Spectrum:
+    """Top-k eigenpairs (Lanczos) and Hutchinson trace of a symmetric operator on flat parameters."""
+    gen = generator if generator is not None else torch.Generator().manual_seed(DEFAULT_SEED)
+    opts = dict(dtype=like.dtype, device=like.device)
+    values, vectors, products = top_eigenpairs(matvec, num_parameters, k, tol=tol, generator=gen, **opts)
+    trace = hutchinson_trace(matvec, num_parameters, n_probes, generator=gen, **opts)
+    return Spectrum(values, vectors, trace, num_parameters, products)
+
+
 def fisher_spectrum(
     fisher: PolicyFisher,
     k: int = 5,
@@ -187,12 +199,8 @@ def fisher_spectrum(
     generator: torch.Generator | None = None,
 ) -> Spectrum:
     """Top-k eigenpairs and Hutchinson trace of the (undamped) policy Fisher F of `fisher`."""
-    like = fisher.parameters[0]
-    gen = generator if generator is not None else torch.Generator().manual_seed(DEFAULT_SEED)
-    opts = dict(dtype=like.dtype, device=like.device)
-    values, vectors, products = top_eigenpairs(fisher.fisher_product, fisher.num_parameters, k, tol=tol, generator=gen, **opts)
-    trace = hutchinson_trace(fisher.fisher_product, fisher.num_parameters, n_probes, generator=gen, **opts)
-    return Spectrum(values, vectors, trace, fisher.num_parameters, products)
+    return operator_spectrum(fisher.fisher_product, fisher.num_parameters, fisher.parameters[0], k, n_probes,
+                             tol=tol, generator=generator)
 
 
 class ValueLossHessian:
@@ -225,12 +233,8 @@ def value_hessian_spectrum(
     generator: torch.Generator | None = None,
 ) -> Spectrum:
     """Top-k (largest algebraic) eigenpairs and Hutchinson trace of the value-loss Hessian."""
-    like = hessian.parameters[0]
-    gen = generator if generator is not None else torch.Generator().manual_seed(DEFAULT_SEED)
-    opts = dict(dtype=like.dtype, device=like.device)
-    values, vectors, products = top_eigenpairs(hessian.product, hessian.num_parameters, k, tol=tol, generator=gen, **opts)
-    trace = hutchinson_trace(hessian.product, hessian.num_parameters, n_probes, generator=gen, **opts)
-    return Spectrum(values, vectors, trace, hessian.num_parameters, products)
+    return operator_spectrum(hessian.product, hessian.num_parameters, hessian.parameters[0], k, n_probes,
+                             tol=tol, generator=generator)
 
 
 def gradient_top_k_share(gradient: torch.Tensor, eigenvectors: torch.Tensor) -> float:
