@@ -37,6 +37,7 @@ import random
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -307,18 +308,20 @@ class OnPolicyAgent(abc.ABC):
         if callback is not None:
             callback.on_rollout_start()
         self.policy.start_rollout()  # weights are fixed until the update: stack them once per rollout
-        for _ in range(self.config.n_steps):
-            actions, values, log_probs = self.policy.act(self._last_obs)  # inference mode, no Distribution
-            step = self.env.step(self._env_actions(actions))
-            buffer.add(self._last_obs, actions, log_probs, values, self._last_episode_starts, step)
-            self._last_obs, self._last_episode_starts = step.obs, step.done
-            self.num_timesteps += self.n_envs
-            if callback is not None:
-                callback.update_locals({"actions": actions, "rewards": step.reward, "dones": step.done, "infos": []})
-                if not callback.on_step():
-                    self.policy.end_rollout()
-                    return False
-        self.policy.end_rollout()
+        try:
+            for _ in range(self.config.n_steps):
+                actions, values, log_probs = self.policy.act(self._last_obs)  # inference mode, no Distribution
+                step = self.env.step(self._env_actions(actions))
+                buffer.add(self._last_obs, actions, log_probs, values, self._last_episode_starts, step)
+                self._last_obs, self._last_episode_starts = step.obs, step.done
+                self.num_timesteps += self.n_envs
+                if callback is not None:
+                    callback.update_locals(
+                        {"actions": actions, "rewards": step.reward, "dones": step.done, "infos": StepInfos(step)})
+                    if not callback.on_step():
+                        return False
+        finally:
+            self.policy.end_rollout()
         returns, lengths = buffer.finished_episodes()
         self.ep_info_buffer.extend({"r": r, "l": l} for r, l in zip(returns, lengths))
         if self.reward_scaler is not None:
@@ -643,6 +646,34 @@ def _clone_tree(x):
     if isinstance(x, (list, tuple)):
         return type(x)(_clone_tree(v) for v in x)
     return copy.copy(x)
+
+
+class StepInfos(Sequence):
+    """SB3's per-env `infos` for callbacks, built only if a callback reads them (one host transfer):
+    `{"episode": {"r": return, "l": length}}` for envs whose episode ended, plus
+    `"TimeLimit.truncated"` and `"terminal_observation"` as SB3's VecEnvs report them."""
+
+    def __init__(self, step):
+        self._step, self._infos = step, None
+
+    def _build(self) -> list[dict]:
+        if self._infos is None:
+            s = self._step
+            done, truncated = s.done.cpu().numpy(), s.truncated.cpu().numpy()
+            returns, lengths = s.episode_return.cpu().numpy(), s.episode_length.cpu().numpy()
+            final_obs = s.final_obs.cpu().numpy()
+            self._infos = [
+                {"episode": {"r": float(returns[i]), "l": int(lengths[i])}, "TimeLimit.truncated": bool(truncated[i]),
+                 "terminal_observation": final_obs[i]} if done[i] else {}
+                for i in range(len(done))
+            ]
+        return self._infos
+
+    def __getitem__(self, index):
+        return self._build()[index]
+
+    def __len__(self) -> int:
+        return self._step.reward.shape[0]
 
 
 def _wrap_callback(callback):

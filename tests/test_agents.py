@@ -146,3 +146,22 @@ def test_learning_happens_on_cartpole(algo):
     torch.manual_seed(1)
     after, _ = evaluate(model, env, 8, deterministic=False, seed=1)
     assert after > before + 50, (before, after)
+
+
+def test_callbacks_see_sb3_style_infos_for_finished_episodes():
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class EpisodeCollector(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.returns = []
+
+        def _on_step(self):
+            assert len(self.locals["infos"]) == len(self.locals["dones"]) == 2
+            self.returns += [info["episode"]["r"] for info in self.locals["infos"] if "episode" in info]
+            return True
+
+    model = tiny("ppo", n_envs=2)
+    collector = EpisodeCollector()
+    model.learn(256, callback=collector)
+    assert collector.returns and collector.returns == [e["r"] for e in model.ep_info_buffer]
