@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
+import sys
+
 import gymnasium as gym
 import torch
 from gymnasium.vector import AutoresetMode
@@ -57,6 +61,7 @@ def _from_id(env_id: str, n_envs: int, device, vectorization: str, env_kwargs: d
 
         return make_torch_native(env_id, n_envs, device=device)
     wrappers = None
+    route_mujoco_warnings_to_logging()
     if is_atari_id(env_id):
         register_atari()
         env_kwargs = {**atari_env_kwargs(env_id), **env_kwargs}
@@ -74,6 +79,23 @@ def _from_id(env_id: str, n_envs: int, device, vectorization: str, env_kwargs: d
         **env_kwargs,
     )
     return GymnasiumVecEnv(vec, device, env_id=env_id)
+
+
+def route_mujoco_warnings_to_logging() -> None:
+    """MuJoCo's default warning handler appends to MUJOCO_LOG.TXT in the working directory (e.g.
+    HalfCheetah's deprecated `settotalmass` under mujoco >= 3.16); send its warnings to the
+    `mujoco` logger instead so users' folders stay clean. In-process envs only: subprocess envs
+    (vectorization="async") rely on the pinned mujoco version of rlgeom[mujoco]."""
+    if "mujoco" not in sys.modules and importlib.util.find_spec("mujoco") is None:
+        return
+    import mujoco
+
+    if mujoco.get_mju_user_warning() is None:
+        mujoco.set_mju_user_warning(_log_mujoco_warning)
+
+
+def _log_mujoco_warning(message: str) -> None:
+    logging.getLogger("mujoco").warning(message.strip())
 
 
 def _spec_id(env) -> str | None:

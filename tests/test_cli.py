@@ -62,3 +62,15 @@ def test_help_hp_lists_documented_fields(tmp_path):
     out = train("--algo", "trpo", "--help-hp", cwd=tmp_path)
     assert out.returncode == 0
     assert "max_kl" in out.stdout and "KL(π_old‖π_new) radius" in out.stdout
+
+
+def test_mujoco_tasks_leave_no_log_file_in_the_working_directory(tmp_path, monkeypatch):
+    """HalfCheetah's model triggers a MuJoCo deprecation warning on recent mujoco releases."""
+    pytest.importorskip("mujoco")
+    from envs import make_vec_env
+
+    monkeypatch.chdir(tmp_path)
+    env = make_vec_env("HalfCheetah-v5", 1, seed=0)
+    env.reset(seed=0)
+    env.close()
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
