@@ -11,7 +11,9 @@ methods (NPG, TRPO) follow (nearly) the same learning curves whichever parameter
 VPG does not.
 
 Before training, the script checks that a seed gives the same initial distribution in all three
-parameterisations (same mean on a batch of observations, same σ), and records the check.
+parameterisations (same mean on a batch of observations, same σ), and records the check; then it takes
+ONE update of each agent from the same first rollout in each parameterisation and records how far apart
+(in KL) the three updated policies are, next to the KL of the step itself.
 
 Writes into --out:
   reparameterisation_curves.png   one panel per agent, rollout/ep_rew_mean (mean ± 95% t-CI over seeds)
@@ -103,6 +105,65 @@ def init_check(agents: list[str], seeds: list[int]) -> list[dict]:
                 "max_abs_mean_diff": max(float((means[p] - means[ref]).abs().max()) for p in PARAMETERISATIONS),
                 "max_abs_log_std_diff": max(float((log_stds[p] - log_stds[ref]).abs().max()) for p in PARAMETERISATIONS),
                 "sigma_init": float(log_stds[ref].exp().mean()),
+            })
+    return rows
+
+
+ONE_UPDATE_CASES = (("npg", {}), ("trpo", {}), ("vpg", {}), ("npg", {"cg_damping": 1e-4}))
+
+
+def _gauss_kl(p, q) -> float:
+    """Mean over states of KL(p ‖ q) for diagonal Gaussians given as (mean, σ)."""
+    (m1, s1), (m2, s2) = p, q
+    return float((torch_log(s2 / s1) + (s1 ** 2 + (m1 - m2) ** 2) / (2 * s2 ** 2) - 0.5).sum(-1).mean())
+
+
+def torch_log(x):
+    import torch
+
+    return torch.log(x)
+
+
+def one_update_check(seeds: list[int]) -> list[dict]:
+    """One update from the same first rollout in each parameterisation (same seed: the first rollout is
+    bit-identical, σ₀ = 1). Reports the KL of the step itself and the KL between the updated policies of
+    two parameterisations, on the rollout's states. The last case (NPG with cg_damping 1e-4 instead of the
+    preset's 0.1) is a diagnostic of where a difference comes from, not a tuned setting."""
+    import torch
+
+    from agents import AGENTS as REGISTRY
+    from rlgeom.benchmark import algo_preset
+
+    rows = []
+    for algo, override in ONE_UPDATE_CASES:
+        cfg = algo_preset(algo, ENV)
+        for seed in seeds:
+            out = {}
+            for param in PARAMETERISATIONS:
+                agent = REGISTRY[algo](cfg["policy"], ENV, policy_kwargs={**cfg["policy_kwargs"],
+                                                                          "scale_parameterisation": param},
+                                       n_envs=cfg["n_envs"], seed=seed, device="cpu",
+                                       **{**cfg["hyperparameters"], **override})
+                agent._reset_env()
+                agent._target_timesteps = 10 ** 12
+                agent.collect_rollout(None)
+                obs = agent.buffer.obs.reshape(-1, agent.buffer.obs.shape[-1]).clone()
+                with torch.no_grad():
+                    d = agent.policy.get_distribution(obs)
+                    before = (d.mean.clone(), d.stddev.clone())
+                agent.update(agent.buffer, 1.0)
+                with torch.no_grad():
+                    d = agent.policy.get_distribution(obs)
+                    after = (d.mean.clone(), d.stddev.clone())
+                agent.env.close()
+                out[param] = (obs, before, after)
+            ref = out["log_std"]
+            rows.append({
+                "agent": algo, "override": override, "seed": seed,
+                "same_first_rollout": all(torch.equal(out[p][0], ref[0]) for p in PARAMETERISATIONS),
+                "step_kl_log_std": _gauss_kl(ref[1], ref[2]),
+                "kl_between_updated": {p: _gauss_kl(ref[2], out[p][2]) for p in ("std", "var")},
+                "sigma_after": {p: float(out[p][2][1].mean()) for p in PARAMETERISATIONS},
             })
     return rows
 
@@ -389,7 +450,7 @@ def fmt(x, spec=".1f") -> str:
     return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
-def write_report(args, out: Path, rows, gaps, checks, wall_s, command: str) -> None:
+def write_report(args, out: Path, rows, gaps, checks, one_update, wall_s, command: str) -> None:
     lines = [
         "# Reparameterisation of the Gaussian scale: log σ vs σ vs σ² (Pendulum-v1)", "",
         f"Command: `{command}`", "",
@@ -420,11 +481,21 @@ def write_report(args, out: Path, rows, gaps, checks, wall_s, command: str) -> N
     for c in checks:
         lines.append(f"| {c['agent']} | {c['seed']} | {c['max_abs_mean_diff']:.2e} | "
                      f"{c['max_abs_log_std_diff']:.2e} | {c['sigma_init']:.3f} |")
+    lines += ["", "One update from the same first rollout (bit-identical across parameterisations for a seed): KL of "
+              "the log σ run's step, KL(updated log σ policy ‖ updated σ / σ² policy) on the rollout's states, and σ "
+              "after the update (σ₀ = 1). The cg_damping 1e-4 row is a diagnostic (preset: 0.1), not a tuned setting.", "",
+              "| agent | override | seed | same rollout | step KL | KL to σ run | KL to σ² run | σ after: log σ / σ / σ² |",
+              "|---|---|---|---|---|---|---|---|"]
+    for u in one_update:
+        sig = " / ".join(f"{u['sigma_after'][p]:.4f}" for p in PARAMETERISATIONS)
+        lines.append(f"| {u['agent']} | {json.dumps(u['override']) if u['override'] else 'preset'} | {u['seed']} | "
+                     f"{u['same_first_rollout']} | {u['step_kl_log_std']:.2e} | {u['kl_between_updated']['std']:.1e} | "
+                     f"{u['kl_between_updated']['var']:.1e} | {sig} |")
     lines += ["", "![curves](reparameterisation_curves.png)", ""]
     (out / "reparameterisation.md").write_text("\n".join(lines) + "\n")
     (out / "reparameterisation.json").write_text(json.dumps(
         {"command": command, "timesteps_cap": args.timesteps, "seeds": args.seeds, "rows": rows,
-         "same_seed_gaps": gaps, "init_check": checks}, indent=2, default=str))
+         "same_seed_gaps": gaps, "init_check": checks, "one_update_check": one_update}, indent=2, default=str))
 
 
 def main(argv=None) -> int:
@@ -439,6 +510,10 @@ def main(argv=None) -> int:
     for c in checks:
         print(f"init check {c['agent']} seed {c['seed']}: |Δmean| {c['max_abs_mean_diff']:.1e}, "
               f"|Δlogσ| {c['max_abs_log_std_diff']:.1e}", flush=True)
+    one_update = one_update_check(seeds)
+    for u in one_update:
+        print(f"one update {u['agent']} {u['override'] or ''} seed {u['seed']}: step KL {u['step_kl_log_std']:.2e}, "
+              f"KL between updated {u['kl_between_updated']}", flush=True)
     start = time.perf_counter()
     failed = []
     if not args.skip_training:
@@ -450,7 +525,7 @@ def main(argv=None) -> int:
     plot_curves(runs, out / "reparameterisation_curves.png",
                 f"{ENV}, scale parameterised as log σ / σ / σ², preset hyperparameters, cap {args.timesteps} steps, "
                 f"seeds {args.seeds}; mean ± 95% t-CI over seeds")
-    write_report(args, out, rows, gaps, checks, wall, command)
+    write_report(args, out, rows, gaps, checks, one_update, wall, command)
     stats = telemetry(args, out)
     print(f"wrote {out}/reparameterisation.md, reparameterisation_curves.png"
           + (", geometry_telemetry.png" if stats else ""), flush=True)

@@ -4,7 +4,7 @@ A checkpoint is a model file (`rlgeom.serialization`: safetensors + JSON in the 
 atomically: temporary file, fsync, rename) whose description also holds a `"checkpoint"` record.
 Nested state (a torch optimizer's `state_dict()`, a K-FAC `state_dict()`, RNG states) is split by
 `pack_state` into tensors, stored by safetensors, and a JSON skeleton in which each tensor is a
-`{"__tensor__": key}` placeholder; `unpack_state` rebuilds it. Only JSON types, tuples, int-keyed
+`{"__tensor__": key}` reference; `unpack_state` rebuilds it. Only JSON types, tuples, int-keyed
 dicts and tensors are accepted: there is no way to smuggle an object (or code) into a checkpoint.
 
 Checkpoints of a run live in one directory as `checkpoint_<steps>.safetensors` (zero-padded, so
@@ -64,7 +64,7 @@ def pack_state(prefix: str, obj) -> tuple[dict[str, torch.Tensor], object]:
 
 
 def unpack_state(skeleton, tensors: dict[str, torch.Tensor], where: str = "checkpoint"):
-    """Inverse of `pack_state`; ModelFileError if a placeholder names a missing tensor."""
+    """Inverse of `pack_state`; ModelFileError if a tensor reference names a missing tensor."""
 
     def walk(x):
         if isinstance(x, dict):

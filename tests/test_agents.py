@@ -165,3 +165,40 @@ def test_callbacks_see_sb3_style_infos_for_finished_episodes():
     collector = EpisodeCollector()
     model.learn(256, callback=collector)
     assert collector.returns and collector.returns == [e["r"] for e in model.ep_info_buffer]
+
+
+class TwoKnobs(gym.Env):
+    """MultiDiscrete([3, 2]) actions; reward 1 when the knobs match the observation's signs."""
+
+    observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    action_space = gym.spaces.MultiDiscrete([3, 2])
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.obs = self.np_random.uniform(-1, 1, 2).astype(np.float32)
+        return self.obs, {}
+
+    def step(self, action):
+        self.t += 1
+        reward = float(action[0] == (self.obs[0] > 0) + 1) + float(action[1] == (self.obs[1] > 0))
+        self.obs = self.np_random.uniform(-1, 1, 2).astype(np.float32)
+        return self.obs, reward, False, self.t >= 10, {}
+
+
+@pytest.mark.parametrize("algo", sorted(AGENTS))
+def test_multidiscrete_actions(algo):
+    model = AGENTS[algo]("MlpPolicy", TwoKnobs(), seed=0, **TINY[algo]).learn(64)
+    actions, _ = model.predict(np.zeros((3, 2), dtype=np.float32))
+    assert actions.shape == (3, 2) and actions[:, 0].max() <= 2 and actions[:, 1].max() <= 1
+    assert model.buffer.actions.shape[-1] == 2
+
+
+def test_async_vectorization_trains_like_sync():
+    runs = []
+    for mode in ("sync", "async"):
+        model = PPO("MlpPolicy", "CartPole-v1", n_envs=2, vectorization=mode, seed=0, n_steps=32, batch_size=64)
+        model.learn(64)
+        runs.append(model.buffer.rewards.clone())
+        model.env.close()
+    assert torch.equal(runs[0], runs[1])  # same seeds, same transitions, whichever process steps them
