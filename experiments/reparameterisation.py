@@ -52,6 +52,7 @@ AGENTS = ("npg", "trpo", "vpg")
 ENV = "Pendulum-v1"
 RETURN_TAG = "rollout/ep_rew_mean"
 TELEMETRY_TAGS = ("geometry/quadratic_model_ratio", "geometry/cg_residual")
+RELATIVE_TAG = "geometry/cg_residual_relative"  # derived: cg_residual / gradient_norm (‖(F+λI)x − g‖ / ‖g‖)
 FINAL_FRACTION = 0.1  # the final return: mean of the last 10% of the curve's steps (as rlgeom.compare)
 
 
@@ -391,11 +392,17 @@ def telemetry(args, out: Path) -> list[dict]:
     for name, d in telemetry_sources(args):
         for run in load_runs(d):
             if run.agent in ("npg", "trpo") and all(t in run.scalars for t in TELEMETRY_TAGS):
+                res, grad = run.scalars["geometry/cg_residual"], run.scalars.get("geometry/gradient_norm")
+                if grad is not None and np.array_equal(res.steps, grad.steps):
+                    from rlgeom.runlogs import Curve
+
+                    run.scalars[RELATIVE_TAG] = Curve(res.steps, res.values / np.maximum(grad.values, 1e-30), res.wall)
                 groups.setdefault((name, run.task, run.agent), []).append(run)
     if not groups:
         return []
     keys = sorted(groups)
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), squeeze=False)
+    tags = TELEMETRY_TAGS + (RELATIVE_TAG,)
+    fig, axes = plt.subplots(3, 2, figsize=(13, 12.5), squeeze=False)
     cmap = plt.get_cmap("tab20")
     stats = []
     for k, key in enumerate(keys):
@@ -403,7 +410,9 @@ def telemetry(args, out: Path) -> list[dict]:
         rs = groups[key]
         color = cmap(k % 20)
         row = {"source": name, "task": task, "agent": algo, "seeds": [r.seed for r in rs]}
-        for i, tag in enumerate(TELEMETRY_TAGS):
+        for i, tag in enumerate(tags):
+            if any(tag not in r.scalars for r in rs):
+                continue
             j = 0 if algo == "npg" else 1
             ax = axes[i, j]
             band = curve_band(rs, tag)
@@ -423,7 +432,7 @@ def telemetry(args, out: Path) -> list[dict]:
                               "median_last_20pct": float(np.nanmedian(late)),
                               "n_updates": int(sum(len(r.scalars[tag].values) for r in rs))}
         stats.append(row)
-    for i, tag in enumerate(TELEMETRY_TAGS):
+    for i, tag in enumerate(tags):
         for j, algo in enumerate(("npg", "trpo")):
             ax = axes[i, j]
             ax.set_title(f"{algo.upper()}: {tag} (mean over seeds)", fontsize=10)
@@ -435,7 +444,7 @@ def telemetry(args, out: Path) -> list[dict]:
             if ax.lines:
                 ax.legend(fontsize=6, loc="best")
     fig.suptitle("NPG / TRPO geometry telemetry: KL actually taken / KL predicted by ½sᵀFs (top), "
-                 "CG residual ‖Fs − g‖ (bottom)", fontsize=10)
+                 "CG residual ‖(F+λI)x − g‖ (middle), relative to ‖g‖ (bottom)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "geometry_telemetry.png", dpi=110)
     plt.close(fig)
@@ -502,6 +511,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     command = "python experiments/reparameterisation.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     os.chdir(ROOT)
+    import torch
+
+    torch.set_num_threads(1)  # as the grid's workers; more threads only contend on a shared CPU
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
