@@ -137,7 +137,6 @@ def test_learning_happens_on_cartpole(algo):
     Both are evaluated stochastically: the argmax of an untrained policy's near-zero logits is a
     linear controller that can balance CartPole by chance, which says nothing about learning."""
     cfg = preset(algo, "CartPole-v1")
-    torch.set_num_threads(1)
     model = AGENTS[algo]("MlpPolicy", "CartPole-v1", n_envs=cfg["n_envs"], seed=0, **cfg["hyperparameters"])
     env = make_vec_env("CartPole-v1", 4)
     torch.manual_seed(1)

@@ -26,14 +26,6 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks on shared CPU cores: intra-op threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class ResumableCartPole(CartPoleTorch):
     """The torch-native CartPole plus the optional env-state protocol (state_dict / load_state_dict)

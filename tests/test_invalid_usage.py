@@ -15,13 +15,6 @@ from rlgeom.serialization import ModelFileError
 SMALL = dict(n_steps=32, batch_size=32, n_epochs=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def ppo_file(tmp_path_factory) -> str:

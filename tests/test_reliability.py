@@ -21,13 +21,6 @@ from rlgeom.serialization import ModelFileError
 TINY = dict(n_steps=32, batch_size=32, n_epochs=2, n_critic_updates=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny(cls) -> dict:
     """The TINY hyperparameters this agent's config has (so later agents are covered too)."""
