@@ -120,7 +120,6 @@ class TrackedACKTR(ACKTR):
 def test_acktr_improves_cartpole():
     """CartPole-v1's preset, fixed seed, 30k steps: the last 20 training episodes average well above
     the first 20 (random play: ~20). Margin: at least twice as long and 50 steps longer."""
-    torch.set_num_threads(1)
     from agents.presets import preset
 
     cfg = preset("acktr", "CartPole-v1")
