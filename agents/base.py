@@ -108,7 +108,6 @@ class OnPolicyAgent(abc.ABC):
     ):
         self.config = self.Config.build(hyperparameters)
         self._nonfinite = NonFiniteCounter(nonfinite)  # validates the mode
-        self.nonfinite = nonfinite
         if isinstance(max_consecutive_skips, bool) or not isinstance(max_consecutive_skips, int) or max_consecutive_skips < 1:
             raise ValueError(f"max_consecutive_skips must be a positive integer, got {max_consecutive_skips!r}")
         self.max_consecutive_skips = max_consecutive_skips
@@ -153,6 +152,11 @@ class OnPolicyAgent(abc.ABC):
         self._last_episode_starts = None
         self.ep_info_buffer: deque = deque(maxlen=100)
         self._setup()
+
+    @property
+    def nonfinite(self) -> str:
+        """What happens to NaN/inf from the env: "raise" or "sanitize" (saved with the model)."""
+        return self._nonfinite.mode
 
     # ----------------------------------------------------------------- construction
     def _make_policy(self) -> ActorCriticPolicy:

@@ -22,7 +22,7 @@ from agents.base import OnPolicyAgent
 from agents.config import OnPolicyConfig, hp
 from agents.critic import explained_variance
 from rlgeom.guards import guard_finite
-from rlgeom.optim import adam, clip_grad_norm_
+from rlgeom.optim import adam
 from rlgeom.schedules import schedule_value
 
 
@@ -91,7 +91,7 @@ class PPO(OnPolicyAgent):
                     break
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = clip_grad_norm_(self.optimizer.param_groups[0]["params"], cfg.max_grad_norm)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 step_losses.append(loss.detach())
                 step_grad_norms.append(grad_norm)

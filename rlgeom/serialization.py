@@ -69,9 +69,9 @@ def write_model(path: str, tensors: dict[str, torch.Tensor], description: dict) 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "description": json.dumps(description)}
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    # The SHA-256 of the tensor bytes (everything after the header) goes into the header, so a
-    # flipped bit in the weights is an error on load rather than a silently different model.
-    meta["sha256"] = hashlib.sha256(_body(save(tensors, metadata=meta))).hexdigest()
+    # A SHA-256 of the tensors goes into the header, so a flipped bit in the weights is an error on
+    # load rather than a silently different model.
+    meta["tensors_sha256"] = tensor_digest(tensors)
     data = save(tensors, metadata=meta)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
@@ -99,7 +99,7 @@ def read_model(path: str, device: torch.device | str = "cpu") -> tuple[dict[str,
         raise ModelFileError(f"{resolved}: not a readable safetensors model file (truncated or corrupted?): {err}")
     if meta.get("format") != FORMAT:
         raise ModelFileError(f"{resolved}: not an rlgeom model (no '{FORMAT}' header)")
-    if "sha256" in meta and hashlib.sha256(_body(raw)).hexdigest() != meta["sha256"]:
+    if "tensors_sha256" in meta and tensor_digest(tensors) != meta["tensors_sha256"]:
         raise ModelFileError(f"{resolved}: checksum mismatch: the tensor data was modified or corrupted")
     if meta.get("format_version") != str(FORMAT_VERSION):
         raise ModelFileError(
@@ -114,9 +114,14 @@ def read_model(path: str, device: torch.device | str = "cpu") -> tuple[dict[str,
     return {k: v.to(device) for k, v in tensors.items()}, description
 
 
-def _body(raw: bytes) -> memoryview:
-    """The tensor bytes of a serialised safetensors file (what follows the JSON header)."""
-    return memoryview(raw)[8 + int.from_bytes(raw[:8], "little"):]
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order (CPU tensors)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _header_metadata(raw: bytes) -> dict:
