@@ -106,8 +106,8 @@ def geometry_telemetry(direction: NaturalDirection, step_fraction: float, dampin
     }
 
 
-def policy_and_critic_stats(agent, buffer, direction, progress_remaining: float) -> dict:
-    """Fit the critic (shared by NPG and TRPO) and report the train/ tags SB3 users know."""
+def fit_critic(agent, buffer, progress_remaining: float) -> dict:
+    """Fit V_φ to the returns (n_critic_updates epochs, critic optimiser only); its train/ tags."""
     cfg = agent.config
     lr = schedule_value(cfg.learning_rate, progress_remaining)
     for group in agent.critic_optimizer.param_groups:
@@ -116,12 +116,15 @@ def policy_and_critic_stats(agent, buffer, direction, progress_remaining: float)
         agent.policy, agent.critic_optimizer, buffer, cfg.n_critic_updates, cfg.batch_size, agent.generator
     )
     guard_finite(value_loss=value_loss)
-    with torch.no_grad():
-        improvement, _ = direction.improvement_and_kl()
+    return {"train/value_loss": value_loss.item(), "train/learning_rate": lr}
+
+
+@torch.no_grad()
+def surrogate_stats(direction: NaturalDirection, buffer) -> dict:
+    """train/ tags of the policy step: surrogate improvement, entropy, the critic's explained variance."""
+    improvement, _ = direction.improvement_and_kl()
     return {
         "train/policy_improvement": improvement.item(),
-        "train/value_loss": value_loss.item(),
         "train/entropy_loss": -direction.fisher.entropy().item(),
-        "train/learning_rate": lr,
         "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()).item(),
     }

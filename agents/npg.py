@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from agents.base import OnPolicyAgent
 from agents.critic import critic_optimizer
-from agents.natural import NaturalGradientConfig, geometry_telemetry, natural_direction, policy_and_critic_stats
+from agents.natural import (
+    NaturalGradientConfig, fit_critic, geometry_telemetry, natural_direction, surrogate_stats,
+)
 from rlgeom.fisher import assign_flat_parameters, flat_parameters
 from rlgeom.schedules import schedule_value
 
@@ -40,7 +42,8 @@ class NPG(OnPolicyAgent):
         params = direction.fisher.parameters
         if direction.step.valid:  # invalid only for zero curvature (e.g. g = 0): then stay put
             assign_flat_parameters(params, flat_parameters(params) + direction.step.step)
-        stats = policy_and_critic_stats(self, buffer, direction, progress_remaining)
+        stats = fit_critic(self, buffer, progress_remaining)  # fit V_φ to R
+        stats.update(surrogate_stats(direction, buffer))
         stats.update(geometry_telemetry(direction, float(direction.step.valid), cfg.cg_damping))
         return stats
 

@@ -19,7 +19,9 @@ from agents import config as c
 from agents.base import OnPolicyAgent
 from agents.config import hp
 from agents.critic import critic_optimizer
-from agents.natural import NaturalGradientConfig, geometry_telemetry, natural_direction, policy_and_critic_stats
+from agents.natural import (
+    NaturalGradientConfig, fit_critic, geometry_telemetry, natural_direction, surrogate_stats,
+)
 from rlgeom.fisher import backtracking_line_search
 from rlgeom.schedules import schedule_value
 
@@ -58,7 +60,8 @@ class TRPO(OnPolicyAgent):
                 backtrack_coef=cfg.line_search_shrinking_factor, max_backtracks=cfg.line_search_max_iter,
             )
             backtracks, accepted, fraction = search.backtracks, search.accepted, search.step_fraction
-        stats = policy_and_critic_stats(self, buffer, direction, progress_remaining)
+        stats = fit_critic(self, buffer, progress_remaining)  # fit V_φ to R
+        stats.update(surrogate_stats(direction, buffer))
         stats.update(geometry_telemetry(direction, fraction, cfg.cg_damping))
         stats.update({
             "geometry/line_search_backtracks": backtracks,
