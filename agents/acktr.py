@@ -12,7 +12,8 @@ K-FAC (rlgeom.kfac) and shrunk to a KL trust region measured with the same K-FAC
         g = ∇L (global norm clipped at max_grad_norm)
         Δ = -lr (F̂ + λI)⁻¹ g,  F̂ = ⊕_l A_l ⊗ G_l                                  (K-FAC direction)
         η = min(1, √(2 kl_clip / ΔᵀF̂Δ))                                            (KL clipping)
-        SGD with momentum on the preconditioned gradient η (F̂ + λI)⁻¹ g
+        SGD with momentum m and step size lr (1 - m) on the preconditioned gradient η (F̂ + λI)⁻¹ g
+            (the momentum average of the clipped steps, not their sum, is what moves θ)
 
 The update below follows this box line by line; every piece of K-FAC (statistics hooks, factors,
 eigendecompositions, damping, ΔᵀF̂Δ, the non-finite guard) lives in rlgeom.kfac and the trust-region
@@ -25,7 +26,9 @@ Defaults and where they come from:
 | learning_rate          | 0.25    | Wu et al. 2017 (Atari); openai/baselines acktr `lr=0.25` (which |
 |                        |         | decays it linearly: `lrschedule='linear'`, used by our Atari    |
 |                        |         | preset)                                                         |
-| momentum               | 0.9     | baselines acktr Model: `KfacOptimizer(momentum=0.9)`            |
+| momentum               | 0.9     | baselines acktr Model: `KfacOptimizer(momentum=0.9)`; the SGD   |
+|                        |         | step is lr·(1 − momentum), as baselines' `MomentumOptimizer(    |
+|                        |         | lr * (1. - momentum), momentum)`                                |
 | kl_clip                | 0.001   | paper, Atari; baselines `kfac_clip=0.001`                       |
 | n_steps                | 20      | baselines acktr `nsteps=20`; stable-baselines (SB2) ACKTR       |
 | gae_lambda             | 1.0     | n-step returns as in A2C / the paper; < 1 gives GAE             |
@@ -37,6 +40,12 @@ Defaults and where they come from:
 | update_statistics_every| 1       | baselines `kfac_update=1` (statistics every update)             |
 | update_inverse_every   | 10      | ikostrikov/pytorch-a2c-ppo-acktr-gail `Tinv=10`                 |
 | normalize_advantage    | False   | A2C/ACKTR do not normalise advantages (baselines, SB2, SB3 A2C) |
+
+Why lr·(1 − m): the trust region scales the *fresh* step only. SGD with momentum m and step size lr
+moves θ by the sum of the past clipped steps, up to 1/(1 − m) = 10 of them when they agree, so a KL
+budget of 0.001 per fresh step became KL 0.03–0.3 per update (measured: experiments/acktr/RESULTS.md);
+with lr·(1 − m) the momentum buffer is an average and, in the steady state, θ moves by the clipped
+step itself. This is baselines' (and SB2's) optimizer.
 
 Differences from baselines/ikostrikov, on purpose: the trust region is the paper's
 η = min(1, √(2·kl_clip / ΔᵀF̂Δ)) with the undamped K-FAC quadratic form of the full step Δ (they use
@@ -137,7 +146,8 @@ class ACKTR(OnPolicyAgent):
             update_statistics_every=cfg.update_statistics_every, update_inverse_every=cfg.update_inverse_every,
         )
         self.optimizer = torch.optim.SGD(
-            self.policy.parameters(), lr=schedule_value(cfg.learning_rate, 1.0), momentum=cfg.momentum)
+            self.policy.parameters(), lr=self._sgd_step_size(schedule_value(cfg.learning_rate, 1.0)),
+            momentum=cfg.momentum)
         scale = self.policy.actor.scale
         self._scale_param = None if scale is None else scale.raw
         self._updates_bound = 0  # applied updates where the trust region shrank the step (η < 1)
@@ -146,7 +156,7 @@ class ACKTR(OnPolicyAgent):
         cfg, family = self.config, self.policy.family
         lr = schedule_value(cfg.learning_rate, progress_remaining)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = self._sgd_step_size(lr)
         batch = buffer.full_batch(cfg.normalize_advantage)
         dist_params, values = self._forward(batch.obs)
         dist = family.distribution(dist_params)
@@ -184,7 +194,7 @@ class ACKTR(OnPolicyAgent):
         for p in self.policy.parameters():
             if p.grad is not None:
                 p.grad.mul_(eta)
-        self.optimizer.step()  # SGD with momentum on η (F̂ + λI)⁻¹ g
+        self.optimizer.step()  # SGD with momentum, step lr (1 - m), on η (F̂ + λI)⁻¹ g
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             kl = policy_kl(family, dist_params.detach(), self.policy.dist_params(batch.obs)).mean()
@@ -193,6 +203,10 @@ class ACKTR(OnPolicyAgent):
         return self._stats(lr, policy_loss, value_loss, entropy, buffer, kfac_stats, eta_value, quad_value, kl_value)
 
     # ----------------------------------------------------------------- pieces of the update
+    def _sgd_step_size(self, lr: float) -> float:
+        """lr (1 - m): momentum then averages the clipped steps instead of summing them (baselines)."""
+        return lr * (1.0 - self.config.momentum)
+
     def _forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Distribution parameters and values, with every layer called once (a shared torso included).
 

@@ -78,7 +78,8 @@ def natural_direction(policy, batch: Batch, cfg: NaturalGradientConfig, generato
     )
     objective = surrogate(fisher, batch)
     gradient = flat_gradient(objective, fisher.parameters)
-    step = natural_step(gradient, fisher.fvp, cfg.max_kl, cfg.cg_max_steps, cfg.cg_tolerance)
+    with fisher.linearised():  # θ is fixed during CG: every product reuses one forward pass
+        step = natural_step(gradient, fisher.fvp, cfg.max_kl, cfg.cg_max_steps, cfg.cg_tolerance)
     return NaturalDirection(fisher, batch, gradient, step, objective.detach())
 
 

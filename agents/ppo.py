@@ -59,7 +59,7 @@ class PPO(OnPolicyAgent):
 
     def _setup(self) -> None:
         lr = schedule_value(self.config.learning_rate, 1.0)
-        self.optimizer = adam(self.policy.parameters(), lr=lr, eps=1e-5)  # fused kernel where torch has one
+        self.optimizer = adam(self.policy.parameters(), lr=lr, eps=1e-5)  # one fused step over one buffer
 
     def update(self, buffer, progress_remaining: float) -> dict:
         cfg = self.config
@@ -91,7 +91,7 @@ class PPO(OnPolicyAgent):
                     break
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                grad_norm = self.optimizer.clip_grad_norm_(cfg.max_grad_norm)  # one buffer: 2 kernels
                 self.optimizer.step()
                 step_losses.append(loss.detach())
                 step_grad_norms.append(grad_norm)

@@ -68,7 +68,7 @@ class VPG(OnPolicyAgent):
         self.actor_optimizer.zero_grad(set_to_none=True)
         (policy_loss - cfg.ent_coef * entropy).backward()
         if cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.policy.actor_parameters(), cfg.max_grad_norm)
+            self.actor_optimizer.clip_grad_norm_(cfg.max_grad_norm)
         guard_finite(policy_loss=policy_loss, policy_gradient=[p.grad for p in self.policy.actor_parameters()])
         self.actor_optimizer.step()
         with torch.no_grad():

@@ -6,7 +6,10 @@
 For the default MLP (separate pi/vf 64-64 tanh, orthogonal init) at batch 2048 (n_steps 2048,
 1 env, real rollout data from the untrained policy) on CartPole-v1's and Hopper-v5's spaces, times:
   * one Fisher-vector product (F + λI)v with rlgeom.fisher.PolicyFisher, method gauss_newton
-    (forward-mode Jv, analytic F_dist, reverse-mode Jᵀ) and kl_hessian (double backprop of the KL);
+    (forward-mode Jv, analytic F_dist, reverse-mode Jᵀ) and kl_hessian (double backprop of the KL),
+    each per call (every product re-reads θ) and inside `PolicyFisher.linearised()` (what CG uses:
+    one forward + graph per solve, then two reverse passes per product), plus the cost of opening
+    that block once;
   * the natural direction (g, 15 CG iterations on those products, KL scaling);
   * a full TRPO update, agent.update(buffer) (direction + line search + 10 critic epochs, batch 128:
     sb3-contrib's defaults), with parameters and optimiser state restored before every repetition;
@@ -20,6 +23,7 @@ Writes experiments/results/update_cost.json and prints a markdown table.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -87,6 +91,22 @@ def bench_env(env_id: str, reps_fvp: int, reps_update: int) -> dict:
     timed = timeit_interleaved({m: (lambda f=f: f.fvp(v)) for m, f in fishers.items()}, reps_fvp, warmup=10)
     for m in fishers:
         out[f"fvp_{m}"] = timed[m]
+    def open_block(f):  # the one forward + graph a CG solve pays for (closing it frees the graph)
+        with f.linearised():
+            pass
+
+    timed = timeit_interleaved({m: (lambda f=f: open_block(f)) for m, f in fishers.items()}, reps_fvp, warmup=10)
+    for m in fishers:
+        out[f"linearise_{m}"] = timed[m]
+    with contextlib.ExitStack() as blocks:
+        for f in fishers.values():
+            blocks.enter_context(f.linearised())
+        lin_products = {m: f.fvp(v) for m, f in fishers.items()}
+        timed = timeit_interleaved({m: (lambda f=f: f.fvp(v)) for m, f in fishers.items()}, reps_fvp, warmup=10)
+    for m in fishers:
+        out[f"fvp_{m}_linearised"] = timed[m]
+        out[f"fvp_{m}_linearised"]["relative_difference_to_per_call"] = float(
+            (lin_products[m] - products[m]).norm() / products[m].norm())
     diff = (products["gauss_newton"] - products["kl_hessian"]).norm() / products["kl_hessian"].norm()
     out["fvp_relative_difference"] = float(diff)
 
@@ -248,6 +268,16 @@ def main(argv) -> int:
               f"{r['direction_kl_hessian']['median_ms']:.1f} ({r['direction_kl_hessian']['cg_iterations']} it) | {ugn:.1f} | {ukh:.1f} | {ukh / ugn:.2f}× | "
               f"{r['update_gauss_newton']['min_ms']:.1f} / {r['update_kl_hessian']['min_ms']:.1f} | "
               f"{r['update_sb3_contrib']['median_ms']:.1f} |")
+    print("\nFisher-vector products inside `linearised()` (what CG uses), wall median ms:\n")
+    print("| env | GN per call | GN linearised | speed-up | KH per call | KH linearised | speed-up | "
+          "open block GN / KH |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results["rows"]:
+        m = {k: r[k]["median_ms"] for k in r if isinstance(r[k], dict) and "median_ms" in r[k]}
+        print(f"| {r['env']} | {m['fvp_gauss_newton']:.2f} | {m['fvp_gauss_newton_linearised']:.2f} | "
+              f"{m['fvp_gauss_newton'] / m['fvp_gauss_newton_linearised']:.2f}× | {m['fvp_kl_hessian']:.2f} | "
+              f"{m['fvp_kl_hessian_linearised']:.2f} | {m['fvp_kl_hessian'] / m['fvp_kl_hessian_linearised']:.2f}× | "
+              f"{m['linearise_gauss_newton']:.2f} / {m['linearise_kl_hessian']:.2f} |")
     print("\nprocess CPU time, medians (ms):\n")
     print("| env | FVP GN | FVP KH | KH / GN | direction GN | direction KH | update GN | update KH | KH / GN (update) | sb3-contrib train() |")
     print("|---|---|---|---|---|---|---|---|---|---|")

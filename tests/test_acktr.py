@@ -93,6 +93,19 @@ def test_eta_is_one_when_the_raw_step_is_small():
     assert float(kl_scale(torch.tensor(q), 1e-3, clip=True)) == 1.0
 
 
+def test_momentum_averages_the_clipped_steps():
+    """SGD's step size is lr·(1 − m) (baselines): the first update, with an empty momentum buffer,
+    moves θ by (1 − m)·η·Δ, so its quadratic form is (1 − m)²·η²·ΔᵀF̂Δ, not η²·ΔᵀF̂Δ."""
+    m = 0.9
+    agent = ACKTR("MlpPolicy", "CartPole-v1", n_envs=2, n_steps=16, seed=0, device="cpu", momentum=m,
+                  learning_rate=0.25, kl_clip=1e-3, update_inverse_every=1)
+    before, stats = one_update(agent)
+    q = applied_step_quadratic(agent, before)
+    expected = (1 - m) ** 2 * stats["geometry/eta"] ** 2 * stats["geometry/quadratic_form"]
+    assert q == pytest.approx(expected, rel=1e-3)
+    assert agent.optimizer.param_groups[0]["lr"] == pytest.approx(0.25 * (1 - m))
+
+
 def test_cnn_policy_update_on_images():
     agent = ACKTR("CnnPolicy", TinyImageEnv(), n_steps=8, seed=0, device="cpu", momentum=0.0)
     assert agent.policy.share_features_extractor

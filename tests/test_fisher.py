@@ -7,6 +7,7 @@ here, not taken from rlgeom.distributions.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -170,17 +171,33 @@ def test_kl_is_zero_at_construction_and_matches_closed_form_gaussian_kl():
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("moved", [False, True], ids=["at_old", "moved"])
-def test_fvp_matches_explicit_fisher(kind, method, moved):
+@pytest.mark.parametrize("linearised", [False, True], ids=["per_call", "linearised"])
+def test_fvp_matches_explicit_fisher(kind, method, moved, linearised):
     actor, family, inputs = make_case(kind)
     pf = PolicyFisher(actor, family, inputs, damping=0.0, method=method)
     if moved:  # F must be taken at the current parameters, not at the snapshot
         perturb(actor)
     fisher = explicit_fisher(actor, kind, inputs)
     gen = torch.Generator().manual_seed(2)
-    for _ in range(2):
-        v = torch.randn(pf.num_parameters, generator=gen, dtype=DTYPE)
-        assert_rel_close(pf.fvp(v), fisher @ v)
-        torch.testing.assert_close(pf.quadratic_form(v), v @ fisher @ v)
+    with pf.linearised() if linearised else contextlib.nullcontext():
+        for _ in range(3):  # repeated products reuse the retained graph
+            v = torch.randn(pf.num_parameters, generator=gen, dtype=DTYPE)
+            assert_rel_close(pf.fvp(v), fisher @ v)
+            torch.testing.assert_close(pf.quadratic_form(v), v @ fisher @ v)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_linearisation_ends_with_its_block(method):
+    """Inside the block F is the one at entry; after it, products follow the parameters again."""
+    actor, family, inputs = make_case("gaussian")
+    pf = PolicyFisher(actor, family, inputs, damping=0.0, method=method)
+    v = torch.randn(pf.num_parameters, dtype=DTYPE)
+    at_entry = explicit_fisher(actor, "gaussian", inputs) @ v
+    with pf.linearised():
+        assert_rel_close(pf.fvp(v), at_entry)
+    perturb(actor)
+    assert_rel_close(pf.fvp(v), explicit_fisher(actor, "gaussian", inputs) @ v)
+    assert torch.linalg.vector_norm(pf.fvp(v) - at_entry) > 1e-3 * torch.linalg.vector_norm(at_entry)
 
 
 @pytest.mark.parametrize("method", METHODS)
