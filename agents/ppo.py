@@ -53,6 +53,9 @@ class PPOConfig(OnPolicyConfig):
         c.positive(self, "target_kl", allow_none=True)
 
 
+STAT_NAMES = ("policy_loss", "value_loss", "entropy_loss", "approx_kl", "clip_fraction", "loss")
+
+
 class PPO(OnPolicyAgent):
     Config = PPOConfig
     algo = "ppo"
@@ -67,21 +70,22 @@ class PPO(OnPolicyAgent):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         eps = schedule_value(cfg.clip_range, progress_remaining)
-        totals, n_minibatches, stopped_early = {}, 0, False
-        step_losses, step_grad_norms = [], []  # checked once after the epochs (one host sync); the base rolls back
+        stopped_early = False
+        # per minibatch: one stacked row of STAT_NAMES and the gradient norm, read once after the epochs
+        # (one host sync; non-finite values make the base roll the update back)
+        step_stats, step_grad_norms = [], []
         for epoch in range(cfg.n_epochs):
             for batch in buffer.minibatches(cfg.batch_size, self.generator, cfg.normalize_advantage):
-                dist = self.policy.get_distribution(batch.obs)
-                log_ratio = dist.log_prob(batch.actions) - batch.old_log_probs
+                log_probs, entropy, values = self.policy.evaluate_actions(batch.obs, batch.actions)
+                log_ratio = log_probs - batch.old_log_probs
                 ratio = log_ratio.exp()
                 # The next two lines are the clipped surrogate objective.
                 unclipped, clipped = ratio * batch.advantages, ratio.clamp(1 - eps, 1 + eps) * batch.advantages
                 policy_loss = -torch.min(unclipped, clipped).mean()
-                values = self.policy.value(batch.obs)
                 if cfg.clip_range_vf is not None:
                     values = batch.old_values + (values - batch.old_values).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
                 value_loss = F.mse_loss(values, batch.returns)
-                entropy_loss = -dist.entropy().mean()
+                entropy_loss = -entropy.mean()
                 loss = policy_loss + cfg.ent_coef * entropy_loss + cfg.vf_coef * value_loss
                 with torch.no_grad():  # k3 estimator of KL(π_old ‖ π_θ) (Schulman, "Approximating KL")
                     approx_kl = ((ratio - 1) - log_ratio).mean()
@@ -93,22 +97,17 @@ class PPO(OnPolicyAgent):
                 loss.backward()
                 grad_norm = self.optimizer.clip_grad_norm_(cfg.max_grad_norm)  # one buffer: 2 kernels
                 self.optimizer.step()
-                step_losses.append(loss.detach())
                 step_grad_norms.append(grad_norm)
-                _accumulate(totals, policy_loss=policy_loss, value_loss=value_loss, entropy_loss=entropy_loss,
-                            approx_kl=approx_kl, clip_fraction=clip_fraction, loss=loss)
-                n_minibatches += 1
+                step_stats.append(torch.stack([policy_loss, value_loss, entropy_loss, approx_kl, clip_fraction,
+                                               loss]).detach())
             if stopped_early:
                 break
-        guard_finite(loss=step_losses, gradient_norm=step_grad_norms)
-        stats = {f"train/{k}": (v / max(n_minibatches, 1)).item() for k, v in totals.items()}
+        means = torch.stack(step_stats).mean(0) if step_stats else torch.zeros(len(STAT_NAMES))
+        guard_finite(loss=means, gradient_norm=torch.stack(step_grad_norms) if step_grad_norms else None)
+        stats = {f"train/{k}": v for k, v in zip(STAT_NAMES, means.tolist())}
         stats.update({
             "train/learning_rate": lr, "train/clip_range": eps, "train/n_epochs_done": epoch + (not stopped_early),
             "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()).item(),
         })
         return stats
 
-
-def _accumulate(totals: dict, **values: torch.Tensor) -> None:
-    for key, value in values.items():
-        totals[key] = totals.get(key, 0.0) + value.detach()

@@ -202,7 +202,17 @@ class ActorCriticPolicy(nn.Module):
         return self.family.distribution(self.dist_params(obs))
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.critic(self.actor_inputs(obs))
+        return _functional_critic(self.critic, self.actor_inputs(obs))  # = self.critic(...), fewer dispatches
+
+    def evaluate_actions(self, obs: torch.Tensor, actions: torch.Tensor):
+        """(log π(a|s), H[π(·|s)], V(s)) for a minibatch, differentiable: the joint-loss update's path.
+
+        The same numbers as get_distribution / value, with the observation normalised once, MLP
+        layers called functionally and the family's closed-form log-prob and entropy.
+        """
+        x = self.actor_inputs(obs)
+        log_prob, entropy = self.family.log_prob_and_entropy(_functional_actor(self.actor, x), actions)
+        return log_prob, entropy, _functional_critic(self.critic, x)
 
     def forward(self, obs: torch.Tensor, deterministic: bool = False):
         """(actions, values, log_probs) for a batch of raw observations."""
@@ -313,6 +323,15 @@ def _functional_actor(actor: Actor, x: torch.Tensor) -> torch.Tensor:
     if actor.scale is None:
         return out
     return torch.cat([out, actor.scale().expand_as(out)], dim=-1)
+
+
+def _functional_critic(critic: Critic, x: torch.Tensor) -> torch.Tensor:
+    """Critic.forward for MLP critics without per-module dispatch (CNN critics: the module call)."""
+    if not isinstance(critic.features, nn.Flatten) or x.dim() != 2:
+        return critic(x)
+    for m in critic.body:
+        x = torch.nn.functional.linear(x, m.weight, m.bias) if isinstance(m, nn.Linear) else _activation_fn(m)(x)
+    return torch.nn.functional.linear(x, critic.head.weight, critic.head.bias).squeeze(-1)
 
 
 def _can_fuse(policy: "ActorCriticPolicy") -> bool:

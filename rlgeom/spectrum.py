@@ -199,8 +199,9 @@ def fisher_spectrum(
     generator: torch.Generator | None = None,
 ) -> Spectrum:
     """Top-k eigenpairs and Hutchinson trace of the (undamped) policy Fisher F of `fisher`."""
-    return operator_spectrum(fisher.fisher_product, fisher.num_parameters, fisher.parameters[0], k, n_probes,
-                             tol=tol, generator=generator)
+    with fisher.linearised():  # θ is fixed during Lanczos and the probes: one forward for every product
+        return operator_spectrum(fisher.fisher_product, fisher.num_parameters, fisher.parameters[0], k, n_probes,
+                                 tol=tol, generator=generator)
 
 
 class ValueLossHessian:

@@ -59,6 +59,37 @@ def test_act_matches_the_distribution(action_space, kw):
         torch.testing.assert_close(values3, policy.value(obs), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "action_space, kw",
+    [
+        (spaces.Discrete(3), {}),
+        (spaces.Box(-1, 1, (2,), np.float32), {"normalize_observations": True}),
+        (spaces.MultiDiscrete([2, 3]), {"net_arch": {"pi": [8], "vf": [4, 4]}, "activation_fn": "elu"}),
+    ],
+)
+def test_evaluate_actions_matches_the_distribution_and_its_gradients(action_space, kw):
+    """The update's fast path: (log π, H, V) and their parameter gradients equal the module path's."""
+    torch.manual_seed(0)
+    policy = _policy(5, action_space, ortho_init=False, **kw)
+    policy.obs_normalizer.update(torch.randn(64, 5) * 3 + 1)
+    obs = torch.randn(32, 5)
+    actions, _, _ = policy.act(obs)
+    actions = actions.clone()
+    log_prob, entropy, values = policy.evaluate_actions(obs, actions)
+    dist = policy.get_distribution(obs)
+    ref = (dist.log_prob(actions), dist.entropy(), policy.critic(policy.actor_inputs(obs)))  # the modules
+    for ours, theirs in zip((log_prob, entropy, values), ref):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    params = list(policy.parameters())
+    loss = lambda lp, h, v: (lp * obs[:, 0]).mean() - 0.1 * h.mean() + v.square().mean()  # noqa: E731
+    ours = torch.autograd.grad(loss(log_prob, entropy, values), params, allow_unused=True)
+    theirs = torch.autograd.grad(loss(*ref), params, allow_unused=True)
+    for g, h in zip(ours, theirs):
+        assert (g is None) == (h is None)
+        if g is not None:
+            torch.testing.assert_close(g, h, rtol=1e-5, atol=1e-6)
+
+
 def test_fast_sampling_has_the_right_distribution():
     torch.manual_seed(1)
     policy = _policy(3, spaces.Discrete(3), ortho_init=False)
