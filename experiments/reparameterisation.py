@@ -1,6 +1,7 @@
 """Reparameterisation invariance of the natural gradient, measured (issue 5, the seed idea).
 
     python experiments/reparameterisation.py [--timesteps 50000] [--seeds 0,1,2] [--workers 2]
+        [--agents npg,trpo,vpg] [--vpg-hp KEY=VALUE ...] [--name reparameterisation]
         [--logdir runs/reparameterisation] [--out experiments/results/geometry]
         [--telemetry-from LOGDIR ...]
 
@@ -10,17 +11,29 @@ at --timesteps) and the Gaussian scale parameterised as log σ, σ and σ² (pol
 methods (NPG, TRPO) follow (nearly) the same learning curves whichever parameterisation is trained,
 VPG does not.
 
+VPG has no Pendulum preset (its defaults are Spinning Up's, under which it barely moves the policy in 50k
+steps); --vpg-hp KEY=VALUE ... overrides VPG's hyperparameters on top of its preset (`n_envs=N` sets its
+number of envs), in training, in the initial-distribution check and in the one-update check. A rerun
+refuses to reuse finished runs whose run.json records a different VPG configuration (use another
+--logdir). Example (the tuned-VPG test of RESULTS_geometry.md):
+
+    python experiments/reparameterisation.py --agents vpg --name reparameterisation_vpg \
+        --logdir /tmp/reparam_vpg/runs --vpg-hp n_envs=2 n_steps=512 gamma=0.9 gae_lambda=0.95 \
+        n_critic_updates=15 batch_size=128 learning_rate=0.01
+
 Before training, the script checks that a seed gives the same initial distribution in all three
 parameterisations (same mean on a batch of observations, same σ), and records the check; then it takes
 ONE update of each agent from the same first rollout in each parameterisation and records how far apart
 (in KL) the three updated policies are, next to the KL of the step itself.
 
-Writes into --out:
+Writes into --out (file names start with --name, default "reparameterisation"):
   reparameterisation_curves.png   one panel per agent, rollout/ep_rew_mean (mean ± 95% t-CI over seeds)
                                   for the three parameterisations; a second row shows the policy's σ (from its logged entropy)
-  reparameterisation.md / .json   final returns per (agent, parameterisation), the init check, the command
+  reparameterisation.md / .json   final returns and σ per (agent, parameterisation), the init check, the
+                                  one-update check, the command and the VPG overrides
   geometry_telemetry.png          geometry/quadratic_model_ratio and geometry/cg_residual over training
-                                  for NPG and TRPO (from these runs and every --telemetry-from log dir)
+                                  for NPG and TRPO (from these runs and every --telemetry-from log dir;
+                                  only when --agents includes npg or trpo)
   geometry_telemetry.json         per (source, task, agent): median and quartiles of both tags, early/late
 
 Runs go to <logdir>/<parameterisation>/<task>/<agent>/seed<k> (rlgeom.train's grid layout); rerunning
@@ -37,6 +50,7 @@ import multiprocessing
 import os
 import shlex
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -67,27 +81,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--telemetry-from", nargs="*", default=[], metavar="LOGDIR",
                    help="extra TensorBoard log dirs (e.g. runs/classic_control runs/mujoco) whose NPG/TRPO runs "
                         "are added to the geometry telemetry plot")
+    p.add_argument("--vpg-hp", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="VPG hyperparameter overrides on top of its preset (n_envs=N sets its number of envs), "
+                        "e.g. n_envs=2 n_steps=512 gamma=0.9 learning_rate=0.01")
+    p.add_argument("--name", default="reparameterisation",
+                   help="stem of the output files (<name>.md, <name>.json, <name>_curves.png)")
     p.add_argument("--skip-training", action="store_true", help="only (re)write the report from existing runs")
     return p
+
+
+# ---------------------------------------------------------------- per-agent configuration
+
+
+def overrides_for(algo: str, vpg_hp: list[str]) -> tuple[int | None, list[str]]:
+    """(n_envs or None, the KEY=VALUE hyperparameter pairs) that override algo's preset: only VPG has any."""
+    if algo != "vpg":
+        return None, []
+    n_envs, pairs = None, []
+    for pair in vpg_hp:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--vpg-hp expects KEY=VALUE pairs, got {pair!r}")
+        if key.strip() == "n_envs":
+            n_envs = int(value)
+            if n_envs < 1:
+                raise SystemExit(f"--vpg-hp n_envs must be positive, got {value}")
+        else:
+            pairs.append(pair)
+    return n_envs, pairs
+
+
+def agent_config(algo: str, vpg_hp: list[str]) -> dict:
+    """algo's Pendulum preset with the --vpg-hp overrides applied (as rlgeom.train applies --hp / --n-envs)."""
+    from rlgeom.benchmark import algo_preset
+    from rlgeom.train import parse_overrides
+
+    cfg = algo_preset(algo, ENV)
+    n_envs, pairs = overrides_for(algo, vpg_hp)
+    if n_envs is not None:
+        cfg["n_envs"] = n_envs
+    cfg["hyperparameters"] = {**cfg["hyperparameters"], **parse_overrides(pairs)}
+    return cfg
 
 
 # ---------------------------------------------------------------- the initial-distribution check
 
 
-def init_check(agents: list[str], seeds: list[int]) -> list[dict]:
+def init_check(agents: list[str], seeds: list[int], vpg_hp: list[str] = ()) -> list[dict]:
     """For each (agent, seed): the max |Δ mean| and |Δ log σ| between parameterisations at initialisation."""
     import gymnasium as gym
     import torch
 
     from agents import AGENTS as REGISTRY
-    from rlgeom.benchmark import algo_preset
 
     rng = np.random.default_rng(123)
     space = gym.make(ENV).observation_space
     obs = torch.as_tensor(rng.uniform(space.low, space.high, size=(64, space.shape[0])), dtype=torch.float32)
     rows = []
     for algo in agents:
-        cfg = algo_preset(algo, ENV)
+        cfg = agent_config(algo, list(vpg_hp))
         for seed in seeds:
             means, log_stds = {}, {}
             for param in PARAMETERISATIONS:
@@ -125,19 +177,21 @@ def torch_log(x):
     return torch.log(x)
 
 
-def one_update_check(seeds: list[int]) -> list[dict]:
+def one_update_check(seeds: list[int], agents: list[str] = AGENTS, vpg_hp: list[str] = ()) -> list[dict]:
     """One update from the same first rollout in each parameterisation (same seed: the first rollout is
     bit-identical, σ₀ = 1). Reports the KL of the step itself and the KL between the updated policies of
     two parameterisations, on the rollout's states. The last case (NPG with cg_damping 1e-4 instead of the
-    preset's 0.1) is a diagnostic of where a difference comes from, not a tuned setting."""
+    preset's 0.1) is a diagnostic of where a difference comes from, not a tuned setting. VPG's case uses
+    the --vpg-hp configuration (its "override" column shows the preset's entries only)."""
     import torch
 
     from agents import AGENTS as REGISTRY
-    from rlgeom.benchmark import algo_preset
 
     rows = []
     for algo, override in ONE_UPDATE_CASES:
-        cfg = algo_preset(algo, ENV)
+        if algo not in agents:
+            continue
+        cfg = agent_config(algo, list(vpg_hp))
         for seed in seeds:
             out = {}
             for param in PARAMETERISATIONS:
@@ -160,7 +214,8 @@ def one_update_check(seeds: list[int]) -> list[dict]:
                 out[param] = (obs, before, after)
             ref = out["log_std"]
             rows.append({
-                "agent": algo, "override": override, "seed": seed,
+                "agent": algo, "override": override, "seed": seed, "n_envs": cfg["n_envs"],
+                "hyperparameters": cfg["hyperparameters"],
                 "same_first_rollout": all(torch.equal(out[p][0], ref[0]) for p in PARAMETERISATIONS),
                 "step_kl_log_std": _gauss_kl(ref[1], ref[2]),
                 "kl_between_updated": {p: _gauss_kl(ref[2], out[p][2]) for p in ("std", "var")},
@@ -173,23 +228,53 @@ def one_update_check(seeds: list[int]) -> list[dict]:
 
 
 def specs_for(args, param: str) -> list[dict]:
+    """rlgeom.train's grid plan for one parameterisation; VPG is planned on its own when --vpg-hp is given
+    (its --n-envs / --hp apply to it alone)."""
     from rlgeom import benchmark, train
 
-    argv = ["--algo", args.agents, "--env", ENV, "--seeds", args.seeds, "--max-timesteps", str(args.timesteps),
-            "--workers", str(args.workers), "--device", "cpu", "--logdir", os.path.join(args.logdir, param),
-            "--policy-kwargs", json.dumps({"scale_parameterisation": param})]
-    return benchmark.plan(train.build_parser().parse_args(argv))
+    def plan(algos: list[str], n_envs: int | None, pairs: list[str]) -> list[dict]:
+        argv = ["--algo", ",".join(algos), "--env", ENV, "--seeds", args.seeds, "--max-timesteps",
+                str(args.timesteps), "--workers", str(args.workers), "--device", "cpu",
+                "--logdir", os.path.join(args.logdir, param),
+                "--policy-kwargs", json.dumps({"scale_parameterisation": param})]
+        if n_envs is not None:
+            argv += ["--n-envs", str(n_envs)]
+        if pairs:
+            argv += ["--hp", *pairs]
+        return benchmark.plan(train.build_parser().parse_args(argv))
+
+    algos = args.agents.split(",")
+    if not args.vpg_hp or "vpg" not in algos:
+        return plan(algos, None, [])
+    others = [a for a in algos if a != "vpg"]
+    return (plan(others, None, []) if others else []) + plan(["vpg"], *overrides_for("vpg", args.vpg_hp))
 
 
-def train_all(args) -> list[dict]:
+def check_reuse(spec: dict, vpg_hp: list[str]) -> None:
+    """A finished run is reused only if its run.json records the configuration this invocation trains."""
+    try:
+        recorded = json.loads((Path(spec["run_dir"]) / "run.json").read_text())
+    except (OSError, ValueError):
+        return
+    cfg = agent_config(spec["algo"], vpg_hp)
+    wrong = {k: (recorded.get("hyperparameters", {}).get(k), v) for k, v in cfg["hyperparameters"].items()
+             if recorded.get("hyperparameters", {}).get(k) != v}
+    if recorded.get("n_envs") != cfg["n_envs"]:
+        wrong["n_envs"] = (recorded.get("n_envs"), cfg["n_envs"])
+    if wrong:
+        raise SystemExit(f"{spec['run_dir']} is a finished run of another configuration (recorded, wanted: {wrong}); "
+                         "use another --logdir")
+
+
+def train_all(args, specs: list[dict]) -> list[dict]:
     """Every (parameterisation, agent, seed) run in one pool of fresh spawn workers; finished runs skipped."""
     from rlgeom.benchmark import read_done, run_in_worker, set_aside
 
-    specs = [s for param in PARAMETERISATIONS for s in specs_for(args, param)]
     pending, records = [], []
     for spec in specs:
         done = read_done(spec["run_dir"])
         if done is not None:
+            check_reuse(spec, args.vpg_hp)
             records.append({**done, "status": "skipped (done)"})
             continue
         set_aside(spec["run_dir"])
@@ -276,12 +361,18 @@ def summarise(runs: dict) -> list[dict]:
                     pass
             band = curve_band(rs, RETURN_TAG)
             auc = float(band[1].mean()) if band is not None else None
+            sig = sigma_band(rs)
+            sigma_at = ({f"{f:g}": float(np.interp(sig[0][0] + f * (sig[0][-1] - sig[0][0]), sig[0], sig[1]))
+                         for f in SIGMA_FRACTIONS} if sig is not None else {})
             rows.append({
                 "agent": algo, "parameterisation": param, "seeds": [r.seed for r in rs],
                 "final_per_seed": finals, "final_mean": float(np.mean(finals)) if finals else None,
                 "final_ci95": t_ci(finals), "mean_over_training": auc,
                 "eval_per_seed": evals, "eval_mean": float(np.mean(evals)) if evals else None,
                 "budget": int(min(r.last_step() for r in rs)),
+                "sigma_at_fraction": sigma_at, "sigma_final_per_seed": [
+                    float(np.exp(-r.scalars[ENTROPY_TAG].values[-1] - 0.5 * math.log(2 * math.pi * math.e)))
+                    for r in rs if ENTROPY_TAG in r.scalars],
             })
     return rows
 
@@ -313,6 +404,7 @@ def same_seed_gap(runs: dict, algo: str) -> dict | None:
 
 
 ENTROPY_TAG = "train/entropy_loss"  # −entropy; Pendulum's action is 1-D, so log σ = entropy − ½ log(2πe)
+SIGMA_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)  # points of the seed-mean σ curve reported (fraction of the run)
 
 
 def sigma_band(runs, points: int = 200):
@@ -329,17 +421,18 @@ def sigma_band(runs, points: int = 200):
     return curve_band([_R(r.scalars[ENTROPY_TAG]) for r in runs], "sigma", points)
 
 
-def plot_curves(runs: dict, path: Path, title: str) -> None:
+def plot_curves(runs: dict, path: Path, title: str, agents=AGENTS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    agents = [a for a in AGENTS if a in agents]
     has_sigma = any(sigma_band(rs) is not None for by_agent in runs.values() for rs in by_agent.values())
     nrows = 2 if has_sigma else 1
-    fig, axes = plt.subplots(nrows, len(AGENTS), figsize=(5 * len(AGENTS), 3.8 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, len(agents), figsize=(max(5 * len(agents), 7), 3.8 * nrows), squeeze=False)
     colors = {"log_std": "tab:blue", "std": "tab:orange", "var": "tab:green"}
-    for j, algo in enumerate(AGENTS):
+    for j, algo in enumerate(agents):
         ax = axes[0, j]
         for param in PARAMETERISATIONS:
             rs = runs.get(param, {}).get(algo, [])
@@ -367,7 +460,7 @@ def plot_curves(runs: dict, path: Path, title: str) -> None:
             ax.set_ylabel("policy σ (from train/entropy_loss)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(textwrap.fill(title, int(12 * fig.get_figwidth())), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -465,6 +558,13 @@ def write_report(args, out: Path, rows, gaps, checks, one_update, wall_s, comman
         f"Command: `{command}`", "",
         f"Budget: each preset's budget capped at {args.timesteps} steps; seeds {args.seeds}; "
         f"{args.workers} worker processes; device cpu. Training wall time of this invocation: {wall_s:.0f} s.", "",
+    ]
+    if "vpg" in args.agents.split(","):
+        n_envs, pairs = overrides_for("vpg", args.vpg_hp)
+        lines += [("VPG: its preset with --vpg-hp " + " ".join(args.vpg_hp) + " (n_envs "
+                   + str(n_envs if n_envs is not None else "as preset") + ")") if args.vpg_hp
+                  else "VPG: its preset (Spinning Up defaults), no overrides.", ""]
+    lines += [
         "Final return = mean of rollout/ep_rew_mean over the last 10% of the run's steps (as rlgeom.compare); "
         "± = 95% Student-t half-width over seeds; 'mean over training' = mean of the seed-averaged curve "
         "(area under the curve / steps); eval = deterministic evaluation after training (done.json).", "",
@@ -476,6 +576,13 @@ def write_report(args, out: Path, rows, gaps, checks, one_update, wall_s, comman
         lines.append(f"| {r['agent']} | {LABELS[r['parameterisation']]} | {len(r['seeds'])} | "
                      f"{fmt(r['final_mean'])} ± {fmt(r['final_ci95'])} | {per_seed} | {fmt(r['mean_over_training'])} | "
                      f"{fmt(r['eval_mean'])} | {r['budget']} |")
+    lines += ["", "The policy's σ (from train/entropy_loss): the seed-mean curve at 0, 25, 50, 75 and 100% of the run, "
+              "and the last logged σ per seed.", "",
+              "| agent | scale | σ at 0 / 25 / 50 / 75 / 100% | last σ per seed |", "|---|---|---|---|"]
+    for r in rows:
+        at = " / ".join(fmt(r["sigma_at_fraction"].get(f"{f:g}"), ".3f") for f in SIGMA_FRACTIONS)
+        per_seed = ", ".join(fmt(v, ".3f") for v in r["sigma_final_per_seed"])
+        lines.append(f"| {r['agent']} | {LABELS[r['parameterisation']]} | {at} | {per_seed} |")
     lines += ["", "Same seed, different parameterisation (same initial distribution): per seed the range "
               "(max − min) of the three final returns and the largest mean |gap| between two of its three curves; "
               "averaged over seeds.", "",
@@ -492,18 +599,22 @@ def write_report(args, out: Path, rows, gaps, checks, one_update, wall_s, comman
                      f"{c['max_abs_log_std_diff']:.2e} | {c['sigma_init']:.3f} |")
     lines += ["", "One update from the same first rollout (bit-identical across parameterisations for a seed): KL of "
               "the log σ run's step, KL(updated log σ policy ‖ updated σ / σ² policy) on the rollout's states, and σ "
-              "after the update (σ₀ = 1). The cg_damping 1e-4 row is a diagnostic (preset: 0.1), not a tuned setting.", "",
+              "after the update (σ₀ = 1)." + (" The cg_damping 1e-4 row is a diagnostic (preset: 0.1), not a tuned setting."
+                                             if any(u["override"] for u in one_update) else ""), "",
               "| agent | override | seed | same rollout | step KL | KL to σ run | KL to σ² run | σ after: log σ / σ / σ² |",
               "|---|---|---|---|---|---|---|---|"]
     for u in one_update:
         sig = " / ".join(f"{u['sigma_after'][p]:.4f}" for p in PARAMETERISATIONS)
-        lines.append(f"| {u['agent']} | {json.dumps(u['override']) if u['override'] else 'preset'} | {u['seed']} | "
+        shown = (json.dumps(u["override"]) if u["override"]
+                 else "--vpg-hp" if u["agent"] == "vpg" and args.vpg_hp else "preset")
+        lines.append(f"| {u['agent']} | {shown} | {u['seed']} | "
                      f"{u['same_first_rollout']} | {u['step_kl_log_std']:.2e} | {u['kl_between_updated']['std']:.1e} | "
                      f"{u['kl_between_updated']['var']:.1e} | {sig} |")
-    lines += ["", "![curves](reparameterisation_curves.png)", ""]
-    (out / "reparameterisation.md").write_text("\n".join(lines) + "\n")
-    (out / "reparameterisation.json").write_text(json.dumps(
-        {"command": command, "timesteps_cap": args.timesteps, "seeds": args.seeds, "rows": rows,
+    lines += ["", f"![curves]({args.name}_curves.png)", ""]
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{args.name}.json").write_text(json.dumps(
+        {"command": command, "timesteps_cap": args.timesteps, "seeds": args.seeds, "agents": args.agents,
+         "vpg_hp": args.vpg_hp, "logdir": args.logdir, "rows": rows,
          "same_seed_gaps": gaps, "init_check": checks, "one_update_check": one_update}, indent=2, default=str))
 
 
@@ -518,28 +629,33 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     agents = args.agents.split(",")
-    checks = init_check(agents, seeds)
+    unknown = [a for a in agents if a not in AGENTS]
+    if unknown:
+        raise SystemExit(f"--agents: unknown {unknown}; accepted: {', '.join(AGENTS)}")
+    specs = [] if args.skip_training else [s for param in PARAMETERISATIONS for s in specs_for(args, param)]
+    checks = init_check(agents, seeds, args.vpg_hp)
     for c in checks:
         print(f"init check {c['agent']} seed {c['seed']}: |Δmean| {c['max_abs_mean_diff']:.1e}, "
               f"|Δlogσ| {c['max_abs_log_std_diff']:.1e}", flush=True)
-    one_update = one_update_check(seeds)
+    one_update = one_update_check(seeds, agents, args.vpg_hp)
     for u in one_update:
         print(f"one update {u['agent']} {u['override'] or ''} seed {u['seed']}: step KL {u['step_kl_log_std']:.2e}, "
               f"KL between updated {u['kl_between_updated']}", flush=True)
     start = time.perf_counter()
     failed = []
     if not args.skip_training:
-        failed = [r for r in train_all(args) if r.get("status") == "failed"]
+        failed = [r for r in train_all(args, specs) if r.get("status") == "failed"]
     wall = time.perf_counter() - start
     runs = load(Path(args.logdir))
     rows = summarise(runs)
     gaps = {algo: g for algo in AGENTS if (g := same_seed_gap(runs, algo))}
-    plot_curves(runs, out / "reparameterisation_curves.png",
-                f"{ENV}, scale parameterised as log σ / σ / σ², preset hyperparameters, cap {args.timesteps} steps, "
-                f"seeds {args.seeds}; mean ± 95% t-CI over seeds")
+    hp_note = f"VPG: preset + {' '.join(args.vpg_hp)}" if args.vpg_hp and "vpg" in agents else "preset hyperparameters"
+    plot_curves(runs, out / f"{args.name}_curves.png",
+                f"{ENV}, scale parameterised as log σ / σ / σ², {hp_note}, cap {args.timesteps} steps, "
+                f"seeds {args.seeds}; mean ± 95% t-CI over seeds", agents)
     write_report(args, out, rows, gaps, checks, one_update, wall, command)
-    stats = telemetry(args, out)
-    print(f"wrote {out}/reparameterisation.md, reparameterisation_curves.png"
+    stats = telemetry(args, out) if {"npg", "trpo"} & set(agents) else []
+    print(f"wrote {out}/{args.name}.md, {args.name}_curves.png"
           + (", geometry_telemetry.png" if stats else ""), flush=True)
     for f in failed:
         print(f"FAILED {f['run_dir']}: {f.get('error')} ({f.get('log')})", flush=True)
