@@ -12,8 +12,6 @@ K-FAC (rlgeom.kfac) and shrunk to a KL trust region measured with the same K-FAC
         g = ∇L (global norm clipped at max_grad_norm)
         Δ = -lr (F̂ + λI)⁻¹ g,  F̂ = ⊕_l A_l ⊗ G_l                                  (K-FAC direction)
         η = min(1, √(2 kl_clip / ΔᵀF̂Δ))                                            (KL clipping)
-            (one η per network: the actor's KL and the critic's separately when they share
-             no parameters, one joint η over a shared torso)
         SGD with momentum m and step size lr (1 - m) on the preconditioned gradient η (F̂ + λI)⁻¹ g
             (the momentum average of the clipped steps, not their sum, is what moves θ)
 
@@ -48,14 +46,6 @@ moves θ by the sum of the past clipped steps, up to 1/(1 − m) = 10 of them wh
 budget of 0.001 per fresh step became KL 0.03–0.3 per update (measured: experiments/acktr/RESULTS.md);
 with lr·(1 − m) the momentum buffer is an average and, in the steady state, θ moves by the clipped
 step itself. This is baselines' (and SB2's) optimizer.
-
-Why one trust region per network when actor and critic are separate: the critic's block of F̂ (the
-Fisher of a unit-variance Gaussian on V) is not the policy's KL. Measured on HalfCheetah-v5 with the
-MuJoCo preset, the critic's ΔᵀF̂Δ was 10–40× the actor's, so a joint η spent the policy's KL budget on
-the value function and the policy barely moved (σ stayed at 1 for 100k steps, per-update KL 2.5e-6;
-experiments/acktr/RESULTS.md). baselines' MuJoCo ACKTR likewise gives the value function its own
-K-FAC optimiser. With a shared CNN torso (Atari) a parameter belongs to both, so the trust region
-stays joint there, as in the paper's Atari agent.
 
 Differences from baselines/ikostrikov, on purpose: the trust region is the paper's
 η = min(1, √(2·kl_clip / ΔᵀF̂Δ)) with the undamped K-FAC quadratic form of the full step Δ (they use
@@ -160,11 +150,7 @@ class ACKTR(OnPolicyAgent):
             momentum=cfg.momentum)
         scale = self.policy.actor.scale
         self._scale_param = None if scale is None else scale.raw
-        self._updates_bound = 0  # applied updates where the trust region shrank the policy's step (η < 1)
-        # one KL budget per network; a shared torso makes actor and critic one group
-        self._trust_region_groups = (
-            [list(self.policy.parameters())] if self.policy.share_features_extractor
-            else [self.policy.actor_parameters(), self.policy.critic_parameters()])
+        self._updates_bound = 0  # applied updates where the trust region shrank the step (η < 1)
 
     def update(self, buffer, progress_remaining: float) -> dict:
         cfg, family = self.config, self.policy.family
@@ -194,41 +180,29 @@ class ACKTR(OnPolicyAgent):
             self.policy.parameters(), cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf)
         kfac_stats = self.kfac.step()
         scale_fisher = self._precondition_scale(cfg.damping)
-        # trust region: η = min(1, √(2 kl_clip / ΔᵀF̂Δ)) for the full step Δ = -lr (F̂ + λI)⁻¹ g,
-        # per trust-region group (actor, critic; or one joint group over a shared torso)
+        # trust region: η = min(1, √(2 kl_clip / ΔᵀF̂Δ)) for the full step Δ = -lr (F̂ + λI)⁻¹ g
         steps = {p: -lr * p.grad for p in self.policy.parameters() if p.grad is not None}
-        quads = [self._quadratic_form(group, steps, scale_fisher) for group in self._trust_region_groups]
-        etas = [kl_scale(q, cfg.kl_clip, clip=True) for q in quads]
+        quad = self.kfac.fisher_quadratic_form(steps)
+        if scale_fisher is not None:
+            quad = quad + (scale_fisher * steps[self._scale_param].pow(2)).sum()
+        eta = kl_scale(quad, cfg.kl_clip, clip=True)
         # non-finite guard, before the parameters move (a skip restores the K-FAC state too)
         if not kfac_stats.finite:
             raise SkippedUpdate([f"K-FAC step ({', '.join(kfac_stats.nonfinite_layers)})"])
-        guard_finite(loss=loss, grad_norm=grad_norm, quadratic_form=quads,
+        guard_finite(loss=loss, grad_norm=grad_norm, quadratic_form=quad,
                      natural_gradient=[p.grad for p in self.policy.parameters()])
-        for group, eta in zip(self._trust_region_groups, etas):
-            for p in group:
-                if p.grad is not None:
-                    p.grad.mul_(eta)
+        for p in self.policy.parameters():
+            if p.grad is not None:
+                p.grad.mul_(eta)
         self.optimizer.step()  # SGD with momentum, step lr (1 - m), on η (F̂ + λI)⁻¹ g
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             kl = policy_kl(family, dist_params.detach(), self.policy.dist_params(batch.obs)).mean()
-        # the policy's group comes first; a separate critic's η and ΔᵀF̂Δ are reported beside it
-        reported = torch.stack([*quads, *etas, kl]).tolist()  # one host sync
-        n = len(quads)
-        quad_value, eta_value, kl_value = reported[0], reported[n], reported[-1]
-        critic = {"geometry/eta_critic": reported[n + 1], "geometry/quadratic_form_critic": reported[1]} if n == 2 else {}
+        quad_value, eta_value, kl_value = torch.stack([quad, eta, kl]).tolist()
         self._updates_bound += eta_value < 1.0
-        return {**self._stats(lr, policy_loss, value_loss, entropy, buffer, kfac_stats, eta_value, quad_value,
-                              kl_value), **critic}
+        return self._stats(lr, policy_loss, value_loss, entropy, buffer, kfac_stats, eta_value, quad_value, kl_value)
 
     # ----------------------------------------------------------------- pieces of the update
-    def _quadratic_form(self, group, steps, scale_fisher) -> torch.Tensor:
-        """ΔᵀF̂Δ over one trust-region group: K-FAC blocks, plus the Gaussian scale's exact block."""
-        quad = self.kfac.fisher_quadratic_form({p: steps[p] for p in group if p in steps})
-        if scale_fisher is not None and any(p is self._scale_param for p in group):
-            quad = quad + (scale_fisher * steps[self._scale_param].pow(2)).sum()
-        return quad
-
     def _sgd_step_size(self, lr: float) -> float:
         """lr (1 - m): momentum then averages the clipped steps instead of summing them (baselines)."""
         return lr * (1.0 - self.config.momentum)
@@ -276,7 +250,7 @@ class ACKTR(OnPolicyAgent):
             "geometry/trust_region_bound": float(eta < 1.0),
             "geometry/trust_region_bound_fraction": self._updates_bound / n,
             "geometry/quadratic_form": quad,
-            "geometry/kl_predicted": 0.5 * eta * eta * quad,  # of the fresh clipped step η·Δ (before momentum)
+            "geometry/kl_predicted": 0.5 * eta * eta * quad,
             "geometry/kl": kl,
         }
         for key, value in kfac_stats.scalars().items():

@@ -44,37 +44,29 @@ def one_update(agent):
     return before, stats
 
 
-def applied_step_quadratic(agent, before, group: str = "all") -> float:
+def applied_step_quadratic(agent, before) -> float:
     """ΔᵀF̂Δ of the step actually applied, by the preconditioner's own quadratic form, plus the
-    Gaussian scale's exact block (2·Δ² for log σ) when the policy has one; over all parameters, or
-    only the actor's or the critic's (`group`)."""
+    Gaussian scale's exact block (2·Δ² for log σ) when the policy has one."""
     params = list(agent.policy.parameters())
-    members = {"all": params, "actor": agent.policy.actor_parameters(), "critic": agent.policy.critic_parameters()}
-    keep = {id(p) for p in members[group]}
-    deltas = {p: p.detach() - b for p, b in zip(params, before) if id(p) in keep}
+    deltas = {p: p.detach() - b for p, b in zip(params, before)}
     q = float(agent.kfac.fisher_quadratic_form(deltas))
     scale = agent.policy.actor.scale
-    if scale is not None and id(scale.raw) in keep:
+    if scale is not None:
         q += float((2.0 * deltas[scale.raw].pow(2)).sum())
     return q
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 def test_step_respects_the_kl_budget(env_id):
-    """With momentum 0 the applied step is η·Δ; separate actor and critic each get the budget: the
-    actor's K-FAC quadratic form is ≤ 2·kl_clip (= when η < 1), and so is the critic's."""
+    """With momentum 0 the applied step is η·Δ: its K-FAC quadratic form is ≤ 2·kl_clip (= when η < 1)."""
     kl_clip = 1e-3
     agent = ACKTR("MlpPolicy", env_id, n_envs=2, n_steps=16, seed=0, device="cpu", momentum=0.0,
                   learning_rate=0.25, kl_clip=kl_clip, update_inverse_every=1)
     before, stats = one_update(agent)
     changed = sum(float((p.detach() - b).abs().sum()) for p, b in zip(agent.policy.parameters(), before))
     assert changed > 0
-    q = applied_step_quadratic(agent, before, "actor")
+    q = applied_step_quadratic(agent, before)
     assert q <= 2 * kl_clip * (1 + 1e-4)
-    q_critic = applied_step_quadratic(agent, before, "critic")
-    assert q_critic <= 2 * kl_clip * (1 + 1e-4)
-    assert q_critic == pytest.approx(stats["geometry/eta_critic"] ** 2 * stats["geometry/quadratic_form_critic"],
-                                     rel=1e-3)
     eta = stats["geometry/eta"]
     assert 0 < eta <= 1
     if eta < 1:  # the trust region binds: the step sits on its boundary, ½ΔᵀF̂Δ = kl_clip
@@ -95,7 +87,7 @@ def test_eta_is_one_when_the_raw_step_is_small():
     before, stats = one_update(agent)
     assert stats["geometry/eta"] == 1.0
     assert stats["geometry/trust_region_bound"] == 0.0
-    q = applied_step_quadratic(agent, before, "actor")
+    q = applied_step_quadratic(agent, before)
     assert q == pytest.approx(stats["geometry/quadratic_form"], rel=1e-3)
     assert 0 < q < 2e-3
     assert float(kl_scale(torch.tensor(q), 1e-3, clip=True)) == 1.0
@@ -108,7 +100,7 @@ def test_momentum_averages_the_clipped_steps():
     agent = ACKTR("MlpPolicy", "CartPole-v1", n_envs=2, n_steps=16, seed=0, device="cpu", momentum=m,
                   learning_rate=0.25, kl_clip=1e-3, update_inverse_every=1)
     before, stats = one_update(agent)
-    q = applied_step_quadratic(agent, before, "actor")
+    q = applied_step_quadratic(agent, before)
     expected = (1 - m) ** 2 * stats["geometry/eta"] ** 2 * stats["geometry/quadratic_form"]
     assert q == pytest.approx(expected, rel=1e-3)
     assert agent.optimizer.param_groups[0]["lr"] == pytest.approx(0.25 * (1 - m))
@@ -125,8 +117,7 @@ def test_cnn_policy_update_on_images():
     before, stats = one_update(agent)
     moved = [not torch.equal(p.detach(), b) for p, b in zip(agent.policy.parameters(), before)]
     assert all(moved)  # conv torso, actor and critic heads
-    assert applied_step_quadratic(agent, before) <= 2 * agent.config.kl_clip * (1 + 1e-4)  # one joint budget
-    assert "geometry/eta_critic" not in stats  # a shared torso: one trust region
+    assert applied_step_quadratic(agent, before) <= 2 * agent.config.kl_clip * (1 + 1e-4)
     assert all(math.isfinite(v) for v in stats.values())
 
 
