@@ -12,6 +12,8 @@ K-FAC (rlgeom.kfac) and shrunk to a KL trust region measured with the same K-FAC
         g = ∇L (global norm clipped at max_grad_norm)
         Δ = -lr (F̂ + λI)⁻¹ g,  F̂ = ⊕_l A_l ⊗ G_l                                  (K-FAC direction)
         η = min(1, √(2 kl_clip / ΔᵀF̂Δ))                                            (KL clipping)
+            (trust_region="joint", the paper's: one η for actor + critic; "per_network": one η
+             for the actor's Δ and one for the critic's, when they share no parameters)
         SGD with momentum m and step size lr (1 - m) on the preconditioned gradient η (F̂ + λI)⁻¹ g
             (the momentum average of the clipped steps, not their sum, is what moves θ)
 
@@ -30,6 +32,7 @@ Defaults and where they come from:
 |                        |         | step is lr·(1 − momentum), as baselines' `MomentumOptimizer(    |
 |                        |         | lr * (1. - momentum), momentum)`                                |
 | kl_clip                | 0.001   | paper, Atari; baselines `kfac_clip=0.001`                       |
+| trust_region           | joint   | paper (one η for the joint step); see below for "per_network"   |
 | n_steps                | 20      | baselines acktr `nsteps=20`; stable-baselines (SB2) ACKTR       |
 | gae_lambda             | 1.0     | n-step returns as in A2C / the paper; < 1 gives GAE             |
 | vf_coef                | 0.5     | baselines acktr `vf_coef=0.5` (SB2's ACKTR uses 0.25)           |
@@ -46,6 +49,14 @@ moves θ by the sum of the past clipped steps, up to 1/(1 − m) = 10 of them wh
 budget of 0.001 per fresh step became KL 0.03–0.3 per update (measured: experiments/acktr/RESULTS.md);
 with lr·(1 − m) the momentum buffer is an average and, in the steady state, θ moves by the clipped
 step itself. This is baselines' (and SB2's) optimizer.
+
+`trust_region`: "joint" (default) is the paper's: one η for the joint actor + critic step. The
+critic's block of F̂ (the Fisher of a unit-variance Gaussian on V) is not the policy's KL, though:
+measured on HalfCheetah-v5 with the MuJoCo preset, the critic's ΔᵀF̂Δ was 10–40× the actor's, so the
+joint η spent the policy's KL budget on the value function and the policy barely moved (σ stayed at 1
+for 100k steps, per-update KL 2.5e-6; experiments/acktr/RESULTS.md). "per_network" gives the actor's
+step and the critic's step one η each (baselines' MuJoCo ACKTR likewise gives the value function its
+own K-FAC optimiser); it needs separate networks (a shared CNN torso belongs to both).
 
 Differences from baselines/ikostrikov, on purpose: the trust region is the paper's
 η = min(1, √(2·kl_clip / ΔᵀF̂Δ)) with the undamped K-FAC quadratic form of the full step Δ (they use
@@ -94,6 +105,9 @@ from rlgeom.kfac import KFACPreconditioner
 from rlgeom.schedules import schedule_value
 
 
+TRUST_REGIONS = ("joint", "per_network")
+
+
 @dataclass
 class ACKTRConfig(OnPolicyConfig):
     """ACKTR's hyperparameters (defaults: the paper's Atari settings via openai/baselines; see the module)."""
@@ -104,6 +118,7 @@ class ACKTRConfig(OnPolicyConfig):
     learning_rate: float | dict = hp(0.25, "SGD step size on the preconditioned gradient, or a schedule dict")
     momentum: float = hp(0.9, "SGD momentum, in [0, 1)")
     kl_clip: float = hp(0.001, "trust region: the step is scaled by min(1, sqrt(2 kl_clip / ΔᵀF̂Δ)); > 0")
+    trust_region: str = hp("joint", "joint (one η for actor + critic, the paper's) or per_network (one η each)")
     ent_coef: float = hp(0.01, "entropy bonus coefficient c_e")
     vf_coef: float = hp(0.5, "value loss coefficient c_v")
     max_grad_norm: float | None = hp(0.5, "clip the gradient's global norm before preconditioning (None: off)")
@@ -118,6 +133,8 @@ class ACKTRConfig(OnPolicyConfig):
         _in_half_open(self, "momentum")
         _in_half_open(self, "stat_decay")
         c.positive(self, "kl_clip")
+        if self.trust_region not in TRUST_REGIONS:
+            raise ValueError(f"trust_region must be one of {', '.join(TRUST_REGIONS)}, got {self.trust_region!r}")
         c.positive(self, "damping")
         c.non_negative(self, "ent_coef")
         c.non_negative(self, "vf_coef")
@@ -150,7 +167,14 @@ class ACKTR(OnPolicyAgent):
             momentum=cfg.momentum)
         scale = self.policy.actor.scale
         self._scale_param = None if scale is None else scale.raw
-        self._updates_bound = 0  # applied updates where the trust region shrank the step (η < 1)
+        self._updates_bound = 0  # applied updates where the trust region shrank the policy's step (η < 1)
+        if cfg.trust_region == "per_network" and self.policy.share_features_extractor:
+            raise ValueError("trust_region='per_network' needs separate actor and critic networks, but this "
+                             "policy shares its feature extractor (CnnPolicy's default); use trust_region='joint' "
+                             "or policy_kwargs=dict(share_features_extractor=False)")
+        self._trust_region_groups = (  # the policy's group first
+            [list(self.policy.parameters())] if cfg.trust_region == "joint"
+            else [self.policy.actor_parameters(), self.policy.critic_parameters()])
 
     def update(self, buffer, progress_remaining: float) -> dict:
         cfg, family = self.config, self.policy.family
@@ -180,29 +204,41 @@ class ACKTR(OnPolicyAgent):
             self.policy.parameters(), cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf)
         kfac_stats = self.kfac.step()
         scale_fisher = self._precondition_scale(cfg.damping)
-        # trust region: η = min(1, √(2 kl_clip / ΔᵀF̂Δ)) for the full step Δ = -lr (F̂ + λI)⁻¹ g
+        # trust region: η = min(1, √(2 kl_clip / ΔᵀF̂Δ)) for the full step Δ = -lr (F̂ + λI)⁻¹ g,
+        # per trust-region group (actor, critic; or one joint group over a shared torso)
         steps = {p: -lr * p.grad for p in self.policy.parameters() if p.grad is not None}
-        quad = self.kfac.fisher_quadratic_form(steps)
-        if scale_fisher is not None:
-            quad = quad + (scale_fisher * steps[self._scale_param].pow(2)).sum()
-        eta = kl_scale(quad, cfg.kl_clip, clip=True)
+        quads = [self._quadratic_form(group, steps, scale_fisher) for group in self._trust_region_groups]
+        etas = [kl_scale(q, cfg.kl_clip, clip=True) for q in quads]
         # non-finite guard, before the parameters move (a skip restores the K-FAC state too)
         if not kfac_stats.finite:
             raise SkippedUpdate([f"K-FAC step ({', '.join(kfac_stats.nonfinite_layers)})"])
-        guard_finite(loss=loss, grad_norm=grad_norm, quadratic_form=quad,
+        guard_finite(loss=loss, grad_norm=grad_norm, quadratic_form=quads,
                      natural_gradient=[p.grad for p in self.policy.parameters()])
-        for p in self.policy.parameters():
-            if p.grad is not None:
-                p.grad.mul_(eta)
+        for group, eta in zip(self._trust_region_groups, etas):
+            for p in group:
+                if p.grad is not None:
+                    p.grad.mul_(eta)
         self.optimizer.step()  # SGD with momentum, step lr (1 - m), on η (F̂ + λI)⁻¹ g
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             kl = policy_kl(family, dist_params.detach(), self.policy.dist_params(batch.obs)).mean()
-        quad_value, eta_value, kl_value = torch.stack([quad, eta, kl]).tolist()
+        # the policy's group comes first; a separate critic's η and ΔᵀF̂Δ are reported beside it
+        reported = torch.stack([*quads, *etas, kl]).tolist()  # one host sync
+        n = len(quads)
+        quad_value, eta_value, kl_value = reported[0], reported[n], reported[-1]
+        critic = {"geometry/eta_critic": reported[n + 1], "geometry/quadratic_form_critic": reported[1]} if n == 2 else {}
         self._updates_bound += eta_value < 1.0
-        return self._stats(lr, policy_loss, value_loss, entropy, buffer, kfac_stats, eta_value, quad_value, kl_value)
+        return {**self._stats(lr, policy_loss, value_loss, entropy, buffer, kfac_stats, eta_value, quad_value,
+                              kl_value), **critic}
 
     # ----------------------------------------------------------------- pieces of the update
+    def _quadratic_form(self, group, steps, scale_fisher) -> torch.Tensor:
+        """ΔᵀF̂Δ over one trust-region group: K-FAC blocks, plus the Gaussian scale's exact block."""
+        quad = self.kfac.fisher_quadratic_form({p: steps[p] for p in group if p in steps})
+        if scale_fisher is not None and any(p is self._scale_param for p in group):
+            quad = quad + (scale_fisher * steps[self._scale_param].pow(2)).sum()
+        return quad
+
     def _sgd_step_size(self, lr: float) -> float:
         """lr (1 - m): momentum then averages the clipped steps instead of summing them (baselines)."""
         return lr * (1.0 - self.config.momentum)
@@ -250,7 +286,7 @@ class ACKTR(OnPolicyAgent):
             "geometry/trust_region_bound": float(eta < 1.0),
             "geometry/trust_region_bound_fraction": self._updates_bound / n,
             "geometry/quadratic_form": quad,
-            "geometry/kl_predicted": 0.5 * eta * eta * quad,
+            "geometry/kl_predicted": 0.5 * eta * eta * quad,  # of the fresh clipped step η·Δ (before momentum)
             "geometry/kl": kl,
         }
         for key, value in kfac_stats.scalars().items():

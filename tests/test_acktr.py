@@ -44,29 +44,41 @@ def one_update(agent):
     return before, stats
 
 
-def applied_step_quadratic(agent, before) -> float:
+def applied_step_quadratic(agent, before, group: str = "all") -> float:
     """ΔᵀF̂Δ of the step actually applied, by the preconditioner's own quadratic form, plus the
-    Gaussian scale's exact block (2·Δ² for log σ) when the policy has one."""
+    Gaussian scale's exact block (2·Δ² for log σ) when the policy has one; over all parameters, or
+    only the actor's or the critic's (`group`)."""
     params = list(agent.policy.parameters())
-    deltas = {p: p.detach() - b for p, b in zip(params, before)}
+    members = {"all": params, "actor": agent.policy.actor_parameters(), "critic": agent.policy.critic_parameters()}
+    keep = {id(p) for p in members[group]}
+    deltas = {p: p.detach() - b for p, b in zip(params, before) if id(p) in keep}
     q = float(agent.kfac.fisher_quadratic_form(deltas))
     scale = agent.policy.actor.scale
-    if scale is not None:
+    if scale is not None and id(scale.raw) in keep:
         q += float((2.0 * deltas[scale.raw].pow(2)).sum())
     return q
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
-def test_step_respects_the_kl_budget(env_id):
-    """With momentum 0 the applied step is η·Δ: its K-FAC quadratic form is ≤ 2·kl_clip (= when η < 1)."""
+@pytest.mark.parametrize("trust_region", ["joint", "per_network"])
+def test_step_respects_the_kl_budget(env_id, trust_region):
+    """With momentum 0 the applied step is η·Δ. joint: its K-FAC quadratic form over all parameters
+    is ≤ 2·kl_clip (= when η < 1); per_network: the actor's and the critic's each are."""
     kl_clip = 1e-3
     agent = ACKTR("MlpPolicy", env_id, n_envs=2, n_steps=16, seed=0, device="cpu", momentum=0.0,
-                  learning_rate=0.25, kl_clip=kl_clip, update_inverse_every=1)
+                  learning_rate=0.25, kl_clip=kl_clip, update_inverse_every=1, trust_region=trust_region)
     before, stats = one_update(agent)
     changed = sum(float((p.detach() - b).abs().sum()) for p, b in zip(agent.policy.parameters(), before))
     assert changed > 0
-    q = applied_step_quadratic(agent, before)
+    q = applied_step_quadratic(agent, before, "all" if trust_region == "joint" else "actor")
     assert q <= 2 * kl_clip * (1 + 1e-4)
+    if trust_region == "per_network":
+        q_critic = applied_step_quadratic(agent, before, "critic")
+        assert q_critic <= 2 * kl_clip * (1 + 1e-4)
+        assert q_critic == pytest.approx(
+            stats["geometry/eta_critic"] ** 2 * stats["geometry/quadratic_form_critic"], rel=1e-3)
+    else:
+        assert "geometry/eta_critic" not in stats
     eta = stats["geometry/eta"]
     assert 0 < eta <= 1
     if eta < 1:  # the trust region binds: the step sits on its boundary, ½ΔᵀF̂Δ = kl_clip
@@ -77,6 +89,13 @@ def test_step_respects_the_kl_budget(env_id):
                 "train/explained_variance", "geometry/kfac_damping", "geometry/kfac_max_condition",
                 "geometry/kfac_inverse_seconds", "geometry/trust_region_bound_fraction", "geometry/kl"):
         assert tag in stats
+
+
+def test_per_network_trust_region_needs_separate_networks():
+    with pytest.raises(ValueError, match="per_network.*shares its feature extractor"):
+        ACKTR("CnnPolicy", TinyImageEnv(), n_steps=8, seed=0, device="cpu", trust_region="per_network")
+    with pytest.raises(ValueError, match="trust_region must be one of joint, per_network"):
+        ACKTR("MlpPolicy", "CartPole-v1", n_steps=8, seed=0, device="cpu", trust_region="separate")
 
 
 def test_eta_is_one_when_the_raw_step_is_small():
@@ -117,7 +136,7 @@ def test_cnn_policy_update_on_images():
     before, stats = one_update(agent)
     moved = [not torch.equal(p.detach(), b) for p, b in zip(agent.policy.parameters(), before)]
     assert all(moved)  # conv torso, actor and critic heads
-    assert applied_step_quadratic(agent, before) <= 2 * agent.config.kl_clip * (1 + 1e-4)
+    assert applied_step_quadratic(agent, before) <= 2 * agent.config.kl_clip * (1 + 1e-4)  # one joint budget
     assert all(math.isfinite(v) for v in stats.values())
 
 
