@@ -59,9 +59,15 @@ class ContiguousAdam(torch.optim.Adam):
         self.flat.grad.zero_()
 
     def _reattach_gradients(self) -> None:
-        """Copy back any gradient that code outside rlgeom replaced or set to None (rare; cheap check)."""
-        grad = self.flat.grad
+        """Check the parameters still live in the buffer; copy back any gradient that code outside
+        rlgeom replaced or set to None (rare; a cheap pointer check per parameter)."""
+        grad, values = self.flat.grad, self.flat.data
         for p, (offset, n) in zip(self.params, self._slices):
+            if p.data_ptr() != values[offset:offset + n].data_ptr():
+                raise RuntimeError(
+                    "a parameter was moved out of ContiguousAdam's buffer (module.to(), .cuda() or an assignment "
+                    "to p.data after the optimiser was built), so steps would no longer reach it; build the "
+                    "agent on its device (device=...) instead of moving its policy")
             view = grad[offset:offset + n]
             if p.grad is None:
                 view.zero_()

@@ -106,3 +106,12 @@ def test_mixed_dtypes_are_refused_with_a_clear_error():
         ContiguousAdam(model.parameters(), lr=1e-3)
     with pytest.raises(ValueError, match="no parameters"):
         ContiguousAdam([], lr=1e-3)
+
+
+def test_moving_a_parameter_out_of_the_buffer_is_an_error_not_a_silent_no_op():
+    model = net()
+    opt = ContiguousAdam(model.parameters(), lr=1e-3)
+    model.to(torch.float64)  # like module.to(device): new storage for every parameter
+    loss_of(model.float(), 0).backward()
+    with pytest.raises(RuntimeError, match="moved out of ContiguousAdam's buffer"):
+        opt.step()
