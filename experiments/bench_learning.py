@@ -228,8 +228,13 @@ def run_sb3(algo, env_id, seed, timesteps, eval_every, overrides=None) -> dict:
     if algo == "trpo":
         from sb3_contrib import TRPO
 
+        from rlgeom.benchmark import sb3contrib_kl_convention
+
         if "max_kl" in hp:
             hp["target_kl"] = hp.pop("max_kl")
+        # sb3-contrib averages the KL over a Box's action dimensions: the same step needs target_kl and
+        # cg_damping / k (the presets carry rlgeom's true-KL values since the KL-convention finding)
+        hp = sb3contrib_kl_convention(hp, venv.action_space)
         hp = {k: sb3_schedule(v) for k, v in hp.items()}
         model = TRPO(cfg["policy"], venv, seed=seed, device="cpu", verbose=0, policy_kwargs=pk, **hp)
     elif algo == "ppo":

@@ -473,7 +473,7 @@ def _sb3_policy_kwargs(policy_kwargs: dict) -> tuple[dict, list[str]]:
     return out, dropped
 
 
-def _sb3contrib_kl_convention(kwargs: dict, action_space) -> dict:
+def sb3contrib_kl_convention(kwargs: dict, action_space) -> dict:
     """rlgeom's max_kl and cg_damping are of the true KL; sb3-contrib's TRPO averages the KL over the
     k action dimensions of a Box space, so the same step needs target_kl and cg_damping divided by k
     (experiments/RESULTS_trpo.md: with this, both compute the same step to 1e-5)."""
@@ -523,7 +523,7 @@ def _train_sb3(spec: dict) -> dict:
 
     env = make_vec_env(spec["env"], n_envs=n_envs, seed=seed)
     if spec["algo"] == "sb3contrib:trpo":
-        kwargs = _sb3contrib_kl_convention(kwargs, env.action_space)
+        kwargs = sb3contrib_kl_convention(kwargs, env.action_space)
     if norm_obs or norm_reward:
         env = VecNormalize(env, norm_obs=norm_obs, norm_reward=norm_reward, gamma=kwargs.get("gamma", 0.99))
     model = cls(cfg["policy"], env, seed=seed, device=spec["device"], verbose=spec["verbose"],

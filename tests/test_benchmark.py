@@ -187,11 +187,11 @@ def test_sb3contrib_trpo_gets_the_kl_radius_in_its_own_convention():
     from gymnasium import spaces
 
     from agents.presets import preset
-    from rlgeom.benchmark import _sb3contrib_kl_convention
+    from rlgeom.benchmark import sb3contrib_kl_convention
 
     hopper = preset("trpo", "Hopper-v5")["hyperparameters"]
     assert (hopper["max_kl"], hopper["cg_damping"]) == (0.03, 0.3)  # the zoo's 0.01 and 0.1, × 3
-    converted = _sb3contrib_kl_convention({"target_kl": hopper["max_kl"], "cg_damping": hopper["cg_damping"]},
+    converted = sb3contrib_kl_convention({"target_kl": hopper["max_kl"], "cg_damping": hopper["cg_damping"]},
                                           spaces.Box(-1, 1, (3,)))
     assert converted["target_kl"] == pytest.approx(0.01) and converted["cg_damping"] == pytest.approx(0.1)
-    assert _sb3contrib_kl_convention({"target_kl": 0.02}, spaces.Discrete(2)) == {"target_kl": 0.02, "cg_damping": 0.1}
+    assert sb3contrib_kl_convention({"target_kl": 0.02}, spaces.Discrete(2)) == {"target_kl": 0.02, "cg_damping": 0.1}
