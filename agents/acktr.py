@@ -168,7 +168,8 @@ class ACKTR(OnPolicyAgent):
         scale = self.policy.actor.scale
         self._scale_param = None if scale is None else scale.raw
         self._updates_bound = 0  # applied updates where the trust region shrank the policy's step (η < 1)
-        if cfg.trust_region == "per_network" and self.policy.share_features_extractor:
+        shared = {id(p) for p in self.policy.actor_parameters()} & {id(p) for p in self.policy.critic_parameters()}
+        if cfg.trust_region == "per_network" and shared:
             raise ValueError("trust_region='per_network' needs separate actor and critic networks, but this "
                              "policy shares its feature extractor (CnnPolicy's default); use trust_region='joint' "
                              "or policy_kwargs=dict(share_features_extractor=False)")
@@ -286,7 +287,7 @@ class ACKTR(OnPolicyAgent):
             "geometry/trust_region_bound": float(eta < 1.0),
             "geometry/trust_region_bound_fraction": self._updates_bound / n,
             "geometry/quadratic_form": quad,
-            "geometry/kl_predicted": 0.5 * eta * eta * quad,  # of the fresh clipped step η·Δ (before momentum)
+            "geometry/kl_predicted": 0.5 * eta * eta * quad,  # of η·Δ: the steady-state step, not this update's
             "geometry/kl": kl,
         }
         for key, value in kfac_stats.scalars().items():

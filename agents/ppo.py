@@ -71,7 +71,7 @@ class PPO(OnPolicyAgent):
             group["lr"] = lr
         eps = schedule_value(cfg.clip_range, progress_remaining)
         stopped_early = False
-        # per minibatch: one stacked row of STAT_NAMES and the gradient norm, read once after the epochs
+        # per minibatch: one stacked row of STAT_NAMES (and the gradient norm of each step), read once after the epochs
         # (one host sync; non-finite values make the base roll the update back)
         step_stats, step_grad_norms = [], []
         for epoch in range(cfg.n_epochs):
@@ -90,19 +90,20 @@ class PPO(OnPolicyAgent):
                 with torch.no_grad():  # k3 estimator of KL(π_old ‖ π_θ) (Schulman, "Approximating KL")
                     approx_kl = ((ratio - 1) - log_ratio).mean()
                     clip_fraction = ((ratio - 1).abs() > eps).float().mean()
+                # as SB3, the minibatch that triggers the early stop is in the statistics (its approx_kl too)
+                step_stats.append(torch.stack([policy_loss, value_loss, entropy_loss, approx_kl, clip_fraction,
+                                               loss]).detach())
                 if cfg.target_kl is not None and approx_kl > 1.5 * cfg.target_kl:
                     stopped_early = True
                     break
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = self.optimizer.clip_grad_norm_(cfg.max_grad_norm)  # one buffer: 2 kernels
+                grad_norm = self.optimizer.clip_grad_norm_(cfg.max_grad_norm)  # on one buffer, no host sync
                 self.optimizer.step()
                 step_grad_norms.append(grad_norm)
-                step_stats.append(torch.stack([policy_loss, value_loss, entropy_loss, approx_kl, clip_fraction,
-                                               loss]).detach())
             if stopped_early:
                 break
-        means = torch.stack(step_stats).mean(0) if step_stats else torch.zeros(len(STAT_NAMES))
+        means = torch.stack(step_stats).mean(0)  # never empty: the first minibatch is always evaluated
         guard_finite(loss=means, gradient_norm=torch.stack(step_grad_norms) if step_grad_norms else None)
         stats = {f"train/{k}": v for k, v in zip(STAT_NAMES, means.tolist())}
         stats.update({

@@ -217,7 +217,8 @@ class PolicyFisher:
         """Within the block, Fisher products reuse one forward pass and its graph at the current θ.
 
         The caller promises not to change the actor's parameters inside the block (a CG solve only
-        reads them); products then cost two reverse passes each instead of a forward-mode pass, a
+        reads them; an optimiser step that does not bump tensor versions, such as fused Adam, would
+        not be detected and the products would mix the old forward with the new weights); products then cost two reverse passes each instead of a forward-mode pass, a
         forward and a reverse pass. Outside the block every product re-reads the parameters.
         gauss_newton: with φ = actor(x) and g(u) = Jᵀu built once with a graph in u, Jv = ∂(gᵀv)/∂u
         (the transpose of a linear map is its vjp) and then Jᵀ F_dist Jv by reverse mode on φ.

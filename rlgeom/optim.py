@@ -5,16 +5,17 @@ arithmetic. `adam(params, ...)` therefore returns a `ContiguousAdam`: torch's ow
 ONE tensor. The parameters are re-homed as views into a single contiguous buffer, and their
 gradients as views into a second one, so that:
 - backward accumulates every gradient in place into that buffer (autograd adds into an existing
-  `.grad`), and `zero_grad()` is one `zero_()`;
+  `.grad`), and `zero_grad()` zeroes it at once;
 - the Adam step is one fused kernel over the buffer instead of one per parameter tensor;
-- `clip_grad_norm_()` is a norm and a scale of the buffer: two kernels, no host sync.
+- `clip_grad_norm_()` is a norm and a scale of the buffer: a few kernels, no host sync.
 Same algorithm, same numbers as torch.optim.Adam on the separate tensors (tests/test_optim.py).
 
 Rules that keep the views intact (all of rlgeom follows them): build the optimiser after the module
 is on its device (`module.to()` would move the parameters out of the buffer); never assign to
 `p.data` or replace `p.grad` afterwards (a replaced gradient is copied back into the buffer at the
 next step, so it is not lost, only slower). All parameters must share one device and float dtype
-(rlgeom's policies do).
+(rlgeom's policies do). An optimiser state saved per parameter (torch.optim.Adam's, or rlgeom's
+checkpoints written before this class existed) loads: its moments are concatenated into the buffer.
 """
 
 from __future__ import annotations
@@ -55,8 +56,42 @@ class ContiguousAdam(torch.optim.Adam):
         super().__init__([self.flat], lr=lr, fused=fused or None, **kwargs)
 
     def zero_grad(self, set_to_none: bool = True) -> None:  # noqa: ARG002 - the buffer is always kept
-        """Zero the gradient buffer in place (`set_to_none` is ignored: the views must stay)."""
-        self.flat.grad.zero_()
+        """Zero the gradient buffer in place (`set_to_none` is ignored: the views must stay); a
+        gradient that outside code replaced is pointed back at its view, so it cannot go stale."""
+        grad = self.flat.grad
+        for p, (offset, n) in zip(self.params, self._slices):
+            if p.grad is None or p.grad.data_ptr() != grad[offset:offset + n].data_ptr():
+                p.grad = grad[offset:offset + n].view_as(p)
+        grad.zero_()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load this optimiser's own state, or a per-parameter Adam state over the same parameters in
+        the same order (torch.optim.Adam's layout; rlgeom checkpoints before ContiguousAdam)."""
+        groups = state_dict.get("param_groups", [])
+        if len(groups) == 1 and len(groups[0]["params"]) == len(self.params) != 1:
+            state_dict = self._flattened(state_dict)
+        super().load_state_dict(state_dict)
+
+    def _flattened(self, state_dict: dict) -> dict:
+        """A per-parameter Adam state as the state of one Adam over the flat buffer."""
+        group = state_dict["param_groups"][0]
+        per_param = [state_dict["state"].get(i, state_dict["state"].get(str(i), {})) for i in group["params"]]
+        for key in ("exp_avg_sq", "exp_avg"):
+            if any(key in s and s[key].numel() != p.numel() for s, p in zip(per_param, self.params)):
+                raise ValueError("the saved Adam state does not fit these parameters (a moment has the wrong "
+                                 "size); it was saved for a different network")
+        state = {}
+        if any(per_param):
+            zeros = torch.zeros_like(self.flat)
+            steps = [s["step"] for s in per_param if "step" in s]
+            state = {
+                "step": torch.as_tensor(max(float(t) for t in steps), dtype=torch.float32, device=self.flat.device),
+                **{key: torch.cat([s[key].reshape(-1).to(zeros) if key in s else zeros[o:o + n]
+                                   for s, (o, n) in zip(per_param, self._slices)])
+                   for key in ("exp_avg", "exp_avg_sq")},
+            }
+        own = {k: self.param_groups[0][k] for k in ("fused", "foreach") if k in self.param_groups[0]}
+        return {"state": {0: state} if state else {}, "param_groups": [{**group, **own, "params": [0]}]}
 
     def _reattach_gradients(self) -> None:
         """Check the parameters still live in the buffer; copy back any gradient that code outside

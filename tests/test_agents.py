@@ -201,3 +201,16 @@ def test_async_vectorization_trains_like_sync():
         runs.append(model.buffer.rewards.clone())
         model.env.close()
     assert torch.equal(runs[0], runs[1])  # same seeds, same transitions, whichever process steps them
+
+
+def test_ppo_target_kl_stops_the_epochs_early():
+    """target_kl is PPO's early stop (SB3's): the first minibatch (ratio 1, KL 0) takes a step, the next
+    sees KL > 1.5·target_kl and stops the update; that minibatch's KL is in the statistics."""
+    agent = PPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=16, n_epochs=10, learning_rate=1e-2,
+                target_kl=1e-6, seed=0, device="cpu")
+    agent._reset_env()
+    agent.collect_rollout()
+    stats = agent.update(agent.buffer, 1.0)
+    assert stats["train/n_epochs_done"] == 0
+    assert float(agent.optimizer.state_dict()["state"][0]["step"]) == 1  # one Adam step, then the stop
+    assert stats["train/approx_kl"] > 0  # mean over the stepped minibatch (KL 0) and the stopping one

@@ -223,6 +223,8 @@ def test_subsample_uses_a_fixed_subset(method):
     assert torch.equal(again.fisher_indices, idx)
     v = torch.randn(pf.num_parameters, dtype=DTYPE)
     assert_rel_close(pf.fvp(v), explicit_fisher(actor, "gaussian", inputs[idx]) @ v)
+    with pf.linearised():  # the retained graph is built on the same subsample
+        assert_rel_close(pf.fvp(v), explicit_fisher(actor, "gaussian", inputs[idx]) @ v)
     full = explicit_fisher(actor, "gaussian", inputs) @ v
     assert torch.linalg.vector_norm(pf.fvp(v) - full) > 1e-3 * torch.linalg.vector_norm(full)
     assert pf.mean_kl().numel() == 1 and pf.kl().shape == (10,)  # KL stays on the whole batch

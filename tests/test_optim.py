@@ -115,3 +115,30 @@ def test_moving_a_parameter_out_of_the_buffer_is_an_error_not_a_silent_no_op():
     loss_of(model.float(), 0).backward()
     with pytest.raises(RuntimeError, match="moved out of ContiguousAdam's buffer"):
         opt.step()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_per_parameter_adam_state_loads_and_continues_identically(fused):
+    """Checkpoints written before ContiguousAdam hold torch.optim.Adam's per-parameter state."""
+    ref, ours = net(), net()
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-2, eps=1e-5, fused=fused)
+    train(ref, ref_opt, 3, None)
+    ours.load_state_dict(ref.state_dict())
+    opt = ContiguousAdam(ours.parameters(), lr=1e-2, eps=1e-5)
+    opt.load_state_dict(copy.deepcopy(ref_opt.state_dict()))
+    assert opt.param_groups[0]["fused"] is True  # keeps its own kernel choice
+    for model, o in ((ref, ref_opt), (ours, opt)):
+        o.zero_grad()
+        loss_of(model, 7).backward()
+        o.step()
+    for p, q in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_a_per_parameter_state_of_another_network_is_refused():
+    other = nn.Sequential(nn.Linear(3, 9), nn.Tanh(), nn.Linear(9, 2))  # same number of tensors, other sizes
+    other_opt = torch.optim.Adam(other.parameters(), lr=1e-2)
+    train(other, other_opt, 1, None)
+    opt = ContiguousAdam(net().parameters(), lr=1e-2)
+    with pytest.raises(ValueError, match="different network"):
+        opt.load_state_dict(other_opt.state_dict())
