@@ -206,7 +206,7 @@ class ACKTR(OnPolicyAgent):
         kfac_stats = self.kfac.step()
         scale_fisher = self._precondition_scale(cfg.damping)
         # trust region: η = min(1, √(2 kl_clip / ΔᵀF̂Δ)) for the full step Δ = -lr (F̂ + λI)⁻¹ g,
-        # per trust-region group (actor, critic; or one joint group over a shared torso)
+        # per trust-region group: one joint group, or the actor's and the critic's (trust_region="per_network")
         steps = {p: -lr * p.grad for p in self.policy.parameters() if p.grad is not None}
         quads = [self._quadratic_form(group, steps, scale_fisher) for group in self._trust_region_groups]
         etas = [kl_scale(q, cfg.kl_clip, clip=True) for q in quads]

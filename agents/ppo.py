@@ -71,8 +71,8 @@ class PPO(OnPolicyAgent):
             group["lr"] = lr
         eps = schedule_value(cfg.clip_range, progress_remaining)
         stopped_early = False
-        # per minibatch: one stacked row of STAT_NAMES (and the gradient norm of each step), read once after the epochs
-        # (one host sync; non-finite values make the base roll the update back)
+        # per minibatch one stacked row of STAT_NAMES, per step its gradient norm; read once after the
+        # epochs (one host sync; non-finite values make the base roll the update back)
         step_stats, step_grad_norms = [], []
         for epoch in range(cfg.n_epochs):
             for batch in buffer.minibatches(cfg.batch_size, self.generator, cfg.normalize_advantage):
