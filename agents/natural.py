@@ -1,17 +1,22 @@
 """What NPG and TRPO share: their hyperparameters, the natural-gradient direction on the policy
-surrogate, and its geometry telemetry. Each agent file then adds only its step rule."""
+surrogate, its geometry telemetry, and the update around the step (`NaturalGradientAgent`). Each
+agent file then adds only its step rule, `take_step`."""
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 import torch
 
 from agents import config as c
+from agents.base import OnPolicyAgent
 from agents.config import OnPolicyConfig, hp
-from agents.critic import explained_variance, fit_value_function
+from agents.critic import critic_optimizer, explained_variance, fit_value_function
 from rlgeom.buffer import Batch
-from rlgeom.fisher import FVP_METHODS, NaturalStep, PolicyFisher, flat_gradient, natural_step
+from rlgeom.fisher import (
+    FVP_METHODS, NaturalStep, PolicyFisher, flat_gradient, natural_step, surrogate_advantage,
+)
 from rlgeom.guards import guard_finite
 from rlgeom.schedules import schedule_value
 
@@ -46,8 +51,7 @@ class NaturalGradientConfig(OnPolicyConfig):
 
 def surrogate(fisher: PolicyFisher, batch: Batch) -> torch.Tensor:
     """L(θ) = E[π_θ(a|s) / π_old(a|s) Â] at the actor's current parameters."""
-    log_probs = fisher.distribution().log_prob(batch.actions)
-    return (torch.exp(log_probs - batch.old_log_probs) * batch.advantages).mean()
+    return surrogate_advantage(fisher.distribution().log_prob(batch.actions), batch.old_log_probs, batch.advantages)
 
 
 @dataclass
@@ -129,3 +133,33 @@ def surrogate_stats(direction: NaturalDirection, buffer) -> dict:
         "train/entropy_loss": -direction.fisher.entropy().item(),
         "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()).item(),
     }
+
+
+class NaturalGradientAgent(OnPolicyAgent):
+    """NPG and TRPO: natural direction on the surrogate, the agent's step rule, then fit V_φ.
+
+        g, x, s = natural_direction(...)       (guarded: nothing non-finite reaches θ)
+        θ ← take_step(...)                     (NPG: θ_old + s; TRPO: the line search along s)
+        fit V_φ to R
+    """
+
+    needs_separate_networks = True
+
+    def _setup(self) -> None:
+        self.critic_optimizer = critic_optimizer(self.policy, schedule_value(self.config.learning_rate, 1.0))
+
+    def update(self, buffer, progress_remaining: float) -> dict:
+        cfg = self.config
+        batch = buffer.full_batch(cfg.normalize_advantage)
+        direction = natural_direction(self.policy, batch, cfg, self.generator)
+        direction.guard()  # a non-finite gradient, FVP or CG result never reaches the parameters
+        step_fraction, step_stats = self.take_step(direction)
+        stats = fit_critic(self, buffer, progress_remaining)  # fit V_φ to R
+        stats.update(surrogate_stats(direction, buffer))
+        stats.update(geometry_telemetry(direction, step_fraction, cfg.cg_damping))
+        stats.update(step_stats)
+        return stats
+
+    @abc.abstractmethod
+    def take_step(self, direction: NaturalDirection) -> tuple[float, dict]:
+        """Move θ along `direction.step.step`; returns (fraction of the step taken, extra train/ tags)."""

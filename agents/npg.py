@@ -6,19 +6,17 @@
         x ≈ (F + λI)⁻¹ g by conjugate gradient on Fisher-vector products
         θ ← θ_old + √(2δ / xᵀFx) · x                     (a fixed KL radius δ, no line search)
         fit V_φ to R: n_critic_updates epochs of minibatch regression
+
+The loop around the step (direction, critic fit, telemetry) is agents.natural.NaturalGradientAgent;
+this file is the step rule.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agents.base import OnPolicyAgent
-from agents.critic import critic_optimizer
-from agents.natural import (
-    NaturalGradientConfig, fit_critic, geometry_telemetry, natural_direction, surrogate_stats,
-)
+from agents.natural import NaturalDirection, NaturalGradientAgent, NaturalGradientConfig
 from rlgeom.fisher import assign_flat_parameters, flat_parameters
-from rlgeom.schedules import schedule_value
 
 
 @dataclass
@@ -26,24 +24,14 @@ class NPGConfig(NaturalGradientConfig):
     """NPG's hyperparameters: those of TRPO without the line search."""
 
 
-class NPG(OnPolicyAgent):
+class NPG(NaturalGradientAgent):
     Config = NPGConfig
     algo = "npg"
-    needs_separate_networks = True
 
-    def _setup(self) -> None:
-        self.critic_optimizer = critic_optimizer(self.policy, schedule_value(self.config.learning_rate, 1.0))
-
-    def update(self, buffer, progress_remaining: float) -> dict:
-        cfg = self.config
-        batch = buffer.full_batch(cfg.normalize_advantage)
-        direction = natural_direction(self.policy, batch, cfg, self.generator)
-        direction.guard()  # a non-finite gradient, FVP or CG result never reaches the parameters
+    def take_step(self, direction: NaturalDirection) -> tuple[float, dict]:
+        """θ ← θ_old + s, the whole natural step (invalid only for zero curvature, e.g. g = 0: stay put)."""
+        if not direction.step.valid:
+            return 0.0, {}
         params = direction.fisher.parameters
-        if direction.step.valid:  # invalid only for zero curvature (e.g. g = 0): then stay put
-            assign_flat_parameters(params, flat_parameters(params) + direction.step.step)
-        stats = fit_critic(self, buffer, progress_remaining)  # fit V_φ to R
-        stats.update(surrogate_stats(direction, buffer))
-        stats.update(geometry_telemetry(direction, float(direction.step.valid), cfg.cg_damping))
-        return stats
-
+        assign_flat_parameters(params, flat_parameters(params) + direction.step.step)
+        return 1.0, {}

@@ -9,6 +9,9 @@
             θ = θ_old + βʲ s;  accept if L(θ) > L(θ_old) and mean KL(π_old ‖ π_θ) ≤ δ
         if nothing was accepted: θ = θ_old
         fit V_φ to R: n_critic_updates epochs of minibatch regression
+
+The loop around the step (direction, critic fit, telemetry) is agents.natural.NaturalGradientAgent;
+this file is the step rule.
 """
 
 from __future__ import annotations
@@ -16,14 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agents import config as c
-from agents.base import OnPolicyAgent
 from agents.config import hp
-from agents.critic import critic_optimizer
-from agents.natural import (
-    NaturalGradientConfig, fit_critic, geometry_telemetry, natural_direction, surrogate_stats,
-)
+from agents.natural import NaturalDirection, NaturalGradientAgent, NaturalGradientConfig
 from rlgeom.fisher import backtracking_line_search
-from rlgeom.schedules import schedule_value
 
 
 @dataclass
@@ -39,19 +37,13 @@ class TRPOConfig(NaturalGradientConfig):
         c.positive_int(self, "line_search_max_iter")
 
 
-class TRPO(OnPolicyAgent):
+class TRPO(NaturalGradientAgent):
     Config = TRPOConfig
     algo = "trpo"
-    needs_separate_networks = True
 
-    def _setup(self) -> None:
-        self.critic_optimizer = critic_optimizer(self.policy, schedule_value(self.config.learning_rate, 1.0))
-
-    def update(self, buffer, progress_remaining: float) -> dict:
+    def take_step(self, direction: NaturalDirection) -> tuple[float, dict]:
+        """θ = θ_old + βʲ s for the first j whose surrogate improves within the KL radius, else θ_old."""
         cfg = self.config
-        batch = buffer.full_batch(cfg.normalize_advantage)
-        direction = natural_direction(self.policy, batch, cfg, self.generator)
-        direction.guard()  # a non-finite gradient, FVP or CG result never reaches the parameters
         backtracks, accepted, fraction = 0, False, 0.0
         if direction.step.valid:
             search = backtracking_line_search(
@@ -60,12 +52,8 @@ class TRPO(OnPolicyAgent):
                 backtrack_coef=cfg.line_search_shrinking_factor, max_backtracks=cfg.line_search_max_iter,
             )
             backtracks, accepted, fraction = search.backtracks, search.accepted, search.step_fraction
-        stats = fit_critic(self, buffer, progress_remaining)  # fit V_φ to R
-        stats.update(surrogate_stats(direction, buffer))
-        stats.update(geometry_telemetry(direction, fraction, cfg.cg_damping))
-        stats.update({
+        return fraction, {
             "geometry/line_search_backtracks": backtracks,
             "geometry/line_search_accepted": float(accepted),
             "geometry/line_search_rejected": float(direction.step.valid and not accepted),
-        })
-        return stats
+        }

@@ -291,34 +291,17 @@ def run_job(spec: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------- speed
-def raw_env_rate(env_id: str, n_envs: int, steps: int, seed: int = 0) -> float:
-    """Random-action stepping rate (env steps/s) of a gymnasium SyncVectorEnv with same-step autoreset."""
-    import gymnasium as gym
-    from gymnasium.vector import AutoresetMode
-
-    vec = gym.vector.SyncVectorEnv([lambda: gym.make(env_id) for _ in range(n_envs)],
-                                   autoreset_mode=AutoresetMode.SAME_STEP)
-    vec.reset(seed=seed)
-    vec.action_space.seed(seed)
-    actions = [vec.action_space.sample() for _ in range(256)]  # pre-drawn: time the env, not the sampler
-    n_iter = steps // n_envs
-    t = time.perf_counter()
-    for i in range(n_iter):
-        vec.step(actions[i % 256])
-    dt = time.perf_counter() - t
-    vec.close()
-    return n_iter * n_envs / dt
-
-
 def speed(steps_cartpole: int = 50_000, steps_hopper: int = 20_000, repeats: int = 2) -> None:
     """Figure 5: PPO training FPS (rlgeom vs SB3, same preset hyperparameters) vs raw env rate."""
+    from bench_speed import env_rate  # the env's own random-action rate, as experiments/bench_speed.py measures it
+
     rows = []
     for env_id, steps in (("CartPole-v1", steps_cartpole), ("Hopper-v5", steps_hopper)):
         from agents.presets import preset
 
         n_envs = preset("ppo", env_id)["n_envs"]
         for rep in range(repeats):  # interleaved back to back: raw env, rlgeom, SB3
-            raw = raw_env_rate(env_id, n_envs, steps)
+            raw = env_rate(env_id, n_envs, steps)
             ours = run_rlgeom("ppo", env_id, rep, steps, 0)
             theirs = run_sb3("ppo", env_id, rep, steps, 0)
             row = {"env": env_id, "n_envs": n_envs, "steps": steps, "repeat": rep, "raw_env_fps": raw,

@@ -107,6 +107,12 @@ def policy_kl(family: ActionDistribution, old_params: torch.Tensor, new_params: 
     return kl_divergence(family.distribution(old_params), family.distribution(new_params))
 
 
+def surrogate_advantage(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """L(θ) = E[π_θ(a|s) / π_old(a|s) · Â] from log-probabilities: TRPO's surrogate, the objective of
+    the natural step and the line search (its gradient at θ_old is the policy gradient)."""
+    return (torch.exp(log_probs - old_log_probs) * advantages).mean()
+
+
 class PolicyFisher:
     """KL, entropy and Fisher-vector products of a policy on one batch of inputs.
 

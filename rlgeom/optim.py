@@ -24,6 +24,8 @@ from typing import Iterable
 
 import torch
 
+from rlgeom.fisher import flat_parameters
+
 
 class ContiguousAdam(torch.optim.Adam):
     """torch.optim.Adam over `params` stored as views of one flat buffer (see the module docstring).
@@ -40,10 +42,8 @@ class ContiguousAdam(torch.optim.Adam):
         if any(not p.is_floating_point() or p.device != first.device or p.dtype != first.dtype for p in self.params):
             found = sorted({f"{p.dtype} on {p.device}" for p in self.params})
             raise ValueError(f"ContiguousAdam needs floating-point parameters of one dtype on one device, got {found}")
-        with torch.no_grad():
-            flat = torch.cat([p.detach().reshape(-1) for p in self.params])
-        self.flat = torch.nn.Parameter(flat)
-        self.flat.grad = torch.zeros_like(flat)
+        self.flat = torch.nn.Parameter(flat_parameters(self.params))
+        self.flat.grad = torch.zeros_like(self.flat)
         self._slices = []
         offset = 0
         for p in self.params:
@@ -52,7 +52,7 @@ class ContiguousAdam(torch.optim.Adam):
             p.grad = self.flat.grad[offset:offset + n].view_as(p)
             self._slices.append((offset, n))
             offset += n
-        fused = flat.device.type in ("cpu", "cuda")
+        fused = self.flat.device.type in ("cpu", "cuda")
         super().__init__([self.flat], lr=lr, fused=fused or None, **kwargs)
 
     def zero_grad(self, set_to_none: bool = True) -> None:  # noqa: ARG002 - the buffer is always kept

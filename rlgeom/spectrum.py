@@ -52,7 +52,7 @@ import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import nn
 
-from rlgeom.fisher import PolicyFisher, assign_flat_parameters, flat_gradient, flat_parameters
+from rlgeom.fisher import PolicyFisher, assign_flat_parameters, flat_gradient, flat_parameters, surrogate_advantage
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 
@@ -258,8 +258,7 @@ def surrogate_objective(policy, obs: torch.Tensor, actions: torch.Tensor, old_lo
 
     At θ = θ_old its gradient is the policy gradient E[∇ log π · Â] (Kakade & Langford 2002).
     """
-    log_probs = policy.get_distribution(obs).log_prob(actions)
-    return (torch.exp(log_probs - old_log_probs) * advantages).mean()
+    return surrogate_advantage(policy.get_distribution(obs).log_prob(actions), old_log_probs, advantages)
 
 
 def surrogate_gradient(policy, obs, actions, old_log_probs, advantages) -> torch.Tensor:
