@@ -329,7 +329,7 @@ class OnPolicyAgent(abc.ABC):
         returns, lengths = buffer.finished_episodes()
         self.ep_info_buffer.extend({"r": r, "l": l} for r, l in zip(returns, lengths))
         if self.reward_scaler is not None:
-            buffer.rewards = self.reward_scaler.scale_rollout(buffer.rewards, buffer.dones)
+            buffer.rewards.copy_(self.reward_scaler.scale_rollout(buffer.rewards, buffer.dones))  # in place: add() keeps views
         buffer.compute_advantages(self.policy.value, self.config.gamma, self.config.gae_lambda)
         if callback is not None:
             callback.on_rollout_end()

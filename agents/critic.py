@@ -18,20 +18,30 @@ def fit_value_function(
     policy, optimizer: torch.optim.Optimizer, buffer: RolloutBuffer, n_epochs: int, batch_size: int,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """n_epochs of minibatch regression of V(s) on the returns; the mean loss of the last epoch.
+    """n_epochs of minibatch regression of V(s) on the returns; the mean loss of the last epoch (NaN if any
+    minibatch loss was not finite).
 
-    The optimiser holds only critic parameters, so this never moves the policy.
+    The optimiser holds only critic parameters, so this never moves the policy. An MLP critic is
+    backpropagated by hand (policy.value_with_vjp: the same gradient, fewer kernels), others by autograd.
     """
     losses = []
     for _ in range(n_epochs):
-        losses = []
         for batch in buffer.minibatches(batch_size, generator):
-            loss = F.mse_loss(policy.value(batch.obs), batch.returns)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            evaluated = policy.value_with_vjp(batch.obs)
+            if evaluated is None:
+                loss = F.mse_loss(policy.value(batch.obs), batch.returns)
+                loss.backward()
+            else:
+                values, vjp = evaluated
+                loss = F.mse_loss(values, batch.returns)
+                vjp((2 / len(batch)) * (values - batch.returns))  # ∂/∂V of mean((V - R)²)
             optimizer.step()
             losses.append(loss.detach())
-    return torch.stack(losses).mean()
+    losses = torch.stack(losses)
+    last_epoch = losses[-(len(losses) // n_epochs):].mean()
+    # a non-finite loss in any epoch makes the result NaN, so the caller's guard rolls the update back
+    return torch.where(losses.isfinite().all(), last_epoch, torch.nan)
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:

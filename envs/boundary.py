@@ -64,11 +64,16 @@ def check_finite(x: np.ndarray, what: str, step: int, env_id: str | None) -> Non
         )
 
 
+def to_tensor(array, dtype, device: torch.device) -> torch.Tensor:
+    """A host array as a tensor of numpy `dtype` on `device`: converted by numpy (cheaper per call than
+    a torch cast at these sizes), shared with torch without a copy, moved only off the CPU."""
+    t = torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
+    return t if device.type == "cpu" else t.to(device, non_blocking=True)
+
+
 def to_obs_tensor(obs: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 images stay uint8; everything else becomes float32."""
-    t = torch.from_numpy(np.ascontiguousarray(obs))
-    t = t if t.dtype == torch.uint8 else t.to(torch.float32)
-    return t.to(device, non_blocking=True)
+    return to_tensor(obs, np.uint8 if obs.dtype == np.uint8 else np.float32, device)
 
 
 def to_action_array(actions: torch.Tensor, discrete: bool) -> np.ndarray:

@@ -8,7 +8,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv as GymVectorEnv
 
 from envs.base import StepResult, VecEnv
-from envs.boundary import EpisodeTracker, check_finite, to_action_array, to_obs_tensor
+from envs.boundary import EpisodeTracker, check_finite, to_action_array, to_obs_tensor, to_tensor
 
 
 class GymnasiumVecEnv(VecEnv):
@@ -57,17 +57,17 @@ class GymnasiumVecEnv(VecEnv):
         check_finite(reward, "reward", self._t, self.env_id)
         ep_return, ep_length = self._episodes.step(reward, done, _recorded_episodes(info, done))
         # The arrays below are fresh copies owned by this step (gymnasium copies what it returns, the
-        # tracker returns copies), so from_numpy's zero-copy view is safe; one .to() per field.
-        dev, nb = self.device, True
+        # tracker returns copies), so from_numpy's zero-copy view is safe.
+        dev = self.device
         obs_t = to_obs_tensor(obs, dev)
         return StepResult(
             obs=obs_t,
-            reward=torch.from_numpy(np.asarray(reward)).to(dev, torch.float32, non_blocking=nb),
-            terminated=torch.from_numpy(np.asarray(terminated, dtype=bool)).to(dev, non_blocking=nb),
-            truncated=torch.from_numpy(truncated & ~terminated).to(dev, non_blocking=nb),
+            reward=to_tensor(reward, np.float32, dev),
+            terminated=to_tensor(terminated, np.bool_, dev),
+            truncated=to_tensor(truncated & ~terminated, np.bool_, dev),
             final_obs=obs_t if final_obs is obs else to_obs_tensor(final_obs, dev),
-            episode_return=torch.from_numpy(ep_return).to(dev, torch.float32, non_blocking=nb),
-            episode_length=torch.from_numpy(ep_length).to(dev, torch.int64, non_blocking=nb),
+            episode_return=to_tensor(ep_return, np.float32, dev),
+            episode_length=to_tensor(ep_length, np.int64, dev),
         )
 
     def close(self) -> None:

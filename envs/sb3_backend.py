@@ -11,7 +11,7 @@ import torch
 from gymnasium import spaces
 
 from envs.base import StepResult, VecEnv
-from envs.boundary import EpisodeTracker, check_finite, to_action_array, to_obs_tensor
+from envs.boundary import EpisodeTracker, check_finite, to_action_array, to_obs_tensor, to_tensor
 
 
 def is_sb3_vec_env(env) -> bool:
@@ -67,15 +67,15 @@ class SB3VecEnvAdapter(VecEnv):
             l = np.array([m["l"] if m else 0 for m in monitor])
             recorded = (r, l, mask)
         ep_return, ep_length = self._episodes.step(np.asarray(reward, dtype=np.float64), done, recorded)
-        as_t = lambda x, dtype: torch.as_tensor(x, dtype=dtype).to(self.device)  # noqa: E731
+        dev = self.device
         return StepResult(
-            obs=to_obs_tensor(obs, self.device),
-            reward=as_t(reward, torch.float32),
-            terminated=as_t(terminated, torch.bool),
-            truncated=as_t(truncated, torch.bool),
-            final_obs=to_obs_tensor(final_obs, self.device),
-            episode_return=as_t(ep_return, torch.float32),
-            episode_length=as_t(ep_length, torch.int64),
+            obs=to_obs_tensor(obs, dev),
+            reward=to_tensor(reward, np.float32, dev),
+            terminated=to_tensor(terminated, np.bool_, dev),
+            truncated=to_tensor(truncated, np.bool_, dev),
+            final_obs=to_obs_tensor(final_obs, dev),
+            episode_return=to_tensor(ep_return, np.float32, dev),
+            episode_length=to_tensor(ep_length, np.int64, dev),
         )
 
     def close(self) -> None:

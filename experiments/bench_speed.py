@@ -26,7 +26,6 @@ import platform
 import sys
 import time
 
-import numpy as np
 import torch
 
 ROLLOUT = 2048  # transitions per rollout for every agent and library (n_steps = ROLLOUT // n_envs)

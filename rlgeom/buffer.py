@@ -41,13 +41,14 @@ def compute_gae(
     `terminated` kills the bootstrap; `done` (terminated or truncated) cuts the λ-trace.
     """
     not_terminal = (~terminated).to(values.dtype)
-    continues = (~dones).to(values.dtype)
     deltas = rewards + gamma * not_terminal * next_values - values
+    trace = (gamma * gae_lambda) * (~dones).to(values.dtype)  # the share of A_{t+1} that flows into A_t
     advantages = torch.empty_like(values)
+    # rows as views made once, and one kernel per step writing A_t in place: the loop is T kernels
+    delta_rows, trace_rows, advantage_rows = deltas.unbind(0), trace.unbind(0), advantages.unbind(0)
     running = torch.zeros_like(values[0])
     for t in range(values.shape[0] - 1, -1, -1):
-        running = deltas[t] + gamma * gae_lambda * continues[t] * running
-        advantages[t] = running
+        running = torch.addcmul(delta_rows[t], trace_rows[t], running, out=advantage_rows[t])
     return advantages, advantages + values
 
 
@@ -97,6 +98,7 @@ class RolloutBuffer:
         self.advantages = torch.zeros(shape, **z)
         self.returns = torch.zeros(shape, **z)
         self.pos = 0
+        self._row_views, self._row_sources = [None] * n_steps, self._per_step_fields()
 
     @property
     def full(self) -> bool:
@@ -104,15 +106,24 @@ class RolloutBuffer:
 
     def reset(self) -> None:
         self.pos = 0
+        fields = self._per_step_fields()
+        if any(a is not b for a, b in zip(fields, self._row_sources)):  # a field was replaced: drop its views
+            self._row_views, self._row_sources = [None] * self.n_steps, fields
+
+    def _per_step_fields(self) -> list[torch.Tensor]:
+        """The tensors `add` writes one row of, in its order."""
+        return [self.obs, self.actions, self.log_probs, self.values, self.episode_starts, self.rewards,
+                self.terminated, self.dones, self.next_obs, self.episode_returns, self.episode_lengths]
 
     def add(self, obs, actions, log_probs, values, episode_starts, step) -> None:
         """Store one vector step; `step` is the envs.base.StepResult that followed the action."""
         t = self.pos
+        rows = self._row_views[t]
+        if rows is None:  # made once per row and kept: indexing eleven tensors costs more than the copy
+            rows = self._row_views[t] = [x[t] for x in self._row_sources]
         # one multi-tensor copy instead of eleven indexed assignments (the per-step cost on small tasks)
         torch._foreach_copy_(
-            [self.obs[t], self.actions[t], self.log_probs[t], self.values[t], self.episode_starts[t],
-             self.rewards[t], self.terminated[t], self.dones[t], self.next_obs[t], self.episode_returns[t],
-             self.episode_lengths[t]],
+            rows,
             [obs, actions.reshape(self.actions.shape[1:]), log_probs, values, episode_starts, step.reward,
              step.terminated, step.done, step.final_obs, step.episode_return, step.episode_length],
         )

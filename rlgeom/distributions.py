@@ -95,6 +95,15 @@ class ActionDistribution(abc.ABC):
         dist = self.distribution(params)
         return dist.log_prob(actions), dist.entropy()
 
+    def log_prob_and_entropy_vjp(self, params: torch.Tensor, actions: torch.Tensor):
+        """(log π(actions), H[π], vjp) without autograd, where vjp(d_log_prob, d_entropy) is
+        ∂loss/∂params [B, param_dim] given ∂loss/∂log π and ∂loss/∂H (tensors [B] or numbers).
+
+        The update's hand-written backward (rlgeom.mlp_backprop); None for a family that does not
+        write its derivative out (the caller then uses autograd).
+        """
+        return None
+
     def fisher_matrix(self, params: torch.Tensor) -> torch.Tensor:
         """Per-sample explicit Fisher [B, P, P] (slow; for tests and small analyses)."""
         eye = torch.eye(self.param_dim, dtype=params.dtype, device=params.device)
@@ -133,6 +142,26 @@ class CategoricalFamily(ActionDistribution):
         log_p = torch.log_softmax(params, dim=-1).clamp_min(torch.finfo(params.dtype).min)
         entropy = -(log_p.exp() * log_p).sum(-1)
         return log_p.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1), entropy
+
+    @torch.no_grad()
+    def log_prob_and_entropy_vjp(self, params, actions):
+        log_p = torch.log_softmax(params, dim=-1).clamp_min(torch.finfo(params.dtype).min)
+        p = log_p.exp()
+        entropy = -(p * log_p).sum(-1)
+        index = actions.long().unsqueeze(-1)
+
+        def vjp(d_log_prob, d_entropy):
+            # ∂ log p_a / ∂ logits = onehot(a) - p;   ∂H / ∂ logits_j = -p_j (log p_j + H)
+            d_lp, d_h = _column(d_log_prob), _column(d_entropy)
+            grad = -(d_lp * p) - d_h * p * (log_p + entropy.unsqueeze(-1))
+            return grad.scatter_add_(-1, index, torch.as_tensor(d_lp).expand_as(index).to(grad.dtype))
+
+        return log_p.gather(-1, index).squeeze(-1), entropy, vjp
+
+
+def _column(d):
+    """A per-sample derivative [B] as a column [B, 1] (numbers stay numbers) for broadcasting."""
+    return d.unsqueeze(-1) if isinstance(d, torch.Tensor) and d.dim() == 1 else d
 
 
 class MultiCategoricalFamily(ActionDistribution):
@@ -178,12 +207,41 @@ class DiagGaussianFamily(ActionDistribution):
         log_prob = -(0.5 * noise.square() + log_std).sum(-1) - self.action_dim * _HALF_LOG_2PI
         return actions, log_prob
 
+    def fixed_scale_sampler(self, log_std: torch.Tensor):
+        """`sample_with_log_prob` for means [B, d] under one state-independent log σ [d], with σ and the
+        log-density's constant computed here once: the rollout's per-step path (σ is fixed within a rollout)."""
+        std = log_std.exp()
+        constant = log_std.sum() + self.action_dim * _HALF_LOG_2PI
+
+        def sample(mean: torch.Tensor, deterministic: bool = False):
+            if deterministic:
+                return mean, (-constant).expand(mean.shape[0])
+            noise = torch.randn_like(mean)  # the same draw as sample_with_log_prob's
+            return torch.addcmul(mean, noise, std), -0.5 * noise.square().sum(-1) - constant
+
+        return sample
+
     def log_prob_and_entropy(self, params, actions):
         mean, log_std = self.split(params)
         z = (actions - mean) * torch.exp(-log_std)
         log_prob = -(0.5 * z.square() + log_std).sum(-1) - self.action_dim * _HALF_LOG_2PI
         entropy = log_std.sum(-1) + self.action_dim * (0.5 + _HALF_LOG_2PI)
         return log_prob, entropy
+
+    @torch.no_grad()
+    def log_prob_and_entropy_vjp(self, params, actions):
+        mean, log_std = self.split(params)
+        inv_std = torch.exp(-log_std)
+        z = (actions - mean) * inv_std
+        log_prob = -(0.5 * z.square() + log_std).sum(-1) - self.action_dim * _HALF_LOG_2PI
+        entropy = log_std.sum(-1) + self.action_dim * (0.5 + _HALF_LOG_2PI)
+
+        def vjp(d_log_prob, d_entropy):
+            # ∂ log π / ∂μ = z / σ,  ∂ log π / ∂ log σ = z² - 1,  ∂H / ∂ log σ = 1
+            d_lp = _column(d_log_prob)
+            return torch.cat([d_lp * z * inv_std, d_lp * (z.square() - 1) + _column(d_entropy)], dim=-1)
+
+        return log_prob, entropy, vjp
 
     def fisher_product(self, params, v):
         _, log_std = self.split(params)

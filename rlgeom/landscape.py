@@ -245,7 +245,7 @@ def collect_batch(agent, env_id: str, n_states: int, seed: int) -> FixedBatch:
     finally:
         env.close()
     if agent.reward_scaler is not None:  # the critic was trained on scaled rewards
-        buffer.rewards = agent.reward_scaler.scale_rollout(buffer.rewards, buffer.dones)
+        buffer.rewards.copy_(agent.reward_scaler.scale_rollout(buffer.rewards, buffer.dones))
     buffer.compute_advantages(agent.policy.value, agent.config.gamma, agent.config.gae_lambda)
     b = buffer.full_batch(normalize_advantage=True)
     return FixedBatch(b.obs, b.actions, b.old_log_probs, b.advantages)

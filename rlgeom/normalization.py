@@ -58,10 +58,11 @@ class RewardScaler(nn.Module):
         if self._discounted is None or self._discounted.shape != rewards.shape[1:]:
             self._discounted = torch.zeros_like(rewards[0])
         seen = torch.empty_like(rewards)
-        for t in range(rewards.shape[0]):
-            self._discounted = self._discounted * self.gamma + rewards[t]
-            seen[t] = self._discounted
-            self._discounted = self._discounted * (~dones[t]).to(rewards.dtype)
+        keep = (~dones).to(rewards.dtype)  # a finished episode's return restarts from 0
+        # rows as views made once, two kernels per step (the loop runs T times per rollout)
+        for reward, seen_now, keep_now in zip(rewards.unbind(0), seen.unbind(0), keep.unbind(0)):
+            torch.add(reward, self._discounted, alpha=self.gamma, out=seen_now)  # G ← γ G + r
+            self._discounted = seen_now * keep_now
         self.return_stats.update(seen.reshape(-1))
         std = torch.sqrt(self.return_stats.var + self.eps).to(rewards.dtype)
         return torch.clamp(rewards / std, -self.clip, self.clip)

@@ -44,13 +44,16 @@ class ContiguousAdam(torch.optim.Adam):
             raise ValueError(f"ContiguousAdam needs floating-point parameters of one dtype on one device, got {found}")
         self.flat = torch.nn.Parameter(flat_parameters(self.params))
         self.flat.grad = torch.zeros_like(self.flat)
-        self._slices = []
+        self._slices, self._grad_views, self._data_ptrs = [], [], []
         offset = 0
         for p in self.params:
             n = p.numel()
             p.data = self.flat.data[offset:offset + n].view_as(p)
             p.grad = self.flat.grad[offset:offset + n].view_as(p)
+            # kept to check cheaply, per step, that nothing moved: identity of the gradient view, address of the data
             self._slices.append((offset, n))
+            self._grad_views.append(p.grad)
+            self._data_ptrs.append(p.data_ptr())
             offset += n
         fused = self.flat.device.type in ("cpu", "cuda")
         super().__init__([self.flat], lr=lr, fused=fused or None, **kwargs)
@@ -58,11 +61,10 @@ class ContiguousAdam(torch.optim.Adam):
     def zero_grad(self, set_to_none: bool = True) -> None:  # noqa: ARG002 - the buffer is always kept
         """Zero the gradient buffer in place (`set_to_none` is ignored: the views must stay); a
         gradient that outside code replaced is pointed back at its view, so it cannot go stale."""
-        grad = self.flat.grad
-        for p, (offset, n) in zip(self.params, self._slices):
-            if p.grad is None or p.grad.data_ptr() != grad[offset:offset + n].data_ptr():
-                p.grad = grad[offset:offset + n].view_as(p)
-        grad.zero_()
+        for p, view in zip(self.params, self._grad_views):
+            if p.grad is not view:
+                p.grad = view
+        self.flat.grad.zero_()
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load this optimiser's own state, or a per-parameter Adam state over the same parameters in
@@ -96,21 +98,20 @@ class ContiguousAdam(torch.optim.Adam):
     def _reattach_gradients(self) -> None:
         """Check the parameters still live in the buffer; copy back any gradient that code outside
         rlgeom replaced or set to None (rare; a cheap pointer check per parameter)."""
-        grad, values = self.flat.grad, self.flat.data
-        for p, (offset, n) in zip(self.params, self._slices):
-            if p.data_ptr() != values[offset:offset + n].data_ptr():
+        for p, view, address in zip(self.params, self._grad_views, self._data_ptrs):
+            if p.data_ptr() != address:
                 raise RuntimeError(
                     "a parameter was moved out of ContiguousAdam's buffer (module.to(), .cuda() or an assignment "
                     "to p.data after the optimiser was built), so steps would no longer reach it; build the "
                     "agent on its device (device=...) instead of moving its policy")
-            view = grad[offset:offset + n]
-            if p.grad is None:
-                view.zero_()
-            elif p.grad.data_ptr() != view.data_ptr():
-                view.copy_(p.grad.reshape(-1))
-            else:
+            grad = p.grad
+            if grad is view:
                 continue
-            p.grad = view.view_as(p)
+            if grad is None:
+                view.zero_()
+            elif grad.data_ptr() != view.data_ptr() or grad.shape != view.shape:
+                view.copy_(grad.reshape(view.shape))
+            p.grad = view
 
     @torch.no_grad()
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:

@@ -26,6 +26,7 @@ from gymnasium import spaces
 from torch import nn
 
 from rlgeom.distributions import ActionDistribution, DiagGaussianFamily, family_for_space
+from rlgeom.mlp_backprop import PlainMLP
 from rlgeom.normalization import RunningNormalizer
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU}
@@ -96,6 +97,18 @@ class GaussianScale(nn.Module):
         if self.parameterisation == "std":
             return torch.log(self.raw.clamp_min(1e-8))
         return 0.5 * torch.log(self.raw.clamp_min(1e-16))
+
+    @torch.no_grad()
+    def backward(self, grad_log_std: torch.Tensor) -> None:
+        """Add ∂loss/∂raw into raw.grad given ∂loss/∂ log σ (forward's derivative, written out)."""
+        if self.parameterisation == "log_std":
+            grad = grad_log_std
+        else:  # log σ = log raw (σ) or ½ log raw (σ²); zero below the clamp, as autograd's clamp gives
+            floor, factor = (1e-8, 1.0) if self.parameterisation == "std" else (1e-16, 0.5)
+            grad = torch.where(self.raw >= floor, factor * grad_log_std / self.raw.clamp_min(floor), 0.0)
+        if self.raw.grad is None:
+            self.raw.grad = torch.zeros_like(self.raw)
+        self.raw.grad.add_(grad)
 
 
 class Actor(nn.Module):
@@ -214,6 +227,64 @@ class ActorCriticPolicy(nn.Module):
         log_prob, entropy = self.family.log_prob_and_entropy(_functional_actor(self.actor, x), actions)
         return log_prob, entropy, _functional_critic(self.critic, x)
 
+    # ----------------------------------------------------------------- the update's hand-written backward
+    def evaluate_actions_with_vjp(self, obs: torch.Tensor, actions: torch.Tensor):
+        """(log π(a|s), H[π(·|s)], V(s), vjp) without autograd, or None where it does not apply.
+
+        `vjp(d_log_prob, d_entropy, d_value)` adds the parameters' gradient of a loss into their
+        `.grad`, given the loss's derivatives with respect to the three outputs (tensors [B] or
+        numbers): what `loss.backward()` would add after `evaluate_actions`. Written out for MLP
+        actors and critics (rlgeom.mlp_backprop) with Categorical or diagonal-Gaussian actions;
+        None otherwise (CNNs, other activations, MultiDiscrete, or a gradient hook registered on a
+        parameter, which only autograd would call), and the caller uses autograd.
+        """
+        networks = self._plain_networks()
+        if networks is None or _has_gradient_hooks(self.parameters()):
+            return None
+        actor, critic = networks
+        scale = self.actor.scale
+        with torch.no_grad():
+            x = self.actor_inputs(obs)
+            head, actor_inputs = actor.forward(x)
+            values, critic_inputs = critic.forward(x)
+            params = head if scale is None else torch.cat([head, scale().expand_as(head)], dim=-1)
+        evaluated = self.family.log_prob_and_entropy_vjp(params, actions)
+        if evaluated is None:
+            return None
+        log_prob, entropy, family_vjp = evaluated
+
+        def vjp(d_log_prob, d_entropy, d_value) -> None:
+            d_params = family_vjp(d_log_prob, d_entropy)
+            if scale is not None:
+                d_params, d_log_std = d_params[:, : head.shape[1]], d_params[:, head.shape[1]:]
+                scale.backward(d_log_std.sum(0))  # σ is shared by every sample
+            actor.backward(actor_inputs, d_params)
+            critic.backward(critic_inputs, _as_column(d_value, values))
+
+        return log_prob, entropy, values.squeeze(-1), vjp
+
+    def value_with_vjp(self, obs: torch.Tensor):
+        """(V(s), vjp) without autograd for an MLP critic, or None: vjp(d_value) adds the critic's
+        gradient into its parameters' `.grad` (the critic regressions of VPG, NPG and TRPO)."""
+        networks = self._plain_networks()
+        if networks is None or _has_gradient_hooks(self.critic.parameters()):
+            return None
+        critic = networks[1]
+        with torch.no_grad():
+            values, inputs = critic.forward(self.actor_inputs(obs))
+        return values.squeeze(-1), lambda d_value: critic.backward(inputs, _as_column(d_value, values))
+
+    def _plain_networks(self):
+        """(actor, critic) as rlgeom.mlp_backprop.PlainMLP when both are plain MLPs, else None (cached)."""
+        if not hasattr(self, "_plain"):
+            self._plain = None
+            if self.policy_name == "MlpPolicy" and not self.share_features_extractor:
+                actor = PlainMLP.of(list(self.actor.body) + [self.actor.head])
+                critic = PlainMLP.of(list(self.critic.body) + [self.critic.head])
+                if actor is not None and critic is not None:
+                    self._plain = (actor, critic)
+        return self._plain
+
     def forward(self, obs: torch.Tensor, deterministic: bool = False):
         """(actions, values, log_probs) for a batch of raw observations."""
         dist = self.get_distribution(obs)
@@ -228,20 +299,22 @@ class ActorCriticPolicy(nn.Module):
         Same distribution as `forward`, computed with fewer kernels: the observation is normalised
         once for both networks, the layers are called functionally (no nn.Module dispatch), a
         separate MLP actor and critic of equal widths run as one batched matmul per layer, and the
-        action is drawn by the family's `sample_with_log_prob` (no torch Distribution object).
+        action is drawn by the family's `sample_with_log_prob` (no torch Distribution object; for a
+        Gaussian, `fixed_scale_sampler` with σ computed once).
         Between `start_rollout()` and `end_rollout()` the stacked weights and normalisation
         constants are built once (the parameters do not change during a rollout); elsewhere they
         are rebuilt per call. Results are inference tensors: copy them (the rollout buffer does)
         before any autograd use.
         """
         cache = self._rollout_cache if self._rollout_cache is not None else self._build_rollout_cache()
-        fused, norm = cache
+        fused, norm, sample = cache
         x = obs if norm is None else torch.clamp((obs - norm[0]) * norm[1], -norm[2], norm[2])
         if fused is None:
             params, values = _functional_actor(self.actor, x), self.critic(x)
-        else:
-            params, values = self._fused_forward(fused, x)
-        actions, log_probs = self.family.sample_with_log_prob(params, deterministic)
+            actions, log_probs = self.family.sample_with_log_prob(params, deterministic)
+        else:  # the actor head's output: logits, or the Gaussian mean (σ is in `sample`)
+            head, values = self._fused_forward(fused, x)
+            actions, log_probs = sample(head, deterministic)
         return actions, values, log_probs
 
     _rollout_cache = None
@@ -264,7 +337,9 @@ class ActorCriticPolicy(nn.Module):
         if norm.enabled:
             dtype = self.actor.head.weight.dtype
             constants = (norm.mean.to(dtype), torch.rsqrt(norm.var + norm.eps).to(dtype), norm.clip)
-        return self._fused_weights(), constants
+        scale = self.actor.scale
+        sample = self.family.sample_with_log_prob if scale is None else self.family.fixed_scale_sampler(scale())
+        return self._fused_weights(), constants, sample
 
     def _fused_weights(self):
         """Stacked actor/critic weights (layer 1: [in, 2H]; then [2, in, out] per layer), or None."""
@@ -297,11 +372,20 @@ class ActorCriticPolicy(nn.Module):
         for w, b in hidden:
             h = act(torch.baddbmm(b, h, w))
         out = torch.baddbmm(head_b, h, head_w)  # [2, B, P]
-        params, values = out[0], out[1, :, 0]
-        scale = self.actor.scale
-        if scale is not None:
-            params = torch.cat([params, scale().expand_as(params)], dim=-1)
-        return params, values
+        return out[0], out[1, :, 0]  # the actor head's output, the values
+
+
+def _has_gradient_hooks(parameters) -> bool:
+    """Whether a hook was registered on a parameter's gradient (Tensor.register_hook or
+    register_post_accumulate_grad_hook): the hand-written backward would bypass it."""
+    return any(p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None) for p in parameters)
+
+
+def _as_column(d_value, values: torch.Tensor) -> torch.Tensor:
+    """∂loss/∂V [B] (or a number) as the critic head's output gradient [B, 1]."""
+    if isinstance(d_value, torch.Tensor):
+        return d_value.reshape(values.shape)
+    return torch.full_like(values, float(d_value))
 
 
 def _activation_fn(module: nn.Module):

@@ -113,3 +113,26 @@ def test_advantage_normalisation_and_finished_episodes():
     assert abs(adv.mean().item()) < 1e-5 and abs(adv.std().item() - 1) < 1e-4
     returns, lengths = buf.finished_episodes()
     assert returns == [7.0, 7.0] and lengths == [4, 4]
+
+
+def test_reward_scaler_matches_plain_loop_across_rollouts():
+    """Rewards / std of the running discounted return (VecNormalize's rule), against a plain Python
+    loop over every env and step, with the running return carried from one rollout to the next."""
+    import numpy as np
+
+    from rlgeom.normalization import RewardScaler
+
+    gamma, rng = 0.9, np.random.default_rng(0)
+    scaler = RewardScaler(gamma)
+    running, seen_all = np.zeros(3), []
+    for _ in range(2):
+        rewards, dones = rng.normal(size=(50, 3)), rng.random((50, 3)) < 0.1
+        scaled = scaler.scale_rollout(torch.tensor(rewards, dtype=torch.float32), torch.tensor(dones))
+        for t in range(50):
+            for i in range(3):
+                running[i] = gamma * running[i] + rewards[t, i]
+                seen_all.append(running[i])
+                if dones[t, i]:
+                    running[i] = 0.0
+        expected = np.clip(rewards / np.sqrt(np.var(seen_all) + 1e-8), -10, 10)
+        np.testing.assert_allclose(scaled.numpy(), expected, rtol=1e-4, atol=1e-5)
