@@ -133,7 +133,7 @@ class PPO(OnPolicyAgent):
     @torch.no_grad()
     def loss_derivatives(self, batch, ratio, values, eps: float):
         """∂loss/∂ log π(a|s), ∂loss/∂H and ∂loss/∂V(s) per sample: `losses` differentiated by hand,
-        for the policy's hand-written backward (tests/test_ppo_backward.py checks them against autograd)."""
+        for the policy's hand-written backward (tests/test_mlp_backprop.py checks them against autograd)."""
         cfg = self.config
         n, advantages = len(batch), batch.advantages
         # min(r Â, clip(r) Â) moves with r (∂r/∂ log π = r) unless the clipped term is the smaller one,

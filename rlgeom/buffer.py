@@ -39,16 +39,20 @@ def compute_gae(
         δ_t = r_t + γ (1 - terminated_t) V(s'_t) - V(s_t)
         A_t = δ_t + γ λ (1 - done_t) A_{t+1}
     `terminated` kills the bootstrap; `done` (terminated or truncated) cuts the λ-trace.
+    Not differentiable (the loop writes in place): pass tensors without autograd history.
     """
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (rewards, values, next_values)):
+        raise ValueError("compute_gae is not differentiable: call it under torch.no_grad() or on detached tensors")
     not_terminal = (~terminated).to(values.dtype)
     deltas = rewards + gamma * not_terminal * next_values - values
     trace = (gamma * gae_lambda) * (~dones).to(values.dtype)  # the share of A_{t+1} that flows into A_t
     advantages = torch.empty_like(values)
-    # rows as views made once, and one kernel per step writing A_t in place: the loop is T kernels
+    # rows as views made once, two kernels per step writing A_t in place (a multiply, then an add: the
+    # same roundings as the textbook expression, so results do not depend on this loop's form)
     delta_rows, trace_rows, advantage_rows = deltas.unbind(0), trace.unbind(0), advantages.unbind(0)
     running = torch.zeros_like(values[0])
     for t in range(values.shape[0] - 1, -1, -1):
-        running = torch.addcmul(delta_rows[t], trace_rows[t], running, out=advantage_rows[t])
+        running = torch.mul(trace_rows[t], running, out=advantage_rows[t]).add_(delta_rows[t])
     return advantages, advantages + values
 
 

@@ -154,7 +154,8 @@ class CategoricalFamily(ActionDistribution):
             # ∂ log p_a / ∂ logits = onehot(a) - p;   ∂H / ∂ logits_j = -p_j (log p_j + H)
             d_lp, d_h = _column(d_log_prob), _column(d_entropy)
             grad = -(d_lp * p) - d_h * p * (log_p + entropy.unsqueeze(-1))
-            return grad.scatter_add_(-1, index, torch.as_tensor(d_lp).expand_as(index).to(grad.dtype))
+            return grad.scatter_add_(-1, index, torch.as_tensor(d_lp, dtype=grad.dtype, device=grad.device)
+                                     .expand_as(index))
 
         return log_p.gather(-1, index).squeeze(-1), entropy, vjp
 
@@ -215,7 +216,7 @@ class DiagGaussianFamily(ActionDistribution):
 
         def sample(mean: torch.Tensor, deterministic: bool = False):
             if deterministic:
-                return mean, (-constant).expand(mean.shape[0])
+                return mean, (-constant).expand(mean.shape[0]).clone()
             noise = torch.randn_like(mean)  # the same draw as sample_with_log_prob's
             return torch.addcmul(mean, noise, std), -0.5 * noise.square().sum(-1) - constant
 

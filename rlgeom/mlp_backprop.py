@@ -47,6 +47,8 @@ class PlainMLP:
         alternating = all(isinstance(m, nn.Linear) == (i % 2 == 0) for i, m in enumerate(layers))
         if not linears or not alternating or not isinstance(layers[-1], nn.Linear) or len(activations) > 1:
             return None
+        if any(layer.bias is None for layer in linears):
+            return None
         activation = activations.pop() if activations else nn.Tanh  # a single Linear has no activation
         return cls(linears, activation) if activation in ACTIVATION_BACKWARD else None
 

@@ -59,9 +59,9 @@ class RewardScaler(nn.Module):
             self._discounted = torch.zeros_like(rewards[0])
         seen = torch.empty_like(rewards)
         keep = (~dones).to(rewards.dtype)  # a finished episode's return restarts from 0
-        # rows as views made once, two kernels per step (the loop runs T times per rollout)
+        # rows as views made once, three kernels per step (the loop runs T times per rollout)
         for reward, seen_now, keep_now in zip(rewards.unbind(0), seen.unbind(0), keep.unbind(0)):
-            torch.add(reward, self._discounted, alpha=self.gamma, out=seen_now)  # G ← γ G + r
+            torch.mul(self._discounted, self.gamma, out=seen_now).add_(reward)  # G ← γ G + r
             self._discounted = seen_now * keep_now
         self.return_stats.update(seen.reshape(-1))
         std = torch.sqrt(self.return_stats.var + self.eps).to(rewards.dtype)

@@ -235,13 +235,13 @@ class ActorCriticPolicy(nn.Module):
         `.grad`, given the loss's derivatives with respect to the three outputs (tensors [B] or
         numbers): what `loss.backward()` would add after `evaluate_actions`. Written out for MLP
         actors and critics (rlgeom.mlp_backprop) with Categorical or diagonal-Gaussian actions;
-        None otherwise (CNNs, other activations, MultiDiscrete, or a gradient hook registered on a
-        parameter, which only autograd would call), and the caller uses autograd.
+        None otherwise (CNNs, other activations, MultiDiscrete, a frozen parameter, or a gradient hook
+        on a parameter, which only autograd would call), and the caller uses autograd.
         """
         networks = self._plain_networks()
-        if networks is None or _has_gradient_hooks(self.parameters()):
+        if networks is None or not _plain_backward_applies(networks[2]):
             return None
-        actor, critic = networks
+        actor, critic = networks[:2]
         scale = self.actor.scale
         with torch.no_grad():
             x = self.actor_inputs(obs)
@@ -267,7 +267,7 @@ class ActorCriticPolicy(nn.Module):
         """(V(s), vjp) without autograd for an MLP critic, or None: vjp(d_value) adds the critic's
         gradient into its parameters' `.grad` (the critic regressions of VPG, NPG and TRPO)."""
         networks = self._plain_networks()
-        if networks is None or _has_gradient_hooks(self.critic.parameters()):
+        if networks is None or not _plain_backward_applies(networks[3]):
             return None
         critic = networks[1]
         with torch.no_grad():
@@ -275,15 +275,25 @@ class ActorCriticPolicy(nn.Module):
         return values.squeeze(-1), lambda d_value: critic.backward(inputs, _as_column(d_value, values))
 
     def _plain_networks(self):
-        """(actor, critic) as rlgeom.mlp_backprop.PlainMLP when both are plain MLPs, else None (cached)."""
-        if not hasattr(self, "_plain"):
-            self._plain = None
-            if self.policy_name == "MlpPolicy" and not self.share_features_extractor:
-                actor = PlainMLP.of(list(self.actor.body) + [self.actor.head])
-                critic = PlainMLP.of(list(self.critic.body) + [self.critic.head])
-                if actor is not None and critic is not None:
-                    self._plain = (actor, critic)
-        return self._plain
+        """(actor, critic, all their parameters, the critic's) with actor and critic as
+        rlgeom.mlp_backprop.PlainMLP when both are plain MLPs, else None. Cached, and rebuilt when a
+        layer was replaced since (the cache is keyed by the layer objects themselves)."""
+        if self.policy_name != "MlpPolicy" or self.share_features_extractor:
+            return None
+        actor_layers = [*self.actor.body._modules.values(), self.actor.head]
+        critic_layers = [*self.critic.body._modules.values(), self.critic.head]
+        layers = actor_layers + critic_layers
+        cached = self.__dict__.get("_plain_cache")
+        if cached is None or len(cached[0]) != len(layers) or any(a is not b for a, b in zip(cached[0], layers)):
+            actor, critic = PlainMLP.of(actor_layers), PlainMLP.of(critic_layers)
+            networks = None
+            if actor is not None and critic is not None:
+                critic_params = [p for layer in critic.linears for p in (layer.weight, layer.bias)]
+                actor_params = [p for layer in actor.linears for p in (layer.weight, layer.bias)]
+                scale = [self.actor.scale.raw] if self.actor.scale is not None else []
+                networks = (actor, critic, actor_params + scale + critic_params, critic_params)
+            cached = self.__dict__["_plain_cache"] = (layers, networks)
+        return cached[1]
 
     def forward(self, obs: torch.Tensor, deterministic: bool = False):
         """(actions, values, log_probs) for a batch of raw observations."""
@@ -375,10 +385,12 @@ class ActorCriticPolicy(nn.Module):
         return out[0], out[1, :, 0]  # the actor head's output, the values
 
 
-def _has_gradient_hooks(parameters) -> bool:
-    """Whether a hook was registered on a parameter's gradient (Tensor.register_hook or
-    register_post_accumulate_grad_hook): the hand-written backward would bypass it."""
-    return any(p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None) for p in parameters)
+def _plain_backward_applies(parameters) -> bool:
+    """Whether the hand-written backward gives what autograd would for these parameters: every one is
+    trained (a frozen one, requires_grad=False, must keep no gradient) and none has a gradient hook
+    (Tensor.register_hook / register_post_accumulate_grad_hook, which only autograd calls)."""
+    return all(p.requires_grad and not p._backward_hooks and not getattr(p, "_post_accumulate_grad_hooks", None)
+               for p in parameters)
 
 
 def _as_column(d_value, values: torch.Tensor) -> torch.Tensor:

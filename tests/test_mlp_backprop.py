@@ -192,3 +192,19 @@ def test_a_gradient_hook_sends_the_update_back_to_autograd():
     assert policy.evaluate_actions_with_vjp(obs, actions) is None and policy.value_with_vjp(obs) is None
     handle.remove()
     assert policy.evaluate_actions_with_vjp(obs, actions) is not None and policy.value_with_vjp(obs) is not None
+
+
+def test_frozen_parameters_and_replaced_layers_are_respected():
+    """A frozen parameter (requires_grad=False) keeps no gradient, so the policy declines the hand-written
+    path; a layer replaced after construction is the one the hand-written path uses."""
+    torch.manual_seed(0)
+    policy = _policy(spaces.Box(-1, 1, (2,), np.float32))
+    obs = torch.randn(8, 5)
+    actions = policy.act(obs)[0].clone()
+    policy.actor.scale.raw.requires_grad_(False)  # a fixed σ
+    assert policy.evaluate_actions_with_vjp(obs, actions) is None
+    assert policy.value_with_vjp(obs) is not None  # the critic is still all trained
+    policy.actor.scale.raw.requires_grad_(True)
+    policy.actor.head = nn.Linear(64, 2)
+    log_prob = policy.evaluate_actions_with_vjp(obs, actions)[0]
+    torch.testing.assert_close(log_prob, policy.evaluate_actions(obs, actions)[0].detach())
