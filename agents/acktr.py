@@ -16,6 +16,8 @@ K-FAC (rlgeom.kfac) and shrunk to a KL trust region measured with the same K-FAC
              for the actor's Δ and one for the critic's, when they share no parameters)
         SGD with momentum m and step size lr (1 - m) on the preconditioned gradient η (F̂ + λI)⁻¹ g
             (the momentum average of the clipped steps, not their sum, is what moves θ)
+        optionally (target_kl, baselines' continuous-control ACKTR): measure KL(π_old ‖ π_θ) and
+            lr ← lr / 1.5 if KL > 2 target_kl,  lr ← 1.5 lr if KL < target_kl / 2   (lr within [1e-8, 1])
 
 The update below follows this box line by line; every piece of K-FAC (statistics hooks, factors,
 eigendecompositions, damping, ΔᵀF̂Δ, the non-finite guard) lives in rlgeom.kfac and the trust-region
@@ -43,12 +45,22 @@ Defaults and where they come from:
 | update_statistics_every| 1       | baselines `kfac_update=1` (statistics every update)             |
 | update_inverse_every   | 10      | ikostrikov/pytorch-a2c-ppo-acktr-gail `Tinv=10`                 |
 | normalize_advantage    | False   | A2C/ACKTR do not normalise advantages (baselines, SB2, SB3 A2C) |
+| target_kl              | None    | off, as in the paper's Atari runs; baselines' continuous-control |
+|                        |         | ACKTR (acktr_cont) adapts its step size with desired_kl=0.002   |
 
 Why lr·(1 − m): the trust region scales the *fresh* step only. SGD with momentum m and step size lr
 moves θ by the sum of the past clipped steps, up to 1/(1 − m) = 10 of them when they agree, so a KL
 budget of 0.001 per fresh step became KL 0.03–0.3 per update (measured: experiments/acktr/RESULTS.md);
 with lr·(1 − m) the momentum buffer is an average and, in the steady state, θ moves by the clipped
 step itself. This is baselines' (and SB2's) optimizer.
+
+`target_kl`: the trust region bounds the K-FAC *prediction* of the fresh step's KL, but what moves θ
+is the momentum average of recent steps, and on MuJoCo the measured KL(π_old ‖ π_θ) per update came
+out 25–1000× below kl_clip (experiments/acktr/RESULTS.md). baselines' continuous-control ACKTR steers
+its step size by the measured KL instead (÷1.5 above 2·desired_kl, ×1.5 below desired_kl/2, clipped
+to [1e-8, 1]); `target_kl` does the same to the scheduled learning rate (the multiplier is logged as
+geometry/lr_multiplier and saved in checkpoints). It only acts where the trust region does not bind:
+with η < 1 the step η·lr·(F̂ + λI)⁻¹g does not depend on lr, so pair it with a kl_clip above target_kl.
 
 `trust_region`: "joint" (default) is the paper's: one η for the joint actor + critic step. The
 critic's block of F̂ (the Fisher of a unit-variance Gaussian on V) is not the policy's KL, though:
@@ -126,6 +138,8 @@ class ACKTRConfig(OnPolicyConfig):
     stat_decay: float = hp(0.99, "weight of the past in the running K-FAC factors, in [0, 1)")
     update_statistics_every: int = hp(1, "collect K-FAC statistics every this many updates")
     update_inverse_every: int = hp(10, "refresh the factors' eigendecompositions every this many updates")
+    target_kl: float | None = hp(None, "adapt lr to the measured KL(π_old‖π): ÷1.5 above 2·target_kl, ×1.5 below "
+                                       "target_kl/2 (baselines' continuous ACKTR); None: off")
 
     def validate(self, n_envs: int) -> None:
         super().validate(n_envs)
@@ -133,6 +147,7 @@ class ACKTRConfig(OnPolicyConfig):
         _in_half_open(self, "momentum")
         _in_half_open(self, "stat_decay")
         c.positive(self, "kl_clip")
+        c.positive(self, "target_kl", allow_none=True)
         if self.trust_region not in TRUST_REGIONS:
             raise ValueError(f"trust_region must be one of {', '.join(TRUST_REGIONS)}, got {self.trust_region!r}")
         c.positive(self, "damping")
@@ -168,6 +183,7 @@ class ACKTR(OnPolicyAgent):
         scale = self.policy.actor.scale
         self._scale_param = None if scale is None else scale.raw
         self._updates_bound = 0  # applied updates where the trust region shrank the policy's step (η < 1)
+        self._lr_multiplier = 1.0  # target_kl's adaptation of the scheduled learning rate
         shared = {id(p) for p in self.policy.actor_parameters()} & {id(p) for p in self.policy.critic_parameters()}
         if cfg.trust_region == "per_network" and shared:
             raise ValueError("trust_region='per_network' needs separate actor and critic networks, but this "
@@ -179,7 +195,7 @@ class ACKTR(OnPolicyAgent):
 
     def update(self, buffer, progress_remaining: float) -> dict:
         cfg, family = self.config, self.policy.family
-        lr = schedule_value(cfg.learning_rate, progress_remaining)
+        lr = schedule_value(cfg.learning_rate, progress_remaining) * self._lr_multiplier
         for group in self.optimizer.param_groups:
             group["lr"] = self._sgd_step_size(lr)
         batch = buffer.full_batch(cfg.normalize_advantage)
@@ -229,8 +245,11 @@ class ACKTR(OnPolicyAgent):
         quad_value, eta_value, kl_value = reported[0], reported[n], reported[-1]
         critic = {"geometry/eta_critic": reported[n + 1], "geometry/quadratic_form_critic": reported[1]} if n == 2 else {}
         self._updates_bound += eta_value < 1.0
-        return {**self._stats(lr, policy_loss, value_loss, entropy, buffer, kfac_stats, eta_value, quad_value,
-                              kl_value), **critic}
+        stats = self._stats(lr, policy_loss, value_loss, entropy, buffer, kfac_stats, eta_value, quad_value, kl_value)
+        if cfg.target_kl is not None:
+            self._adapt_learning_rate(kl_value, lr)
+            stats["geometry/lr_multiplier"] = self._lr_multiplier
+        return {**stats, **critic}
 
     # ----------------------------------------------------------------- pieces of the update
     def _quadratic_form(self, group, steps, scale_fisher) -> torch.Tensor:
@@ -239,6 +258,15 @@ class ACKTR(OnPolicyAgent):
         if scale_fisher is not None and any(p is self._scale_param for p in group):
             quad = quad + (scale_fisher * steps[self._scale_param].pow(2)).sum()
         return quad
+
+    def _adapt_learning_rate(self, kl: float, lr: float) -> None:
+        """baselines' acktr_cont rule: the next update's lr ÷1.5 if this one's KL > 2·target_kl, ×1.5 if
+        KL < target_kl / 2, the adapted lr kept within [1e-8, 1]."""
+        target = self.config.target_kl
+        factor = 1 / 1.5 if kl > 2 * target else 1.5 if kl < target / 2 else 1.0
+        scheduled = lr / self._lr_multiplier
+        if scheduled > 0:
+            self._lr_multiplier = min(max(self._lr_multiplier * factor, 1e-8 / scheduled), 1.0 / scheduled)
 
     def _sgd_step_size(self, lr: float) -> float:
         """lr (1 - m): momentum then averages the clipped steps instead of summing them (baselines)."""
@@ -297,10 +325,12 @@ class ACKTR(OnPolicyAgent):
     # ----------------------------------------------------------------- checkpoints
     def _extra_state(self) -> dict:
         """K-FAC factors, eigendecompositions and counters (the SGD momentum is saved with the optimiser)."""
-        return {**super()._extra_state(), "kfac": self.kfac.state_dict(), "trust_region_bound": self._updates_bound}
+        return {**super()._extra_state(), "kfac": self.kfac.state_dict(), "trust_region_bound": self._updates_bound,
+                "lr_multiplier": self._lr_multiplier}
 
     def _load_extra_state(self, state: dict) -> None:
         super()._load_extra_state(state)
         if "kfac" in state:
             self.kfac.load_state_dict(state["kfac"])
         self._updates_bound = int(state.get("trust_region_bound", 0))
+        self._lr_multiplier = float(state.get("lr_multiplier", 1.0))

@@ -113,8 +113,12 @@ PRESETS: dict[str, dict[str, dict]] = {
                           "zoo1 acktr.yml Pendulum-v0"),
         "MountainCarContinuous-v0": _p(16, 3e5, {**NORMALIZE, "ent_coef": 0.0}, "zoo1 acktr.yml MountainCarContinuous-v0"),
         "mujoco": _p(1, 1e6, {**NORMALIZE, "ent_coef": 0.0, "learning_rate": 0.2, "n_steps": 2048,
-                              "max_grad_norm": 10.0, "vf_coef": 0.5},
-                     "zoo1 acktr.yml HalfCheetah-v2 (without its TimeFeatureWrapper)",
+                              "max_grad_norm": 10.0, "vf_coef": 0.5,
+                              "trust_region": "per_network", "kl_clip": 0.01, "target_kl": 0.002},
+                     "zoo1 acktr.yml HalfCheetah-v2 (without its TimeFeatureWrapper) + openai/baselines' "
+                     "continuous-control ACKTR (acktr_cont: a K-FAC step per network, KfacOptimizer's default "
+                     "clip_kl 0.01, step size adapted to desired_kl 0.002); with the paper's joint trust region "
+                     "HalfCheetah does not move in 200k steps (experiments/acktr/RESULTS.md §0.5)",
                      policy_kwargs={"net_arch": [256, 256]}),
         "atari": _p(32, 1e7, {"learning_rate": {"kind": "linear", "start": 0.25, "end": 0.0}},
                     "ACKTR paper / baselines run_atari (32 envs, lrschedule linear); zoo1 acktr.yml atari",

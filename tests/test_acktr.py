@@ -189,6 +189,27 @@ def test_checkpoint_carries_kfac_state_and_momentum(tmp_path):
                                    loaded.optimizer.state[q]["momentum_buffer"], rtol=0, atol=0)
     assert loaded.kfac.counters == agent.kfac.counters
     assert loaded._updates_bound == agent._updates_bound
+    assert loaded._lr_multiplier == agent._lr_multiplier
+
+
+def test_target_kl_adapts_the_learning_rate_by_the_measured_kl():
+    """baselines' acktr_cont rule on the measured KL of each update: ÷1.5 above 2·target, ×1.5 below
+    target/2, unchanged between, the adapted lr kept within [1e-8, 1]; the next update uses it."""
+    agent = ACKTR("MlpPolicy", "CartPole-v1", n_envs=2, n_steps=8, learning_rate=0.25, target_kl=0.01,
+                  kl_clip=1.0, seed=0, device="cpu")
+    for kl, expected in [(0.03, 1 / 1.5), (0.01, 1 / 1.5), (0.001, 1.0), (0.001, 1.5), (0.001, 2.25),
+                         (0.001, 3.375), (0.001, 4.0), (0.001, 4.0)]:  # 0.25 · 4 = 1: the ceiling
+        agent._adapt_learning_rate(kl, 0.25 * agent._lr_multiplier)
+        assert agent._lr_multiplier == pytest.approx(expected)
+    _, stats = one_update(agent)
+    assert stats["train/learning_rate"] == pytest.approx(1.0)
+    assert agent.optimizer.param_groups[0]["lr"] == pytest.approx(1.0 * (1 - agent.config.momentum))
+    if stats["geometry/kl"] > 0.02:  # the step it took at lr 1 decides the next multiplier
+        assert stats["geometry/lr_multiplier"] == pytest.approx(4.0 / 1.5)
+    # a run with a tiny target shrinks the step size, and learn() logs it
+    agent = ACKTR("MlpPolicy", "CartPole-v1", n_envs=2, n_steps=8, target_kl=1e-7, kl_clip=1.0, seed=0, device="cpu")
+    agent.learn(160)
+    assert agent._lr_multiplier < 1 / 1.5**5
 
 
 def test_nonfinite_loss_skips_the_update_and_restores_kfac():
@@ -212,6 +233,7 @@ def test_nonfinite_loss_skips_the_update_and_restores_kfac():
     ({"learning_rate": -0.1}, "learning_rate"), ({"update_inverse_every": 0}, "update_inverse_every"),
     ({"update_statistics_every": 1.5}, "update_statistics_every"), ({"max_grad_norm": 0.0}, "max_grad_norm"),
     ({"vf_coef": -1.0}, "vf_coef"), ({"kl_clip": float("inf")}, "kl_clip"), ({"n_step": 5}, "unknown"),
+    ({"target_kl": 0.0}, "target_kl"),
 ])
 def test_bad_hyperparameters_raise(bad, match):
     with pytest.raises(ValueError, match=match):

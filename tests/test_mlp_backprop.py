@@ -57,18 +57,20 @@ def _policy(action_space, **kw):
         (spaces.Box(-1, 1, (3,), np.float32), {"scale_parameterisation": "var", "log_std_init": -0.5}),
     ],
 )
-def test_evaluate_actions_with_vjp_equals_autograd(action_space, kw):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_evaluate_actions_with_vjp_equals_autograd(action_space, kw, device):
     """Outputs equal evaluate_actions'; vjp adds what loss.backward() adds, for any output derivatives."""
     torch.manual_seed(0)
-    policy = _policy(action_space, **kw)
-    policy.obs_normalizer.update(torch.randn(64, 5) * 3 + 1)
-    obs = torch.randn(32, 5)
+    policy = _policy(action_space, **kw).to(device)
+    policy.obs_normalizer.update(torch.randn(64, 5, device=device) * 3 + 1)
+    obs = torch.randn(32, 5, device=device)
     actions = policy.act(obs)[0].clone()
     log_prob, entropy, values, vjp = policy.evaluate_actions_with_vjp(obs, actions)
     ref = policy.evaluate_actions(obs, actions)
     for ours, theirs in zip((log_prob, entropy, values), ref):
         torch.testing.assert_close(ours, theirs.detach(), rtol=1e-5, atol=1e-6)
-    d_lp, d_h, d_v = torch.randn(32), torch.randn(32), torch.randn(32)
+    d_lp, d_h, d_v = (torch.randn(32, device=device) for _ in range(3))
     params = list(policy.parameters())
     expected = torch.autograd.grad((ref[0] * d_lp + ref[1] * d_h + ref[2] * d_v).sum(), params, retain_graph=True)
     for p in params:
