@@ -49,9 +49,11 @@ class NaturalGradientConfig(OnPolicyConfig):
         c.divides(self, "batch_size", self.n_steps * n_envs, "the rollout size n_steps * n_envs")
 
 
-def surrogate(fisher: PolicyFisher, batch: Batch) -> torch.Tensor:
-    """L(θ) = E[π_θ(a|s) / π_old(a|s) Â] at the actor's current parameters."""
-    return surrogate_advantage(fisher.distribution().log_prob(batch.actions), batch.old_log_probs, batch.advantages)
+def surrogate(fisher: PolicyFisher, batch: Batch, current_dist_params: torch.Tensor | None = None) -> torch.Tensor:
+    """L(θ) = E[π_θ(a|s) / π_old(a|s) Â] at the actor's current parameters (pass `current_dist_params`
+    = actor(inputs) to reuse a forward pass)."""
+    dist = fisher.distribution() if current_dist_params is None else fisher.family.distribution(current_dist_params)
+    return surrogate_advantage(dist.log_prob(batch.actions), batch.old_log_probs, batch.advantages)
 
 
 @dataclass
@@ -69,9 +71,11 @@ class NaturalDirection:
         guard_finite(policy_gradient=self.gradient, cg_solution=self.step.direction,
                      fisher_quadratic_form=self.step.quadratic_form)
 
-    def improvement_and_kl(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(L(θ) - L(θ_old), mean KL(π_old ‖ π_θ)) at the current parameters: the line search's test."""
-        return surrogate(self.fisher, self.batch) - self.surrogate_before, self.fisher.mean_kl()
+    def improvement_and_kl(self, current_dist_params: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L(θ) - L(θ_old), mean KL(π_old ‖ π_θ)) at the current parameters, from one forward pass:
+        the line search's test."""
+        current = self.fisher.actor(self.fisher.inputs) if current_dist_params is None else current_dist_params
+        return surrogate(self.fisher, self.batch, current) - self.surrogate_before, self.fisher.mean_kl(current)
 
 
 def natural_direction(policy, batch: Batch, cfg: NaturalGradientConfig, generator: torch.Generator) -> NaturalDirection:
@@ -88,20 +92,22 @@ def natural_direction(policy, batch: Batch, cfg: NaturalGradientConfig, generato
 
 
 @torch.no_grad()
-def geometry_telemetry(direction: NaturalDirection, step_fraction: float, damping: float) -> dict[str, float]:
-    """geometry/ tags for the step θ_old + step_fraction · s actually taken.
+def geometry_telemetry(direction: NaturalDirection, step_fraction: float, damping: float,
+                       current_dist_params: torch.Tensor) -> dict[str, float]:
+    """geometry/ tags for the step θ_old + step_fraction · s actually taken (`current_dist_params`:
+    the actor's output at the parameters after the step).
 
     The quadratic model predicts KL ≈ ½ (f s)ᵀ F(θ_old) (f s); F at θ_old comes for free from CG:
     sᵀFs = scale² (xᵀ(F+λI)x − λ‖x‖²), since s = scale · x and q = xᵀ(F+λI)x was already computed.
     """
     fisher, g, x, ns = direction.fisher, direction.gradient, direction.step.direction, direction.step
-    kl = fisher.mean_kl()
+    kl = fisher.mean_kl(current_dist_params)
     scale_sq = (ns.step.norm() / x.norm().clamp_min(1e-30)) ** 2
     predicted = 0.5 * step_fraction**2 * scale_sq * (ns.quadratic_form - damping * x.dot(x))
     cosine = torch.dot(g, x) / (g.norm() * x.norm()).clamp_min(1e-30)
     return {
         "geometry/kl": kl.item(),
-        "geometry/max_kl": fisher.max_kl().item(),
+        "geometry/max_kl": fisher.max_kl(current_dist_params).item(),
         "geometry/quadratic_model_ratio": (kl / predicted).item() if predicted > 0 else float("nan"),
         "geometry/cg_iterations": ns.cg.iterations,
         "geometry/cg_residual": ns.cg.residual_norm.item(),
@@ -125,12 +131,12 @@ def fit_critic(agent, buffer, progress_remaining: float) -> dict:
 
 
 @torch.no_grad()
-def surrogate_stats(direction: NaturalDirection, buffer) -> dict:
+def surrogate_stats(direction: NaturalDirection, buffer, current_dist_params: torch.Tensor) -> dict:
     """train/ tags of the policy step: surrogate improvement, entropy, the critic's explained variance."""
-    improvement, _ = direction.improvement_and_kl()
+    improvement, _ = direction.improvement_and_kl(current_dist_params)
     return {
         "train/policy_improvement": improvement.item(),
-        "train/entropy_loss": -direction.fisher.entropy().item(),
+        "train/entropy_loss": -direction.fisher.entropy(current_dist_params).item(),
         "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()).item(),
     }
 
@@ -155,8 +161,10 @@ class NaturalGradientAgent(OnPolicyAgent):
         direction.guard()  # a non-finite gradient, FVP or CG result never reaches the parameters
         step_fraction, step_stats = self.take_step(direction)
         stats = fit_critic(self, buffer, progress_remaining)  # fit V_φ to R
-        stats.update(surrogate_stats(direction, buffer))
-        stats.update(geometry_telemetry(direction, step_fraction, cfg.cg_damping))
+        with torch.no_grad():  # the policy after its step, one forward pass for all its statistics
+            after = direction.fisher.actor(direction.fisher.inputs)
+        stats.update(surrogate_stats(direction, buffer, after))
+        stats.update(geometry_telemetry(direction, step_fraction, cfg.cg_damping, after))
         stats.update(step_stats)
         return stats
 

@@ -54,7 +54,8 @@ def test_trpo_rejects_a_step_that_does_not_improve_and_restores_parameters(monke
 
     agent = agent_with_rollout(TRPO)
     # every trial of the line search sees a worse surrogate: nothing may be accepted
-    monkeypatch.setattr(NaturalDirection, "improvement_and_kl", lambda self: (torch.tensor(-1.0), torch.tensor(0.0)))
+    monkeypatch.setattr(NaturalDirection, "improvement_and_kl",
+                        lambda self, current=None: (torch.tensor(-1.0), torch.tensor(0.0)))
     before = [p.detach().clone() for p in agent.policy.actor_parameters()]
     stats = agent.update(agent.buffer, 0.5)
     assert stats["geometry/line_search_accepted"] == 0.0 and stats["geometry/line_search_rejected"] == 1.0
