@@ -191,3 +191,23 @@ def test_import_agents_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"import agents pulled in: {out.stdout.strip()}"
+
+
+def test_gpu_benchmark_script_runs_on_the_cpu(tmp_path):
+    """experiments/bench_gpu.py (issue 7's GPU figures, one command) keeps working where no GPU is: a
+    tiny throughput section on the CPU, and a clear refusal of --device cuda without CUDA."""
+    import importlib.util
+    import json
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "bench_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu", path)
+    bench_gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_gpu)
+    out = tmp_path / "gpu.json"
+    assert bench_gpu.main(["--device", "cpu", "--n-envs", "32", "--sections", "throughput", "--algos", "ppo", "acktr",
+                           "--throughput-updates", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["throughput"]
+    assert [r["algo"] for r in rows] == ["ppo", "acktr"] and all(r["steps_per_s"] > 0 for r in rows)
+    if not CUDA:
+        assert bench_gpu.main(["--device", "cuda"]) == 2
