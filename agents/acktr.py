@@ -59,8 +59,14 @@ is the momentum average of recent steps, and on MuJoCo the measured KL(π_old �
 out 25–1000× below kl_clip (experiments/acktr/RESULTS.md). baselines' continuous-control ACKTR steers
 its step size by the measured KL instead (÷1.5 above 2·desired_kl, ×1.5 below desired_kl/2, clipped
 to [1e-8, 1]); `target_kl` does the same to the scheduled learning rate (the multiplier is logged as
-geometry/lr_multiplier and saved in checkpoints). It only acts where the trust region does not bind:
-with η < 1 the step η·lr·(F̂ + λI)⁻¹g does not depend on lr, so pair it with a kl_clip above target_kl.
+geometry/lr_multiplier and saved in checkpoints). Three things to know:
+- it only acts where the trust region does not bind: with η < 1 the step η·lr·(F̂ + λI)⁻¹g does not
+  depend on lr, so pair it with a kl_clip above target_kl;
+- it scales the joint SGD step, the critic's part too (baselines' acktr_cont fits its value function
+  with a separate optimiser at a fixed step size; here the critic keeps its own trust region under
+  trust_region="per_network");
+- the measured KL sets the step size from then on: a decaying schedule only sets where it starts (the
+  multiplier grows as the schedule shrinks, up to the lr ceiling of 1).
 
 `trust_region`: "joint" (default) is the paper's: one η for the joint actor + critic step. The
 critic's block of F̂ (the Fisher of a unit-variance Gaussian on V) is not the policy's KL, though:
@@ -247,8 +253,8 @@ class ACKTR(OnPolicyAgent):
         self._updates_bound += eta_value < 1.0
         stats = self._stats(lr, policy_loss, value_loss, entropy, buffer, kfac_stats, eta_value, quad_value, kl_value)
         if cfg.target_kl is not None:
+            stats["geometry/lr_multiplier"] = self._lr_multiplier  # the one this update used, as train/learning_rate
             self._adapt_learning_rate(kl_value, lr)
-            stats["geometry/lr_multiplier"] = self._lr_multiplier
         return {**stats, **critic}
 
     # ----------------------------------------------------------------- pieces of the update

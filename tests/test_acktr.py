@@ -203,9 +203,10 @@ def test_target_kl_adapts_the_learning_rate_by_the_measured_kl():
         assert agent._lr_multiplier == pytest.approx(expected)
     _, stats = one_update(agent)
     assert stats["train/learning_rate"] == pytest.approx(1.0)
+    assert stats["geometry/lr_multiplier"] == pytest.approx(4.0)  # the multiplier this update used
     assert agent.optimizer.param_groups[0]["lr"] == pytest.approx(1.0 * (1 - agent.config.momentum))
     if stats["geometry/kl"] > 0.02:  # the step it took at lr 1 decides the next multiplier
-        assert stats["geometry/lr_multiplier"] == pytest.approx(4.0 / 1.5)
+        assert agent._lr_multiplier == pytest.approx(4.0 / 1.5)
     # a run with a tiny target shrinks the step size, and learn() logs it
     agent = ACKTR("MlpPolicy", "CartPole-v1", n_envs=2, n_steps=8, target_kl=1e-7, kl_clip=1.0, seed=0, device="cpu")
     agent.learn(160)
@@ -242,3 +243,19 @@ def test_bad_hyperparameters_raise(bad, match):
 
 def test_registered():
     assert AGENTS["acktr"] is ACKTR
+
+
+def test_mujoco_preset_builds_and_updates():
+    """The MuJoCo preset (per-network step, target_kl, kl_clip 0.01) builds on a MuJoCo task and takes
+    a finite update with the actor's and the critic's trust regions reported apart."""
+    pytest.importorskip("mujoco")
+    from agents.presets import preset
+
+    cfg = preset("acktr", "Hopper-v5")
+    assert cfg["hyperparameters"]["trust_region"] == "per_network" and cfg["hyperparameters"]["target_kl"] == 0.002
+    hyperparameters = {**cfg["hyperparameters"], "n_steps": 64}
+    agent = ACKTR("MlpPolicy", "Hopper-v5", n_envs=1, seed=0, device="cpu", policy_kwargs=cfg["policy_kwargs"],
+                  **hyperparameters)
+    _, stats = one_update(agent)
+    assert math.isfinite(stats["geometry/kl"]) and "geometry/eta_critic" in stats
+    assert stats["geometry/lr_multiplier"] == 1.0 and agent._lr_multiplier in (1 / 1.5, 1.0, 1.5)

@@ -205,8 +205,12 @@ def test_gpu_benchmark_script_runs_on_the_cpu(tmp_path):
     bench_gpu = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_gpu)
     out = tmp_path / "gpu.json"
-    assert bench_gpu.main(["--device", "cpu", "--n-envs", "32", "--sections", "throughput", "--algos", "ppo", "acktr",
-                           "--throughput-updates", "1", "--out", str(out)]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert bench_gpu.main(["--device", "cpu", "--n-envs", "32", "--sections", "throughput", "--algos", "ppo",
+                               "acktr", "--throughput-updates", "1", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)  # main() sets the thread count for the whole process
     rows = json.loads(out.read_text())["throughput"]
     assert [r["algo"] for r in rows] == ["ppo", "acktr"] and all(r["steps_per_s"] > 0 for r in rows)
     if not CUDA:
