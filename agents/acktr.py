@@ -201,7 +201,8 @@ class ACKTR(OnPolicyAgent):
 
     def update(self, buffer, progress_remaining: float) -> dict:
         cfg, family = self.config, self.policy.family
-        lr = schedule_value(cfg.learning_rate, progress_remaining) * self._lr_multiplier
+        scheduled_lr = schedule_value(cfg.learning_rate, progress_remaining)
+        lr = scheduled_lr * self._lr_multiplier
         for group in self.optimizer.param_groups:
             group["lr"] = self._sgd_step_size(lr)
         batch = buffer.full_batch(cfg.normalize_advantage)
@@ -254,7 +255,7 @@ class ACKTR(OnPolicyAgent):
         stats = self._stats(lr, policy_loss, value_loss, entropy, buffer, kfac_stats, eta_value, quad_value, kl_value)
         if cfg.target_kl is not None:
             stats["geometry/lr_multiplier"] = self._lr_multiplier  # the one this update used, as train/learning_rate
-            self._adapt_learning_rate(kl_value, lr)
+            self._adapt_learning_rate(kl_value, scheduled_lr)
         return {**stats, **critic}
 
     # ----------------------------------------------------------------- pieces of the update
@@ -265,12 +266,11 @@ class ACKTR(OnPolicyAgent):
             quad = quad + (scale_fisher * steps[self._scale_param].pow(2)).sum()
         return quad
 
-    def _adapt_learning_rate(self, kl: float, lr: float) -> None:
+    def _adapt_learning_rate(self, kl: float, scheduled: float) -> None:
         """baselines' acktr_cont rule: the next update's lr ÷1.5 if this one's KL > 2·target_kl, ×1.5 if
-        KL < target_kl / 2, the adapted lr kept within [1e-8, 1]."""
+        KL < target_kl / 2, the adapted lr (`scheduled` × multiplier) kept within [1e-8, 1]."""
         target = self.config.target_kl
         factor = 1 / 1.5 if kl > 2 * target else 1.5 if kl < target / 2 else 1.0
-        scheduled = lr / self._lr_multiplier
         if scheduled > 0:
             self._lr_multiplier = min(max(self._lr_multiplier * factor, 1e-8 / scheduled), 1.0 / scheduled)
 

@@ -137,17 +137,21 @@ class CategoricalFamily(ActionDistribution):
             actions = (log_p - torch.empty_like(log_p).exponential_().log()).argmax(-1)
         return actions, log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
 
-    def log_prob_and_entropy(self, params, actions):
+    @staticmethod
+    def _log_p_and_entropy(params):
+        """(log p over all actions, H): the closed forms both evaluation paths use."""
         # clamp: a logit at -inf would make p·log p = 0·(-inf) = NaN (torch's Categorical does the same)
         log_p = torch.log_softmax(params, dim=-1).clamp_min(torch.finfo(params.dtype).min)
-        entropy = -(log_p.exp() * log_p).sum(-1)
+        return log_p, -(log_p.exp() * log_p).sum(-1)
+
+    def log_prob_and_entropy(self, params, actions):
+        log_p, entropy = self._log_p_and_entropy(params)
         return log_p.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1), entropy
 
     @torch.no_grad()
     def log_prob_and_entropy_vjp(self, params, actions):
-        log_p = torch.log_softmax(params, dim=-1).clamp_min(torch.finfo(params.dtype).min)
+        log_p, entropy = self._log_p_and_entropy(params)
         p = log_p.exp()
-        entropy = -(p * log_p).sum(-1)
         index = actions.long().unsqueeze(-1)
 
         def vjp(d_log_prob, d_entropy):
@@ -222,20 +226,21 @@ class DiagGaussianFamily(ActionDistribution):
 
         return sample
 
-    def log_prob_and_entropy(self, params, actions):
-        mean, log_std = self.split(params)
-        z = (actions - mean) * torch.exp(-log_std)
-        log_prob = -(0.5 * z.square() + log_std).sum(-1) - self.action_dim * _HALF_LOG_2PI
-        entropy = log_std.sum(-1) + self.action_dim * (0.5 + _HALF_LOG_2PI)
-        return log_prob, entropy
-
-    @torch.no_grad()
-    def log_prob_and_entropy_vjp(self, params, actions):
+    def _standardised(self, params, actions):
+        """(z = (a - μ)/σ, 1/σ, log π(a), H): the closed forms both evaluation paths use."""
         mean, log_std = self.split(params)
         inv_std = torch.exp(-log_std)
         z = (actions - mean) * inv_std
         log_prob = -(0.5 * z.square() + log_std).sum(-1) - self.action_dim * _HALF_LOG_2PI
         entropy = log_std.sum(-1) + self.action_dim * (0.5 + _HALF_LOG_2PI)
+        return z, inv_std, log_prob, entropy
+
+    def log_prob_and_entropy(self, params, actions):
+        return self._standardised(params, actions)[2:]
+
+    @torch.no_grad()
+    def log_prob_and_entropy_vjp(self, params, actions):
+        z, inv_std, log_prob, entropy = self._standardised(params, actions)
 
         def vjp(d_log_prob, d_entropy):
             # ∂ log π / ∂μ = z / σ,  ∂ log π / ∂ log σ = z² - 1,  ∂H / ∂ log σ = 1

@@ -26,7 +26,7 @@ from gymnasium import spaces
 from torch import nn
 
 from rlgeom.distributions import ActionDistribution, DiagGaussianFamily, family_for_space
-from rlgeom.mlp_backprop import PlainMLP
+from rlgeom.mlp_backprop import ACTIVATION_BACKWARD, PlainMLP
 from rlgeom.normalization import RunningNormalizer
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU}
@@ -401,12 +401,10 @@ def _as_column(d_value, values: torch.Tensor) -> torch.Tensor:
 
 
 def _activation_fn(module: nn.Module):
-    """The activation as a plain function (skips nn.Module dispatch in the rollout)."""
-    if type(module) is nn.Tanh:
-        return torch.tanh
-    if type(module) is nn.ReLU:
-        return torch.relu
-    return module.forward
+    """The activation as a plain function (skips nn.Module dispatch in the rollout): tanh and ReLU from
+    rlgeom.mlp_backprop's table, any other module's own forward."""
+    plain = ACTIVATION_BACKWARD.get(type(module))
+    return plain[0] if plain is not None else module.forward
 
 
 def _functional_actor(actor: Actor, x: torch.Tensor) -> torch.Tensor:

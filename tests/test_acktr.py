@@ -224,7 +224,7 @@ def test_target_kl_adapts_the_learning_rate_by_the_measured_kl():
                   kl_clip=1.0, seed=0, device="cpu")
     for kl, expected in [(0.03, 1 / 1.5), (0.01, 1 / 1.5), (0.001, 1.0), (0.001, 1.5), (0.001, 2.25),
                          (0.001, 3.375), (0.001, 4.0), (0.001, 4.0)]:  # 0.25 · 4 = 1: the ceiling
-        agent._adapt_learning_rate(kl, 0.25 * agent._lr_multiplier)
+        agent._adapt_learning_rate(kl, 0.25)
         assert agent._lr_multiplier == pytest.approx(expected)
     _, stats = one_update(agent)
     assert stats["train/learning_rate"] == pytest.approx(1.0)

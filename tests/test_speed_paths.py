@@ -22,6 +22,14 @@ def _policy(obs_dim, action_space, **kw):
     return ActorCriticPolicy(spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32), action_space, **kw)
 
 
+def _policy_and_batch(action_space, kw):
+    """A seeded policy over 5-D observations with fitted normalisation statistics, and a batch of 32."""
+    torch.manual_seed(0)
+    policy = _policy(5, action_space, ortho_init=False, **kw)
+    policy.obs_normalizer.update(torch.randn(64, 5) * 3 + 1)
+    return policy, torch.randn(32, 5)
+
+
 @pytest.mark.parametrize(
     "action_space, kw",
     [
@@ -34,10 +42,7 @@ def _policy(obs_dim, action_space, **kw):
 )
 def test_act_matches_the_distribution(action_space, kw):
     """act()'s values and log-probabilities are the autograd path's, for the actions it drew."""
-    torch.manual_seed(0)
-    policy = _policy(5, action_space, ortho_init=False, **kw)
-    policy.obs_normalizer.update(torch.randn(64, 5) * 3 + 1)
-    obs = torch.randn(32, 5)
+    policy, obs = _policy_and_batch(action_space, kw)
     actions, values, log_probs = policy.act(obs)
     with torch.no_grad():
         dist = policy.get_distribution(obs)
@@ -69,10 +74,7 @@ def test_act_matches_the_distribution(action_space, kw):
 )
 def test_evaluate_actions_matches_the_distribution_and_its_gradients(action_space, kw):
     """The update's fast path: (log π, H, V) and their parameter gradients equal the module path's."""
-    torch.manual_seed(0)
-    policy = _policy(5, action_space, ortho_init=False, **kw)
-    policy.obs_normalizer.update(torch.randn(64, 5) * 3 + 1)
-    obs = torch.randn(32, 5)
+    policy, obs = _policy_and_batch(action_space, kw)
     actions, _, _ = policy.act(obs)
     actions = actions.clone()
     log_prob, entropy, values = policy.evaluate_actions(obs, actions)
