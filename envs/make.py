@@ -12,7 +12,7 @@ from gymnasium.vector import AutoresetMode
 
 from envs.atari import atari_env_kwargs, atari_wrappers, is_atari_id, register_atari
 from envs.base import VecEnv
-from envs.gymnasium_backend import GymnasiumVecEnv
+from envs.gymnasium_backend import EpisodeInfoOnly, GymnasiumVecEnv
 from envs.sb3_backend import SB3VecEnvAdapter, is_sb3_vec_env
 
 VECTORIZATION_MODES = ("sync", "async")
@@ -60,7 +60,7 @@ def _from_id(env_id: str, n_envs: int, device, vectorization: str, env_kwargs: d
         from envs.torch_native import make_torch_native
 
         return make_torch_native(env_id, n_envs, device=device)
-    wrappers = None
+    wrappers = []
     route_mujoco_warnings_to_logging()
     if is_atari_id(env_id):
         register_atari()
@@ -75,7 +75,7 @@ def _from_id(env_id: str, n_envs: int, device, vectorization: str, env_kwargs: d
         num_envs=n_envs,
         vectorization_mode=vectorization,
         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
-        wrappers=wrappers,
+        wrappers=[*wrappers, EpisodeInfoOnly],  # outermost: the per-step infos rlgeom never reads are dropped
         **env_kwargs,
     )
     return GymnasiumVecEnv(vec, device, env_id=env_id)

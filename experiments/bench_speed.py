@@ -14,7 +14,10 @@ For each task (CartPole-v1, Hopper-v5) and each n_envs (1, 8), in ONE process an
 
 Every measurement uses torch.set_num_threads(1) and the CPU. The machine is shared and noisy, so
 the report gives ratios of numbers taken side by side (rlgeom, then SB3, on the same task and
-n_envs, seconds apart); absolute numbers are indicative only.
+n_envs, seconds apart); absolute numbers are indicative only. With --repeats R the two alternate R
+times and the report gives medians (FPS, and the ratio of each pair), with every pair's ratio listed:
+
+    python experiments/bench_speed.py --tasks Hopper-v5 --agents trpo --repeats 5
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -95,6 +99,27 @@ def timed_learn(model, steps: int) -> float:
     return model.num_timesteps / (time.perf_counter() - start)
 
 
+def measure_pair(algo: str, env_id: str, n_envs: int, steps: int, repeats: int, agent_cls) -> dict:
+    """rlgeom's FPS and its counterpart's, `repeats` times alternately (rlgeom, counterpart, rlgeom, ...)
+    so that both see the same load; the figures are medians, the ratio the median of the pairs' ratios."""
+    hp = hyperparameters(algo, n_envs)
+    ours, theirs, name = [], [], None
+    for _ in range(repeats):
+        agent = agent_cls("MlpPolicy", env_id, n_envs=n_envs, seed=0, device="cpu", **hp)
+        ours.append(timed_learn(agent, steps))
+        agent.env.close()
+        other = sb3_counterpart(algo, hp, env_id, n_envs, 0)
+        if other is not None:
+            name, model = other
+            theirs.append(timed_learn(model, steps))
+            model.get_env().close()
+    ratios = [a / b for a, b in zip(ours, theirs)]
+    return {"task": env_id, "n_envs": n_envs, "algo": algo, "hyperparameters": hp,
+            "rlgeom_fps": statistics.median(ours), "rlgeom_fps_each": ours, "counterpart": name,
+            "counterpart_fps": statistics.median(theirs) if theirs else None, "counterpart_fps_each": theirs,
+            "ratio": statistics.median(ratios) if ratios else None, "ratios": ratios}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", nargs="*", default=["CartPole-v1", "Hopper-v5"])
@@ -103,6 +128,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20480, help="training steps per measurement")
     p.add_argument("--env-steps", type=int, default=40000, help="steps for the env's own rate")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="alternate rlgeom and its counterpart this many times; report medians")
     p.add_argument("--out", default=None, help="write the records as JSON here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -117,26 +144,20 @@ def main(argv=None) -> int:
             rate = env_rate(env_id, n_envs, args.env_steps)
             print(f"{env_id} n_envs={n_envs}: env random-action rate {rate:,.0f} steps/s", flush=True)
             for algo in algos:
-                hp = hyperparameters(algo, n_envs)
-                agent = AGENTS[algo]("MlpPolicy", env_id, n_envs=n_envs, seed=0, device="cpu", **hp)
-                fps = timed_learn(agent, args.steps)
-                agent.env.close()
-                rec = {"task": env_id, "n_envs": n_envs, "algo": algo, "hyperparameters": hp, "env_rate": rate,
-                       "rlgeom_fps": fps, "env_fraction": fps / rate, "counterpart": None, "counterpart_fps": None,
-                       "ratio": None}
-                other = sb3_counterpart(algo, hp, env_id, n_envs, 0)
-                if other is not None:
-                    name, model = other
-                    rec["counterpart"], rec["counterpart_fps"] = name, timed_learn(model, args.steps)
-                    rec["ratio"] = fps / rec["counterpart_fps"]
-                    model.get_env().close()
+                rec = measure_pair(algo, env_id, n_envs, args.steps, args.repeats, AGENTS[algo])
+                rec["env_rate"], rec["env_fraction"] = rate, rec["rlgeom_fps"] / rate
                 records.append(rec)
-                extra = (f" | {rec['counterpart']} {rec['counterpart_fps']:,.0f} -> ratio {rec['ratio']:.2f}x"
-                         if rec["ratio"] is not None else "")
-                print(f"  {algo:5s} rlgeom {fps:,.0f} steps/s ({100 * fps / rate:.1f}% of env){extra}", flush=True)
+                extra = ""
+                if rec["ratio"] is not None:
+                    extra = f" | {rec['counterpart']} {rec['counterpart_fps']:,.0f} -> ratio {rec['ratio']:.2f}x"
+                    if args.repeats > 1:
+                        extra += f" (median of {', '.join(f'{r:.2f}' for r in rec['ratios'])})"
+                print(f"  {algo:5s} rlgeom {rec['rlgeom_fps']:,.0f} steps/s ({100 * rec['env_fraction']:.1f}% of env)"
+                      f"{extra}", flush=True)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"argv": sys.argv, "torch": torch.__version__, "threads": args.threads, "records": records},
+            json.dump({"argv": sys.argv, "torch": torch.__version__, "threads": args.threads, "repeats": args.repeats,
+                       "records": records},
                       f, indent=1)
     return 0
 

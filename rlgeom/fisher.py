@@ -242,6 +242,9 @@ class PolicyFisher:
             self._linearised_product = None  # frees the retained graph
 
     def _gauss_newton_linearisation(self) -> Callable:
+        written_out = self._written_out_gauss_newton_linearisation()
+        if written_out is not None:
+            return written_out
         params = self.parameters
         phi = self.actor(self.fisher_inputs)
         u = torch.zeros_like(phi, requires_grad=True)
@@ -258,6 +261,42 @@ class PolicyFisher:
                 f_jv = self.family.fisher_product(f_dist_params, jv) / batch  # batch mean
                 grads = torch.autograd.grad(phi, params, f_jv, retain_graph=True, allow_unused=True)
             return flat_gradient(grads, params).detach()
+
+        return product
+
+    def _written_out_gauss_newton_linearisation(self) -> Callable | None:
+        """Jᵀ F_dist J v with Jv and Jᵀu written out (rlgeom.mlp_backprop.PlainMLP: two matrix products
+        per layer each way, no graph), for an actor that is a plain MLP with an optional state-independent
+        Gaussian scale and whose trainable parameters are exactly [W_1, b_1, …, W_L, b_L(, scale)];
+        None for any other actor, which takes the autograd form."""
+        plain_mlp = getattr(self.actor, "plain_mlp", None)
+        mlp = plain_mlp() if plain_mlp is not None else None
+        if mlp is None or self.fisher_inputs.dim() != 2:
+            return None
+        scale = getattr(self.actor, "scale", None)
+        expected = [p for layer in mlp.linears for p in (layer.weight, layer.bias)]
+        expected += [scale.raw] if scale is not None else []
+        if len(expected) != len(self.parameters) or any(a is not b for a, b in zip(expected, self.parameters)):
+            return None
+        with torch.no_grad():
+            out, inputs = mlp.forward(self.fisher_inputs)
+            phi = out if scale is None else torch.cat([out, scale().expand_as(out)], dim=-1)
+            d_log_std = scale.log_std_derivative() if scale is not None else None  # None: the identity
+        batch, n_out, n_layers = out.shape[0], out.shape[1], len(mlp.linears)
+
+        def product(v: torch.Tensor, tangents: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            jv = mlp.jvp(inputs, list(zip(tangents[0:2 * n_layers:2], tangents[1:2 * n_layers:2])))
+            if scale is not None:  # log σ is shared by every sample: its tangent is one row, broadcast
+                t_log_std = tangents[-1] if d_log_std is None else tangents[-1] * d_log_std
+                jv = torch.cat([jv, t_log_std.expand_as(jv)], dim=-1)
+            f_jv = self.family.fisher_product(phi, jv) / batch  # batch mean
+            flat = torch.zeros_like(v)
+            grads = _unflatten(flat, self.parameters)
+            mlp.backward(inputs, f_jv[:, :n_out], into=list(zip(grads[0:2 * n_layers:2], grads[1:2 * n_layers:2])))
+            if scale is not None:
+                d_scale = f_jv[:, n_out:].sum(0)
+                grads[-1].add_(d_scale if d_log_std is None else d_scale * d_log_std)
+            return flat
 
         return product
 

@@ -99,13 +99,19 @@ class GaussianScale(nn.Module):
         return 0.5 * torch.log(self.raw.clamp_min(1e-16))
 
     @torch.no_grad()
+    def log_std_derivative(self) -> torch.Tensor | None:
+        """∂ log σ / ∂raw, elementwise (forward's Jacobian is diagonal); None for log σ itself (the identity)."""
+        if self.parameterisation == "log_std":
+            return None
+        # log σ = log raw (σ) or ½ log raw (σ²); zero below the clamp, as autograd's clamp gives
+        floor, factor = (1e-8, 1.0) if self.parameterisation == "std" else (1e-16, 0.5)
+        return torch.where(self.raw >= floor, factor / self.raw.clamp_min(floor), 0.0)
+
+    @torch.no_grad()
     def backward(self, grad_log_std: torch.Tensor) -> None:
         """Add ∂loss/∂raw into raw.grad given ∂loss/∂ log σ (forward's derivative, written out)."""
-        if self.parameterisation == "log_std":
-            grad = grad_log_std
-        else:  # log σ = log raw (σ) or ½ log raw (σ²); zero below the clamp, as autograd's clamp gives
-            floor, factor = (1e-8, 1.0) if self.parameterisation == "std" else (1e-16, 0.5)
-            grad = torch.where(self.raw >= floor, factor * grad_log_std / self.raw.clamp_min(floor), 0.0)
+        derivative = self.log_std_derivative()
+        grad = grad_log_std if derivative is None else grad_log_std * derivative
         if self.raw.grad is None:
             self.raw.grad = torch.zeros_like(self.raw)
         self.raw.grad.add_(grad)
@@ -129,6 +135,13 @@ class Actor(nn.Module):
         if self.scale is None:
             return out
         return torch.cat([out, self.scale().expand_as(out)], dim=-1)
+
+    def plain_mlp(self) -> PlainMLP | None:
+        """body and head as a rlgeom.mlp_backprop.PlainMLP (whose derivatives are written out), or None:
+        for CNN features, other layers or activations, a frozen parameter or one with a gradient hook."""
+        if not isinstance(self.features, nn.Flatten) or not _plain_backward_applies(self.parameters()):
+            return None
+        return PlainMLP.of([*self.body._modules.values(), self.head])
 
 
 class Critic(nn.Module):

@@ -120,6 +120,20 @@ def test_gymnasium_env_instance_and_vector_env():
         PPO("MlpPolicy", bad)
 
 
+def test_envs_built_from_an_id_pass_on_only_episode_records():
+    """The per-step infos rlgeom never reads are dropped before the vector env merges them; the
+    episode record (RecordEpisodeStatistics) and the final observation still come through."""
+    from envs.gymnasium_backend import EpisodeInfoOnly
+
+    env = make_vec_env("Pendulum-v1", 2, seed=0)
+    assert all(isinstance(e, EpisodeInfoOnly) for e in env.backend.envs)  # outermost on every sub-env
+    recorded = EpisodeInfoOnly(gym.wrappers.RecordEpisodeStatistics(gym.make("Pendulum-v1", max_episode_steps=3)))
+    recorded.reset(seed=0)
+    infos = [recorded.step(recorded.action_space.sample())[-1] for _ in range(3)]
+    assert infos[0] == {} and infos[1] == {}
+    assert set(infos[2]) == {"episode"} and infos[2]["episode"]["l"] == 3
+
+
 def test_time_limit_truncation_reaches_the_buffer():
     env = make_vec_env("Pendulum-v1", 2, seed=0)
     model = TRPO("MlpPolicy", env, n_steps=200, batch_size=100, seed=0)

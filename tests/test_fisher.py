@@ -186,6 +186,53 @@ def test_fvp_matches_explicit_fisher(kind, method, moved, linearised):
             torch.testing.assert_close(pf.quadratic_form(v), v @ fisher @ v)
 
 
+def policy_actor(kind: str, **kw):
+    """rlgeom's own MLP actor (the one agents train) for `kind`, in float64."""
+    from gymnasium import spaces
+
+    from rlgeom.policies import ActorCriticPolicy
+
+    action_space = {"categorical": spaces.Discrete(4), "multicategorical": spaces.MultiDiscrete([2, 3]),
+                    "gaussian": spaces.Box(-1, 1, (2,))}[kind]
+    torch.manual_seed(3)
+    policy = ActorCriticPolicy(spaces.Box(-5, 5, (3,)), action_space, net_arch=[6, 5], ortho_init=False, **kw)
+    return policy.actor.to(DTYPE), policy.family
+
+
+@pytest.mark.parametrize("kind, kw", [
+    ("categorical", {}), ("multicategorical", {"activation_fn": "relu"}), ("gaussian", {}),
+    ("gaussian", {"scale_parameterisation": "std", "log_std_init": -0.4}),
+    ("gaussian", {"scale_parameterisation": "var", "log_std_init": 0.3}),
+])
+@pytest.mark.parametrize("moved", [False, True], ids=["at_old", "moved"])
+def test_written_out_gauss_newton_product_matches_explicit_fisher(kind, kw, moved):
+    """rlgeom's MLP actors take the written-out Jv / Jᵀu inside `linearised()`: it must be the Fisher too."""
+    actor, family = policy_actor(kind, **kw)
+    inputs = torch.randn(BATCH, 3, dtype=DTYPE)
+    if moved:
+        perturb(actor)
+    pf = PolicyFisher(actor, family, inputs, damping=0.0)
+    assert pf._written_out_gauss_newton_linearisation() is not None  # the path under test is the one taken
+    fisher = explicit_fisher(actor, kind, inputs)
+    gen = torch.Generator().manual_seed(4)
+    with pf.linearised():
+        for _ in range(3):
+            v = torch.randn(pf.num_parameters, generator=gen, dtype=DTYPE)
+            assert_rel_close(pf.fvp(v), fisher @ v)
+
+
+def test_written_out_gauss_newton_product_declines_what_it_does_not_cover():
+    actor, family = policy_actor("gaussian")
+    inputs = torch.randn(BATCH, 3, dtype=DTYPE)
+    assert PolicyFisher(*make_case("gaussian")[:2], inputs)._written_out_gauss_newton_linearisation() is None
+    actor.body[0].bias.requires_grad_(False)  # a frozen parameter: autograd's form, over the trained ones
+    pf = PolicyFisher(actor, family, inputs, damping=0.0)
+    assert pf._written_out_gauss_newton_linearisation() is None
+    v = torch.randn(pf.num_parameters, dtype=DTYPE)
+    with pf.linearised():
+        assert torch.isfinite(pf.fvp(v)).all()
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_linearisation_ends_with_its_block(method):
     """Inside the block F is the one at entry; after it, products follow the parameters again."""

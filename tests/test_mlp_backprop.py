@@ -10,7 +10,7 @@ from gymnasium import spaces
 from torch import nn
 
 from agents import PPO
-from rlgeom.mlp_backprop import PlainMLP
+from rlgeom.mlp_backprop import PlainMLP, tanh
 from rlgeom.policies import ActorCriticPolicy, mlp
 
 
@@ -35,6 +35,51 @@ def test_plain_mlp_backward_equals_autograd(activation, sizes):
     plain.backward(inputs, weight)
     for p, g in zip(net.parameters(), expected):
         torch.testing.assert_close(p.grad, g + 1, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation", [nn.Tanh, nn.ReLU])
+@pytest.mark.parametrize("sizes", [[5, 3], [5, 8, 3], [5, 8, 6, 2]])
+def test_plain_mlp_jvp_equals_forward_mode_autodiff(activation, sizes):
+    torch.manual_seed(1)
+    layers = list(mlp(sizes[:-1], activation)) + [nn.Linear(sizes[-2], sizes[-1])]
+    net = nn.Sequential(*layers).double()
+    x = torch.randn(16, sizes[0], dtype=torch.float64)
+    plain = PlainMLP.of(layers)
+    params = dict(net.named_parameters())
+    tangents = {name: torch.randn_like(p) for name, p in params.items()}
+    _, expected = torch.func.jvp(lambda ps: torch.func.functional_call(net, ps, (x,)), (params,), (tangents,))
+    _, inputs = plain.forward(x)
+    by_layer = [(tangents[f"{k}.weight"], tangents[f"{k}.bias"]) for k in range(0, len(layers), 2)]
+    torch.testing.assert_close(plain.jvp(inputs, by_layer), expected)
+
+
+def test_plain_mlp_backward_can_write_into_given_tensors():
+    torch.manual_seed(2)
+    layers = [nn.Linear(11, 64), nn.Tanh(), nn.Linear(64, 3)]  # 11 -> 64 takes the transposed product
+    net = nn.Sequential(*layers)
+    x, weight = torch.randn(300, 11), torch.randn(300, 3)
+    plain = PlainMLP.of(layers)
+    _, inputs = plain.forward(x)
+    into = [(torch.zeros_like(m.weight), torch.zeros_like(m.bias)) for m in plain.linears]
+    plain.backward(inputs, weight, into=into)
+    expected = _autograd_grads(list(net.parameters()), (net(x) * weight).sum())
+    for got, want in zip([t for pair in into for t in pair], expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert all(p.grad is None for p in net.parameters())  # nothing went into .grad
+
+
+def test_tanh_takes_the_sigmoid_form_only_where_it_is_safe():
+    x = torch.randn(256, 64) * 3
+    before = x.clone()
+    fast = tanh(x)
+    torch.testing.assert_close(fast, torch.tanh(x), rtol=0, atol=3e-7)
+    assert not torch.equal(fast, torch.tanh(x))  # the sigmoid form was taken (it rounds differently)
+    assert torch.equal(x, before)  # the input is left as it was
+    small = torch.randn(4, 8)
+    assert torch.equal(tanh(small), torch.tanh(small))
+    leaf = x.clone().requires_grad_()
+    y = tanh(leaf)  # autograd differentiates torch.tanh
+    assert torch.equal(y, torch.tanh(leaf)) and y.grad_fn is not None
 
 
 def test_plain_mlp_refuses_what_it_does_not_write_out():
