@@ -8,8 +8,9 @@ For the default MLP (separate pi/vf 64-64 tanh, orthogonal init) at batch 2048 (
   * one Fisher-vector product (F + λI)v with rlgeom.fisher.PolicyFisher, method gauss_newton
     (forward-mode Jv, analytic F_dist, reverse-mode Jᵀ) and kl_hessian (double backprop of the KL),
     each per call (every product re-reads θ) and inside `PolicyFisher.linearised()` (what CG uses:
-    one forward + graph per solve, then two reverse passes per product), plus the cost of opening
-    that block once;
+    one forward per solve, then for gauss_newton on these MLP actors the written-out Jv and Jᵀu,
+    for kl_hessian two reverse passes per product through a retained graph), plus the cost of
+    opening that block once;
   * the natural direction (g, 15 CG iterations on those products, KL scaling);
   * a full TRPO update, agent.update(buffer) (direction + line search + 10 critic epochs, batch 128:
     sb3-contrib's defaults), with parameters and optimiser state restored before every repetition;

@@ -224,10 +224,13 @@ class PolicyFisher:
 
         The caller promises not to change the actor's parameters inside the block (a CG solve only
         reads them; an optimiser step that does not bump tensor versions, such as fused Adam, would
-        not be detected and the products would mix the old forward with the new weights); products then cost two reverse passes each instead of a forward-mode pass, a
-        forward and a reverse pass. Outside the block every product re-reads the parameters.
-        gauss_newton: with φ = actor(x) and g(u) = Jᵀu built once with a graph in u, Jv = ∂(gᵀv)/∂u
-        (the transpose of a linear map is its vjp) and then Jᵀ F_dist Jv by reverse mode on φ.
+        not be detected and the products would mix the old forward with the new weights); products
+        then cost two reverse passes each instead of a forward-mode pass, a forward and a reverse
+        pass. Outside the block every product re-reads the parameters.
+        gauss_newton: for rlgeom's MLP actors, Jv and Jᵀu are written out on the layer inputs of one
+        forward pass (`_written_out_gauss_newton_linearisation`, no graph). Otherwise, with
+        φ = actor(x) and g(u) = Jᵀu built once with a graph in u, Jv = ∂(gᵀv)/∂u (the transpose of a
+        linear map is its vjp) and then Jᵀ F_dist Jv by reverse mode on φ.
         kl_hessian: ∇KL is built once with its graph; each product differentiates ∇KLᵀv.
         """
         if self._linearised_product is not None:  # nested: the outer block's graph is still valid
