@@ -81,7 +81,8 @@ class EpisodeInfoOnly(gym.Wrapper):
     rlgeom reads nothing else from a step's info, and a gymnasium vector env merges every key of
     every sub-env's info into arrays on every step: for MuJoCo tasks (six reward terms per step)
     that costs about 6% of Hopper-v5's own stepping time. `make_vec_env` puts this wrapper
-    outermost on the envs it builds from an id; envs the user builds keep their infos.
+    outermost on the in-process (sync) envs it builds from an id; envs the user builds, and
+    subprocess (async) envs, keep their infos.
     """
 
     def reset(self, **kwargs):

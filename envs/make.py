@@ -75,7 +75,9 @@ def _from_id(env_id: str, n_envs: int, device, vectorization: str, env_kwargs: d
         num_envs=n_envs,
         vectorization_mode=vectorization,
         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
-        wrappers=[*wrappers, EpisodeInfoOnly],  # outermost: the per-step infos rlgeom never reads are dropped
+        # outermost, in-process envs only: the per-step infos rlgeom never reads are dropped before the
+        # vector env merges them (subprocess workers would have to import rlgeom, and torch, to unpickle it)
+        wrappers=[*wrappers, EpisodeInfoOnly] if vectorization == "sync" else wrappers,
         **env_kwargs,
     )
     return GymnasiumVecEnv(vec, device, env_id=env_id)

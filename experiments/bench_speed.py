@@ -138,6 +138,8 @@ def main(argv=None) -> int:
                    help="alternate rlgeom and its counterpart this many times; report medians")
     p.add_argument("--out", default=None, help="write the records as JSON here")
     args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
     torch.set_num_threads(args.threads)
     from agents import AGENTS
 

@@ -138,7 +138,10 @@ class Actor(nn.Module):
 
     def plain_mlp(self) -> PlainMLP | None:
         """body and head as a rlgeom.mlp_backprop.PlainMLP (whose derivatives are written out), or None:
-        for CNN features, other layers or activations, a frozen parameter or one with a gradient hook."""
+        for CNN features, other layers or activations, a frozen parameter or one with a gradient hook,
+        and for a subclass whose forward computes something else from the same layers."""
+        if type(self).forward is not Actor.forward:
+            return None
         if not isinstance(self.features, nn.Flatten) or not _plain_backward_applies(self.parameters()):
             return None
         return PlainMLP.of([*self.body._modules.values(), self.head])

@@ -127,6 +127,11 @@ def test_envs_built_from_an_id_pass_on_only_episode_records():
 
     env = make_vec_env("Pendulum-v1", 2, seed=0)
     assert all(isinstance(e, EpisodeInfoOnly) for e in env.backend.envs)  # outermost on every sub-env
+    env.reset(seed=0)
+    for _ in range(200):  # to Pendulum's time limit
+        step = env.step(torch.zeros(2, 1))
+    assert step.truncated.all() and step.episode_length.tolist() == [200, 200]
+    assert not torch.equal(step.final_obs, step.obs)  # the last observation, not the reset one
     recorded = EpisodeInfoOnly(gym.wrappers.RecordEpisodeStatistics(gym.make("Pendulum-v1", max_episode_steps=3)))
     recorded.reset(seed=0)
     infos = [recorded.step(recorded.action_space.sample())[-1] for _ in range(3)]

@@ -221,10 +221,42 @@ def test_written_out_gauss_newton_product_matches_explicit_fisher(kind, kw, move
             assert_rel_close(pf.fvp(v), fisher @ v)
 
 
+@pytest.mark.parametrize("kind, kw", [("gaussian", {"scale_parameterisation": "var"}), ("categorical", {})])
+def test_written_out_product_in_float32_on_a_subsample_equals_the_autograd_product(kind, kw):
+    """At a size where tanh takes its sigmoid form (float32, ≥ 8192 activations) and on half the batch."""
+    from gymnasium import spaces
+
+    from rlgeom.policies import ActorCriticPolicy
+
+    torch.manual_seed(5)
+    action_space = spaces.Box(-1, 1, (3,)) if kind == "gaussian" else spaces.Discrete(4)
+    policy = ActorCriticPolicy(spaces.Box(-5, 5, (11,)), action_space, **kw)
+    inputs = 2 * torch.randn(1024, 11)
+    pf = PolicyFisher(policy.actor, policy.family, inputs, damping=0.0, subsample=0.5,
+                      generator=torch.Generator().manual_seed(0))
+    assert pf._written_out_gauss_newton_linearisation() is not None and pf.fisher_inputs.shape[0] == 512
+    v = torch.randn(pf.num_parameters)
+    with pf.linearised():
+        written_out = pf.fvp(v)
+    assert_rel_close(written_out, pf.fvp(v))  # outside the block: torch.func's jvp / vjp on the same subsample
+
+
 def test_written_out_gauss_newton_product_declines_what_it_does_not_cover():
     actor, family = policy_actor("gaussian")
     inputs = torch.randn(BATCH, 3, dtype=DTYPE)
     assert PolicyFisher(*make_case("gaussian")[:2], inputs)._written_out_gauss_newton_linearisation() is None
+    from rlgeom.policies import Actor
+
+    class SquashedMeanActor(Actor):  # same layers, another function of them: not the plain MLP's Fisher
+        def forward(self, x):
+            out = super().forward(x)
+            return torch.cat([torch.tanh(out[:, :2]), out[:, 2:]], dim=-1)
+
+    actor.__class__ = SquashedMeanActor  # the same layers and parameters, another forward
+    assert actor.plain_mlp() is None
+    assert PolicyFisher(actor, family, inputs)._written_out_gauss_newton_linearisation() is None
+    actor.__class__ = Actor
+    assert PolicyFisher(actor, family, inputs)._written_out_gauss_newton_linearisation() is not None
     actor.body[0].bias.requires_grad_(False)  # a frozen parameter: autograd's form, over the trained ones
     pf = PolicyFisher(actor, family, inputs, damping=0.0)
     assert pf._written_out_gauss_newton_linearisation() is None
