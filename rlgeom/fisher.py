@@ -280,8 +280,7 @@ class PolicyFisher:
         if not isinstance(mlp, PlainMLP) or self.fisher_inputs.dim() != 2:
             return None
         scale = getattr(self.actor, "scale", None)
-        expected = [p for layer in mlp.linears for p in (layer.weight, layer.bias)]
-        expected += [scale.raw] if scale is not None else []
+        expected = mlp.parameters() + ([scale.raw] if scale is not None else [])
         if len(expected) != len(self.parameters) or any(a is not b for a, b in zip(expected, self.parameters)):
             return None
         with torch.no_grad():

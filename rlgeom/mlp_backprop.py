@@ -64,6 +64,10 @@ class PlainMLP:
         self.linears = linears
         self._act, self._act_backward = ACTIVATION_BACKWARD[activation]
 
+    def parameters(self) -> list[nn.Parameter]:
+        """[W_1, b_1, …, W_L, b_L]: the order `backward(into=...)` and `jvp`'s tangents pair them in."""
+        return [p for layer in self.linears for p in (layer.weight, layer.bias)]
+
     @classmethod
     def of(cls, layers: list[nn.Module]) -> "PlainMLP | None":
         """The PlainMLP of `layers` (alternating Linear and activation, ending with a Linear), or None

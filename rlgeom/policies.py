@@ -144,7 +144,7 @@ class Actor(nn.Module):
             return None
         if not isinstance(self.features, nn.Flatten) or not _plain_backward_applies(self.parameters()):
             return None
-        return PlainMLP.of([*self.body._modules.values(), self.head])
+        return PlainMLP.of(_body_and_head(self))
 
 
 class Critic(nn.Module):
@@ -296,18 +296,15 @@ class ActorCriticPolicy(nn.Module):
         layer was replaced since (the cache is keyed by the layer objects themselves)."""
         if self.policy_name != "MlpPolicy" or self.share_features_extractor:
             return None
-        actor_layers = [*self.actor.body._modules.values(), self.actor.head]
-        critic_layers = [*self.critic.body._modules.values(), self.critic.head]
+        actor_layers, critic_layers = _body_and_head(self.actor), _body_and_head(self.critic)
         layers = actor_layers + critic_layers
         cached = self.__dict__.get("_plain_cache")
         if cached is None or len(cached[0]) != len(layers) or any(a is not b for a, b in zip(cached[0], layers)):
             actor, critic = PlainMLP.of(actor_layers), PlainMLP.of(critic_layers)
             networks = None
             if actor is not None and critic is not None:
-                critic_params = [p for layer in critic.linears for p in (layer.weight, layer.bias)]
-                actor_params = [p for layer in actor.linears for p in (layer.weight, layer.bias)]
                 scale = [self.actor.scale.raw] if self.actor.scale is not None else []
-                networks = (actor, critic, actor_params + scale + critic_params, critic_params)
+                networks = (actor, critic, actor.parameters() + scale + critic.parameters(), critic.parameters())
             cached = self.__dict__["_plain_cache"] = (layers, networks)
         return cached[1]
 
@@ -399,6 +396,11 @@ class ActorCriticPolicy(nn.Module):
             h = act(torch.baddbmm(b, h, w))
         out = torch.baddbmm(head_b, h, head_w)  # [2, B, P]
         return out[0], out[1, :, 0]  # the actor head's output, the values
+
+
+def _body_and_head(network: nn.Module) -> list[nn.Module]:
+    """An actor's or critic's layers after its features, in order: what PlainMLP.of reads."""
+    return [*network.body._modules.values(), network.head]
 
 
 def _plain_backward_applies(parameters) -> bool:
