@@ -117,7 +117,7 @@ from agents import config as c
 from agents.base import OnPolicyAgent
 from agents.config import OnPolicyConfig, hp
 from agents.critic import explained_variance
-from rlgeom.fisher import kl_scale, policy_kl
+from rlgeom.fisher import kl_scale, policy_kl, predicted_kl
 from rlgeom.guards import SkippedUpdate, guard_finite
 from rlgeom.kfac import KFACPreconditioner
 from rlgeom.schedules import schedule_value
@@ -206,17 +206,18 @@ class ACKTR(OnPolicyAgent):
         for group in self.optimizer.param_groups:
             group["lr"] = self._sgd_step_size(lr)
         batch = buffer.full_batch(cfg.normalize_advantage)
-        dist_params, values = self._forward(batch.obs)
-        dist = family.distribution(dist_params)
+        # every layer called once (K-FAC's hooks keep the policy on autograd; a shared torso sees both heads)
+        out = self.policy.outputs(batch.obs)
+        dist_params, values = out.dist_params, out.values
         # A2C's loss
-        policy_loss = -(dist.log_prob(batch.actions) * batch.advantages).mean()
+        policy_loss = -(family.log_prob(dist_params, batch.actions) * batch.advantages).mean()
         value_loss = F.mse_loss(values, batch.returns)
-        entropy = dist.entropy().mean()
+        entropy = family.entropy(dist_params).mean()
         loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy
         # K-FAC statistics from the sampled-target loss (the model Fisher, not the empirical one)
         with torch.no_grad():
-            a_tilde, v_tilde = dist.sample(), values + torch.randn_like(values)
-        fisher_loss = -dist.log_prob(a_tilde).mean() + 0.5 * (values - v_tilde).pow(2).mean()
+            a_tilde, v_tilde = family.sample(dist_params), values + torch.randn_like(values)
+        fisher_loss = -family.log_prob(dist_params, a_tilde).mean() + 0.5 * (values - v_tilde).pow(2).mean()
         self.optimizer.zero_grad(set_to_none=True)
         with self.kfac.track_statistics() as collecting:
             if collecting:
@@ -278,24 +279,6 @@ class ACKTR(OnPolicyAgent):
         """lr (1 - m): momentum then averages the clipped steps instead of summing them (baselines)."""
         return lr * (1.0 - self.config.momentum)
 
-    def _forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Distribution parameters and values, with every layer called once (a shared torso included).
-
-        Equal to (policy.dist_params(obs), policy.value(obs)); with a shared feature extractor the
-        features are computed once, so that K-FAC pairs the torso's input with the sum of the actor's
-        and the critic's output gradients (the joint model's Fisher) instead of averaging two calls.
-        """
-        policy = self.policy
-        x = policy.actor_inputs(obs)
-        if not policy.share_features_extractor:
-            return policy.actor(x), policy.critic(x)
-        actor, critic = policy.actor, policy.critic
-        h = actor.features(x)
-        dist_params = actor.head(actor.body(h))
-        if actor.scale is not None:
-            dist_params = torch.cat([dist_params, actor.scale().expand_as(dist_params)], dim=-1)
-        return dist_params, critic.head(critic.body(h)).squeeze(-1)
-
     def _precondition_scale(self, damping: float) -> torch.Tensor | None:
         """(F_raw + λ)⁻¹ on the Gaussian scale's gradient; returns the exact diagonal F_raw (or None).
 
@@ -321,7 +304,7 @@ class ACKTR(OnPolicyAgent):
             "geometry/trust_region_bound": float(eta < 1.0),
             "geometry/trust_region_bound_fraction": self._updates_bound / n,
             "geometry/quadratic_form": quad,
-            "geometry/kl_predicted": 0.5 * eta * eta * quad,  # of η·Δ: the steady-state step, not this update's
+            "geometry/kl_predicted": predicted_kl(quad, eta),  # of η·Δ: the steady-state step, not this update's
             "geometry/kl": kl,
         }
         for key, value in kfac_stats.scalars().items():

@@ -133,6 +133,7 @@ class OnPolicyAgent(abc.ABC):
         self.env_id = getattr(self.env, "env_id", None)
         self.config.validate(self.n_envs)
         self.policy = self._make_policy().to(self.device)
+        self.policy.written_out_derivatives = self.config.written_out_derivatives
         if isinstance(act_space, spaces.Box):
             self._action_low = torch.as_tensor(act_space.low, dtype=torch.float32, device=self.device)
             self._action_high = torch.as_tensor(act_space.high, dtype=torch.float32, device=self.device)
@@ -311,10 +312,10 @@ class OnPolicyAgent(abc.ABC):
         buffer.reset()
         if callback is not None:
             callback.on_rollout_start()
-        self.policy.start_rollout()  # weights are fixed until the update: stack them once per rollout
+        self.policy.start_rollout()  # parameters are fixed until the update: inference functions built once
         try:
             for _ in range(self.config.n_steps):
-                actions, values, log_probs = self.policy.act(self._last_obs)  # inference mode, no Distribution
+                actions, values, log_probs = self.policy.act(self._last_obs)  # inference mode
                 step = self.env.step(self._env_actions(actions))
                 buffer.add(self._last_obs, actions, log_probs, values, self._last_episode_starts, step)
                 self._last_obs, self._last_episode_starts = step.obs, step.done
@@ -391,8 +392,8 @@ class OnPolicyAgent(abc.ABC):
             )
         dtype = torch.uint8 if obs.dtype == np.uint8 else torch.float32
         with torch.no_grad():
-            dist = self.policy.get_distribution(torch.as_tensor(obs, dtype=dtype, device=self.device))
-            actions = (dist.mode if deterministic else dist.sample()).cpu().numpy()
+            actions = self.policy.act(torch.as_tensor(obs, dtype=dtype, device=self.device), deterministic)[0]
+            actions = actions.cpu().numpy()
         if isinstance(self.action_space, spaces.Box):
             actions = np.clip(actions, self.action_space.low, self.action_space.high)
         return (actions if batched else actions[0]), state

@@ -21,21 +21,15 @@ def fit_value_function(
     """n_epochs of minibatch regression of V(s) on the returns; the mean loss of the last epoch (NaN if any
     minibatch loss was not finite).
 
-    The optimiser holds only critic parameters, so this never moves the policy. An MLP critic is
-    backpropagated by hand (policy.value_with_vjp: the same gradient, fewer kernels), others by autograd.
+    The optimiser holds only critic parameters, so this never moves the policy.
     """
     losses = []
     for _ in range(n_epochs):
         for batch in buffer.minibatches(batch_size, generator):
             optimizer.zero_grad(set_to_none=True)
-            evaluated = policy.value_with_vjp(batch.obs)
-            if evaluated is None:
-                loss = F.mse_loss(policy.value(batch.obs), batch.returns)
-                loss.backward()
-            else:
-                values, vjp = evaluated
-                loss = F.mse_loss(values, batch.returns)
-                vjp((2 / len(batch)) * (values - batch.returns))  # ∂/∂V of mean((V - R)²)
+            out = policy.outputs(batch.obs, actor=False)
+            loss = F.mse_loss(out.values, batch.returns)
+            out.backward(loss)
             optimizer.step()
             losses.append(loss.detach())
     losses = torch.stack(losses)

@@ -15,7 +15,7 @@ from agents.config import OnPolicyConfig, hp
 from agents.critic import critic_optimizer, explained_variance, fit_value_function
 from rlgeom.buffer import Batch
 from rlgeom.fisher import (
-    FVP_METHODS, NaturalStep, PolicyFisher, flat_gradient, natural_step, surrogate_advantage,
+    FVP_METHODS, NaturalStep, PolicyFisher, flat_gradient, natural_step, predicted_kl, surrogate_advantage,
 )
 from rlgeom.guards import guard_finite
 from rlgeom.schedules import schedule_value
@@ -52,8 +52,8 @@ class NaturalGradientConfig(OnPolicyConfig):
 def surrogate(fisher: PolicyFisher, batch: Batch, current_dist_params: torch.Tensor | None = None) -> torch.Tensor:
     """L(θ) = E[π_θ(a|s) / π_old(a|s) Â] at the actor's current parameters (pass `current_dist_params`
     = actor(inputs) to reuse a forward pass)."""
-    dist = fisher.distribution() if current_dist_params is None else fisher.family.distribution(current_dist_params)
-    return surrogate_advantage(dist.log_prob(batch.actions), batch.old_log_probs, batch.advantages)
+    params = fisher.actor(fisher.inputs) if current_dist_params is None else current_dist_params
+    return surrogate_advantage(fisher.family.log_prob(params, batch.actions), batch.old_log_probs, batch.advantages)
 
 
 @dataclass
@@ -83,6 +83,7 @@ def natural_direction(policy, batch: Batch, cfg: NaturalGradientConfig, generato
     fisher = PolicyFisher(
         policy.actor, policy.family, policy.actor_inputs(batch.obs), damping=cfg.cg_damping,
         method=cfg.fisher_method, subsample=1.0 / cfg.sub_sampling_factor, generator=generator,
+        written_out=cfg.written_out_derivatives,
     )
     objective = surrogate(fisher, batch)
     gradient = flat_gradient(objective, fisher.parameters)
@@ -102,8 +103,8 @@ def geometry_telemetry(direction: NaturalDirection, step_fraction: float, dampin
     """
     fisher, g, x, ns = direction.fisher, direction.gradient, direction.step.direction, direction.step
     kl = fisher.mean_kl(current_dist_params)
-    scale_sq = (ns.step.norm() / x.norm().clamp_min(1e-30)) ** 2
-    predicted = 0.5 * step_fraction**2 * scale_sq * (ns.quadratic_form - damping * x.dot(x))
+    scale = step_fraction * ns.step.norm() / x.norm().clamp_min(1e-30)
+    predicted = predicted_kl(ns.quadratic_form - damping * x.dot(x), scale)
     cosine = torch.dot(g, x) / (g.norm() * x.norm()).clamp_min(1e-30)
     return {
         "geometry/kl": kl.item(),

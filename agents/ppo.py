@@ -21,6 +21,7 @@ from agents import config as c
 from agents.base import OnPolicyAgent
 from agents.config import OnPolicyConfig, hp
 from agents.critic import explained_variance
+from rlgeom.fisher import approximate_kl
 from rlgeom.guards import guard_finite
 from rlgeom.optim import adam
 from rlgeom.schedules import schedule_value
@@ -63,9 +64,6 @@ class PPO(OnPolicyAgent):
     def _setup(self) -> None:
         lr = schedule_value(self.config.learning_rate, 1.0)
         self.optimizer = adam(self.policy.parameters(), lr=lr, eps=1e-5)  # one fused step over one buffer
-        # MLP policies backpropagate by hand (the same gradients, about 2x cheaper per minibatch on a
-        # CPU; see rlgeom.mlp_backprop); False forces autograd everywhere
-        self.hand_written_backward = True
 
     def update(self, buffer, progress_remaining: float) -> dict:
         cfg = self.config
@@ -79,16 +77,13 @@ class PPO(OnPolicyAgent):
         step_stats, step_grad_norms = [], []
         for epoch in range(cfg.n_epochs):
             for batch in buffer.minibatches(cfg.batch_size, self.generator, cfg.normalize_advantage):
-                evaluated = (self.policy.evaluate_actions_with_vjp(batch.obs, batch.actions)
-                             if self.hand_written_backward else None)
-                if evaluated is None:  # autograd records the losses below
-                    (log_probs, entropy, values), vjp = self.policy.evaluate_actions(batch.obs, batch.actions), None
-                else:
-                    log_probs, entropy, values, vjp = evaluated
-                losses = self.losses(batch, log_probs, entropy, values, eps)
-                policy_loss, value_loss, entropy_loss, loss, ratio, log_ratio = losses
-                with torch.no_grad():  # k3 estimator of KL(π_old ‖ π_θ) (Schulman, "Approximating KL")
-                    approx_kl = ((ratio - 1) - log_ratio).mean()
+                out = self.policy.outputs(batch.obs)
+                family = self.policy.family
+                log_probs, entropy = family.log_prob(out.dist_params, batch.actions), family.entropy(out.dist_params)
+                policy_loss, value_loss, entropy_loss, loss, ratio, log_ratio = self.losses(
+                    batch, log_probs, entropy, out.values, eps)
+                with torch.no_grad():
+                    approx_kl = approximate_kl(log_ratio)
                     clip_fraction = ((ratio - 1).abs() > eps).float().mean()
                     # as SB3, the minibatch that triggers the early stop is in the statistics (its approx_kl too)
                     step_stats.append(torch.stack([policy_loss, value_loss, entropy_loss, approx_kl, clip_fraction,
@@ -97,10 +92,7 @@ class PPO(OnPolicyAgent):
                     stopped_early = True
                     break
                 self.optimizer.zero_grad(set_to_none=True)
-                if vjp is None:
-                    loss.backward()
-                else:
-                    vjp(*self.loss_derivatives(batch, ratio, values, eps))
+                out.backward(loss)  # autograd on the loss; the network's part written out for plain MLPs
                 grad_norm = self.optimizer.clip_grad_norm_(cfg.max_grad_norm)  # on one buffer, no host sync
                 self.optimizer.step()
                 step_grad_norms.append(grad_norm)
@@ -129,22 +121,3 @@ class PPO(OnPolicyAgent):
         entropy_loss = -entropy.mean()
         loss = policy_loss + cfg.ent_coef * entropy_loss + cfg.vf_coef * value_loss
         return policy_loss, value_loss, entropy_loss, loss, ratio, log_ratio
-
-    @torch.no_grad()
-    def loss_derivatives(self, batch, ratio, values, eps: float):
-        """∂loss/∂ log π(a|s), ∂loss/∂H and ∂loss/∂V(s) per sample: `losses` differentiated by hand,
-        for the policy's hand-written backward (tests/test_mlp_backprop.py checks them against autograd)."""
-        cfg = self.config
-        n, advantages = len(batch), batch.advantages
-        # min(r Â, clip(r) Â) moves with r (∂r/∂ log π = r) unless the clipped term is the smaller one,
-        # which happens only with r outside [1-ε, 1+ε], where the objective is flat in θ
-        follows_ratio = ratio * advantages <= ratio.clamp(1 - eps, 1 + eps) * advantages
-        d_log_prob = -(advantages * ratio * follows_ratio) / n
-        d_entropy = -cfg.ent_coef / n
-        if cfg.clip_range_vf is None:  # ∂/∂V of c_v mean((V - R)²)
-            d_value = (2 * cfg.vf_coef / n) * (values - batch.returns)
-        else:  # V_clipped = V_old + clip(V - V_old, ±c): the gradient passes where the change is inside ±c
-            change = values - batch.old_values
-            clipped_error = batch.old_values + change.clamp(-cfg.clip_range_vf, cfg.clip_range_vf) - batch.returns
-            d_value = (2 * cfg.vf_coef / n) * clipped_error * (change.abs() <= cfg.clip_range_vf)
-        return d_log_prob, d_entropy, d_value

@@ -18,6 +18,7 @@ from agents import config as c
 from agents.base import OnPolicyAgent
 from agents.config import OnPolicyConfig, hp
 from agents.critic import critic_optimizer, explained_variance, fit_value_function
+from rlgeom.fisher import approximate_kl
 from rlgeom.guards import guard_finite
 from rlgeom.optim import adam
 from rlgeom.schedules import schedule_value
@@ -62,17 +63,18 @@ class VPG(OnPolicyAgent):
         lr = schedule_value(cfg.learning_rate, progress_remaining)
         for group in self.actor_optimizer.param_groups:
             group["lr"] = lr
-        dist = self.policy.get_distribution(batch.obs)
-        policy_loss = -(dist.log_prob(batch.actions) * batch.advantages).mean()
-        entropy = dist.entropy().mean()
+        family, out = self.policy.family, self.policy.outputs(batch.obs, critic=False)
+        policy_loss = -(family.log_prob(out.dist_params, batch.actions) * batch.advantages).mean()
+        entropy = family.entropy(out.dist_params).mean()
         self.actor_optimizer.zero_grad(set_to_none=True)
-        (policy_loss - cfg.ent_coef * entropy).backward()
+        out.backward(policy_loss - cfg.ent_coef * entropy)
         if cfg.max_grad_norm is not None:
             self.actor_optimizer.clip_grad_norm_(cfg.max_grad_norm)
         guard_finite(policy_loss=policy_loss, policy_gradient=[p.grad for p in self.policy.actor_parameters()])
         self.actor_optimizer.step()
         with torch.no_grad():
-            approx_kl = (batch.old_log_probs - self.policy.get_distribution(batch.obs).log_prob(batch.actions)).mean()
+            approx_kl = approximate_kl(family.log_prob(self.policy.dist_params(batch.obs), batch.actions)
+                                       - batch.old_log_probs)
         value_loss = fit_value_function(
             self.policy, self.critic_optimizer, buffer, cfg.n_critic_updates, cfg.batch_size, self.generator
         )

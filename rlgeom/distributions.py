@@ -59,7 +59,12 @@ def _kl_multicategorical(p: MultiCategorical, q: MultiCategorical) -> torch.Tens
 
 
 class ActionDistribution(abc.ABC):
-    """A family of action distributions parameterised by one flat tensor per sample."""
+    """A family of action distributions parameterised by one flat tensor per sample.
+
+    Each family writes its log-density and entropy once (`log_prob`, `entropy`: closed forms,
+    differentiable in the parameters); every rlgeom update and the rollout use them. `distribution()`
+    gives the equivalent torch Distribution for users and for torch's KL registry (rlgeom.fisher.policy_kl).
+    """
 
     #: width of the parameter vector the actor must output per observation
     param_dim: int
@@ -73,36 +78,25 @@ class ActionDistribution(abc.ABC):
         """The torch distribution for a batch of parameters [B, param_dim]."""
 
     @abc.abstractmethod
-    def fisher_product(self, params: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Per-sample F_dist(params) @ v, both of shape [B, param_dim]."""
+    def log_prob(self, params: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """log π(actions) per sample [B]."""
+
+    @abc.abstractmethod
+    def entropy(self, params: torch.Tensor) -> torch.Tensor:
+        """H[π] per sample [B]."""
+
+    @abc.abstractmethod
+    def sample(self, params: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """Actions drawn from π (its mode when deterministic), shaped [B, *action_shape]."""
 
     def sample_with_log_prob(self, params: torch.Tensor, deterministic: bool = False):
-        """(actions, log π(actions)) for a batch of parameters: the rollout's fast path.
+        """(actions, log π(actions)): the rollout's draw (families may share work between the two)."""
+        actions = self.sample(params, deterministic)
+        return actions, self.log_prob(params, actions)
 
-        Same distribution as `distribution(params).sample()` / `.log_prob()`; families override it
-        to skip building a torch Distribution object per environment step.
-        """
-        dist = self.distribution(params)
-        actions = dist.mode if deterministic else dist.sample()
-        return actions, dist.log_prob(actions)
-
-    def log_prob_and_entropy(self, params: torch.Tensor, actions: torch.Tensor):
-        """(log π(actions), H[π]) per sample, differentiable in params: the update's fast path.
-
-        Same values as `distribution(params).log_prob(actions)` / `.entropy()`; families override it
-        with the closed forms, skipping the Distribution object per minibatch.
-        """
-        dist = self.distribution(params)
-        return dist.log_prob(actions), dist.entropy()
-
-    def log_prob_and_entropy_vjp(self, params: torch.Tensor, actions: torch.Tensor):
-        """(log π(actions), H[π], vjp) without autograd, where vjp(d_log_prob, d_entropy) is
-        ∂loss/∂params [B, param_dim] given ∂loss/∂log π and ∂loss/∂H (tensors [B] or numbers).
-
-        The update's hand-written backward (rlgeom.mlp_backprop); None for a family that does not
-        write its derivative out (the caller then uses autograd).
-        """
-        return None
+    @abc.abstractmethod
+    def fisher_product(self, params: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Per-sample F_dist(params) @ v, both of shape [B, param_dim]."""
 
     def fisher_matrix(self, params: torch.Tensor) -> torch.Tensor:
         """Per-sample explicit Fisher [B, P, P] (slow; for tests and small analyses)."""
@@ -116,6 +110,18 @@ def _categorical_fisher_product(logits: torch.Tensor, v: torch.Tensor) -> torch.
     return p * v - p * (p * v).sum(-1, keepdim=True)
 
 
+def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    # clamp: a logit at -inf would make p·log p = 0·(-inf) = NaN in the entropy (torch's Categorical does the same)
+    return torch.log_softmax(logits, dim=-1).clamp_min(torch.finfo(logits.dtype).min)
+
+
+def _categorical_sample(logits: torch.Tensor, deterministic: bool) -> torch.Tensor:
+    if deterministic:
+        return logits.argmax(-1)
+    # Gumbel-max: argmax(log p - log E), E ~ Exp(1), is a draw from Categorical(softmax(logits))
+    return (torch.log_softmax(logits, dim=-1) - torch.empty_like(logits).exponential_().log()).argmax(-1)
+
+
 class CategoricalFamily(ActionDistribution):
     def __init__(self, n: int):
         self.n = int(n)
@@ -126,47 +132,18 @@ class CategoricalFamily(ActionDistribution):
     def distribution(self, params):
         return D.Categorical(logits=params, validate_args=False)
 
+    def log_prob(self, params, actions):
+        return _log_softmax(params).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+    def entropy(self, params):
+        log_p = _log_softmax(params)
+        return -(log_p.exp() * log_p).sum(-1)
+
+    def sample(self, params, deterministic=False):
+        return _categorical_sample(params, deterministic)
+
     def fisher_product(self, params, v):
         return _categorical_fisher_product(params, v)
-
-    def sample_with_log_prob(self, params, deterministic=False):
-        log_p = torch.log_softmax(params, dim=-1)
-        if deterministic:
-            actions = log_p.argmax(-1)
-        else:  # Gumbel-max: argmax(log p - log E), E ~ Exp(1), is a draw from Categorical(p)
-            actions = (log_p - torch.empty_like(log_p).exponential_().log()).argmax(-1)
-        return actions, log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-
-    @staticmethod
-    def _log_p_and_entropy(params):
-        """(log p over all actions, H): the closed forms both evaluation paths use."""
-        # clamp: a logit at -inf would make p·log p = 0·(-inf) = NaN (torch's Categorical does the same)
-        log_p = torch.log_softmax(params, dim=-1).clamp_min(torch.finfo(params.dtype).min)
-        return log_p, -(log_p.exp() * log_p).sum(-1)
-
-    def log_prob_and_entropy(self, params, actions):
-        log_p, entropy = self._log_p_and_entropy(params)
-        return log_p.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1), entropy
-
-    @torch.no_grad()
-    def log_prob_and_entropy_vjp(self, params, actions):
-        log_p, entropy = self._log_p_and_entropy(params)
-        p = log_p.exp()
-        index = actions.long().unsqueeze(-1)
-
-        def vjp(d_log_prob, d_entropy):
-            # ∂ log p_a / ∂ logits = onehot(a) - p;   ∂H / ∂ logits_j = -p_j (log p_j + H)
-            d_lp, d_h = _column(d_log_prob), _column(d_entropy)
-            grad = -(d_lp * p) - d_h * p * (log_p + entropy.unsqueeze(-1))
-            return grad.scatter_add_(-1, index, torch.as_tensor(d_lp, dtype=grad.dtype, device=grad.device)
-                                     .expand_as(index))
-
-        return log_p.gather(-1, index).squeeze(-1), entropy, vjp
-
-
-def _column(d):
-    """A per-sample derivative [B] as a column [B, 1] (numbers stay numbers) for broadcasting."""
-    return d.unsqueeze(-1) if isinstance(d, torch.Tensor) and d.dim() == 1 else d
 
 
 class MultiCategoricalFamily(ActionDistribution):
@@ -175,12 +152,25 @@ class MultiCategoricalFamily(ActionDistribution):
         self.param_dim = sum(self.nvec)
         self.action_shape = (len(self.nvec),)
         self.action_dtype = torch.long
+        self._parts = [CategoricalFamily(n) for n in self.nvec]
+
+    def _split(self, params):
+        return torch.split(params, self.nvec, dim=-1)
 
     def distribution(self, params):
         return MultiCategorical(params, self.nvec)
 
+    def log_prob(self, params, actions):
+        return sum(f.log_prob(p, actions[..., i]) for i, (f, p) in enumerate(zip(self._parts, self._split(params))))
+
+    def entropy(self, params):
+        return sum(f.entropy(p) for f, p in zip(self._parts, self._split(params)))
+
+    def sample(self, params, deterministic=False):
+        return torch.stack([_categorical_sample(p, deterministic) for p in self._split(params)], dim=-1)
+
     def fisher_product(self, params, v):
-        blocks = zip(torch.split(params, self.nvec, -1), torch.split(v, self.nvec, -1))
+        blocks = zip(self._split(params), torch.split(v, self.nvec, -1))
         return torch.cat([_categorical_fisher_product(lg, vb) for lg, vb in blocks], dim=-1)
 
 
@@ -200,54 +190,26 @@ class DiagGaussianFamily(ActionDistribution):
         mean, log_std = self.split(params)
         return D.Independent(D.Normal(mean, log_std.exp(), validate_args=False), 1, validate_args=False)
 
+    def log_prob(self, params, actions):
+        mean, log_std = self.split(params)
+        return self._standardised_log_prob((actions - mean) * torch.exp(-log_std), log_std)
+
+    def _standardised_log_prob(self, z, log_std):
+        """log N(a; μ, σ) summed over the action dimensions, from z = (a - μ)/σ: the one density,
+        -Σ (½ z² + log σ) - d/2 log 2π (as one fused multiply-add, a sum and a subtraction)."""
+        return torch.rsub(torch.addcmul(log_std, z, z, value=0.5).sum(-1), -self.action_dim * _HALF_LOG_2PI)
+
     def sample_with_log_prob(self, params, deterministic=False):
         mean, log_std = self.split(params)
-        if deterministic:
-            noise = torch.zeros_like(mean)
-            actions = mean
-        else:
-            noise = torch.randn_like(mean)
-            actions = mean + noise * log_std.exp()
-        # log N(a; μ, σ) with (a - μ)/σ = noise, summed over the action dimensions
-        log_prob = -(0.5 * noise.square() + log_std).sum(-1) - self.action_dim * _HALF_LOG_2PI
-        return actions, log_prob
+        z = torch.zeros_like(mean) if deterministic else torch.randn_like(mean)  # the draw, standardised
+        return torch.addcmul(mean, z, log_std.exp()), self._standardised_log_prob(z, log_std)
 
-    def fixed_scale_sampler(self, log_std: torch.Tensor):
-        """`sample_with_log_prob` for means [B, d] under one state-independent log σ [d], with σ and the
-        log-density's constant computed here once: the rollout's per-step path (σ is fixed within a rollout)."""
-        std = log_std.exp()
-        constant = log_std.sum() + self.action_dim * _HALF_LOG_2PI
+    def entropy(self, params):
+        return self.split(params)[1].sum(-1) + self.action_dim * (0.5 + _HALF_LOG_2PI)
 
-        def sample(mean: torch.Tensor, deterministic: bool = False):
-            if deterministic:
-                return mean, (-constant).expand(mean.shape[0]).clone()
-            noise = torch.randn_like(mean)  # the same draw as sample_with_log_prob's
-            return torch.addcmul(mean, noise, std), -0.5 * noise.square().sum(-1) - constant
-
-        return sample
-
-    def _standardised(self, params, actions):
-        """(z = (a - μ)/σ, 1/σ, log π(a), H): the closed forms both evaluation paths use."""
+    def sample(self, params, deterministic=False):
         mean, log_std = self.split(params)
-        inv_std = torch.exp(-log_std)
-        z = (actions - mean) * inv_std
-        log_prob = -(0.5 * z.square() + log_std).sum(-1) - self.action_dim * _HALF_LOG_2PI
-        entropy = log_std.sum(-1) + self.action_dim * (0.5 + _HALF_LOG_2PI)
-        return z, inv_std, log_prob, entropy
-
-    def log_prob_and_entropy(self, params, actions):
-        return self._standardised(params, actions)[2:]
-
-    @torch.no_grad()
-    def log_prob_and_entropy_vjp(self, params, actions):
-        z, inv_std, log_prob, entropy = self._standardised(params, actions)
-
-        def vjp(d_log_prob, d_entropy):
-            # ∂ log π / ∂μ = z / σ,  ∂ log π / ∂ log σ = z² - 1,  ∂H / ∂ log σ = 1
-            d_lp = _column(d_log_prob)
-            return torch.cat([d_lp * z * inv_std, d_lp * (z.square() - 1) + _column(d_entropy)], dim=-1)
-
-        return log_prob, entropy, vjp
+        return mean if deterministic else torch.addcmul(mean, torch.randn_like(mean), log_std.exp())
 
     def fisher_product(self, params, v):
         _, log_std = self.split(params)

@@ -17,9 +17,7 @@ def evaluate(agent, env, n_episodes: int = 10, deterministic: bool = True, seed:
     returns: list[float] = []
     obs = env.reset(seed=seed)
     while (counts < targets).any():
-        with torch.no_grad():
-            dist = agent.policy.get_distribution(obs)
-            actions = dist.mode if deterministic else dist.sample()
+        actions = agent.policy.act(obs, deterministic)[0]
         step = env.step(agent._env_actions(actions))
         obs = step.obs
         done = step.done.cpu().numpy()

@@ -16,14 +16,13 @@ Locally KL(π_θ ‖ π_θ+ε) = ½ εᵀFε + O(ε³), so F⁻¹g is steepest a
 a direction x with q = xᵀFx is scaled to KL radius δ by √(2δ/q) (Schulman et al. 2015, appendix C).
 
 Costs, for d parameters and a batch of B (or the subsample used for products):
-- `PolicyFisher.fvp`: "gauss_newton" one forward-mode pass (jvp) + one forward and one reverse pass
-  (vjp); "kl_hessian" one forward + a double backward. Neither loops over samples or builds F.
-  Inside `with fisher.linearised():` (θ held fixed, as during a CG solve) the forward pass is made
-  once. For rlgeom's MLP actors, gauss_newton products are then Jv and Jᵀu written out on its layer
-  inputs (rlgeom.mlp_backprop, no graph). For other actors, and for kl_hessian, the first backward is
-  also built once and every product is two reverse passes over that retained graph. Per product this
-  is ~4× (written out) and ~2.3× (graph) cheaper than a per-call product on a 64-64 MLP
-  (experiments/RESULTS_trpo.md, sections 6b and 6d).
+- `PolicyFisher.fvp`: "gauss_newton" is the one product F v = Jᵀ F_dist J v, with J v and Jᵀ u from
+  the network's linearisation (rlgeom.networks.linearise: written out for plain MLPs, torch.func for
+  any other module; this module never looks at the actor's layers or parameter layout). "kl_hessian"
+  (one forward + a double backward of the KL) stays as the independent check. Neither loops over
+  samples or builds F. Inside `with fisher.linearised():` (θ held fixed, as during a CG solve) the
+  linearisation, or the KL's first backward, is built once and reused by every product
+  (experiments/RESULTS_trpo.md, sections 6b and 6d, for what that saves).
 - `conjugate_gradient`: one matvec per iteration plus one for the true final residual (whose
   product A·x `natural_step` reuses for xᵀAx, so a natural step costs iterations + 1 products).
 - Host syncs: one per CG iteration (early stop), one per line-search trial (acceptance), one for
@@ -40,10 +39,9 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 from torch.distributions import kl_divergence
-from torch.func import functional_call, jvp, vjp
 
 from rlgeom.distributions import ActionDistribution
-from rlgeom.mlp_backprop import PlainMLP
+from rlgeom.networks import linearise
 
 FVP_METHODS = ("gauss_newton", "kl_hessian")
 
@@ -111,6 +109,13 @@ def policy_kl(family: ActionDistribution, old_params: torch.Tensor, new_params: 
     return kl_divergence(family.distribution(old_params), family.distribution(new_params))
 
 
+def approximate_kl(log_ratio: torch.Tensor) -> torch.Tensor:
+    """E[(r − 1) − log r], r = π_θ(a|s) / π_old(a|s) for a ~ π_old: an unbiased, non-negative sample
+    estimate of KL(π_old ‖ π_θ) from log-ratios alone (Schulman, "Approximating KL divergence"; SB3's
+    approx_kl). The agents' train/approx_kl."""
+    return ((log_ratio.exp() - 1) - log_ratio).mean()
+
+
 def surrogate_advantage(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
     """L(θ) = E[π_θ(a|s) / π_old(a|s) · Â] from log-probabilities: TRPO's surrogate, the objective of
     the natural step and the line search (its gradient at θ_old is the policy gradient)."""
@@ -135,6 +140,8 @@ class PolicyFisher:
             in exact arithmetic: the KL's gradient vanishes at θ̄ = θ, leaving JᵀF_dist J.
         subsample: fraction of the batch used for products, in (0, 1].
         generator: drives the subsample draw; the global RNG is never touched when subsample == 1.
+        written_out: let rlgeom.networks use the written-out Jacobian products of a plain MLP actor
+            (the same numbers as torch.func's, faster on a CPU).
     """
 
     def __init__(
@@ -147,6 +154,7 @@ class PolicyFisher:
         method: str = "gauss_newton",
         subsample: float = 1.0,
         generator: torch.Generator | None = None,
+        written_out: bool = True,
     ):
         if method not in FVP_METHODS:
             raise ValueError(f"unknown Fisher-vector product method {method!r}; accepted: {', '.join(FVP_METHODS)}")
@@ -156,6 +164,7 @@ class PolicyFisher:
             raise ValueError(f"damping must be >= 0, got {damping}")
         self.actor, self.family, self.inputs = actor, family, inputs
         self.damping, self.method, self.subsample = float(damping), method, float(subsample)
+        self.written_out = written_out
         named = [(n, p) for n, p in actor.named_parameters() if p.requires_grad]
         self.parameter_names = [n for n, _ in named]
         self.parameters = [p for _, p in named]
@@ -201,7 +210,7 @@ class PolicyFisher:
     def entropy(self, current_dist_params: torch.Tensor | None = None) -> torch.Tensor:
         """Mean entropy of π_θ over the batch."""
         current = self.actor(self.inputs) if current_dist_params is None else current_dist_params
-        return self.family.distribution(current).entropy().mean()
+        return self.family.entropy(current).mean()
 
     # --- Fisher-vector products ----------------------------------------------------------------
 
@@ -219,24 +228,21 @@ class PolicyFisher:
         if self._linearised_product is not None:
             return self._linearised_product(v.detach(), tangents)
         if self.method == "gauss_newton":
-            return self._gauss_newton_product(tangents)
+            return self._gauss_newton_linearisation()(v.detach(), tangents)
         return self._kl_hessian_product(v.detach())
 
     @contextmanager
     def linearised(self) -> Iterator["PolicyFisher"]:
-        """Within the block, Fisher products reuse one forward pass and its graph at the current θ.
+        """Within the block, Fisher products reuse one forward pass (and its graph) at the current θ.
 
         The caller promises not to change the actor's parameters inside the block (a CG solve or a
-        Lanczos run only reads them). A change is not detected: the products would keep F at entry
-        (autograd form) or mix the entry's activations with the new weights (written-out form).
+        Lanczos run only reads them). A change is not detected: the products keep F at entry.
         Outside the block every product re-reads the parameters.
-        gauss_newton: for rlgeom's MLP actors, Jv and Jᵀu are written out on the layer inputs of one
-        forward pass (`_written_out_gauss_newton_linearisation`, no graph). Otherwise, with
-        φ = actor(x) and g(u) = Jᵀu built once with a graph in u, Jv = ∂(gᵀv)/∂u (the transpose of a
-        linear map is its vjp) and then Jᵀ F_dist Jv by reverse mode on φ.
+        gauss_newton: the actor is linearised once (rlgeom.networks.linearise: J v and Jᵀ u written
+        out for plain MLPs, torch.func for any other module) and each product is Jᵀ F_dist J v.
         kl_hessian: ∇KL is built once with its graph; each product differentiates ∇KLᵀv.
         """
-        if self._linearised_product is not None:  # nested: the outer block's graph is still valid
+        if self._linearised_product is not None:  # nested: the outer block's linearisation is still valid
             yield self
             return
         with torch.enable_grad():
@@ -248,60 +254,24 @@ class PolicyFisher:
             self._linearised_product = None  # frees the retained graph
 
     def _gauss_newton_linearisation(self) -> Callable:
-        written_out = self._written_out_gauss_newton_linearisation()
-        if written_out is not None:
-            return written_out
-        params = self.parameters
-        phi = self.actor(self.fisher_inputs)
-        u = torch.zeros_like(phi, requires_grad=True)
-        g = torch.autograd.grad(phi, params, u, create_graph=True, allow_unused=True)  # g(u) = Jᵀu
-        reached = [i for i, gi in enumerate(g) if gi is not None and gi.requires_grad]
-        f_dist_params, batch = phi.detach(), phi.shape[0]
+        """v ↦ E_i[J_iᵀ F_dist(φ_i) J_i v]: J v and Jᵀ(·) from the network (rlgeom.networks), F_dist from
+        the family, at the parameters of this call."""
+        lin = linearise(self.actor, self.fisher_inputs, self.written_out)
+        position = {id(p): i for i, p in enumerate(self.parameters)}
+        order = [position.get(id(p)) for p in lin.parameters]
+        if None in order or len(order) != len(self.parameters):
+            raise ValueError("the actor's linearisation covers other parameters than its trainable ones")
+        batch = lin.output.shape[0]
 
         def product(v: torch.Tensor, tangents: tuple[torch.Tensor, ...]) -> torch.Tensor:
-            if not reached:  # no parameter reaches φ: F = 0
+            if not self.parameters:  # nothing to train: F = 0
                 return torch.zeros_like(v)
-            with torch.enable_grad():
-                jv, = torch.autograd.grad([g[i] for i in reached], u, [tangents[i] for i in reached],
-                                          retain_graph=True)
-                f_jv = self.family.fisher_product(f_dist_params, jv) / batch  # batch mean
-                grads = torch.autograd.grad(phi, params, f_jv, retain_graph=True, allow_unused=True)
-            return flat_gradient(grads, params).detach()
-
-        return product
-
-    def _written_out_gauss_newton_linearisation(self) -> Callable | None:
-        """Jᵀ F_dist J v with Jv and Jᵀu written out (rlgeom.mlp_backprop.PlainMLP: two matrix products
-        per layer each way, no graph), for an actor that is a plain MLP with an optional state-independent
-        Gaussian scale and whose trainable parameters are exactly [W_1, b_1, …, W_L, b_L(, scale)];
-        None for any other actor, which takes the autograd form."""
-        plain_mlp = getattr(self.actor, "plain_mlp", None)  # rlgeom.policies.Actor offers it
-        mlp = plain_mlp() if callable(plain_mlp) else None
-        if not isinstance(mlp, PlainMLP) or self.fisher_inputs.dim() != 2:
-            return None
-        scale = getattr(self.actor, "scale", None)
-        expected = mlp.parameters() + ([scale.raw] if scale is not None else [])
-        if len(expected) != len(self.parameters) or any(a is not b for a, b in zip(expected, self.parameters)):
-            return None
-        with torch.no_grad():
-            out, inputs = mlp.forward(self.fisher_inputs)
-            phi = out if scale is None else torch.cat([out, scale().expand_as(out)], dim=-1)
-            d_log_std = scale.log_std_derivative() if scale is not None else None  # None: the identity
-        batch, n_out, n_layers = out.shape[0], out.shape[1], len(mlp.linears)
-
-        def product(v: torch.Tensor, tangents: tuple[torch.Tensor, ...]) -> torch.Tensor:
-            jv = mlp.jvp(inputs, list(zip(tangents[0:2 * n_layers:2], tangents[1:2 * n_layers:2])))
-            if scale is not None:  # log σ is shared by every sample: its tangent is one row, broadcast
-                t_log_std = tangents[-1] if d_log_std is None else tangents[-1] * d_log_std
-                jv = torch.cat([jv, t_log_std.expand_as(jv)], dim=-1)
-            f_jv = self.family.fisher_product(phi, jv) / batch  # batch mean
-            flat = torch.zeros_like(v)
-            grads = _unflatten(flat, self.parameters)
-            mlp.backward(inputs, f_jv[:, :n_out], into=list(zip(grads[0:2 * n_layers:2], grads[1:2 * n_layers:2])))
-            if scale is not None:
-                d_scale = f_jv[:, n_out:].sum(0)
-                grads[-1].add_(d_scale if d_log_std is None else d_scale * d_log_std)
-            return flat
+            jv = lin.jvp([tangents[i] for i in order])
+            f_jv = self.family.fisher_product(lin.output, jv) / batch  # batch mean
+            grads: list = [None] * len(order)
+            for i, g in zip(order, lin.vjp(f_jv)):
+                grads[i] = g
+            return flat_gradient(grads, self.parameters).detach()
 
         return product
 
@@ -320,27 +290,10 @@ class PolicyFisher:
 
         return product
 
-    def _actor_of(self, *theta: torch.Tensor) -> torch.Tensor:
-        """φ(θ) on the product batch as a pure function of the trainable parameters."""
-        return functional_call(self.actor, dict(zip(self.parameter_names, theta)), (self.fisher_inputs,))
-
-    def _gauss_newton_product(self, tangents: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """E_i[J_iᵀ F_dist(φ_i) J_i v]: Jv by forward mode, F_dist analytically, Jᵀ(·) by reverse mode."""
-        theta = tuple(p.detach() for p in self.parameters)
-        _, jv = jvp(self._actor_of, theta, tangents)
-        phi, pullback = vjp(self._actor_of, *theta)
-        f_jv = self.family.fisher_product(phi.detach(), jv) / phi.shape[0]  # batch mean
-        return flat_gradient(pullback(f_jv), self.parameters).detach()
-
     def _kl_hessian_product(self, v: torch.Tensor) -> torch.Tensor:
         """∇_θ (vᵀ ∇_θ KL(π_θ̄ ‖ π_θ)) at θ̄ = θ: the Hessian of the KL times v, by double backprop."""
         with torch.enable_grad():  # also callable from no_grad code (telemetry, line searches)
-            phi = self.actor(self.fisher_inputs)
-            kl = policy_kl(self.family, phi.detach(), phi).mean()
-            grad = flat_gradient(kl, self.parameters, create_graph=True)
-            if not grad.requires_grad:  # no parameter reaches the output: F = 0
-                return torch.zeros_like(v)
-            return flat_gradient(torch.dot(grad, v), self.parameters).detach()
+            return self._kl_hessian_linearisation()(v, ())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,6 +366,12 @@ def kl_scale(quadratic_form: torch.Tensor | float, radius: float, *, clip: bool 
     if clip:
         scale = torch.clamp(scale, max=1.0)
     return torch.where(valid, scale, torch.zeros_like(scale))
+
+
+def predicted_kl(quadratic_form: torch.Tensor | float, scale: torch.Tensor | float = 1.0) -> torch.Tensor | float:
+    """½ s² q: the KL the quadratic model predicts for the step s·d of a direction d with q = dᵀFd
+    (the inverse of `kl_scale`: predicted_kl(q, kl_scale(q, δ)) = δ)."""
+    return 0.5 * scale * scale * quadratic_form
 
 
 @dataclass

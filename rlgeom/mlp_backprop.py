@@ -17,9 +17,8 @@ keeps its gradients in one buffer (rlgeom.optim.ContiguousAdam) receives them th
 `loss.backward()` would put them. `PlainMLP.jvp` with `backward(..., into=...)` gives the policy
 Fisher's Gauss–Newton products Jᵀ F_dist J v (rlgeom.fisher) without a graph. Equality with autograd
 is tested in tests/test_mlp_backprop.py, the Fisher products against an explicit Fisher in
-tests/test_fisher.py. Networks that are not such a stack (CNN features, other activations) keep
-using autograd: the policy offers this path only where it applies
-(ActorCriticPolicy.evaluate_actions_with_vjp, Actor.plain_mlp).
+tests/test_fisher.py. rlgeom.networks is the one place that decides when this applies (a module
+offering `written_out_form()`, e.g. rlgeom.policies.Actor); everything else uses autograd.
 """
 
 from __future__ import annotations
@@ -93,6 +92,52 @@ class PlainMLP:
             if k < last:
                 x = self._act(x)
         return x, inputs
+
+    def frozen_forward(self):
+        """x ↦ output with the weights as they are now, transposed once (call under no_grad or
+        inference_mode; for a rollout, during which the weights do not change)."""
+        layers = [(layer.bias.detach(), layer.weight.detach().t()) for layer in self.linears]
+        act, last = self._act, len(layers) - 1
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            for k, (bias, weight_t) in enumerate(layers):
+                x = torch.addmm(bias, x, weight_t)
+                if k < last:
+                    x = act(x)
+            return x
+
+        return forward
+
+    @staticmethod
+    def frozen_pair_forward(first: "PlainMLP", second: "PlainMLP"):
+        """x ↦ (first(x), second(x)) in one batched pass per layer, with the weights as they are now
+        stacked once, or None unless the two have the same input, hidden widths and activation (an
+        actor and a critic of one net_arch: the rollout's per-step forward costs half the kernels)."""
+        a, b = first.linears, second.linears
+        if (len(a) != len(b) or len(a) < 2 or first._act is not second._act
+                or any(x.weight.shape != y.weight.shape for x, y in zip(a[:-1], b[:-1]))):
+            return None
+        width, outs = a[0].out_features, (a[-1].out_features, b[-1].out_features)
+        with torch.no_grad():
+            w_in = torch.cat([a[0].weight, b[0].weight]).t().contiguous()  # [in, 2H]
+            b_in = torch.cat([a[0].bias, b[0].bias])
+            hidden = [(torch.stack([x.bias, y.bias]).unsqueeze(1), torch.stack([x.weight.t(), y.weight.t()]).contiguous())
+                      for x, y in zip(a[1:-1], b[1:-1])]
+            w_out = a[-1].weight.new_zeros(2, a[-1].in_features, max(outs))  # heads padded to one width
+            b_out = a[-1].bias.new_zeros(2, 1, max(outs))
+            for k, layer in enumerate((a[-1], b[-1])):
+                w_out[k, :, : outs[k]] = layer.weight.t()
+                b_out[k, 0, : outs[k]] = layer.bias
+        act = first._act
+
+        def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            h = act(torch.addmm(b_in, x, w_in)).view(x.shape[0], 2, width).transpose(0, 1)  # [2, B, H]
+            for bias, weight_t in hidden:
+                h = act(torch.baddbmm(bias, h, weight_t))
+            out = torch.baddbmm(b_out, h, w_out)
+            return out[0, :, : outs[0]], out[1, :, : outs[1]]
+
+        return forward
 
     @torch.no_grad()
     def backward(self, inputs: list[torch.Tensor], grad_output: torch.Tensor,

@@ -21,10 +21,16 @@ class RunningNormalizer(nn.Module):
         self.register_buffer("count", torch.tensor(0.0, dtype=torch.float64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.frozen()(x)
+
+    def frozen(self, dtype: torch.dtype = torch.float32):
+        """x ↦ the normalised x with the current statistics taken once (for a rollout, during which
+        they do not change): the one normalisation formula, `forward` included."""
         if not self.enabled:
-            return x
-        mean, std = self.mean.to(x.dtype), torch.sqrt(self.var + self.eps).to(x.dtype)
-        return torch.clamp((x - mean) / std, -self.clip, self.clip)
+            return _identity
+        mean, inv_std = self.mean.to(dtype), torch.rsqrt(self.var + self.eps).to(dtype)
+        clip = self.clip
+        return lambda x: torch.clamp((x - mean) * inv_std, -clip, clip)
 
     @torch.no_grad()
     def update(self, batch: torch.Tensor) -> None:
@@ -39,6 +45,10 @@ class RunningNormalizer(nn.Module):
         self.mean.add_(delta * n / total)
         self.var.copy_(m2 / total)
         self.count.copy_(total)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 class RewardScaler(nn.Module):

@@ -6,10 +6,15 @@ The policy contract, once:
 |---------------------------|----------------------------------------|------------------------------|
 | actor_inputs(obs)         | raw obs -> network input (normalised)  | [B, *obs] -> [B, *obs]       |
 | actor(x)                  | network input -> distribution params   | [B, *obs] -> [B, P]          |
-| critic(x)                 | network input -> state value           | [B, *obs] -> [B]             |
+| critic(x)                 | network input -> state value           | [B, *obs] -> [B, 1]          |
+| outputs(obs)              | raw obs -> params, V(s) for a loss, and its `backward(loss)` | [B, P], [B] |
+| act(obs)                  | raw obs -> actions, V(s), log π (the rollout, no graph)      | [B, ...], [B], [B] |
 | get_distribution(obs)     | raw obs -> torch Distribution          | batch shape [B]              |
 | value(obs)                | raw obs -> V(s)                        | [B]                          |
-| family                    | rlgeom.distributions.ActionDistribution (params -> distribution, its Fisher) |
+| family                    | rlgeom.distributions.ActionDistribution (log π, H, sampling, its Fisher) |
+
+Every update differentiates through `outputs` (losses by autograd; a plain MLP's own backward and
+Jacobian products written out behind one switch, `written_out_derivatives`: see rlgeom.networks).
 
 Actor and critic are separate modules (the critic's optimiser never sees actor parameters); a CNN
 feature extractor may be shared between them (`share_features_extractor`, the default for
@@ -19,6 +24,7 @@ feature extractor may be shared between them (`share_features_extractor`, the de
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,7 +32,8 @@ from gymnasium import spaces
 from torch import nn
 
 from rlgeom.distributions import ActionDistribution, DiagGaussianFamily, family_for_space
-from rlgeom.mlp_backprop import ACTIVATION_BACKWARD, PlainMLP
+from rlgeom import networks
+from rlgeom.mlp_backprop import PlainMLP
 from rlgeom.normalization import RunningNormalizer
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU}
@@ -98,24 +105,6 @@ class GaussianScale(nn.Module):
             return torch.log(self.raw.clamp_min(1e-8))
         return 0.5 * torch.log(self.raw.clamp_min(1e-16))
 
-    @torch.no_grad()
-    def log_std_derivative(self) -> torch.Tensor | None:
-        """∂ log σ / ∂raw, elementwise (forward's Jacobian is diagonal); None for log σ itself (the identity)."""
-        if self.parameterisation == "log_std":
-            return None
-        # log σ = log raw (σ) or ½ log raw (σ²); zero below the clamp, as autograd's clamp gives
-        floor, factor = (1e-8, 1.0) if self.parameterisation == "std" else (1e-16, 0.5)
-        return torch.where(self.raw >= floor, factor / self.raw.clamp_min(floor), 0.0)
-
-    @torch.no_grad()
-    def backward(self, grad_log_std: torch.Tensor) -> None:
-        """Add ∂loss/∂raw into raw.grad given ∂loss/∂ log σ (forward's derivative, written out)."""
-        derivative = self.log_std_derivative()
-        grad = grad_log_std if derivative is None else grad_log_std * derivative
-        if self.raw.grad is None:
-            self.raw.grad = torch.zeros_like(self.raw)
-        self.raw.grad.add_(grad)
-
 
 class Actor(nn.Module):
     """features -> hidden layers -> distribution parameters (a flat tensor [B, P])."""
@@ -131,29 +120,72 @@ class Actor(nn.Module):
             self.scale = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.head(self.body(self.features(x)))
+        return self.from_features(self.features(x))
+
+    def from_features(self, h: torch.Tensor) -> torch.Tensor:
+        """The distribution parameters from the features extractor's output (the actor's one forward)."""
+        out = self.head(self.body(h))
         if self.scale is None:
             return out
         return torch.cat([out, self.scale().expand_as(out)], dim=-1)
 
-    def plain_mlp(self) -> PlainMLP | None:
-        """body and head as a rlgeom.mlp_backprop.PlainMLP (whose derivatives are written out), or None:
-        for CNN features, other layers or activations, a frozen parameter or one with a gradient hook,
-        and for a subclass whose forward computes something else from the same layers."""
-        if type(self).forward is not Actor.forward:
+    def written_out_form(self):
+        """(PlainMLP of body and head, the Gaussian scale or None) for rlgeom.networks' written-out
+        derivatives, or None where the actor is not such an MLP (CNN features, other layers or
+        activations, a subclass computing something else from the same layers)."""
+        if type(self).forward is not Actor.forward or type(self).from_features is not Actor.from_features:
             return None
-        if not isinstance(self.features, nn.Flatten) or not _plain_backward_applies(self.parameters()):
+        if not isinstance(self.features, nn.Flatten):
             return None
-        return PlainMLP.of(_body_and_head(self))
+        mlp = _cached_plain_mlp(self)
+        return None if mlp is None else (mlp, self.scale)
 
 
 class Critic(nn.Module):
+    """features -> hidden layers -> V(s) as a column [B, 1] (SB3's value_net shape)."""
+
     def __init__(self, features: nn.Module, body: nn.Module, body_out: int):
         super().__init__()
         self.features, self.body, self.head = features, body, nn.Linear(body_out, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(self.features(x))).squeeze(-1)
+        return self.from_features(self.features(x))
+
+    def from_features(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(h))
+
+    def written_out_form(self):
+        """(PlainMLP of body and head, None) for rlgeom.networks, or None (see Actor.written_out_form)."""
+        if type(self).forward is not Critic.forward or type(self).from_features is not Critic.from_features:
+            return None
+        if not isinstance(self.features, nn.Flatten):
+            return None
+        mlp = _cached_plain_mlp(self)
+        return None if mlp is None else (mlp, None)
+
+
+def _cached_plain_mlp(network: nn.Module) -> PlainMLP | None:
+    """PlainMLP.of(body + head), cached on the module and rebuilt when a layer was replaced since
+    (the cache is keyed by the layer objects themselves)."""
+    layers = [*network.body._modules.values(), network.head]
+    cached = network.__dict__.get("_plain_mlp_cache")
+    if cached is None or len(cached[0]) != len(layers) or any(a is not b for a, b in zip(cached[0], layers)):
+        cached = network.__dict__["_plain_mlp_cache"] = (layers, PlainMLP.of(layers))
+    return cached[1]
+
+
+@dataclass
+class PolicyOutputs:
+    """A minibatch's distribution parameters [B, P] and values [B], ready for a loss; `backward(loss)`
+    puts ∂loss/∂θ into the parameters' `.grad` (autograd, or the written-out MLP backward: see
+    rlgeom.networks)."""
+
+    dist_params: torch.Tensor | None
+    values: torch.Tensor | None
+    pushes: tuple
+
+    def backward(self, loss: torch.Tensor) -> None:
+        networks.backward(loss, *self.pushes)
 
 
 class ActorCriticPolicy(nn.Module):
@@ -195,6 +227,8 @@ class ActorCriticPolicy(nn.Module):
         act = ACTIVATIONS[activation_fn]
         share = (policy == "CnnPolicy") if share_features_extractor is None else share_features_extractor
         self.share_features_extractor = share
+        #: plain MLPs use rlgeom.networks' written-out derivatives (the agents set it from their config)
+        self.written_out_derivatives = True
         # Images are not normalised by running statistics (the CNN scales uint8 by 1/255).
         self.obs_normalizer = RunningNormalizer(obs_shape, enabled=normalize_observations and not image)
 
@@ -231,236 +265,67 @@ class ActorCriticPolicy(nn.Module):
         return self.family.distribution(self.dist_params(obs))
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
-        return _functional_critic(self.critic, self.actor_inputs(obs))  # = self.critic(...), fewer dispatches
+        return self.critic(self.actor_inputs(obs)).squeeze(-1)
 
-    def evaluate_actions(self, obs: torch.Tensor, actions: torch.Tensor):
-        """(log π(a|s), H[π(·|s)], V(s)) for a minibatch, differentiable: the joint-loss update's path.
+    def outputs(self, obs: torch.Tensor, actor: bool = True, critic: bool = True) -> PolicyOutputs:
+        """Distribution parameters and values of a minibatch for a loss, and its backward: the one
+        differentiable evaluation every update uses (PPO's joint loss, a critic regression, ACKTR).
 
-        The same numbers as get_distribution / value, with the observation normalised once, MLP
-        layers called functionally and the family's closed-form log-prob and entropy.
+        With a shared features extractor the features are computed once for both heads, so that the
+        torso's gradient (and K-FAC's statistics) see the sum of the actor's and the critic's.
+        Plain MLPs take rlgeom.networks' written-out derivatives when `written_out_derivatives` is on.
         """
         x = self.actor_inputs(obs)
-        log_prob, entropy = self.family.log_prob_and_entropy(_functional_actor(self.actor, x), actions)
-        return log_prob, entropy, _functional_critic(self.critic, x)
-
-    # ----------------------------------------------------------------- the update's hand-written backward
-    def evaluate_actions_with_vjp(self, obs: torch.Tensor, actions: torch.Tensor):
-        """(log π(a|s), H[π(·|s)], V(s), vjp) without autograd, or None where it does not apply.
-
-        `vjp(d_log_prob, d_entropy, d_value)` adds the parameters' gradient of a loss into their
-        `.grad`, given the loss's derivatives with respect to the three outputs (tensors [B] or
-        numbers): what `loss.backward()` would add after `evaluate_actions`. Written out for MLP
-        actors and critics (rlgeom.mlp_backprop) with Categorical or diagonal-Gaussian actions;
-        None otherwise (CNNs, other activations, MultiDiscrete, a frozen parameter, or a gradient hook
-        on a parameter, which only autograd would call), and the caller uses autograd.
-        """
-        networks = self._plain_networks()
-        if networks is None or not _plain_backward_applies(networks[2]):
-            return None
-        actor, critic = networks[:2]
-        scale = self.actor.scale
-        with torch.no_grad():
-            x = self.actor_inputs(obs)
-            head, actor_inputs = actor.forward(x)
-            values, critic_inputs = critic.forward(x)
-            params = head if scale is None else torch.cat([head, scale().expand_as(head)], dim=-1)
-        evaluated = self.family.log_prob_and_entropy_vjp(params, actions)
-        if evaluated is None:
-            return None
-        log_prob, entropy, family_vjp = evaluated
-
-        def vjp(d_log_prob, d_entropy, d_value) -> None:
-            d_params = family_vjp(d_log_prob, d_entropy)
-            if scale is not None:
-                d_params, d_log_std = d_params[:, : head.shape[1]], d_params[:, head.shape[1]:]
-                scale.backward(d_log_std.sum(0))  # σ is shared by every sample
-            actor.backward(actor_inputs, d_params)
-            critic.backward(critic_inputs, _as_column(d_value, values))
-
-        return log_prob, entropy, values.squeeze(-1), vjp
-
-    def value_with_vjp(self, obs: torch.Tensor):
-        """(V(s), vjp) without autograd for an MLP critic, or None: vjp(d_value) adds the critic's
-        gradient into its parameters' `.grad` (the critic regressions of VPG, NPG and TRPO)."""
-        networks = self._plain_networks()
-        if networks is None or not _plain_backward_applies(networks[3]):
-            return None
-        critic = networks[1]
-        with torch.no_grad():
-            values, inputs = critic.forward(self.actor_inputs(obs))
-        return values.squeeze(-1), lambda d_value: critic.backward(inputs, _as_column(d_value, values))
-
-    def _plain_networks(self):
-        """(actor, critic, all their parameters, the critic's) with actor and critic as
-        rlgeom.mlp_backprop.PlainMLP when both are plain MLPs, else None. Cached, and rebuilt when a
-        layer was replaced since (the cache is keyed by the layer objects themselves)."""
-        if self.policy_name != "MlpPolicy" or self.share_features_extractor:
-            return None
-        actor_layers, critic_layers = _body_and_head(self.actor), _body_and_head(self.critic)
-        layers = actor_layers + critic_layers
-        cached = self.__dict__.get("_plain_cache")
-        if cached is None or len(cached[0]) != len(layers) or any(a is not b for a, b in zip(cached[0], layers)):
-            actor, critic = PlainMLP.of(actor_layers), PlainMLP.of(critic_layers)
-            networks = None
-            if actor is not None and critic is not None:
-                scale = [self.actor.scale.raw] if self.actor.scale is not None else []
-                networks = (actor, critic, actor.parameters() + scale + critic.parameters(), critic.parameters())
-            cached = self.__dict__["_plain_cache"] = (layers, networks)
-        return cached[1]
+        if self.share_features_extractor and actor and critic:
+            h = self.actor.features(x)
+            return PolicyOutputs(self.actor.from_features(h), self.critic.from_features(h).squeeze(-1), ())
+        dist_params = values = None
+        pushes = []
+        if actor:
+            dist_params, push = networks.differentiable_outputs(self.actor, x, self.written_out_derivatives)
+            pushes.append(push)
+        if critic:
+            values, push = networks.differentiable_outputs(self.critic, x, self.written_out_derivatives)
+            values = values.squeeze(-1)
+            pushes.append(push)
+        return PolicyOutputs(dist_params, values, tuple(pushes))
 
     def forward(self, obs: torch.Tensor, deterministic: bool = False):
         """(actions, values, log_probs) for a batch of raw observations."""
-        dist = self.get_distribution(obs)
-        actions = dist.mode if deterministic else dist.sample()
-        return actions, self.value(obs), dist.log_prob(actions)
+        dist_params = self.dist_params(obs)
+        actions = self.family.sample(dist_params, deterministic)
+        return actions, self.value(obs), self.family.log_prob(dist_params, actions)
 
-    # ----------------------------------------------------------------- the rollout's fast path
+    # ----------------------------------------------------------------- the rollout's path
     @torch.inference_mode()
     def act(self, obs: torch.Tensor, deterministic: bool = False):
         """(actions, values, log_probs) without autograd: what the rollout calls once per step.
 
-        Same distribution as `forward`, computed with fewer kernels: the observation is normalised
-        once for both networks, the layers are called functionally (no nn.Module dispatch), a
-        separate MLP actor and critic of equal widths run as one batched matmul per layer, and the
-        action is drawn by the family's `sample_with_log_prob` (no torch Distribution object; for a
-        Gaussian, `fixed_scale_sampler` with σ computed once).
-        Between `start_rollout()` and `end_rollout()` the stacked weights and normalisation
-        constants are built once (the parameters do not change during a rollout); elsewhere they
-        are rebuilt per call. Results are inference tensors: copy them (the rollout buffer does)
-        before any autograd use.
+        The same numbers as `forward`. Between `start_rollout()` and `end_rollout()` (the parameters
+        and normalisation statistics are fixed during a rollout) the networks' inference functions are
+        built once (rlgeom.networks.inference_function: PlainMLP's forward for plain MLPs when
+        `written_out_derivatives` is on); elsewhere per call. Results are inference tensors: copy them
+        (the rollout buffer does) before any autograd use.
         """
-        cache = self._rollout_cache if self._rollout_cache is not None else self._build_rollout_cache()
-        fused, norm, sample = cache
-        x = obs if norm is None else torch.clamp((obs - norm[0]) * norm[1], -norm[2], norm[2])
-        if fused is None:
-            params, values = _functional_actor(self.actor, x), self.critic(x)
-            actions, log_probs = self.family.sample_with_log_prob(params, deterministic)
-        else:  # the actor head's output: logits, or the Gaussian mean (σ is in `sample`)
-            head, values = self._fused_forward(fused, x)
-            actions, log_probs = sample(head, deterministic)
-        return actions, values, log_probs
+        normalize, networks_of = self._rollout_plan or self._make_rollout_plan()
+        dist_params, values = networks_of(normalize(obs))
+        actions, log_probs = self.family.sample_with_log_prob(dist_params, deterministic)
+        return actions, values.squeeze(-1), log_probs
 
-    _rollout_cache = None
+    _rollout_plan = None
 
-    @torch.inference_mode()
     def start_rollout(self) -> None:
-        """Freeze the rollout constants (stacked weights, normalisation) until `end_rollout()`.
-
-        Parameters must not change in between (the agents update only after the rollout);
-        optimisers such as fused Adam do not bump tensor versions, so no automatic check is made.
-        """
-        self._rollout_cache = self._build_rollout_cache()
+        """Freeze the inference functions until `end_rollout()`; the parameters must not change in
+        between (the agents update only after a rollout)."""
+        self._rollout_plan = self._make_rollout_plan()
 
     def end_rollout(self) -> None:
-        self._rollout_cache = None
+        self._rollout_plan = None
 
-    def _build_rollout_cache(self):
-        norm = self.obs_normalizer
-        constants = None
-        if norm.enabled:
-            dtype = self.actor.head.weight.dtype
-            constants = (norm.mean.to(dtype), torch.rsqrt(norm.var + norm.eps).to(dtype), norm.clip)
-        scale = self.actor.scale
-        sample = self.family.sample_with_log_prob if scale is None else self.family.fixed_scale_sampler(scale())
-        return self._fused_weights(), constants, sample
-
-    def _fused_weights(self):
-        """Stacked actor/critic weights (layer 1: [in, 2H]; then [2, in, out] per layer), or None."""
-        if getattr(self, "_fusable", None) is None:
-            self._fusable = _can_fuse(self)
-        if not self._fusable:
-            return None
-        a_lin = [m for m in self.actor.body if isinstance(m, nn.Linear)]
-        c_lin = [m for m in self.critic.body if isinstance(m, nn.Linear)]
-        first = (torch.cat([a_lin[0].weight, c_lin[0].weight]).t().contiguous(),
-                 torch.cat([a_lin[0].bias, c_lin[0].bias]))
-        hidden = [
-            (torch.stack([a.weight.t(), c.weight.t()]).contiguous(), torch.stack([a.bias, c.bias]).unsqueeze(1))
-            for a, c in zip(a_lin[1:], c_lin[1:])
-        ]
-        ah, ch = self.actor.head, self.critic.head
-        head_w = torch.zeros(2, ah.in_features, ah.out_features, dtype=ah.weight.dtype, device=ah.weight.device)
-        head_b = torch.zeros(2, 1, ah.out_features, dtype=ah.bias.dtype, device=ah.bias.device)
-        head_w[0] = ah.weight.t()
-        head_w[1, :, 0] = ch.weight[0]
-        head_b[0, 0] = ah.bias
-        head_b[1, 0, 0] = ch.bias[0]
-        activation = _activation_fn(next(m for m in self.actor.body if not isinstance(m, nn.Linear)))
-        return first, hidden, (head_w, head_b), activation
-
-    def _fused_forward(self, fused, x: torch.Tensor):
-        (w1, b1), hidden, (head_w, head_b), act = fused
-        h = act(torch.addmm(b1, x, w1))  # [B, 2H]: both networks' first layer in one matmul
-        h = h.view(x.shape[0], 2, -1).transpose(0, 1)  # [2, B, H]
-        for w, b in hidden:
-            h = act(torch.baddbmm(b, h, w))
-        out = torch.baddbmm(head_b, h, head_w)  # [2, B, P]
-        return out[0], out[1, :, 0]  # the actor head's output, the values
-
-
-def _body_and_head(network: nn.Module) -> list[nn.Module]:
-    """An actor's or critic's layers after its features, in order: what PlainMLP.of reads."""
-    return [*network.body._modules.values(), network.head]
-
-
-def _plain_backward_applies(parameters) -> bool:
-    """Whether the hand-written backward gives what autograd would for these parameters: every one is
-    trained (a frozen one, requires_grad=False, must keep no gradient) and none has a gradient hook
-    (Tensor.register_hook / register_post_accumulate_grad_hook, which only autograd calls)."""
-    return all(p.requires_grad and not p._backward_hooks and not getattr(p, "_post_accumulate_grad_hooks", None)
-               for p in parameters)
-
-
-def _as_column(d_value, values: torch.Tensor) -> torch.Tensor:
-    """∂loss/∂V [B] (or a number) as the critic head's output gradient [B, 1]."""
-    if isinstance(d_value, torch.Tensor):
-        return d_value.reshape(values.shape)
-    return torch.full_like(values, float(d_value))
-
-
-def _activation_fn(module: nn.Module):
-    """The activation as a plain function (skips nn.Module dispatch in the rollout): tanh and ReLU from
-    rlgeom.mlp_backprop's table, any other module's own forward."""
-    plain = ACTIVATION_BACKWARD.get(type(module))
-    return plain[0] if plain is not None else module.forward
-
-
-def _functional_actor(actor: Actor, x: torch.Tensor) -> torch.Tensor:
-    """Actor.forward for MLP actors without per-module dispatch (CNN actors: the module call)."""
-    if not isinstance(actor.features, nn.Flatten) or x.dim() != 2:
-        return actor(x)
-    for m in actor.body:
-        x = torch.nn.functional.linear(x, m.weight, m.bias) if isinstance(m, nn.Linear) else _activation_fn(m)(x)
-    out = torch.nn.functional.linear(x, actor.head.weight, actor.head.bias)
-    if actor.scale is None:
-        return out
-    return torch.cat([out, actor.scale().expand_as(out)], dim=-1)
-
-
-def _functional_critic(critic: Critic, x: torch.Tensor) -> torch.Tensor:
-    """Critic.forward for MLP critics without per-module dispatch (CNN critics: the module call)."""
-    if not isinstance(critic.features, nn.Flatten) or x.dim() != 2:
-        return critic(x)
-    for m in critic.body:
-        x = torch.nn.functional.linear(x, m.weight, m.bias) if isinstance(m, nn.Linear) else _activation_fn(m)(x)
-    return torch.nn.functional.linear(x, critic.head.weight, critic.head.bias).squeeze(-1)
-
-
-def _can_fuse(policy: "ActorCriticPolicy") -> bool:
-    """Separate MLP actor and critic with the same layer widths and activation: one batched forward."""
-    if policy.share_features_extractor or policy.policy_name != "MlpPolicy":
-        return False
-    a_body, c_body = list(policy.actor.body), list(policy.critic.body)
-    if len(a_body) != len(c_body) or not a_body:
-        return False
-    for a, c in zip(a_body, c_body):
-        if type(a) is not type(c):
-            return False
-        if isinstance(a, nn.Linear) and (a.weight.shape != c.weight.shape):
-            return False
-        if not isinstance(a, nn.Linear) and type(a) not in (nn.Tanh, nn.ReLU):
-            return False
-    return True
+    @torch.no_grad()
+    def _make_rollout_plan(self):
+        return (self.obs_normalizer.frozen(),
+                networks.paired_inference_function(self.actor, self.critic, self.written_out_derivatives))
 
 
 def _split_net_arch(net_arch, default: list[int]) -> tuple[list[int], list[int]]:

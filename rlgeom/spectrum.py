@@ -217,7 +217,7 @@ class ValueLossHessian:
         self.num_parameters = sum(p.numel() for p in self.parameters)
 
     def loss(self) -> torch.Tensor:
-        return torch.nn.functional.mse_loss(self.critic(self.inputs), self.returns)
+        return torch.nn.functional.mse_loss(self.critic(self.inputs).reshape(self.returns.shape), self.returns)
 
     def product(self, v: torch.Tensor) -> torch.Tensor:
         """H v for a flat v [d_critic]."""
@@ -258,7 +258,7 @@ def surrogate_objective(policy, obs: torch.Tensor, actions: torch.Tensor, old_lo
 
     At θ = θ_old its gradient is the policy gradient E[∇ log π · Â] (Kakade & Langford 2002).
     """
-    return surrogate_advantage(policy.get_distribution(obs).log_prob(actions), old_log_probs, advantages)
+    return surrogate_advantage(policy.family.log_prob(policy.dist_params(obs), actions), old_log_probs, advantages)
 
 
 def surrogate_gradient(policy, obs, actions, old_log_probs, advantages) -> torch.Tensor:

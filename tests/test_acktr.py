@@ -155,7 +155,8 @@ def test_cnn_policy_update_on_images():
     assert agent.policy.share_features_extractor
     assert "actor.features.convs.0" in agent.kfac.layer_names
     obs = torch.as_tensor(np.random.default_rng(0).integers(0, 256, (5, 4, 36, 36), dtype=np.uint8))
-    params, values = agent._forward(obs)  # one call of the shared torso, same outputs as the policy's
+    out = agent.policy.outputs(obs)  # one call of the shared torso, same outputs as the separate calls
+    params, values = out.dist_params, out.values
     torch.testing.assert_close(params, agent.policy.dist_params(obs))
     torch.testing.assert_close(values, agent.policy.value(obs))
     before, stats = one_update(agent)

@@ -16,6 +16,7 @@ from torch import nn
 from torch.func import functional_call
 
 from rlgeom.distributions import CategoricalFamily, DiagGaussianFamily, MultiCategoricalFamily
+from rlgeom.networks import written_out_applies
 from rlgeom.fisher import (
     PolicyFisher,
     assign_flat_parameters,
@@ -205,24 +206,25 @@ def policy_actor(kind: str, **kw):
     ("gaussian", {"scale_parameterisation": "var", "log_std_init": 0.3}),
 ])
 @pytest.mark.parametrize("moved", [False, True], ids=["at_old", "moved"])
-def test_written_out_gauss_newton_product_matches_explicit_fisher(kind, kw, moved):
-    """rlgeom's MLP actors take the written-out Jv / Jᵀu inside `linearised()`: it must be the Fisher too."""
+@pytest.mark.parametrize("linearised", [False, True], ids=["per_call", "linearised"])
+def test_written_out_gauss_newton_product_matches_explicit_fisher(kind, kw, moved, linearised):
+    """rlgeom's MLP actors take the written-out Jv / Jᵀu (rlgeom.networks): it must be the Fisher too."""
     actor, family = policy_actor(kind, **kw)
     inputs = torch.randn(BATCH, 3, dtype=DTYPE)
     if moved:
         perturb(actor)
+    assert written_out_applies(actor, inputs)  # the path under test is the one taken
     pf = PolicyFisher(actor, family, inputs, damping=0.0)
-    assert pf._written_out_gauss_newton_linearisation() is not None  # the path under test is the one taken
     fisher = explicit_fisher(actor, kind, inputs)
     gen = torch.Generator().manual_seed(4)
-    with pf.linearised():
+    with pf.linearised() if linearised else contextlib.nullcontext():
         for _ in range(3):
             v = torch.randn(pf.num_parameters, generator=gen, dtype=DTYPE)
             assert_rel_close(pf.fvp(v), fisher @ v)
 
 
 @pytest.mark.parametrize("kind, kw", [("gaussian", {"scale_parameterisation": "var"}), ("categorical", {})])
-def test_written_out_product_in_float32_on_a_subsample_equals_the_autograd_product(kind, kw):
+def test_written_out_product_in_float32_on_a_subsample_equals_the_torch_func_product(kind, kw):
     """At a size where tanh takes its sigmoid form (float32, ≥ 8192 activations) and on half the batch."""
     from gymnasium import spaces
 
@@ -232,19 +234,21 @@ def test_written_out_product_in_float32_on_a_subsample_equals_the_autograd_produ
     action_space = spaces.Box(-1, 1, (3,)) if kind == "gaussian" else spaces.Discrete(4)
     policy = ActorCriticPolicy(spaces.Box(-5, 5, (11,)), action_space, **kw)
     inputs = 2 * torch.randn(1024, 11)
-    pf = PolicyFisher(policy.actor, policy.family, inputs, damping=0.0, subsample=0.5,
-                      generator=torch.Generator().manual_seed(0))
-    assert pf._written_out_gauss_newton_linearisation() is not None and pf.fisher_inputs.shape[0] == 512
-    v = torch.randn(pf.num_parameters)
-    with pf.linearised():
-        written_out = pf.fvp(v)
-    assert_rel_close(written_out, pf.fvp(v))  # outside the block: torch.func's jvp / vjp on the same subsample
+    products = []
+    for written_out in (True, False):
+        pf = PolicyFisher(policy.actor, policy.family, inputs, damping=0.0, subsample=0.5,
+                          generator=torch.Generator().manual_seed(0), written_out=written_out)
+        assert pf.fisher_inputs.shape[0] == 512
+        with pf.linearised():
+            products.append(pf.fvp(torch.ones(pf.num_parameters)))
+    assert written_out_applies(policy.actor, inputs)
+    assert_rel_close(*products)
 
 
-def test_written_out_gauss_newton_product_declines_what_it_does_not_cover():
+def test_written_out_form_is_declined_where_it_would_not_be_the_actors_derivative():
     actor, family = policy_actor("gaussian")
     inputs = torch.randn(BATCH, 3, dtype=DTYPE)
-    assert PolicyFisher(*make_case("gaussian")[:2], inputs)._written_out_gauss_newton_linearisation() is None
+    assert not written_out_applies(make_case("gaussian")[0], inputs)  # a module that does not offer it
     from rlgeom.policies import Actor
 
     class SquashedMeanActor(Actor):  # same layers, another function of them: not the plain MLP's Fisher
@@ -253,13 +257,15 @@ def test_written_out_gauss_newton_product_declines_what_it_does_not_cover():
             return torch.cat([torch.tanh(out[:, :2]), out[:, 2:]], dim=-1)
 
     actor.__class__ = SquashedMeanActor  # the same layers and parameters, another forward
-    assert actor.plain_mlp() is None
-    assert PolicyFisher(actor, family, inputs)._written_out_gauss_newton_linearisation() is None
+    assert not written_out_applies(actor, inputs)
     actor.__class__ = Actor
-    assert PolicyFisher(actor, family, inputs)._written_out_gauss_newton_linearisation() is not None
+    assert written_out_applies(actor, inputs)
+    handle = actor.body[0].register_forward_hook(lambda *args: None)  # hooks run only in module calls
+    assert not written_out_applies(actor, inputs)
+    handle.remove()
     actor.body[0].bias.requires_grad_(False)  # a frozen parameter: autograd's form, over the trained ones
+    assert not written_out_applies(actor, inputs)
     pf = PolicyFisher(actor, family, inputs, damping=0.0)
-    assert pf._written_out_gauss_newton_linearisation() is None
     v = torch.randn(pf.num_parameters, dtype=DTYPE)
     with pf.linearised():
         assert torch.isfinite(pf.fvp(v)).all()

@@ -119,7 +119,7 @@ def test_value_hessian_top_eigenvalue_matches_autograd_hessian():
     def loss_of(flat):
         chunks = torch.split(flat, [int(np.prod(s)) for s in shapes])
         params = {n: c.reshape(s) for n, c, s in zip(names, chunks, shapes)}
-        return ((functional_call(policy.critic, params, (inputs,)) - returns) ** 2).mean()
+        return ((functional_call(policy.critic, params, (inputs,)).squeeze(-1) - returns) ** 2).mean()
 
     reference = torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss_of, phi)).flip(0)
     hessian = ValueLossHessian(policy.critic, inputs, returns)

@@ -50,18 +50,13 @@ def test_act_matches_the_distribution(action_space, kw):
         torch.testing.assert_close(values, policy.value(obs), rtol=1e-5, atol=1e-5)
         mode, _, _ = policy.act(obs, deterministic=True)
         torch.testing.assert_close(mode, dist.mode)
-    # fused Adam moves parameters without bumping tensor versions: start_rollout() re-stacks them
-    policy.start_rollout()
+    # fused Adam moves parameters without bumping tensor versions: act() must read the live parameters
     opt = torch.optim.Adam(policy.parameters(), lr=0.1, fused=True)
     policy.value(obs).sum().backward()
     opt.step()
-    policy.start_rollout()
     _, values2, _ = policy.act(obs)
-    policy.end_rollout()
-    _, values3, _ = policy.act(obs)  # outside a rollout: built from the live parameters
     with torch.no_grad():
         torch.testing.assert_close(values2, policy.value(obs), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(values3, policy.value(obs), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -72,24 +67,29 @@ def test_act_matches_the_distribution(action_space, kw):
         (spaces.MultiDiscrete([2, 3]), {"net_arch": {"pi": [8], "vf": [4, 4]}, "activation_fn": "elu"}),
     ],
 )
-def test_evaluate_actions_matches_the_distribution_and_its_gradients(action_space, kw):
-    """The update's fast path: (log π, H, V) and their parameter gradients equal the module path's."""
+@pytest.mark.parametrize("written_out", [True, False], ids=["written_out", "autograd"])
+def test_outputs_match_the_modules_and_their_gradients(action_space, kw, written_out):
+    """policy.outputs (the update's one evaluation) and its backward equal the modules and autograd."""
     policy, obs = _policy_and_batch(action_space, kw)
-    actions, _, _ = policy.act(obs)
-    actions = actions.clone()
-    log_prob, entropy, values = policy.evaluate_actions(obs, actions)
-    dist = policy.get_distribution(obs)
-    ref = (dist.log_prob(actions), dist.entropy(), policy.critic(policy.actor_inputs(obs)))  # the modules
-    for ours, theirs in zip((log_prob, entropy, values), ref):
-        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
-    params = list(policy.parameters())
-    loss = lambda lp, h, v: (lp * obs[:, 0]).mean() - 0.1 * h.mean() + v.square().mean()  # noqa: E731
-    ours = torch.autograd.grad(loss(log_prob, entropy, values), params, allow_unused=True)
-    theirs = torch.autograd.grad(loss(*ref), params, allow_unused=True)
-    for g, h in zip(ours, theirs):
-        assert (g is None) == (h is None)
-        if g is not None:
-            torch.testing.assert_close(g, h, rtol=1e-5, atol=1e-6)
+    policy.written_out_derivatives = written_out
+    actions = policy.act(obs)[0].clone()
+    family, params = policy.family, list(policy.parameters())
+
+    def loss(dist_params, values):
+        return ((family.log_prob(dist_params, actions) * obs[:, 0]).mean() - 0.1 * family.entropy(dist_params).mean()
+                + values.square().mean())
+
+    out = policy.outputs(obs)
+    x = policy.actor_inputs(obs)
+    reference = (policy.actor(x), policy.critic(x).squeeze(-1))  # the modules
+    torch.testing.assert_close(out.dist_params, reference[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.values, reference[1], rtol=1e-5, atol=1e-6)
+    theirs = torch.autograd.grad(loss(*reference), params, allow_unused=True)
+    out.backward(loss(out.dist_params, out.values))
+    for p, h in zip(params, theirs):
+        assert (p.grad is None) == (h is None)
+        if h is not None:
+            torch.testing.assert_close(p.grad, h, rtol=1e-5, atol=1e-6)
 
 
 def test_fast_sampling_has_the_right_distribution():

@@ -1,0 +1,119 @@
+"""rlgeom's TRPO against sb3-contrib's, an independent implementation of the same algorithm.
+
+From the same weights, on the same rollouts, both must compute the same advantages, the same policy
+step (sb3-contrib averages the KL over the action dimensions as well as the batch, so its target_kl and
+cg_damping are rlgeom's divided by the action dimension k) and the same critic fit: one update, and a
+short stretch of training in which rlgeom collects every rollout and sb3-contrib is fed the same data.
+HalfCheetah-v5 with a 40-step time limit: k = 6 and time-limit truncations inside every rollout, the
+case where both libraries bootstrap from the value of the final observation.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("mujoco")
+sb3_contrib = pytest.importorskip("sb3_contrib")
+
+from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
+from stable_baselines3.common.logger import configure  # noqa: E402
+
+from agents import TRPO  # noqa: E402
+
+TASK, K, N_ENVS, N_STEPS, TIME_LIMIT = "HalfCheetah-v5", 6, 2, 64, 40
+TARGET_KL, DAMPING, CRITIC_LR = 0.02, 0.1, 1e-3
+
+# sb3-contrib parameter name -> a function giving rlgeom's tensor of the same role
+PAIRS = {
+    "mlp_extractor.policy_net.0.weight": lambda p: p.actor.body[0].weight,
+    "mlp_extractor.policy_net.0.bias": lambda p: p.actor.body[0].bias,
+    "mlp_extractor.policy_net.2.weight": lambda p: p.actor.body[2].weight,
+    "mlp_extractor.policy_net.2.bias": lambda p: p.actor.body[2].bias,
+    "action_net.weight": lambda p: p.actor.head.weight,
+    "action_net.bias": lambda p: p.actor.head.bias,
+    "log_std": lambda p: p.actor.scale.raw,
+    "mlp_extractor.value_net.0.weight": lambda p: p.critic.body[0].weight,
+    "mlp_extractor.value_net.0.bias": lambda p: p.critic.body[0].bias,
+    "mlp_extractor.value_net.2.weight": lambda p: p.critic.body[2].weight,
+    "mlp_extractor.value_net.2.bias": lambda p: p.critic.body[2].bias,
+    "value_net.weight": lambda p: p.critic.head.weight,
+    "value_net.bias": lambda p: p.critic.head.bias,
+}
+
+
+def make_pair(batch_size: int):
+    agent = TRPO("MlpPolicy", TASK, n_envs=N_ENVS, seed=0, device="cpu", env_kwargs={"max_episode_steps": TIME_LIMIT},
+                 n_steps=N_STEPS, batch_size=batch_size, max_kl=TARGET_KL * K, cg_damping=DAMPING * K,
+                 cg_max_steps=15, n_critic_updates=3, learning_rate=CRITIC_LR)
+    peer = sb3_contrib.TRPO(
+        "MlpPolicy", make_vec_env(TASK, n_envs=N_ENVS), n_steps=N_STEPS, batch_size=batch_size, target_kl=TARGET_KL, cg_damping=DAMPING,
+        cg_max_steps=15, n_critic_updates=3, learning_rate=CRITIC_LR, seed=0, device="cpu",
+        policy_kwargs={"optimizer_kwargs": {"eps": 1e-8}},  # rlgeom's critic Adam uses torch's default eps
+    )
+    peer.set_logger(configure(None, []))  # its env only gives the spaces: every rollout comes from rlgeom
+    with torch.no_grad():  # the same starting weights
+        state = peer.policy.state_dict()
+        for name, ours in PAIRS.items():
+            ours(agent.policy).copy_(state[name])
+    agent._reset_env()
+    return agent, peer
+
+
+def feed(agent, peer) -> None:
+    """Write rlgeom's collected rollout into sb3-contrib's buffer the way SB3's collect_rollouts would:
+    a time-limit truncation adds γ·V(final observation) to the reward and then ends the episode."""
+    buf, rb, gamma = agent.buffer, peer.rollout_buffer, agent.config.gamma
+    rb.reset()
+    with torch.no_grad():
+        final_values = agent.policy.value(buf.next_obs.flatten(0, 1)).reshape(buf.rewards.shape)
+        last_values = agent.policy.value(agent._last_obs)
+    truncated = buf.dones & ~buf.terminated
+    rewards = buf.rewards + gamma * final_values * truncated
+    rb.observations[:] = buf.obs.numpy()
+    rb.actions[:] = buf.actions.numpy()
+    rb.rewards[:] = rewards.numpy()
+    rb.episode_starts[:] = buf.episode_starts.numpy()
+    rb.values[:] = buf.values.numpy()
+    rb.log_probs[:] = buf.log_probs.numpy()
+    rb.full, rb.pos = True, N_STEPS
+    rb.compute_returns_and_advantage(last_values, buf.dones[-1].numpy())
+
+
+def collect(agent) -> None:
+    agent.collect_rollout()
+    assert bool((agent.buffer.dones & ~agent.buffer.terminated).any()), "the rollout should contain truncations"
+
+
+def max_differences(agent, peer) -> tuple[float, float]:
+    """(largest |Δ| over the actor's parameters, over the critic's), rlgeom against sb3-contrib."""
+    state = peer.policy.state_dict()
+    actor = max((PAIRS[n](agent.policy) - state[n]).abs().max().item() for n in PAIRS if "value" not in n)
+    critic = max((PAIRS[n](agent.policy) - state[n]).abs().max().item() for n in PAIRS if "value" in n)
+    return actor, critic
+
+
+def test_same_advantages_and_same_update_as_sb3_contrib():
+    agent, peer = make_pair(batch_size=N_STEPS * N_ENVS)  # one critic minibatch: no shuffling difference
+    collect(agent)
+    feed(agent, peer)
+    np.testing.assert_allclose(agent.buffer.advantages.numpy(), peer.rollout_buffer.advantages, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(agent.buffer.returns.numpy(), peer.rollout_buffer.returns, rtol=1e-4, atol=1e-5)
+    before = {n: PAIRS[n](agent.policy).detach().clone() for n in PAIRS}
+    stats = agent.update(agent.buffer, 1.0)
+    peer.train()
+    assert stats["geometry/line_search_accepted"] == 1.0
+    moved = max((PAIRS[n](agent.policy) - before[n]).abs().max().item() for n in PAIRS)
+    actor_diff, critic_diff = max_differences(agent, peer)
+    assert moved > 1e-2  # the update did something, so agreement below means something
+    assert actor_diff < 1e-4 * moved and critic_diff < 1e-4 * moved
+
+
+def test_same_parameters_as_sb3_contrib_over_a_stretch_of_training():
+    agent, peer = make_pair(batch_size=N_STEPS * N_ENVS)
+    for _ in range(4):
+        collect(agent)
+        feed(agent, peer)
+        agent.update(agent.buffer, 1.0)
+        peer.train()
+    actor_diff, critic_diff = max_differences(agent, peer)
+    assert actor_diff < 1e-3 and critic_diff < 1e-3
