@@ -168,9 +168,7 @@ class ACKTRConfig(OnPolicyConfig):
 
 
 def _in_half_open(cfg, name: str) -> None:
-    v = getattr(cfg, name)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0.0 <= v < 1.0):
-        raise ValueError(f"{name} must be a number in [0, 1), got {v!r}")
+    c.in_range(cfg, name, 0.0, 1.0, high_open=True)
 
 
 class ACKTR(OnPolicyAgent):

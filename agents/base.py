@@ -44,7 +44,7 @@ import torch
 from gymnasium import spaces
 
 import envs
-from rlgeom import __version__
+from rlgeom import __version__, validation
 from rlgeom import checkpoint as ckpt
 from rlgeom.buffer import RolloutBuffer
 from rlgeom.guards import SkippedUpdate, TrainingDivergedError, guard_finite
@@ -108,12 +108,9 @@ class OnPolicyAgent(abc.ABC):
     ):
         self.config = self.Config.build(hyperparameters)
         self._nonfinite = NonFiniteCounter(nonfinite)  # validates the mode
-        if isinstance(max_consecutive_skips, bool) or not isinstance(max_consecutive_skips, int) or max_consecutive_skips < 1:
-            raise ValueError(f"max_consecutive_skips must be a positive integer, got {max_consecutive_skips!r}")
-        self.max_consecutive_skips = max_consecutive_skips
-        if geometry_every is not None and (isinstance(geometry_every, bool) or not isinstance(geometry_every, int) or geometry_every < 1):
-            raise ValueError(f"geometry_every must be a positive integer or None (off), got {geometry_every!r}")
-        self.geometry_every = geometry_every  # log rlgeom.spectrum.training_geometry every k updates
+        self.max_consecutive_skips = validation.positive_int("max_consecutive_skips", max_consecutive_skips)
+        # log rlgeom.spectrum.training_geometry every k updates (None: off)
+        self.geometry_every = validation.positive_int("geometry_every", geometry_every, allow_none=True)
         self.device = resolve_device(device)
         self.seed, self.verbose, self.tensorboard_log = seed, verbose, tensorboard_log
         self.policy_name, self.policy_kwargs = policy, dict(policy_kwargs or {})
@@ -231,8 +228,7 @@ class OnPolicyAgent(abc.ABC):
         with `Agent.load(checkpoint, env=...)` then `learn(remaining, reset_num_timesteps=False)`."""
         if self.env is None:
             raise ValueError("this model has no env: pass env= to load() or call set_env(env) before learn()")
-        if isinstance(total_timesteps, bool) or not isinstance(total_timesteps, (int, np.integer)) or total_timesteps < 1:
-            raise ValueError(f"total_timesteps must be a positive integer, got {total_timesteps!r}")
+        validation.positive_int("total_timesteps", total_timesteps)
         self._check_checkpoint_args(checkpoint_every, checkpoint_dir, keep_checkpoints)
         if reset_num_timesteps or self._last_obs is None:
             with nonfinite_policy(self._nonfinite):
@@ -451,10 +447,9 @@ class OnPolicyAgent(abc.ABC):
 
     # ----------------------------------------------------------------- checkpoints
     def _check_checkpoint_args(self, every, directory, keep) -> None:
-        if every is not None and (isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1):
-            raise ValueError(f"checkpoint_every must be a positive number of environment steps or None, got {every!r}")
-        if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or keep < 1:
-            raise ValueError(f"keep_checkpoints must be a positive integer, got {keep!r}")
+        validation.positive_int("checkpoint_every", every, allow_none=True,
+                                meaning="a positive number of environment steps")
+        validation.positive_int("keep_checkpoints", keep)
         if every is not None and directory is None and not self.tensorboard_log and not self._checkpoint_dir:
             raise ValueError(
                 "checkpoint_every needs a place to write: pass checkpoint_dir=... to learn(), or tensorboard_log=... "

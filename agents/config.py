@@ -12,6 +12,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from rlgeom import validation
 from rlgeom.schedules import validate_schedule
 
 
@@ -77,36 +78,25 @@ def parse_hp_value(text: str):
     return text
 
 
+# Field checks: rlgeom.validation's rules applied to a config's field by name.
 def positive_int(cfg, name: str) -> None:
-    v = getattr(cfg, name)
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    validation.positive_int(name, getattr(cfg, name))
 
 
 def boolean(cfg, name: str) -> None:
-    v = getattr(cfg, name)
-    if not isinstance(v, bool):
-        raise ValueError(f"{name} must be True or False, got {v!r}")
+    validation.boolean(name, getattr(cfg, name))
 
 
-def in_range(cfg, name: str, lo: float, hi: float) -> None:
-    v = getattr(cfg, name)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v <= hi):
-        raise ValueError(f"{name} must be a number in [{lo}, {hi}], got {v!r}")
+def in_range(cfg, name: str, lo: float, hi: float, high_open: bool = False) -> None:
+    validation.in_range(name, getattr(cfg, name), lo, hi, high_open=high_open)
 
 
 def positive(cfg, name: str, allow_none: bool = False) -> None:
-    v = getattr(cfg, name)
-    if v is None and allow_none:
-        return
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-        raise ValueError(f"{name} must be > 0{' or None' if allow_none else ''}, got {v!r}")
+    validation.positive(name, getattr(cfg, name), allow_none=allow_none)
 
 
 def non_negative(cfg, name: str) -> None:
-    v = getattr(cfg, name)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-        raise ValueError(f"{name} must be >= 0, got {v!r}")
+    validation.non_negative(name, getattr(cfg, name))
 
 
 def schedule(cfg, name: str) -> None:

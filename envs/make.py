@@ -10,6 +10,7 @@ import gymnasium as gym
 import torch
 from gymnasium.vector import AutoresetMode
 
+from rlgeom import validation
 from envs.atari import atari_env_kwargs, atari_wrappers, is_atari_id, register_atari
 from envs.base import VecEnv
 from envs.gymnasium_backend import EpisodeInfoOnly, GymnasiumVecEnv
@@ -29,8 +30,7 @@ def make_vec_env(
 ) -> VecEnv:
     """Build rlgeom's vectorised env from an env id, a gymnasium Env or VectorEnv, an SB3 VecEnv
     (VecNormalize included) or an rlgeom VecEnv. `seed` is applied at the first reset."""
-    if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs < 1:
-        raise ValueError(f"n_envs must be a positive integer, got {n_envs!r}")
+    validation.positive_int("n_envs", n_envs)
     if vectorization not in VECTORIZATION_MODES:
         raise ValueError(f"unknown vectorization {vectorization!r}; accepted: {', '.join(VECTORIZATION_MODES)}")
     if isinstance(env, VecEnv):

@@ -34,6 +34,7 @@ import torch
 from gymnasium import spaces
 
 from envs.base import StepResult, VecEnv
+from rlgeom import validation
 
 __all__ = [
     "TORCH_NATIVE_IDS",
@@ -77,16 +78,13 @@ class TorchNativeVecEnv(VecEnv):
         *,
         max_episode_steps: int | None = None,
     ) -> None:
-        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        validation.positive_int("num_envs", num_envs)
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
         if max_episode_steps is None:
             max_episode_steps = self.default_max_episode_steps
-        if isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, int) or max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps must be a positive int or None, got {max_episode_steps!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+        validation.positive_int("max_episode_steps", max_episode_steps)
+        validation.non_negative_int("seed", seed, allow_none=True)
         self.num_envs = num_envs
         self.device = torch.device(device)
         self.dtype = dtype

@@ -104,6 +104,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlgeom import validation
+
 __all__ = ["KFACPreconditioner", "KFACStats"]
 
 _FORMAT = "rlgeom.kfac/1"
@@ -345,9 +347,7 @@ def _eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _check_every(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"K-FAC: {name} must be a positive integer (1 = every call), got {value!r}")
-    return value
+    return validation.positive_int(f"K-FAC: {name}", value, meaning="a positive integer (1 = every call)")
 
 
 class KFACPreconditioner:
@@ -427,9 +427,7 @@ class KFACPreconditioner:
 
     @damping.setter
     def damping(self, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
-            raise ValueError(f"K-FAC: damping must be a finite number > 0, got {value!r}")
-        self._damping = float(value)
+        self._damping = float(validation.positive("K-FAC: damping", value, finite=True))
 
     @property
     def layer_names(self) -> tuple[str, ...]:

@@ -1,0 +1,68 @@
+"""The argument checks every part of rlgeom shares: one function per rule, one wording per error.
+
+Each raises ValueError naming the argument, the rule it broke (what is accepted) and the value it got,
+and returns the value (converted to a plain int or float) so a caller can check and assign at once.
+Booleans are refused where a number is asked for (True is an int to Python, not to a user).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def positive_int(name: str, value, *, allow_none: bool = False, meaning: str = "a positive integer"):
+    """An integer ≥ 1 (numpy integers included), or None where allowed."""
+    if value is None and allow_none:
+        return None
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{name} must be {meaning}{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)
+
+
+def non_negative_int(name: str, value, *, allow_none: bool = False):
+    """An integer ≥ 0, or None where allowed."""
+    if value is None and allow_none:
+        return None
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)
+
+
+def positive(name: str, value, *, allow_none: bool = False, finite: bool = False):
+    """A number > 0 (and finite when asked), or None where allowed."""
+    if value is None and allow_none:
+        return None
+    if not _is_number(value) or not value > 0 or (finite and not math.isfinite(value)):
+        kind = "a finite number > 0" if finite else "> 0"
+        raise ValueError(f"{name} must be {kind}{' or None' if allow_none else ''}, got {value!r}")
+    return value
+
+
+def non_negative(name: str, value):
+    """A number ≥ 0."""
+    if not _is_number(value) or not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return value
+
+
+def in_range(name: str, value, low: float, high: float, *, high_open: bool = False):
+    """A number in [low, high], or [low, high) with high_open."""
+    inside = _is_number(value) and low <= value and (value < high if high_open else value <= high)
+    if not inside:
+        raise ValueError(f"{name} must be a number in [{low}, {high}{')' if high_open else ']'}, got {value!r}")
+    return value
+
+
+def boolean(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value

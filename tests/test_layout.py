@@ -1,0 +1,53 @@
+"""The dependency direction of DESIGN.md: agents -> core, agents -> envs, tools -> agents and envs;
+never the other way. Checked on the source (every import statement, also inside functions), so an
+import added anywhere in the core fails here, not in a user's environment."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+#: rlgeom's modules that are tools (command-line entry points and what only they use), not core
+TOOLS = {"train", "compare", "landscape", "benchmark", "runlogs"}
+FORBIDDEN_FOR_CORE = ("agents", "envs", *(f"rlgeom.{t}" for t in TOOLS))
+
+
+def imported_modules(path: pathlib.Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _violations(paths, forbidden):
+    found = []
+    for path in paths:
+        for name in imported_modules(path):
+            if any(name == f or name.startswith(f + ".") for f in forbidden):
+                found.append(f"{path.relative_to(ROOT)} imports {name}")
+    return found
+
+
+def test_the_core_imports_no_agent_env_or_tool():
+    core = [p for p in (ROOT / "rlgeom").glob("*.py") if p.stem not in TOOLS]
+    assert len(core) > 10  # the check looks at the real package
+    assert _violations(core, FORBIDDEN_FOR_CORE) == []
+
+
+def test_envs_import_no_agent_and_no_tool():
+    assert _violations((ROOT / "envs").glob("*.py"), ("agents", *(f"rlgeom.{t}" for t in TOOLS))) == []
+
+
+def test_agents_import_no_tool():
+    assert _violations((ROOT / "agents").glob("*.py"), tuple(f"rlgeom.{t}" for t in TOOLS)) == []
+
+
+def test_the_check_sees_imports_inside_functions(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from agents.ppo import PPO\n    import envs\n")
+    assert {"agents.ppo", "agents.ppo.PPO", "envs"} <= imported_modules(module)
