@@ -548,7 +548,8 @@ class OnPolicyAgent(abc.ABC):
             self.reward_scaler._discounted = running.to(self.device).clone() if running is not None else None
 
     def _model_state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        tensors = {f"policy.{k}": v for k, v in self.policy.state_dict().items()}
+        aliases = _state_aliases(self.policy)  # a shared features extractor is stored once
+        tensors = {f"policy.{k}": v for k, v in self.policy.state_dict().items() if k not in aliases}
         extra, extra_skeleton = ckpt.pack_state("extra", self._extra_state())
         tensors.update(extra)
         description = {
@@ -619,6 +620,9 @@ class OnPolicyAgent(abc.ABC):
 
     def _load_tensors(self, path, tensors: dict[str, torch.Tensor]) -> None:
         policy_state = {k[len("policy."):]: v for k, v in tensors.items() if k.startswith("policy.")}
+        for alias, original in _state_aliases(self.policy).items():  # stored once, under its first name
+            if alias not in policy_state and original in policy_state:
+                policy_state[alias] = policy_state[original]
         expected = self.policy.state_dict()
         missing = sorted(set(expected) - set(policy_state))
         unexpected = sorted(set(policy_state) - set(expected))
@@ -635,6 +639,19 @@ class OnPolicyAgent(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.policy_name}, env={self.env_id}, device={self.device})"
+
+
+def _state_aliases(module: torch.nn.Module) -> dict[str, str]:
+    """{key: first key} for state-dict entries that are the same tensor as an earlier entry (a features
+    extractor shared by actor and critic appears under both names; safetensors stores a tensor once)."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for key, tensor in module.state_dict(keep_vars=True).items():
+        if id(tensor) in first:
+            aliases[key] = first[id(tensor)]
+        else:
+            first[id(tensor)] = key
+    return aliases
 
 
 def _clone_tree(x):

@@ -206,3 +206,20 @@ def test_cli_resume_of_a_finished_run_trains_no_more(tmp_path):
                                       "--no-progress", "--eval-episodes", "1", "--seed", "0"])
     assert run(args)["timesteps"] == 64
     shutil.rmtree(src)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "acktr"])
+def test_models_with_a_shared_features_extractor_save_load_and_checkpoint(tmp_path, algo):
+    """CnnPolicy's torso belongs to actor and critic at once: stored once, shared again after loading."""
+    from agents import ACKTR
+    from test_acktr import TinyImageEnv  # tests/ is on sys.path (pytest prepends it)
+
+    cls = {"ppo": PPO, "acktr": ACKTR}[algo]
+    agent = cls("CnnPolicy", TinyImageEnv(), n_steps=8, seed=0, device="cpu", **({"batch_size": 8} if algo == "ppo" else {}))
+    agent.learn(16)
+    obs = torch.as_tensor(np.random.default_rng(0).integers(0, 256, (3, 4, 36, 36), dtype=np.uint8))
+    for path in (agent.save(tmp_path / "model"), agent.save_checkpoint(tmp_path / "checkpoint")):
+        loaded = cls.load(path, env=TinyImageEnv())
+        assert loaded.policy.actor.features is loaded.policy.critic.features
+        torch.testing.assert_close(loaded.policy.dist_params(obs), agent.policy.dist_params(obs))
+        torch.testing.assert_close(loaded.policy.value(obs), agent.policy.value(obs))
