@@ -52,7 +52,8 @@ from rlgeom.logger import RunLogger, run_directory
 from rlgeom.normalization import RewardScaler
 from rlgeom.policies import ActorCriticPolicy
 from rlgeom.serialization import (
-    ModelFileError, read_model, space_from_json, space_to_json, spaces_equal, write_model,
+    ModelFileError, policy_kwargs_from_json, policy_kwargs_to_json, read_model, space_from_json, space_to_json,
+    spaces_equal, write_model,
 )
 from agents.config import OnPolicyConfig
 from envs.boundary import NonFiniteCounter, nonfinite_policy
@@ -348,7 +349,8 @@ class OnPolicyAgent(abc.ABC):
         self.logger.write_run_info(
             {
                 "env_id": self.env_id, "algo": self.algo, "seed": self.seed, "rlgeom": __version__,
-                "n_envs": self.n_envs, "policy": self.policy_name, "policy_kwargs": self.policy_kwargs,
+                "n_envs": self.n_envs, "policy": self.policy_name,
+                "policy_kwargs": policy_kwargs_to_json(self.policy_kwargs),
                 "hyperparameters": self.config.to_dict(), "device": str(self.device),
             }
         )
@@ -554,7 +556,7 @@ class OnPolicyAgent(abc.ABC):
         tensors.update(extra)
         description = {
             "algo": self.algo, "rlgeom": __version__, "policy": self.policy_name,
-            "policy_kwargs": self.policy_kwargs, "hyperparameters": self.config.to_dict(),
+            "policy_kwargs": policy_kwargs_to_json(self.policy_kwargs), "hyperparameters": self.config.to_dict(),
             "observation_space": space_to_json(self.observation_space),
             "action_space": space_to_json(self.action_space),
             "num_timesteps": self.num_timesteps, "n_updates": self.n_updates,
@@ -570,10 +572,12 @@ class OnPolicyAgent(abc.ABC):
         return write_model(path, *self._model_state())
 
     @classmethod
-    def load(cls, path, env=None, device="auto", **overrides):
+    def load(cls, path, env=None, device="auto", custom_objects: dict | None = None, **overrides):
         """Rebuild a saved agent (no unpickling); `env` must match the saved spaces. A checkpoint also
         restores optimisers, counters, RNG states and the TensorBoard run: continue it with
-        `learn(remaining, reset_num_timesteps=False)`."""
+        `learn(remaining, reset_num_timesteps=False)`. A class the file names that is not rlgeom's,
+        SB3's or torch's (a features extractor) is never imported: pass it in `custom_objects`
+        (`{"features_extractor_class": MyExtractor}`, or SB3's `{"policy_kwargs": {...}}`)."""
         tensors, d = read_model(path)
         if d.get("algo") != cls.algo:
             raise ModelFileError(
@@ -581,14 +585,18 @@ class OnPolicyAgent(abc.ABC):
                 f"load it with {str(d.get('algo')).upper()}.load"
             )
         options = {k: overrides.pop(k) if k in overrides else d[k] for k in AGENT_OPTIONS if k in overrides or k in d}
+        device = resolve_device(device)  # an unavailable device is the caller's problem, not the file's
         try:
             obs_space = space_from_json(d["observation_space"])
             act_space = space_from_json(d["action_space"])
             hyperparameters = {**d["hyperparameters"], **overrides}
+            policy_kwargs = policy_kwargs_from_json(d.get("policy_kwargs") or {}, custom_objects, str(path))
             agent = cls(
-                d["policy"], None, policy_kwargs=d.get("policy_kwargs"), n_envs=d.get("n_envs", 1),
+                d["policy"], None, policy_kwargs=policy_kwargs, n_envs=d.get("n_envs", 1),
                 seed=d.get("seed"), device=device, _spaces=(obs_space, act_space), **options, **hyperparameters,
             )
+        except ModelFileError:
+            raise
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ModelFileError(f"{path}: the model description is incomplete or inconsistent: {err}") from None
         agent._load_tensors(path, tensors)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from gymnasium import spaces
+import torch.nn.functional as F
 from torch import nn
 
 from rlgeom.distributions import ActionDistribution, DiagGaussianFamily, family_for_space
@@ -43,7 +44,62 @@ SCALE_PARAMETERISATIONS = ("log_std", "std", "var")
 
 
 def is_image_space(space) -> bool:
+    """A uint8 Box of 3 dimensions, channel-first or channel-last (SB3's test, without its size checks)."""
     return isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
+
+
+def channels_last(space) -> bool:
+    """An image whose smallest dimension is the last (SB3's VecTransposeImage would transpose it)."""
+    from stable_baselines3.common.preprocessing import is_image_space_channels_first
+
+    return is_image_space(space) and not is_image_space_channels_first(space)
+
+
+def channel_first_space(space):
+    """The image space as the network sees it: [C, H, W] (channel-last images are transposed)."""
+    if not channels_last(space):
+        return space
+    h, w, c = space.shape
+    return spaces.Box(0, 255, (c, h, w), np.uint8)
+
+
+OBSERVATION_SPACES = "Box (vectors, any shape, uint8 images channel-first or -last), Discrete, MultiDiscrete, MultiBinary"
+
+
+class Preprocess(nn.Module):
+    """SB3's observation preprocessing as a module, before a features extractor: float vectors as they
+    are, images transposed to channel-first (as VecTransposeImage) and scaled by 1/255 when
+    `normalize_images`, Discrete and MultiDiscrete one-hot (from their `start`), MultiBinary as floats."""
+
+    def __init__(self, space, normalize_images: bool = True):
+        super().__init__()
+        if not isinstance(space, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
+            raise ValueError(f"unsupported observation space {space!r}; accepted: {OBSERVATION_SPACES}")
+        self.space, self.normalize_images = space, normalize_images
+        self.transpose = channels_last(space)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        space = self.space
+        if isinstance(space, spaces.Discrete):
+            return F.one_hot(obs.long() - int(space.start), int(space.n)).float()
+        if isinstance(space, spaces.MultiDiscrete):
+            starts = torch.as_tensor(space.start.reshape(-1), device=obs.device)
+            shifted = obs.long().reshape(obs.shape[0], -1) - starts
+            return torch.cat([F.one_hot(shifted[:, i], int(n)).float() for i, n in enumerate(space.nvec.reshape(-1))], -1)
+        if self.transpose:
+            obs = obs.permute(0, 3, 1, 2)
+        if is_image_space(space) and self.normalize_images:
+            return obs.float() / 255.0
+        return obs.float()
+
+
+def preprocessed_dim(space) -> int:
+    """Width of the flattened preprocessed observation (one-hot widths for the discrete spaces)."""
+    if isinstance(space, spaces.Discrete):
+        return int(space.n)
+    if isinstance(space, spaces.MultiDiscrete):
+        return int(space.nvec.sum())
+    return int(np.prod(space.shape))
 
 
 def mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Sequential:
@@ -61,11 +117,19 @@ def orthogonal_init(module: nn.Module, gain: float) -> None:
 
 
 class NatureCNN(nn.Module):
-    """Mnih et al. 2015's torso: uint8 [B, C, 84, 84] frames -> 512 features."""
+    """Mnih et al. 2015's torso: uint8 [B, C, 84, 84] frames -> 512 features (channel-last frames
+    [B, H, W, C] are transposed first, as SB3's VecTransposeImage does; `scale`: divide by 255)."""
 
-    def __init__(self, obs_shape: tuple[int, int, int], features_dim: int = 512):
+    def __init__(self, obs_shape: tuple[int, int, int], features_dim: int = 512, channels_last: bool = False,
+                 scale: bool = True):
         super().__init__()
+        if channels_last:
+            obs_shape = (obs_shape[2], obs_shape[0], obs_shape[1])
+        self.channels_last, self.scale = channels_last, scale
         c = obs_shape[0]
+        if min(obs_shape[1:]) < 36:
+            raise ValueError(f"CnnPolicy's NatureCNN needs images of at least 36x36 pixels, got {obs_shape[1:]} "
+                             "(channel-first); use MlpPolicy or a features_extractor_class for small images")
         self.convs = nn.Sequential(
             nn.Conv2d(c, 32, 8, stride=4), nn.ReLU(),
             nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
@@ -78,7 +142,10 @@ class NatureCNN(nn.Module):
         self.features_dim = features_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.convs(x.float() / 255.0))
+        if self.channels_last:
+            x = x.permute(0, 3, 1, 2)
+        x = x.float()
+        return self.linear(self.convs(x / 255.0 if self.scale else x))
 
 
 class GaussianScale(nn.Module):
@@ -197,47 +264,55 @@ class ActorCriticPolicy(nn.Module):
         action_space,
         policy: str = "MlpPolicy",
         net_arch: dict | list | None = None,
-        activation_fn: str = "tanh",
+        activation_fn: str | type[nn.Module] = "tanh",
         ortho_init: bool = True,
         log_std_init: float = 0.0,
         scale_parameterisation: str = "log_std",
         share_features_extractor: bool | None = None,
         features_dim: int = 512,
         normalize_observations: bool = False,
+        features_extractor_class: type[nn.Module] | None = None,
+        features_extractor_kwargs: dict | None = None,
+        normalize_images: bool = True,
     ):
         super().__init__()
         if policy not in POLICY_NAMES:
             raise ValueError(f"unknown policy {policy!r}; accepted: {', '.join(POLICY_NAMES)}")
-        if activation_fn not in ACTIVATIONS:
-            raise ValueError(f"unknown activation_fn {activation_fn!r}; accepted: {', '.join(ACTIVATIONS)}")
+        act = activation_class(activation_fn)
         self.family = family_for_space(action_space)
         self.observation_space, self.action_space = observation_space, action_space
         self.policy_name = policy
-        obs_shape = tuple(observation_space.shape)
+        Preprocess(observation_space)  # refuses an unsupported space, naming the accepted ones
         image = is_image_space(observation_space)
-        if policy == "CnnPolicy" and not image:
-            raise ValueError(
-                f"CnnPolicy needs uint8 image observations [C, H, W], got {observation_space}; use MlpPolicy"
-            )
-        if policy == "MlpPolicy" and (image or len(obs_shape) != 1):
-            raise ValueError(
-                f"MlpPolicy needs 1-D vector observations, got shape {obs_shape}; use CnnPolicy for images"
-            )
+        if policy == "CnnPolicy" and not image and features_extractor_class is None:
+            raise ValueError(f"CnnPolicy needs uint8 image observations ([C, H, W] or [H, W, C]), got "
+                             f"{observation_space}; use MlpPolicy or pass a features_extractor_class")
         pi_sizes, vf_sizes = _split_net_arch(net_arch, default=[64, 64] if policy == "MlpPolicy" else [])
-        act = ACTIVATIONS[activation_fn]
-        share = (policy == "CnnPolicy") if share_features_extractor is None else share_features_extractor
+        has_extractor = policy == "CnnPolicy" or features_extractor_class is not None
+        share = has_extractor if share_features_extractor is None else share_features_extractor
         self.share_features_extractor = share
         #: plain MLPs use rlgeom.networks' written-out derivatives (the agents set it from their config)
         self.written_out_derivatives = True
-        # Images are not normalised by running statistics (the CNN scales uint8 by 1/255).
-        self.obs_normalizer = RunningNormalizer(obs_shape, enabled=normalize_observations and not image)
+        # running statistics for float vectors only (images are scaled by 1/255, discrete spaces one-hot)
+        vector = isinstance(observation_space, spaces.Box) and not image
+        self.obs_normalizer = RunningNormalizer(tuple(observation_space.shape), enabled=normalize_observations and vector)
+        plain_vector = vector and len(observation_space.shape) == 1
 
-        def features():
-            return NatureCNN(obs_shape, features_dim) if policy == "CnnPolicy" else nn.Flatten()
+        def features() -> nn.Module:
+            if features_extractor_class is not None:  # an SB3 BaseFeaturesExtractor (or alike) on preprocessed obs
+                extractor = features_extractor_class(channel_first_space(observation_space),
+                                                     **(features_extractor_kwargs or {}))
+                return nn.Sequential(Preprocess(observation_space, normalize_images), extractor)
+            if policy == "CnnPolicy":
+                return NatureCNN(tuple(observation_space.shape), features_dim, channels_last(observation_space),
+                                 normalize_images)
+            if plain_vector:
+                return nn.Flatten()
+            return nn.Sequential(Preprocess(observation_space, normalize_images), nn.Flatten())
 
-        in_dim = features_dim if policy == "CnnPolicy" else obs_shape[0]
         actor_features = features()
         critic_features = actor_features if share else features()
+        in_dim = _features_dim(actor_features, observation_space)
         self.actor = Actor(
             actor_features, mlp([in_dim] + pi_sizes, act), ([in_dim] + pi_sizes)[-1], self.family,
             log_std_init=log_std_init, scale_parameterisation=scale_parameterisation,
@@ -326,6 +401,29 @@ class ActorCriticPolicy(nn.Module):
     def _make_rollout_plan(self):
         return (self.obs_normalizer.frozen(),
                 networks.paired_inference_function(self.actor, self.critic, self.written_out_derivatives))
+
+
+def activation_class(activation_fn) -> type[nn.Module]:
+    """SB3's activation_fn (a torch.nn Module class) or its name as the CLI and model files give it."""
+    if isinstance(activation_fn, str):
+        if activation_fn in ACTIVATIONS:
+            return ACTIVATIONS[activation_fn]
+        by_class_name = {cls.__name__: cls for cls in ACTIVATIONS.values()}
+        if activation_fn in by_class_name:
+            return by_class_name[activation_fn]
+    elif isinstance(activation_fn, type) and issubclass(activation_fn, nn.Module):
+        return activation_fn
+    raise ValueError(f"unknown activation_fn {activation_fn!r}; accepted: a torch.nn Module class such as "
+                     f"torch.nn.Tanh, or one of the names {', '.join(ACTIVATIONS)}")
+
+
+def _features_dim(features: nn.Module, observation_space) -> int:
+    """Width of a features module's output: its `features_dim` (SB3's extractors, NatureCNN), or the
+    flattened preprocessed observation."""
+    for module in (features, *(features.children() if isinstance(features, nn.Sequential) else ())):
+        if isinstance(getattr(module, "features_dim", None), int):
+            return module.features_dim
+    return preprocessed_dim(observation_space)
 
 
 def _split_net_arch(net_arch, default: list[int]) -> tuple[list[int], list[int]]:

@@ -32,11 +32,62 @@ def model_path(path: str | os.PathLike) -> str:
     return path if path.endswith(SUFFIX) else path + SUFFIX
 
 
+#: modules whose classes a model file may name and `load` imports by itself; any other class (a user's
+#: features extractor) is used only when the caller passes it in `custom_objects`
+TRUSTED_MODULES = ("rlgeom", "stable_baselines3", "sb3_contrib", "torch")
+
+
+def class_to_json(cls: type) -> dict:
+    return {"class": f"{cls.__module__}:{cls.__qualname__}"}
+
+
+def class_from_json(value: dict, key: str, custom_objects: dict | None, where: str):
+    """The class a model file names, imported only from TRUSTED_MODULES, else taken from custom_objects."""
+    import importlib
+
+    name = value.get("class") if isinstance(value, dict) else None
+    if not isinstance(name, str) or ":" not in name:
+        raise ModelFileError(f"{where}: policy_kwargs.{key} is not a class reference: {value!r}")
+    if custom_objects and key in custom_objects:
+        return custom_objects[key]
+    module, _, qualname = name.partition(":")
+    if module.split(".")[0] not in TRUSTED_MODULES:
+        raise ModelFileError(
+            f"{where}: the model uses the class {name} for policy_kwargs.{key}, which load() does not import by "
+            f"itself (only {', '.join(TRUSTED_MODULES)} are); pass it: load(path, custom_objects={{{key!r}: "
+            f"{qualname.split('.')[-1]}}})")
+    try:
+        obj = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as err:
+        raise ModelFileError(f"{where}: cannot find the class {name} for policy_kwargs.{key}: {err}") from None
+    return obj
+
+
+def policy_kwargs_to_json(kwargs: dict) -> dict:
+    """policy_kwargs as JSON: classes (activation_fn, features_extractor_class) by module:qualname."""
+    return {k: class_to_json(v) if isinstance(v, type) else v for k, v in kwargs.items()}
+
+
+def policy_kwargs_from_json(kwargs: dict | None, custom_objects: dict | None = None, where: str = "model") -> dict:
+    """The inverse of policy_kwargs_to_json; `custom_objects` supplies classes load() must not import,
+    by policy_kwargs key (SB3's `custom_objects={"policy_kwargs": {...}}` replaces the whole dict)."""
+    if custom_objects and isinstance(custom_objects.get("policy_kwargs"), dict):
+        return dict(custom_objects["policy_kwargs"])
+    if not isinstance(kwargs, dict):
+        raise ModelFileError(f"{where}: policy_kwargs must be a JSON object, got {type(kwargs).__name__}")
+    return {k: class_from_json(v, k, custom_objects, where) if isinstance(v, dict) and "class" in v else v
+            for k, v in kwargs.items()}
+
+
 def space_to_json(space) -> dict:
     if isinstance(space, spaces.Discrete):
         return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
     if isinstance(space, spaces.MultiDiscrete):
-        return {"type": "MultiDiscrete", "nvec": space.nvec.tolist()}
+        return {"type": "MultiDiscrete", "nvec": space.nvec.tolist(), "start": space.start.tolist()}
+    if isinstance(space, spaces.MultiBinary):
+        return {"type": "MultiBinary", "n": np.asarray(space.n).tolist()}
     if isinstance(space, spaces.Box):
         return {
             "type": "Box", "shape": list(space.shape), "dtype": str(space.dtype),
@@ -50,7 +101,9 @@ def space_from_json(d: dict):
     if kind == "Discrete":
         return spaces.Discrete(d["n"], start=d.get("start", 0))
     if kind == "MultiDiscrete":
-        return spaces.MultiDiscrete(d["nvec"])
+        return spaces.MultiDiscrete(d["nvec"], start=d.get("start"))
+    if kind == "MultiBinary":
+        return spaces.MultiBinary(d["n"])
     if kind == "Box":
         dtype = np.dtype(d["dtype"])
         return spaces.Box(np.array(d["low"], dtype=dtype), np.array(d["high"], dtype=dtype), tuple(d["shape"]), dtype)

@@ -1,0 +1,136 @@
+"""SB3's policy surface: observation spaces beyond float vectors, SB3 features extractors, activation
+classes, and what a saved model may name (classes load() imports only from rlgeom, SB3 and torch)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor
+
+from agents import PPO, TRPO
+from rlgeom.serialization import ModelFileError
+
+
+class MatchTask(gym.Env):
+    """Each step shows an observation; the reward is 1 when the action is `target(obs)`. 16 steps."""
+
+    def __init__(self, observation_space, target):
+        self.observation_space, self.action_space = observation_space, spaces.Discrete(3)
+        self.target, self.t = target, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.observation_space.seed(int(self.np_random.integers(2**31)))
+        self.t, self.obs = 0, self.observation_space.sample()
+        return self.obs, {}
+
+    def step(self, action):
+        reward = float(int(action) == self.target(self.obs))
+        self.t, self.obs = self.t + 1, self.observation_space.sample()
+        return self.obs, reward, False, self.t >= 16, {}
+
+
+def quadrant_image(obs) -> int:
+    """Which third of the width of a channel-last image [H, W, C] is brightest."""
+    return int(np.argmax([obs[:, 0:3].sum(), obs[:, 3:6].sum(), obs[:, 6:9].sum()]))
+
+
+def bright_third(shape):
+    def make(rng):
+        image = rng.integers(0, 40, shape, dtype=np.uint8)
+        third = rng.integers(3)
+        image[:, 3 * third:3 * third + 3] = 200
+        return image
+    return make
+
+
+class ImageSpace(spaces.Box):
+    """uint8 channel-last frames whose brightest third is random (a readable task for a small CNN)."""
+
+    def sample(self, mask=None, probability=None):
+        return bright_third(self.shape)(self.np_random)
+
+
+class SmallCNN(BaseFeaturesExtractor):
+    """A user's features extractor, SB3-style: gets the channel-first space, preprocessed [0, 1] input."""
+
+    def __init__(self, observation_space, features_dim: int = 32):
+        super().__init__(observation_space, features_dim)
+        c = observation_space.shape[0]
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(c, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                       torch.nn.Linear(8 * observation_space.shape[1] * observation_space.shape[2],
+                                                       features_dim), torch.nn.ReLU())
+
+    def forward(self, x):
+        return self.net(x)
+
+
+TASKS = {
+    "discrete": (lambda: spaces.Discrete(3, start=-1), lambda o: int(o) + 1, {}),
+    "multidiscrete": (lambda: spaces.MultiDiscrete([2, 3], start=[1, -1]), lambda o: int(o[1]) + 1, {}),
+    "multibinary": (lambda: spaces.MultiBinary(3), lambda o: int(o[0] + o[2]), {}),
+    "channel_last_image": (lambda: ImageSpace(0, 255, (9, 9, 3), np.uint8), quadrant_image,
+                           {"features_extractor_class": SmallCNN}),
+}
+
+
+def mean_reward(agent, env, episodes: int = 20) -> float:
+    total = 0.0
+    for i in range(episodes):
+        obs, _ = env.reset(seed=1000 + i)
+        done = False
+        while not done:
+            action, _ = agent.predict(obs, deterministic=True)
+            obs, r, term, trunc, _ = env.step(action)
+            total += r
+            done = term or trunc
+    return total / (16 * episodes)
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_ppo_learns_a_tiny_task_on_each_observation_space(task):
+    make_space, target, policy_kwargs = TASKS[task]
+    env = MatchTask(make_space(), target)
+    agent = PPO("MlpPolicy", MatchTask(make_space(), target), seed=0, device="cpu", n_steps=256, batch_size=64,
+                learning_rate=3e-3, ent_coef=0.0, policy_kwargs=policy_kwargs)
+    before = mean_reward(agent, env)
+    agent.learn(6144)
+    after = mean_reward(agent, env)
+    assert after > max(0.8, before + 0.3), (before, after)  # chance is 1/3
+
+
+def test_a_user_extractor_is_named_in_the_file_and_used_only_when_passed(tmp_path):
+    make_space, target, _ = TASKS["channel_last_image"]
+    agent = TRPO("MlpPolicy", MatchTask(make_space(), target), seed=0, device="cpu", n_steps=64, batch_size=64,
+                 policy_kwargs={"features_extractor_class": SmallCNN, "features_extractor_kwargs": {"features_dim": 16},
+                                "activation_fn": torch.nn.ReLU})
+    assert not agent.policy.share_features_extractor  # TRPO steps actor and critic apart
+    agent.learn(64)
+    path = agent.save(tmp_path / "model")
+    with pytest.raises(ModelFileError, match="SmallCNN.*custom_objects"):
+        TRPO.load(path)
+    loaded = TRPO.load(path, custom_objects={"features_extractor_class": SmallCNN})
+    obs = np.stack([make_space().sample() for _ in range(4)])
+    np.testing.assert_allclose(loaded.predict(obs, deterministic=True)[0], agent.predict(obs, deterministic=True)[0])
+    assert loaded.policy.actor.body[1].__class__ is torch.nn.ReLU  # the activation class came back by name
+
+
+def test_sb3_extractors_load_by_themselves(tmp_path):
+    agent = PPO("MlpPolicy", "CartPole-v1", seed=0, device="cpu", n_steps=64, batch_size=64,
+                policy_kwargs={"features_extractor_class": FlattenExtractor, "share_features_extractor": False})
+    agent.learn(64)
+    loaded = PPO.load(agent.save(tmp_path / "model"))
+    obs = np.zeros((2, 4), np.float32)
+    np.testing.assert_allclose(loaded.predict(obs)[0].shape, (2,))
+
+
+def test_unsupported_spaces_and_arguments_are_refused_naming_what_is_accepted():
+    with pytest.raises(ValueError, match="unsupported observation space.*accepted: Box"):
+        PPO("MlpPolicy", MatchTask(spaces.Tuple([spaces.Discrete(2)]), lambda o: 0), device="cpu")
+    with pytest.raises(ValueError, match="activation_fn.*torch.nn Module class"):
+        PPO("MlpPolicy", "CartPole-v1", device="cpu", policy_kwargs={"activation_fn": "swishy"})
+    with pytest.raises(ValueError, match="at least 36x36"):
+        PPO("CnnPolicy", MatchTask(ImageSpace(0, 255, (9, 9, 3), np.uint8), quadrant_image), device="cpu")
