@@ -132,6 +132,9 @@ class OnPolicyAgent(abc.ABC):
         self.config.validate(self.n_envs)
         self.policy = self._make_policy().to(self.device)
         self.policy.written_out_derivatives = self.config.written_out_derivatives
+        start = getattr(act_space, "start", None) if isinstance(act_space, (spaces.Discrete, spaces.MultiDiscrete)) else None
+        self._action_start = (torch.as_tensor(np.asarray(start), dtype=torch.long, device=self.device)
+                              if start is not None and np.any(np.asarray(start) != 0) else None)
         if isinstance(act_space, spaces.Box):
             self._action_low = torch.as_tensor(act_space.low, dtype=torch.float32, device=self.device)
             self._action_high = torch.as_tensor(act_space.high, dtype=torch.float32, device=self.device)
@@ -298,9 +301,13 @@ class OnPolicyAgent(abc.ABC):
         )
 
     def _env_actions(self, actions: torch.Tensor) -> torch.Tensor:
-        """Box actions are clipped to the bounds for the env; the buffer keeps them unclipped."""
+        """The policy's actions as the env takes them: Box actions clipped to the bounds, Discrete and
+        MultiDiscrete ones shifted by the space's `start` (the family counts from 0). The buffer keeps
+        the policy's own."""
         if isinstance(self.action_space, spaces.Box):
             return torch.clamp(actions, self._action_low, self._action_high)
+        if self._action_start is not None:
+            return actions + self._action_start
         return actions
 
     def collect_rollout(self, callback=None) -> bool:
@@ -394,6 +401,8 @@ class OnPolicyAgent(abc.ABC):
             actions = actions.cpu().numpy()
         if isinstance(self.action_space, spaces.Box):
             actions = np.clip(actions, self.action_space.low, self.action_space.high)
+        elif self._action_start is not None:
+            actions = actions + self._action_start.cpu().numpy()
         return (actions if batched else actions[0]), state
 
     # ----------------------------------------------------------------- numerical guards

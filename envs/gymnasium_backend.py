@@ -30,7 +30,7 @@ class GymnasiumVecEnv(VecEnv):
         self.single_observation_space = vec_env.single_observation_space
         self.single_action_space = vec_env.single_action_space
         self.env_id = env_id
-        self._discrete = isinstance(self.single_action_space, (spaces.Discrete, spaces.MultiDiscrete))
+        self._discrete = isinstance(self.single_action_space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary))
         self._episodes = EpisodeTracker(self.num_envs)
         self._t = 0
 

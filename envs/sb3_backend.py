@@ -31,7 +31,7 @@ class SB3VecEnvAdapter(VecEnv):
         self.single_observation_space = venv.observation_space
         self.single_action_space = venv.action_space
         self.env_id = env_id or _spec_id(venv)
-        self._discrete = isinstance(self.single_action_space, (spaces.Discrete, spaces.MultiDiscrete))
+        self._discrete = isinstance(self.single_action_space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary))
         self._episodes = EpisodeTracker(self.num_envs)
         self._t = 0
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 import abc
 import math
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import distributions as D
 from torch.distributions.kl import register_kl
 
@@ -174,14 +176,52 @@ class MultiCategoricalFamily(ActionDistribution):
         return torch.cat([_categorical_fisher_product(lg, vb) for lg, vb in blocks], dim=-1)
 
 
-class DiagGaussianFamily(ActionDistribution):
-    """Diagonal Gaussian; parameters are [mean, log σ] so its Fisher is diag(1/σ², 2)."""
+class BernoulliFamily(ActionDistribution):
+    """Independent Bernoulli actions (MultiBinary), parameterised by their logits l; Fisher diag(p(1-p))."""
 
-    def __init__(self, action_dim: int):
+    def __init__(self, n: int, shape: tuple[int, ...] | None = None):
+        self.param_dim = int(n)
+        self.action_shape = tuple(shape) if shape is not None else (self.param_dim,)
+        self.action_dtype = torch.float32
+
+    def _flat(self, actions):
+        return actions.reshape(actions.shape[0], self.param_dim).to(torch.float32)
+
+    def distribution(self, params):
+        return D.Independent(D.Bernoulli(logits=params, validate_args=False), 1, validate_args=False)
+
+    def log_prob(self, params, actions):
+        # log σ(l) a + log σ(-l) (1 - a) = a l - softplus(l)
+        return (self._flat(actions) * params - F.softplus(params)).sum(-1)
+
+    def entropy(self, params):
+        return (F.softplus(params) - params * torch.sigmoid(params)).sum(-1)
+
+    def sample(self, params, deterministic=False):
+        draw = (params > 0) if deterministic else (torch.rand_like(params) < torch.sigmoid(params))
+        return draw.to(torch.float32).reshape(params.shape[0], *self.action_shape)
+
+    def fisher_product(self, params, v):
+        p = torch.sigmoid(params)
+        return p * (1 - p) * v
+
+
+class DiagGaussianFamily(ActionDistribution):
+    """Diagonal Gaussian; parameters are [mean, log σ] so its Fisher is diag(1/σ², 2). A Box of any
+    shape is one flat vector of action_dim dimensions here; actions keep the space's shape."""
+
+    def __init__(self, action_dim: int, shape: tuple[int, ...] | None = None):
         self.action_dim = int(action_dim)
         self.param_dim = 2 * self.action_dim
-        self.action_shape = (self.action_dim,)
+        self.action_shape = tuple(shape) if shape is not None else (self.action_dim,)
         self.action_dtype = torch.float32
+        self._flat_actions = self.action_shape != (self.action_dim,)
+
+    def _flat(self, actions):
+        return actions.reshape(actions.shape[0], self.action_dim) if self._flat_actions else actions
+
+    def _shaped(self, actions):
+        return actions.reshape(actions.shape[0], *self.action_shape) if self._flat_actions else actions
 
     def split(self, params):
         return params[..., : self.action_dim], params[..., self.action_dim :]
@@ -192,7 +232,7 @@ class DiagGaussianFamily(ActionDistribution):
 
     def log_prob(self, params, actions):
         mean, log_std = self.split(params)
-        return self._standardised_log_prob((actions - mean) * torch.exp(-log_std), log_std)
+        return self._standardised_log_prob((self._flat(actions) - mean) * torch.exp(-log_std), log_std)
 
     def _standardised_log_prob(self, z, log_std):
         """log N(a; μ, σ) summed over the action dimensions, from z = (a - μ)/σ: the one density,
@@ -202,14 +242,14 @@ class DiagGaussianFamily(ActionDistribution):
     def sample_with_log_prob(self, params, deterministic=False):
         mean, log_std = self.split(params)
         z = torch.zeros_like(mean) if deterministic else torch.randn_like(mean)  # the draw, standardised
-        return torch.addcmul(mean, z, log_std.exp()), self._standardised_log_prob(z, log_std)
+        return self._shaped(torch.addcmul(mean, z, log_std.exp())), self._standardised_log_prob(z, log_std)
 
     def entropy(self, params):
         return self.split(params)[1].sum(-1) + self.action_dim * (0.5 + _HALF_LOG_2PI)
 
     def sample(self, params, deterministic=False):
         mean, log_std = self.split(params)
-        return mean if deterministic else torch.addcmul(mean, torch.randn_like(mean), log_std.exp())
+        return self._shaped(mean if deterministic else torch.addcmul(mean, torch.randn_like(mean), log_std.exp()))
 
     def fisher_product(self, params, v):
         _, log_std = self.split(params)
@@ -221,7 +261,9 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def family_for_space(action_space) -> ActionDistribution:
-    """The distribution family for a Gymnasium action space (Discrete, MultiDiscrete, Box)."""
+    """The distribution family for a Gymnasium action space (Discrete, MultiDiscrete, MultiBinary, Box).
+    A `start` of Discrete / MultiDiscrete is the env's business: the family counts from 0 and the agent
+    adds the start at the env boundary."""
     from gymnasium import spaces
 
     if isinstance(action_space, spaces.Discrete):
@@ -230,11 +272,14 @@ def family_for_space(action_space) -> ActionDistribution:
         if action_space.nvec.ndim != 1:
             raise ValueError(f"MultiDiscrete action spaces must be 1-D, got nvec shape {action_space.nvec.shape}")
         return MultiCategoricalFamily(action_space.nvec.tolist())
+    if isinstance(action_space, spaces.MultiBinary):
+        return BernoulliFamily(int(np.prod(action_space.shape)), tuple(action_space.shape))
     if isinstance(action_space, spaces.Box):
-        if len(action_space.shape) != 1:
-            raise ValueError(f"Box action spaces must be 1-D, got shape {action_space.shape}")
-        return DiagGaussianFamily(action_space.shape[0])
+        if not np.issubdtype(action_space.dtype, np.floating):
+            raise ValueError(f"Box action spaces must have a float dtype, got {action_space.dtype} "
+                             "(for integer actions use Discrete or MultiDiscrete)")
+        return DiagGaussianFamily(int(np.prod(action_space.shape)), tuple(action_space.shape))
     raise ValueError(
-        f"unsupported action space {action_space!r}; accepted: Discrete, MultiDiscrete, 1-D Box"
+        f"unsupported action space {action_space!r}; accepted: Discrete, MultiDiscrete, MultiBinary, float Box"
     )
 

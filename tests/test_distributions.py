@@ -6,6 +6,7 @@ from gymnasium import spaces
 from torch import distributions as D
 
 from rlgeom.distributions import (
+    BernoulliFamily,
     CategoricalFamily, DiagGaussianFamily, MultiCategoricalFamily, family_for_space,
 )
 
@@ -103,6 +104,10 @@ def test_closed_form_log_prob_and_entropy_match_torch_and_their_gradients():
     parts = [D.Categorical(logits=logits_mc[:, :2]), D.Categorical(logits=logits_mc[:, 2:])]
     cases.append((MultiCategoricalFamily([2, 3]), logits_mc, a_mc,
                   parts[0].log_prob(a_mc[:, 0]) + parts[1].log_prob(a_mc[:, 1]), parts[0].entropy() + parts[1].entropy()))
+    logits_b = torch.randn(6, 3, requires_grad=True)
+    a_b = torch.randint(0, 2, (6, 3)).float()
+    ref_b = D.Bernoulli(logits=logits_b)
+    cases.append((BernoulliFamily(3), logits_b, a_b, ref_b.log_prob(a_b).sum(-1), ref_b.entropy().sum(-1)))
     for family, p, a, ref_lp, ref_ent in cases:
         lp, ent = family.log_prob(p, a), family.entropy(p)
         torch.testing.assert_close(lp, ref_lp)

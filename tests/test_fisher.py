@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from rlgeom.distributions import CategoricalFamily, DiagGaussianFamily, MultiCategoricalFamily
+from rlgeom.distributions import BernoulliFamily, CategoricalFamily, DiagGaussianFamily, MultiCategoricalFamily
 from rlgeom.networks import written_out_applies
 from rlgeom.fisher import (
     PolicyFisher,
@@ -60,6 +60,8 @@ def make_case(kind: str, seed: int = 0, batch: int = BATCH):
         actor, family = mlp(4), CategoricalFamily(4)
     elif kind == "multicategorical":
         actor, family = mlp(5), MultiCategoricalFamily((2, 3))
+    elif kind == "bernoulli":
+        actor, family = mlp(3), BernoulliFamily(3)
     else:
         actor, family = GaussianActor(), DiagGaussianFamily(2)
     actor = actor.to(DTYPE)
@@ -72,6 +74,9 @@ def closed_form_dist_fisher(kind: str, phi: torch.Tensor) -> torch.Tensor:
     if kind == "gaussian":
         log_std = phi[2:]
         return torch.diag(torch.cat([torch.exp(-2 * log_std), 2 * torch.ones_like(log_std)]))
+    if kind == "bernoulli":  # independent coins on logits: p(1 - p) each
+        p = 1 / (1 + torch.exp(-phi))
+        return torch.diag(p * (1 - p))
     sizes = (4,) if kind == "categorical" else (2, 3)
     blocks = []
     for logits in torch.split(phi, sizes):
@@ -115,7 +120,7 @@ def assert_rel_close(actual, expected, rel=1e-5):
     assert err < rel, f"relative error {err:.3e}"
 
 
-KINDS = ["categorical", "multicategorical", "gaussian"]
+KINDS = ["categorical", "multicategorical", "bernoulli", "gaussian"]
 METHODS = ["gauss_newton", "kl_hessian"]
 
 

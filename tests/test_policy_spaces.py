@@ -134,3 +134,44 @@ def test_unsupported_spaces_and_arguments_are_refused_naming_what_is_accepted():
         PPO("MlpPolicy", "CartPole-v1", device="cpu", policy_kwargs={"activation_fn": "swishy"})
     with pytest.raises(ValueError, match="at least 36x36"):
         PPO("CnnPolicy", MatchTask(ImageSpace(0, 255, (9, 9, 3), np.uint8), quadrant_image), device="cpu")
+
+
+class ActionTask(gym.Env):
+    """A constant observation; reward 1 when the action equals `best` (the env checks the action is in
+    its space, so an action outside it fails the test)."""
+
+    def __init__(self, action_space, best):
+        self.observation_space, self.action_space = spaces.Box(-1, 1, (2,), np.float32), action_space
+        self.best, self.t = np.asarray(best), 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        assert self.action_space.contains(np.asarray(action, dtype=self.action_space.dtype)), action
+        reward = -float(np.square(np.asarray(action, np.float64) - self.best).sum())
+        self.t += 1
+        return np.zeros(2, np.float32), reward, False, self.t >= 16, {}
+
+
+@pytest.mark.parametrize("action_space, best, budget", [
+    (spaces.Discrete(3, start=-1), -1, 4096),
+    (spaces.MultiDiscrete([3, 2], start=[2, -1]), [4, -1], 4096),
+    (spaces.MultiBinary(3), [1, 0, 1], 4096),
+    # a continuous target: σ must shrink before the mean settles (clipped samples bias it meanwhile)
+    (spaces.Box(-1, 1, (2, 2), np.float32), [[0.5, -0.5], [0.0, 0.5]], 12288),
+])
+def test_each_action_space_is_learned_and_respected(action_space, best, budget):
+    agent = PPO("MlpPolicy", ActionTask(action_space, best), seed=0, device="cpu", n_steps=256, batch_size=64,
+                learning_rate=3e-3)
+    agent.learn(budget)
+    action, _ = agent.predict(np.zeros(2, np.float32), deterministic=True)
+    assert action_space.contains(np.asarray(action, dtype=action_space.dtype))
+    np.testing.assert_allclose(action, best, atol=0.25)
+
+
+def test_integer_box_actions_are_refused():
+    with pytest.raises(ValueError, match="float dtype"):
+        PPO("MlpPolicy", ActionTask(spaces.Box(0, 3, (2,), np.int64), [1, 1]), device="cpu")
