@@ -184,15 +184,15 @@ class BernoulliFamily(ActionDistribution):
         self.action_shape = tuple(shape) if shape is not None else (self.param_dim,)
         self.action_dtype = torch.float32
 
-    def _flat(self, actions):
-        return actions.reshape(actions.shape[0], self.param_dim).to(torch.float32)
+    def _flat(self, actions, dtype):
+        return actions.reshape(actions.shape[0], self.param_dim).to(dtype)
 
     def distribution(self, params):
         return D.Independent(D.Bernoulli(logits=params, validate_args=False), 1, validate_args=False)
 
     def log_prob(self, params, actions):
         # log σ(l) a + log σ(-l) (1 - a) = a l - softplus(l)
-        return (self._flat(actions) * params - F.softplus(params)).sum(-1)
+        return (self._flat(actions, params.dtype) * params - F.softplus(params)).sum(-1)
 
     def entropy(self, params):
         return (F.softplus(params) - params * torch.sigmoid(params)).sum(-1)

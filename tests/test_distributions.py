@@ -1,5 +1,6 @@
 """Action distributions against torch.distributions and the explicit Fisher of their parameters."""
 
+import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
@@ -83,10 +84,13 @@ def test_family_for_space_and_errors():
     assert isinstance(family_for_space(spaces.Discrete(3)), CategoricalFamily)
     assert isinstance(family_for_space(spaces.MultiDiscrete([2, 4])), MultiCategoricalFamily)
     assert isinstance(family_for_space(spaces.Box(-1, 1, (2,))), DiagGaussianFamily)
-    with pytest.raises(ValueError, match="accepted: Discrete, MultiDiscrete, 1-D Box"):
-        family_for_space(spaces.MultiBinary(3))
-    with pytest.raises(ValueError, match="1-D"):
-        family_for_space(spaces.Box(-1, 1, (2, 2)))
+    assert isinstance(family_for_space(spaces.MultiBinary(3)), BernoulliFamily)
+    shaped = family_for_space(spaces.Box(-1, 1, (2, 2)))  # any shape: one flat vector of 4 dimensions
+    assert shaped.action_dim == 4 and shaped.action_shape == (2, 2)
+    with pytest.raises(ValueError, match="accepted: Discrete, MultiDiscrete, MultiBinary, float Box"):
+        family_for_space(spaces.Text(5))
+    with pytest.raises(ValueError, match="float dtype"):
+        family_for_space(spaces.Box(0, 3, (2,), dtype=np.int64))
 
 
 def test_closed_form_log_prob_and_entropy_match_torch_and_their_gradients():
@@ -105,7 +109,7 @@ def test_closed_form_log_prob_and_entropy_match_torch_and_their_gradients():
     cases.append((MultiCategoricalFamily([2, 3]), logits_mc, a_mc,
                   parts[0].log_prob(a_mc[:, 0]) + parts[1].log_prob(a_mc[:, 1]), parts[0].entropy() + parts[1].entropy()))
     logits_b = torch.randn(6, 3, requires_grad=True)
-    a_b = torch.randint(0, 2, (6, 3)).float()
+    a_b = torch.randint(0, 2, (6, 3)).to(logits_b.dtype)
     ref_b = D.Bernoulli(logits=logits_b)
     cases.append((BernoulliFamily(3), logits_b, a_b, ref_b.log_prob(a_b).sum(-1), ref_b.entropy().sum(-1)))
     for family, p, a, ref_lp, ref_ent in cases:

@@ -1,0 +1,155 @@
+"""Saving and loading models: safetensors weights + a JSON description, nothing pickled or executed.
+
+What an agent author hooks into: every `torch.optim.Optimizer` attribute is found by `_optimizers()`;
+other state (a K-FAC preconditioner, running statistics) round-trips through `_extra_state()` /
+`_load_extra_state(state)` (nested dicts of tensors and JSON values).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlgeom import __version__
+from rlgeom import checkpoint as ckpt
+from rlgeom.serialization import (
+    ModelFileError, policy_kwargs_from_json, policy_kwargs_to_json, read_model, space_from_json, space_to_json,
+    write_model,
+)
+from agents.devices import resolve_device
+
+#: constructor options saved with the model that are not hyperparameters of the algorithm
+AGENT_OPTIONS = ("nonfinite", "max_consecutive_skips", "geometry_every")
+
+
+class Persistence:
+    """Mixin of OnPolicyAgent (agents/base.py): save, load, get_parameters and the agent's state."""
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The agent's optimisers by attribute name: saved in checkpoints, rolled back on a skipped update."""
+        return {k: v for k, v in sorted(vars(self).items()) if isinstance(v, torch.optim.Optimizer)}
+
+    def _extra_state(self) -> dict:
+        """State beyond the policy's weights and the optimisers, as a nested dict of tensors and JSON
+        values (agents extend it: `{**super()._extra_state(), "kfac": self.kfac.state_dict()}`)."""
+        state: dict = {}
+        if self.reward_scaler is not None:
+            state["reward_scaler"] = dict(self.reward_scaler.state_dict())
+            if self.reward_scaler._discounted is not None:
+                state["reward_scaler_running_return"] = self.reward_scaler._discounted
+        return state
+
+    def _load_extra_state(self, state: dict) -> None:
+        """Take back what `_extra_state()` returned (agents: call super() for the base's keys)."""
+        if self.reward_scaler is not None and "reward_scaler" in state:
+            self.reward_scaler.load_state_dict(state["reward_scaler"])
+            running = state.get("reward_scaler_running_return")
+            self.reward_scaler._discounted = running.to(self.device).clone() if running is not None else None
+
+    def _model_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        aliases = _state_aliases(self.policy)  # a shared features extractor is stored once
+        tensors = {f"policy.{k}": v for k, v in self.policy.state_dict().items() if k not in aliases}
+        extra, extra_skeleton = ckpt.pack_state("extra", self._extra_state())
+        tensors.update(extra)
+        description = {
+            "algo": self.algo, "rlgeom": __version__, "policy": self.policy_name,
+            "policy_kwargs": policy_kwargs_to_json(self.policy_kwargs), "hyperparameters": self.config.to_dict(),
+            "observation_space": space_to_json(self.observation_space),
+            "action_space": space_to_json(self.action_space),
+            "num_timesteps": self.num_timesteps, "n_updates": self.n_updates,
+            "env_id": self.env_id, "n_envs": self.n_envs, "seed": self.seed,
+            "extra_state": extra_skeleton,
+            **{k: getattr(self, k) for k in AGENT_OPTIONS},
+        }
+        return tensors, description
+
+    def save(self, path) -> str:
+        """Write safetensors weights + JSON description; returns the path written.
+        (`save_checkpoint` adds what is needed to continue training exactly.)"""
+        return write_model(path, *self._model_state())
+
+    @classmethod
+    def load(cls, path, env=None, device="auto", custom_objects: dict | None = None, **overrides):
+        """Rebuild a saved agent (no unpickling); `env` must match the saved spaces. A checkpoint also
+        restores optimisers, counters, RNG states and the TensorBoard run: continue it with
+        `learn(remaining, reset_num_timesteps=False)`. A class the file names that is not rlgeom's,
+        SB3's or torch's (a features extractor) is never imported: pass it in `custom_objects`
+        (`{"features_extractor_class": MyExtractor}`, or SB3's `{"policy_kwargs": {...}}`)."""
+        tensors, d = read_model(path)
+        if d.get("algo") != cls.algo:
+            raise ModelFileError(
+                f"{path}: holds a {str(d.get('algo')).upper()} model, not {cls.algo.upper()}; "
+                f"load it with {str(d.get('algo')).upper()}.load"
+            )
+        options = {k: overrides.pop(k) if k in overrides else d[k] for k in AGENT_OPTIONS if k in overrides or k in d}
+        device = resolve_device(device)  # an unavailable device is the caller's problem, not the file's
+        try:
+            obs_space = space_from_json(d["observation_space"])
+            act_space = space_from_json(d["action_space"])
+            hyperparameters = {**d["hyperparameters"], **overrides}
+            policy_kwargs = policy_kwargs_from_json(d.get("policy_kwargs") or {}, custom_objects, str(path))
+            agent = cls(
+                d["policy"], None, policy_kwargs=policy_kwargs, n_envs=d.get("n_envs", 1),
+                seed=d.get("seed"), device=device, _spaces=(obs_space, act_space), **options, **hyperparameters,
+            )
+        except ModelFileError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ModelFileError(f"{path}: the model description is incomplete or inconsistent: {err}") from None
+        agent._load_tensors(path, tensors)
+        if "extra_state" in d:
+            extra = ckpt.unpack_state(d["extra_state"], tensors, str(path))
+        else:  # files written before extra state was nested
+            extra = {"reward_scaler": {k[len("reward_scaler."):]: v for k, v in tensors.items()
+                                       if k.startswith("reward_scaler.")}}
+        try:
+            agent._load_extra_state(extra)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise ModelFileError(f"{path}: the saved agent state does not fit {cls.__name__}: {err}") from None
+        try:
+            agent.num_timesteps, agent.n_updates = int(d.get("num_timesteps", 0)), int(d.get("n_updates", 0))
+        except (TypeError, ValueError) as err:
+            raise ModelFileError(f"{path}: bad step counters in the description: {err}") from None
+        agent.env_id = d.get("env_id")
+        rng = agent._restore_checkpoint(path, tensors, d["checkpoint"]) if isinstance(d.get("checkpoint"), dict) else None
+        if env is not None:
+            try:
+                agent.set_env(env, n_envs=d.get("n_envs", 1) if isinstance(env, str) else 1)
+            except ValueError as err:
+                if "differs from the model" in str(err):
+                    raise ModelFileError(f"{path}: does not fit this env: {err}") from None
+                raise
+        if rng is not None:
+            ckpt.set_rng_state(rng, str(path))
+        return agent
+
+    def _load_tensors(self, path, tensors: dict[str, torch.Tensor]) -> None:
+        policy_state = {k[len("policy."):]: v for k, v in tensors.items() if k.startswith("policy.")}
+        for alias, original in _state_aliases(self.policy).items():  # stored once, under its first name
+            if alias not in policy_state and original in policy_state:
+                policy_state[alias] = policy_state[original]
+        expected = self.policy.state_dict()
+        missing = sorted(set(expected) - set(policy_state))
+        unexpected = sorted(set(policy_state) - set(expected))
+        wrong = [k for k in expected if k in policy_state and policy_state[k].shape != expected[k].shape]
+        if missing or unexpected or wrong:
+            raise ModelFileError(
+                f"{path}: weights do not fit the described policy (missing {missing[:4]}, unexpected "
+                f"{unexpected[:4]}, wrong shape {wrong[:4]})"
+            )
+        self.policy.load_state_dict(policy_state)
+
+    def get_parameters(self) -> dict:
+        return {"policy": self.policy.state_dict()}
+
+
+def _state_aliases(module: torch.nn.Module) -> dict[str, str]:
+    """{key: first key} for state-dict entries that are the same tensor as an earlier entry (a features
+    extractor shared by actor and critic appears under both names; safetensors stores a tensor once)."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for key, tensor in module.state_dict(keep_vars=True).items():
+        if id(tensor) in first:
+            aliases[key] = first[id(tensor)]
+        else:
+            first[id(tensor)] = key
+    return aliases
