@@ -295,7 +295,7 @@ class ACKTR(OnPolicyAgent):
     def _stats(self, lr, policy_loss, value_loss, entropy, buffer, kfac_stats, eta, quad, kl) -> dict:
         n = self.n_updates + 1  # this update included (the base counts it after update() returns)
         stats = {
-            "train/policy_loss": policy_loss.item(), "train/value_loss": value_loss.item(),
+            "train/policy_gradient_loss": policy_loss.item(), "train/value_loss": value_loss.item(),
             "train/entropy_loss": -entropy.item(), "train/learning_rate": lr,
             "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()).item(),
             "geometry/eta": eta,

@@ -108,7 +108,7 @@ def geometry_telemetry(direction: NaturalDirection, step_fraction: float, dampin
     cosine = torch.dot(g, x) / (g.norm() * x.norm()).clamp_min(1e-30)
     return {
         "geometry/kl": kl.item(),
-        "geometry/max_kl": fisher.max_kl(current_dist_params).item(),
+        "geometry/kl_max_sample": fisher.max_kl(current_dist_params).item(),  # not δ (the hyperparameter max_kl)
         "geometry/quadratic_model_ratio": (kl / predicted).item() if predicted > 0 else float("nan"),
         "geometry/cg_iterations": ns.cg.iterations,
         "geometry/cg_residual": ns.cg.residual_norm.item(),

@@ -54,7 +54,8 @@ class PPOConfig(OnPolicyConfig):
         c.positive(self, "target_kl", allow_none=True)
 
 
-STAT_NAMES = ("policy_loss", "value_loss", "entropy_loss", "approx_kl", "clip_fraction", "loss")
+#: train/ tags of PPO's minibatch statistics, SB3's names (policy_gradient_loss is SB3's tag for the clipped loss)
+STAT_NAMES = ("policy_gradient_loss", "value_loss", "entropy_loss", "approx_kl", "clip_fraction", "loss")
 
 
 class PPO(OnPolicyAgent):

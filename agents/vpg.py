@@ -80,7 +80,7 @@ class VPG(OnPolicyAgent):
         )
         guard_finite(value_loss=value_loss)  # the base rolls the critic back too
         return {
-            "train/policy_loss": policy_loss.item(), "train/value_loss": value_loss.item(),
+            "train/policy_gradient_loss": policy_loss.item(), "train/value_loss": value_loss.item(),
             "train/entropy_loss": -entropy.item(), "train/approx_kl": approx_kl.item(), "train/learning_rate": lr,
             "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()).item(),
         }

@@ -110,7 +110,7 @@ def test_step_respects_the_kl_budget(env_id, trust_region):
         assert q == pytest.approx(2 * kl_clip, rel=1e-3)
         assert stats["geometry/trust_region_bound"] == 1.0
     assert stats["geometry/kl_predicted"] == pytest.approx(0.5 * q, rel=1e-3)
-    for tag in ("train/policy_loss", "train/value_loss", "train/entropy_loss", "train/learning_rate",
+    for tag in ("train/policy_gradient_loss", "train/value_loss", "train/entropy_loss", "train/learning_rate",
                 "train/explained_variance", "geometry/kfac_damping", "geometry/kfac_max_condition",
                 "geometry/kfac_inverse_seconds", "geometry/trust_region_bound_fraction", "geometry/kl"):
         assert tag in stats
