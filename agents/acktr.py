@@ -1,7 +1,7 @@
 """ACKTR: actor-critic using a Kronecker-factored trust region (Wu et al. 2017, arXiv 1708.05144).
 
 A synchronous advantage actor-critic (A2C) whose joint actor + critic step is preconditioned by
-K-FAC (rlgeom.kfac) and shrunk to a KL trust region measured with the same K-FAC Fisher:
+K-FAC (rlgeom.geometry.kfac) and shrunk to a KL trust region measured with the same K-FAC Fisher:
 
     for iteration = 1, 2, ...
         collect n_steps × n_envs transitions with π_θ; advantages Â and returns R by GAE(λ)
@@ -20,8 +20,8 @@ K-FAC (rlgeom.kfac) and shrunk to a KL trust region measured with the same K-FAC
             lr ← lr / 1.5 if KL > 2 target_kl,  lr ← 1.5 lr if KL < target_kl / 2   (lr within [1e-8, 1])
 
 The update below follows this box line by line; every piece of K-FAC (statistics hooks, factors,
-eigendecompositions, damping, ΔᵀF̂Δ, the non-finite guard) lives in rlgeom.kfac and the trust-region
-scale in rlgeom.fisher.kl_scale.
+eigendecompositions, damping, ΔᵀF̂Δ, the non-finite guard) lives in rlgeom.geometry.kfac and the trust-region
+scale in rlgeom.geometry.fisher.kl_scale.
 
 Defaults and where they come from:
 
@@ -117,10 +117,10 @@ from agents import config as c
 from agents.base import OnPolicyAgent
 from agents.config import OnPolicyConfig, hp
 from agents.critic import explained_variance
-from rlgeom.fisher import kl_scale, policy_kl, predicted_kl
-from rlgeom.guards import SkippedUpdate, guard_finite
-from rlgeom.kfac import KFACPreconditioner
-from rlgeom.schedules import schedule_value
+from rlgeom.geometry.fisher import kl_scale, policy_kl, predicted_kl
+from rlgeom.training.guards import SkippedUpdate, guard_finite
+from rlgeom.geometry.kfac import KFACPreconditioner
+from rlgeom.training.schedules import schedule_value
 
 
 TRUST_REGIONS = ("joint", "per_network")

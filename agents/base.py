@@ -45,13 +45,13 @@ from gymnasium import spaces
 
 import envs
 from rlgeom import __version__, validation
-from rlgeom import checkpoint as ckpt
-from rlgeom.buffer import RolloutBuffer
-from rlgeom.guards import SkippedUpdate, TrainingDivergedError, guard_finite
-from rlgeom.logger import RunLogger, run_directory
-from rlgeom.normalization import RewardScaler
-from rlgeom.policies import ActorCriticPolicy
-from rlgeom.serialization import policy_kwargs_to_json, spaces_equal
+from rlgeom.persistence import checkpoint as ckpt
+from rlgeom.data.buffer import RolloutBuffer
+from rlgeom.training.guards import SkippedUpdate, TrainingDivergedError, guard_finite
+from rlgeom.persistence.logger import RunLogger, run_directory
+from rlgeom.data.normalization import RewardScaler
+from rlgeom.models.policies import ActorCriticPolicy
+from rlgeom.persistence.serialization import policy_kwargs_to_json, spaces_equal
 from agents.checkpoints import Checkpoints
 from agents.config import OnPolicyConfig
 from agents.devices import resolve_device, set_global_seeds
@@ -91,7 +91,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         self.config = self.Config.build(hyperparameters)
         self._nonfinite = NonFiniteCounter(nonfinite)  # validates the mode
         self.max_consecutive_skips = validation.positive_int("max_consecutive_skips", max_consecutive_skips)
-        # log rlgeom.spectrum.training_geometry every k updates (None: off)
+        # log rlgeom.geometry.spectrum.training_geometry every k updates (None: off)
         self.geometry_every = validation.positive_int("geometry_every", geometry_every, allow_none=True)
         self.device = resolve_device(device)
         self.seed, self.verbose, self.tensorboard_log = seed, verbose, tensorboard_log
@@ -223,7 +223,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             progress_remaining = 1.0 - self.num_timesteps / self._target_timesteps
             stats = self._guarded_update(progress_remaining)
             if self.geometry_every and self.n_updates % self.geometry_every == 0:
-                from rlgeom.spectrum import training_geometry  # scipy is imported only when asked for
+                from rlgeom.geometry.spectrum import training_geometry  # scipy is imported only when asked for
 
                 stats.update(training_geometry(self.policy, self.buffer, self.config.normalize_advantage))
             self.policy.obs_normalizer.update(self.buffer.obs)

@@ -9,9 +9,9 @@ import os
 
 import torch
 
-from rlgeom import checkpoint as ckpt
+from rlgeom.persistence import checkpoint as ckpt
 from rlgeom import validation
-from rlgeom.serialization import ModelFileError, write_model
+from rlgeom.persistence.serialization import ModelFileError, write_model
 
 
 class Checkpoints:

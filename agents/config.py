@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 
 from rlgeom import validation
-from rlgeom.schedules import validate_schedule
+from rlgeom.training.schedules import validate_schedule
 
 
 def hp(default, help: str):
@@ -35,7 +35,7 @@ class OnPolicyConfig:
     normalize_reward: bool = hp(False, "scale rewards by the running std of the discounted return (as VecNormalize)")
     written_out_derivatives: bool = hp(
         True, "plain-MLP networks run their forward, backward and Jacobian products written out "
-        "(rlgeom.networks; the same numbers as autograd, about 2x faster per minibatch on a CPU); False: autograd")
+        "(rlgeom.models.networks; the same numbers as autograd, about 2x faster per minibatch on a CPU); False: autograd")
 
     def validate(self, n_envs: int) -> None:
         """Raise ValueError naming the first impossible value and what is accepted."""

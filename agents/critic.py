@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlgeom.buffer import RolloutBuffer
-from rlgeom.optim import adam
+from rlgeom.data.buffer import RolloutBuffer
+from rlgeom.training.optim import adam
 
 
 def critic_optimizer(policy, learning_rate: float) -> torch.optim.Optimizer:

@@ -3,7 +3,7 @@ Fisher product or parameter puts the parameters, optimisers and agent state back
 
 A skip is counted in `train/skipped_updates`; after `max_consecutive_skips` in a row a final
 checkpoint is written and TrainingDivergedError raised. Agents raise `SkippedUpdate` through
-`rlgeom.guards.guard_finite(name=tensor, ...)` before their parameters move.
+`rlgeom.training.guards.guard_finite(name=tensor, ...)` before their parameters move.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from rlgeom.guards import SkippedUpdate, TrainingDivergedError, guard_finite
+from rlgeom.training.guards import SkippedUpdate, TrainingDivergedError, guard_finite
 
 
 class RollbackGuard:

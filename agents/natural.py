@@ -13,12 +13,12 @@ from agents import config as c
 from agents.base import OnPolicyAgent
 from agents.config import OnPolicyConfig, hp
 from agents.critic import critic_optimizer, explained_variance, fit_value_function
-from rlgeom.buffer import Batch
-from rlgeom.fisher import (
+from rlgeom.data.buffer import Batch
+from rlgeom.geometry.fisher import (
     FVP_METHODS, NaturalStep, PolicyFisher, flat_gradient, natural_step, predicted_kl, surrogate_advantage,
 )
-from rlgeom.guards import guard_finite
-from rlgeom.schedules import schedule_value
+from rlgeom.training.guards import guard_finite
+from rlgeom.training.schedules import schedule_value
 
 
 @dataclass
@@ -79,7 +79,7 @@ class NaturalDirection:
 
 
 def natural_direction(policy, batch: Batch, cfg: NaturalGradientConfig, generator: torch.Generator) -> NaturalDirection:
-    """g = ∇L(θ_old); x = CG(F + λI, g); step = √(2δ / xᵀFx)·x (rlgeom.fisher does the maths)."""
+    """g = ∇L(θ_old); x = CG(F + λI, g); step = √(2δ / xᵀFx)·x (rlgeom.geometry.fisher does the maths)."""
     fisher = PolicyFisher(
         policy.actor, policy.family, policy.actor_inputs(batch.obs), damping=cfg.cg_damping,
         method=cfg.fisher_method, subsample=1.0 / cfg.sub_sampling_factor, generator=generator,

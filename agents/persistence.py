@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from rlgeom import __version__
-from rlgeom import checkpoint as ckpt
-from rlgeom.serialization import (
+from rlgeom.persistence import checkpoint as ckpt
+from rlgeom.persistence.serialization import (
     ModelFileError, policy_kwargs_from_json, policy_kwargs_to_json, read_model, space_from_json, space_to_json,
     write_model,
 )

@@ -21,10 +21,10 @@ from agents import config as c
 from agents.base import OnPolicyAgent
 from agents.config import OnPolicyConfig, hp
 from agents.critic import explained_variance
-from rlgeom.fisher import approximate_kl
-from rlgeom.guards import guard_finite
-from rlgeom.optim import adam
-from rlgeom.schedules import schedule_value
+from rlgeom.geometry.fisher import approximate_kl
+from rlgeom.training.guards import guard_finite
+from rlgeom.training.optim import adam
+from rlgeom.training.schedules import schedule_value
 
 
 @dataclass

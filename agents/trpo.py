@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from agents import config as c
 from agents.config import hp
 from agents.natural import NaturalDirection, NaturalGradientAgent, NaturalGradientConfig
-from rlgeom.fisher import backtracking_line_search
+from rlgeom.geometry.fisher import backtracking_line_search
 
 
 @dataclass

@@ -30,7 +30,7 @@ from agents import ACKTR  # noqa: E402
 from agents.config import parse_hp_value  # noqa: E402
 from agents.presets import preset  # noqa: E402
 from envs import make_vec_env  # noqa: E402
-from rlgeom.evaluation import evaluate  # noqa: E402
+from rlgeom.training.evaluation import evaluate  # noqa: E402
 
 
 def record(name: str, payload: dict) -> None:
@@ -113,7 +113,7 @@ def cmd_overhead(args) -> None:
     import torch.nn.functional as F
     from gymnasium import spaces
 
-    from rlgeom.policies import ActorCriticPolicy
+    from rlgeom.models.policies import ActorCriticPolicy
 
     results = []
     cases = [("MLP 64-64, CartPole obs, batch 2048", "MlpPolicy", spaces.Box(-1, 1, (4,), np.float32), 2048),
@@ -179,7 +179,7 @@ class _FixedBuffer:
     """The two things ACKTR.update reads from a rollout buffer, for a fixed synthetic batch."""
 
     def __init__(self, obs, actions, adv, ret):
-        from rlgeom.buffer import Batch
+        from rlgeom.data.buffer import Batch
 
         self._batch = Batch(obs, actions, torch.zeros(len(adv)), torch.zeros(len(adv)), adv, ret)
         self.values, self.returns = torch.zeros(len(adv)), ret

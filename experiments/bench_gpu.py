@@ -73,7 +73,7 @@ def make_agent(algo: str, env_id: str, n_envs: int, device: str, seed: int, hp: 
 def solve(args) -> dict:
     """PPO on torch/CartPole-v1 until a deterministic evaluation reaches 475, or out of budget."""
     from envs import make_vec_env
-    from rlgeom.evaluation import evaluate
+    from rlgeom.training.evaluation import evaluate
 
     hp = hyperparameters("ppo", args.n_envs)
     agent = make_agent("ppo", "torch/CartPole-v1", args.n_envs, args.device, args.seed, hp)

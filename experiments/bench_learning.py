@@ -120,7 +120,7 @@ class SB3Evaluator:
 
 
 class RLGeomEvaluator:
-    """rlgeom.evaluation.evaluate on a separate single env (seeded at each evaluation)."""
+    """rlgeom.training.evaluation.evaluate on a separate single env (seeded at each evaluation)."""
 
     def __init__(self, env_id: str, seed: int):
         from envs import make_vec_env
@@ -128,7 +128,7 @@ class RLGeomEvaluator:
         self.env, self.seed = make_vec_env(env_id, 1, device="cpu"), seed
 
     def __call__(self, agent, n_episodes: int) -> tuple[float, float]:
-        from rlgeom.evaluation import evaluate
+        from rlgeom.training.evaluation import evaluate
 
         was_training = agent.policy.training
         mean, std = evaluate(agent, self.env, n_episodes, deterministic=True, seed=self.seed)
@@ -228,7 +228,7 @@ def run_sb3(algo, env_id, seed, timesteps, eval_every, overrides=None) -> dict:
     if algo == "trpo":
         from sb3_contrib import TRPO
 
-        from rlgeom.benchmark import sb3contrib_kl_convention
+        from rlgeom.tools.benchmark import sb3contrib_kl_convention
 
         if "max_kl" in hp:
             hp["target_kl"] = hp.pop("max_kl")

@@ -5,7 +5,7 @@
 
 For the default MLP (separate pi/vf 64-64 tanh, orthogonal init) at batch 2048 (n_steps 2048,
 1 env, real rollout data from the untrained policy) on CartPole-v1's and Hopper-v5's spaces, times:
-  * one Fisher-vector product (F + λI)v with rlgeom.fisher.PolicyFisher, method gauss_newton
+  * one Fisher-vector product (F + λI)v with rlgeom.geometry.fisher.PolicyFisher, method gauss_newton
     (forward-mode Jv, analytic F_dist, reverse-mode Jᵀ) and kl_hessian (double backprop of the KL),
     each per call (every product re-reads θ) and inside `PolicyFisher.linearised()` (what CG uses:
     one forward per solve, then for gauss_newton on these MLP actors the written-out Jv and Jᵀu,
@@ -74,7 +74,7 @@ def timeit_interleaved(fns: dict, reps: int, warmup: int = 3, setup=None) -> dic
 def bench_env(env_id: str, reps_fvp: int, reps_update: int) -> dict:
     from agents.natural import natural_direction
     from agents.trpo import TRPO
-    from rlgeom.fisher import PolicyFisher
+    from rlgeom.geometry.fisher import PolicyFisher
 
     out = {"env": env_id}
     agent = TRPO("MlpPolicy", env_id, n_envs=1, seed=0, device="cpu", n_steps=N_STEPS)
@@ -174,8 +174,8 @@ def same_step(env_id: str = "Hopper-v5") -> dict:
 
     from agents.natural import natural_direction
     from agents.trpo import TRPO
-    from rlgeom.buffer import Batch, normalize
-    from rlgeom.fisher import assign_flat_parameters, backtracking_line_search, flat_parameters
+    from rlgeom.data.buffer import Batch, normalize
+    from rlgeom.geometry.fisher import assign_flat_parameters, backtracking_line_search, flat_parameters
 
     model = SB3TRPO("MlpPolicy", env_id, n_steps=N_STEPS, seed=0, device="cpu", verbose=0)
     _, callback = model._setup_learn(N_STEPS, None)

@@ -83,7 +83,7 @@ def run(arm: str, seed: int, timesteps: int, task: str = TASK) -> dict:
     if arm.startswith("sb3contrib"):
         from sb3_contrib import TRPO as ContribTRPO
 
-        from rlgeom.benchmark import sb3contrib_kl_convention
+        from rlgeom.tools.benchmark import sb3contrib_kl_convention
 
         hp.pop("normalize_observations"), hp.pop("normalize_reward")
         hp["target_kl"] = hp.pop("max_kl")
@@ -96,7 +96,7 @@ def run(arm: str, seed: int, timesteps: int, task: str = TASK) -> dict:
             hp["fisher_method"] = "kl_hessian"
         if arm == "critic-eps":  # NPG/TRPO build their critic optimiser through this name
             import agents.natural
-            from rlgeom.optim import adam
+            from rlgeom.training.optim import adam
 
             agents.natural.critic_optimizer = lambda policy, lr: adam(policy.critic_parameters(), lr=lr, eps=1e-5)
         if arm == "sb3-vecnormalize":

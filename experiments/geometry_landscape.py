@@ -8,10 +8,10 @@ with a message) and each seed, with the task's preset (agents.presets):
 1. train for --timesteps with `geometry_every` (TensorBoard tags geometry/* under <out>/runs) and a
    model saved every --timesteps / --saves steps (<out>/runs/.../checkpoints/step*.safetensors);
 2. the Fisher spectrum over training: for every saved model, the top-k Fisher eigenvalues and the
-   Hutchinson trace on a fixed batch that model collects (rlgeom.spectrum);
+   Hutchinson trace on a fixed batch that model collects (rlgeom.geometry.spectrum);
 3. around the final policy: 2-D landscapes along filter-normalised random directions, the top two
    Fisher eigenvectors, and the PCA of the run's trajectory, and the sharpness record
-   (rlgeom.landscape); then linear interpolations between every pair of final policies of one
+   (rlgeom.tools.landscape); then linear interpolations between every pair of final policies of one
    architecture (agents and seeds), with their barrier heights.
 
 Writes <out>/RESULTS.md (command, hardware, seeds, budgets, tables), <out>/*.png and the raw grids in
@@ -87,7 +87,7 @@ def train(algo: str, seed: int, args) -> dict:
     from agents import AGENTS
     from agents.presets import preset
     from envs import make_vec_env
-    from rlgeom.evaluation import evaluate
+    from rlgeom.training.evaluation import evaluate
 
     cfg = preset(algo, args.env)
     agent = AGENTS[algo](
@@ -112,9 +112,9 @@ def train(algo: str, seed: int, args) -> dict:
 
 
 def spectrum_over_training(run: dict, args) -> list[dict]:
-    from rlgeom.fisher import PolicyFisher
-    from rlgeom.landscape import checkpoint_files, collect_batch, load_agent
-    from rlgeom.spectrum import fisher_spectrum
+    from rlgeom.geometry.fisher import PolicyFisher
+    from rlgeom.tools.landscape import checkpoint_files, collect_batch, load_agent
+    from rlgeom.geometry.spectrum import fisher_spectrum
 
     rows = []
     for path in checkpoint_files([run["checkpoints"]]):
@@ -132,14 +132,14 @@ def spectrum_over_training(run: dict, args) -> list[dict]:
 def geometry_curves(run: dict) -> dict[str, tuple[list, list]]:
     from pathlib import Path
 
-    from rlgeom.runlogs import read_run
+    from rlgeom.persistence.runlogs import read_run
 
     scalars, _ = read_run(Path(run["run_dir"]))
     return {tag: (c.steps.tolist(), c.values.tolist()) for tag, c in scalars.items() if tag.startswith("geometry/")}
 
 
 def landscapes(run: dict, args, data_dir: str, out: str) -> dict:
-    from rlgeom.landscape import LandscapeError, compute_landscape, compute_sharpness
+    from rlgeom.tools.landscape import LandscapeError, compute_landscape, compute_sharpness
 
     stem = f"{run['algo']}_s{run['seed']}"
     opts = dict(env=args.env, points=args.points, return_points=args.return_points, batch_states=args.batch_states,
@@ -165,7 +165,7 @@ def landscapes(run: dict, args, data_dir: str, out: str) -> dict:
 
 
 def interpolations(runs: list[dict], args, data_dir: str, out: str) -> list[dict]:
-    from rlgeom.landscape import LandscapeError, compute_landscape
+    from rlgeom.tools.landscape import LandscapeError, compute_landscape
 
     rows = []
     for a, b in itertools.combinations(runs, 2):
@@ -259,7 +259,7 @@ def write_results(args, argv, runs, spectra, curves, lands, interps, skipped, pn
         f"- hardware: {hardware()}",
         f"- seeds: {args.seeds}; budget: {args.timesteps} environment steps per run; {args.saves} saves per run; "
         f"geometry_every={args.geometry_every}; device {args.device}",
-        f"- fixed batches: {args.batch_states} states; Fisher top-{args.k} by Lanczos (rlgeom.spectrum), trace by "
+        f"- fixed batches: {args.batch_states} states; Fisher top-{args.k} by Lanczos (rlgeom.geometry.spectrum), trace by "
         "Hutchinson (20 probes)",
         f"- landscapes: {args.points}×{args.points} surrogate grid, {args.return_points}×{args.return_points} return grid "
         f"of {args.eval_episodes} deterministic episode(s) per point, {args.workers} worker process(es); sharpness: "
@@ -302,7 +302,7 @@ def write_results(args, argv, runs, spectra, curves, lands, interps, skipped, pn
                          f"{fmt(r['return_max'])} | {r['seconds']:.0f} |")
     lines += ["", "## Linear interpolation between final policies", "",
               "Barrier = mean of the endpoint returns − the minimum along the path; 'above the chord' = the largest "
-              "dip below the straight line between the endpoints (rlgeom.landscape).", "",
+              "dip below the straight line between the endpoints (rlgeom.tools.landscape).", "",
               "| pair | endpoint returns | min along the path | barrier | above the chord |", "|---|---|---|---|---|"]
     for row in interps:
         if "skipped" in row:

@@ -36,8 +36,8 @@ Writes into --out (file names start with --name, default "reparameterisation"):
                                   only when --agents includes npg or trpo)
   geometry_telemetry.json         per (source, task, agent): median and quartiles of both tags, early/late
 
-Runs go to <logdir>/<parameterisation>/<task>/<agent>/seed<k> (rlgeom.train's grid layout); rerunning
-skips finished runs (done.json), as rlgeom.train's grid does.
+Runs go to <logdir>/<parameterisation>/<task>/<agent>/seed<k> (rlgeom.tools.train's grid layout); rerunning
+skips finished runs (done.json), as rlgeom.tools.train's grid does.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ ENV = "Pendulum-v1"
 RETURN_TAG = "rollout/ep_rew_mean"
 TELEMETRY_TAGS = ("geometry/quadratic_model_ratio", "geometry/cg_residual")
 RELATIVE_TAG = "geometry/cg_residual_relative"  # derived: cg_residual / gradient_norm (‖(F+λI)x − g‖ / ‖g‖)
-FINAL_FRACTION = 0.1  # the final return: mean of the last 10% of the curve's steps (as rlgeom.compare)
+FINAL_FRACTION = 0.1  # the final return: mean of the last 10% of the curve's steps (as rlgeom.tools.compare)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,9 +112,9 @@ def overrides_for(algo: str, vpg_hp: list[str]) -> tuple[int | None, list[str]]:
 
 
 def agent_config(algo: str, vpg_hp: list[str]) -> dict:
-    """algo's Pendulum preset with the --vpg-hp overrides applied (as rlgeom.train applies --hp / --n-envs)."""
-    from rlgeom.benchmark import algo_preset
-    from rlgeom.train import parse_overrides
+    """algo's Pendulum preset with the --vpg-hp overrides applied (as rlgeom.tools.train applies --hp / --n-envs)."""
+    from rlgeom.tools.benchmark import algo_preset
+    from rlgeom.tools.train import parse_overrides
 
     cfg = algo_preset(algo, ENV)
     n_envs, pairs = overrides_for(algo, vpg_hp)
@@ -228,9 +228,9 @@ def one_update_check(seeds: list[int], agents: list[str] = AGENTS, vpg_hp: list[
 
 
 def specs_for(args, param: str) -> list[dict]:
-    """rlgeom.train's grid plan for one parameterisation; VPG is planned on its own when --vpg-hp is given
+    """rlgeom.tools.train's grid plan for one parameterisation; VPG is planned on its own when --vpg-hp is given
     (its --n-envs / --hp apply to it alone)."""
-    from rlgeom import benchmark, train
+    from rlgeom.tools import benchmark, train
 
     def plan(algos: list[str], n_envs: int | None, pairs: list[str]) -> list[dict]:
         argv = ["--algo", ",".join(algos), "--env", ENV, "--seeds", args.seeds, "--max-timesteps",
@@ -268,7 +268,7 @@ def check_reuse(spec: dict, vpg_hp: list[str]) -> None:
 
 def train_all(args, specs: list[dict]) -> list[dict]:
     """Every (parameterisation, agent, seed) run in one pool of fresh spawn workers; finished runs skipped."""
-    from rlgeom.benchmark import read_done, run_in_worker, set_aside
+    from rlgeom.tools.benchmark import read_done, run_in_worker, set_aside
 
     pending, records = [], []
     for spec in specs:
@@ -297,7 +297,7 @@ def train_all(args, specs: list[dict]) -> list[dict]:
 
 def load(logdir: Path) -> dict:
     """{param: {agent: [Run, ...]}} for the runs under logdir/<param>."""
-    from rlgeom.runlogs import load_runs
+    from rlgeom.persistence.runlogs import load_runs
 
     out = {}
     for param in PARAMETERISATIONS:
@@ -409,7 +409,7 @@ SIGMA_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)  # points of the seed-mean σ curv
 
 def sigma_band(runs, points: int = 200):
     """σ of the policy over training, from the logged entropy of the 1-D Gaussian (mean ± 95% t-CI)."""
-    from rlgeom.runlogs import Curve
+    from rlgeom.persistence.runlogs import Curve
 
     if not runs or any(ENTROPY_TAG not in r.scalars for r in runs):
         return None
@@ -479,7 +479,7 @@ def telemetry(args, out: Path) -> list[dict]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rlgeom.runlogs import load_runs
+    from rlgeom.persistence.runlogs import load_runs
 
     groups: dict[tuple[str, str, str], list] = {}
     for name, d in telemetry_sources(args):
@@ -487,7 +487,7 @@ def telemetry(args, out: Path) -> list[dict]:
             if run.agent in ("npg", "trpo") and all(t in run.scalars for t in TELEMETRY_TAGS):
                 res, grad = run.scalars["geometry/cg_residual"], run.scalars.get("geometry/gradient_norm")
                 if grad is not None and np.array_equal(res.steps, grad.steps):
-                    from rlgeom.runlogs import Curve
+                    from rlgeom.persistence.runlogs import Curve
 
                     run.scalars[RELATIVE_TAG] = Curve(res.steps, res.values / np.maximum(grad.values, 1e-30), res.wall)
                 groups.setdefault((name, run.task, run.agent), []).append(run)
@@ -565,7 +565,7 @@ def write_report(args, out: Path, rows, gaps, checks, one_update, wall_s, comman
                    + str(n_envs if n_envs is not None else "as preset") + ")") if args.vpg_hp
                   else "VPG: its preset (Spinning Up defaults), no overrides.", ""]
     lines += [
-        "Final return = mean of rollout/ep_rew_mean over the last 10% of the run's steps (as rlgeom.compare); "
+        "Final return = mean of rollout/ep_rew_mean over the last 10% of the run's steps (as rlgeom.tools.compare); "
         "± = 95% Student-t half-width over seeds; 'mean over training' = mean of the seed-averaged curve "
         "(area under the curve / steps); eval = deterministic evaluation after training (done.json).", "",
         "| agent | scale | seeds | final return | per seed | mean over training | eval (mean) | steps |",

@@ -11,7 +11,7 @@ import torch
 from gymnasium import spaces
 
 from agents import ACKTR, AGENTS
-from rlgeom.fisher import kl_scale
+from rlgeom.geometry.fisher import kl_scale
 
 
 class TinyImageEnv(gym.Env):
@@ -292,7 +292,7 @@ def test_cnn_policy_learns_to_read_images():
     CnnPolicy — Nature CNN torso shared by actor and critic, K-FAC Conv2d factors, one joint trust region —
     goes from random play (2 of 8 per episode) to at least half way to perfect in 8000 steps."""
     from envs import make_vec_env
-    from rlgeom.evaluation import evaluate
+    from rlgeom.training.evaluation import evaluate
 
     def vector_env():
         return gym.vector.SyncVectorEnv([BrightQuadrantEnv] * 4, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)

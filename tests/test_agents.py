@@ -8,8 +8,8 @@ import torch
 from agents import AGENTS, PPO, TRPO
 from agents.presets import preset
 from envs import make_vec_env
-from rlgeom.evaluation import evaluate
-from rlgeom.serialization import ModelFileError
+from rlgeom.training.evaluation import evaluate
+from rlgeom.persistence.serialization import ModelFileError
 
 TINY = {
     "vpg": dict(n_steps=64, batch_size=64),

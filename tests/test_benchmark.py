@@ -1,4 +1,4 @@
-"""The grid runner (rlgeom.benchmark through `python -m rlgeom.train`): parallel runs, a failing run,
+"""The grid runner (rlgeom.tools.benchmark through `python -m rlgeom.train`): parallel runs, a failing run,
 skip-on-rerun, an SB3 baseline in the same log directory, and the report over it."""
 
 import json
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rlgeom import benchmark
-from rlgeom.runlogs import read_run
-from rlgeom.train import main
+from rlgeom.tools import benchmark
+from rlgeom.persistence.runlogs import read_run
+from rlgeom.tools.train import main
 
 TINY_PPO = ["--timesteps", "256", "--eval-episodes", "2", "--hp", "n_steps=32", "batch_size=32", "n_epochs=1"]
 
@@ -99,7 +99,7 @@ def test_sb3_baseline_lands_in_the_same_logdir_and_report_works(grid, capsys):
     scalars, _ = read_run(run_dir)
     assert "rollout/ep_rew_mean" in scalars and "time/fps" in scalars
 
-    from rlgeom.compare import write_report
+    from rlgeom.tools.compare import write_report
 
     if not (logdir / "CartPole-v1" / "ppo" / "seed0" / "done.json").exists():
         pytest.skip("needs the grid of test_grid_reports_failure_and_rerun_skips")
@@ -134,7 +134,7 @@ def test_seed_and_seeds_are_exclusive(capsys):
 
 
 def test_plan_layout_budgets_and_hp_routing(tmp_path):
-    from rlgeom.train import build_parser
+    from rlgeom.tools.train import build_parser
 
     args = build_parser().parse_args([
         "--algo", "ppo,vpg,sb3:a2c,sb3contrib:trpo", "--env", "CartPole-v1,Pendulum-v1", "--seeds", "0,1",
@@ -187,7 +187,7 @@ def test_sb3contrib_trpo_gets_the_kl_radius_in_its_own_convention():
     from gymnasium import spaces
 
     from agents.presets import preset
-    from rlgeom.benchmark import sb3contrib_kl_convention
+    from rlgeom.tools.benchmark import sb3contrib_kl_convention
 
     hopper = preset("trpo", "Hopper-v5")["hyperparameters"]
     assert (hopper["max_kl"], hopper["cg_damping"]) == (0.03, 0.3)  # the zoo's 0.01 and 0.1, × 3

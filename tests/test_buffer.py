@@ -3,7 +3,7 @@
 import torch
 
 from envs.base import StepResult
-from rlgeom.buffer import RolloutBuffer, compute_gae
+from rlgeom.data.buffer import RolloutBuffer, compute_gae
 
 
 def reference_gae(rewards, values, final_values, terminated, truncated, last_values, gamma, lam):
@@ -120,7 +120,7 @@ def test_reward_scaler_matches_plain_loop_across_rollouts():
     loop over every env and step, with the running return carried from one rollout to the next."""
     import numpy as np
 
-    from rlgeom.normalization import RewardScaler
+    from rlgeom.data.normalization import RewardScaler
 
     gamma, rng = 0.9, np.random.default_rng(0)
     scaler = RewardScaler(gamma)

@@ -16,8 +16,8 @@ import torch
 
 from agents import PPO, VPG
 from envs.torch_native import CartPoleTorch
-from rlgeom import checkpoint as ckpt
-from rlgeom.serialization import ModelFileError
+from rlgeom.persistence import checkpoint as ckpt
+from rlgeom.persistence.serialization import ModelFileError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = {
@@ -142,7 +142,7 @@ def _cli_script(fsync_delay: float) -> str:
             time.sleep({fsync_delay})
             _fsync(fd)
         os.fsync = slow_fsync
-        from rlgeom.train import main
+        from rlgeom.tools.train import main
         sys.exit(main(sys.argv[1:]))
     """)
 
@@ -190,7 +190,7 @@ def test_sigkill_during_checkpoint_writes_then_resume_reaches_the_total(tmp_path
 
 
 def test_cli_resume_latest_without_checkpoints_is_a_clear_error(tmp_path, capsys):
-    from rlgeom.train import main
+    from rlgeom.tools.train import main
 
     assert main(["--algo", "ppo", "--logdir", str(tmp_path), "--resume", "--no-progress"]) == 2
     assert "no checkpoint to resume from" in capsys.readouterr().err
@@ -200,7 +200,7 @@ def test_cli_resume_of_a_finished_run_trains_no_more(tmp_path):
     src = tmp_path / "c"
     agent = PPO("MlpPolicy", "CartPole-v1", seed=0, device="cpu", **SMALL[PPO])
     agent.learn(64, checkpoint_every=64, checkpoint_dir=src)
-    from rlgeom.train import build_parser, run
+    from rlgeom.tools.train import build_parser, run
 
     args = build_parser().parse_args(["--resume", str(src), "--timesteps", "64", "--logdir", str(tmp_path),
                                       "--no-progress", "--eval-episodes", "1", "--seed", "0"])

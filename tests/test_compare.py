@@ -1,4 +1,4 @@
-"""rlgeom.compare on a synthetic TensorBoard log directory with known linear curves."""
+"""rlgeom.tools.compare on a synthetic TensorBoard log directory with known linear curves."""
 
 import json
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlgeom.compare import CompareError, load_runs, main, run_xy, summarize, write_report
+from rlgeom.tools.compare import CompareError, load_runs, main, run_xy, summarize, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 T975_DF1 = 12.706204736174703  # Student-t 0.975 quantile, 1 degree of freedom
@@ -197,7 +197,7 @@ def test_module_subprocess(logdir, tmp_path):
 def test_set_aside_and_failed_runs_are_not_seeds(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
-    from rlgeom.runlogs import find_run_dirs
+    from rlgeom.persistence.runlogs import find_run_dirs
 
     for name in ("T-v0/ppo/seed0", "T-v0/ppo/seed1.incomplete-20260101-000000", "T-v0/ppo/seed2"):
         with SummaryWriter(str(tmp_path / name)) as w:

@@ -6,7 +6,7 @@ import torch
 from gymnasium import spaces
 from torch import distributions as D
 
-from rlgeom.distributions import (
+from rlgeom.models.distributions import (
     BernoulliFamily,
     CategoricalFamily, DiagGaussianFamily, MultiCategoricalFamily, family_for_space,
 )

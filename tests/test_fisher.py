@@ -1,8 +1,8 @@
-"""rlgeom.fisher against independent, obviously-correct computations on tiny float64 networks.
+"""rlgeom.geometry.fisher against independent, obviously-correct computations on tiny float64 networks.
 
 The reference Fisher is built explicitly, E_i[J_iᵀ F_dist,i J_i], from per-sample Jacobians
 (torch.autograd.functional.jacobian in a plain loop) and closed-form distribution Fishers written
-here, not taken from rlgeom.distributions.
+here, not taken from rlgeom.models.distributions.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from rlgeom.distributions import BernoulliFamily, CategoricalFamily, DiagGaussianFamily, MultiCategoricalFamily
-from rlgeom.networks import written_out_applies
-from rlgeom.fisher import (
+from rlgeom.models.distributions import BernoulliFamily, CategoricalFamily, DiagGaussianFamily, MultiCategoricalFamily
+from rlgeom.models.networks import written_out_applies
+from rlgeom.geometry.fisher import (
     PolicyFisher,
     assign_flat_parameters,
     backtracking_line_search,
@@ -196,7 +196,7 @@ def policy_actor(kind: str, **kw):
     """rlgeom's own MLP actor (the one agents train) for `kind`, in float64."""
     from gymnasium import spaces
 
-    from rlgeom.policies import ActorCriticPolicy
+    from rlgeom.models.policies import ActorCriticPolicy
 
     action_space = {"categorical": spaces.Discrete(4), "multicategorical": spaces.MultiDiscrete([2, 3]),
                     "gaussian": spaces.Box(-1, 1, (2,))}[kind]
@@ -213,7 +213,7 @@ def policy_actor(kind: str, **kw):
 @pytest.mark.parametrize("moved", [False, True], ids=["at_old", "moved"])
 @pytest.mark.parametrize("linearised", [False, True], ids=["per_call", "linearised"])
 def test_written_out_gauss_newton_product_matches_explicit_fisher(kind, kw, moved, linearised):
-    """rlgeom's MLP actors take the written-out Jv / Jᵀu (rlgeom.networks): it must be the Fisher too."""
+    """rlgeom's MLP actors take the written-out Jv / Jᵀu (rlgeom.models.networks): it must be the Fisher too."""
     actor, family = policy_actor(kind, **kw)
     inputs = torch.randn(BATCH, 3, dtype=DTYPE)
     if moved:
@@ -233,7 +233,7 @@ def test_written_out_product_in_float32_on_a_subsample_equals_the_torch_func_pro
     """At a size where tanh takes its sigmoid form (float32, ≥ 8192 activations) and on half the batch."""
     from gymnasium import spaces
 
-    from rlgeom.policies import ActorCriticPolicy
+    from rlgeom.models.policies import ActorCriticPolicy
 
     torch.manual_seed(5)
     action_space = spaces.Box(-1, 1, (3,)) if kind == "gaussian" else spaces.Discrete(4)
@@ -254,7 +254,7 @@ def test_written_out_form_is_declined_where_it_would_not_be_the_actors_derivativ
     actor, family = policy_actor("gaussian")
     inputs = torch.randn(BATCH, 3, dtype=DTYPE)
     assert not written_out_applies(make_case("gaussian")[0], inputs)  # a module that does not offer it
-    from rlgeom.policies import Actor
+    from rlgeom.models.policies import Actor
 
     class SquashedMeanActor(Actor):  # same layers, another function of them: not the plain MLP's Fisher
         def forward(self, x):

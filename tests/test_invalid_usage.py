@@ -9,8 +9,8 @@ import torch
 
 from agents import PPO, VPG
 from envs import NonFiniteEnvError
-from rlgeom.guards import TrainingDivergedError
-from rlgeom.serialization import ModelFileError
+from rlgeom.training.guards import TrainingDivergedError
+from rlgeom.persistence.serialization import ModelFileError
 
 SMALL = dict(n_steps=32, batch_size=32, n_epochs=1)
 
@@ -150,7 +150,7 @@ def test_env_that_returns_nan():
 def test_training_that_diverges(monkeypatch):
     model = PPO("MlpPolicy", "CartPole-v1", device="cpu", max_consecutive_skips=2, **SMALL)
     monkeypatch.setattr(model, "update", lambda *a: (_ for _ in ()).throw(
-        __import__("rlgeom.guards", fromlist=["SkippedUpdate"]).SkippedUpdate(["loss"])))
+        __import__("rlgeom.training.guards", fromlist=["SkippedUpdate"]).SkippedUpdate(["loss"])))
     with pytest.raises(TrainingDivergedError, match="2 consecutive updates were skipped"):
         model.learn(5 * 32)
 
@@ -162,7 +162,7 @@ def test_training_that_diverges(monkeypatch):
     (["--resume", "/nonexistent/run"], "no checkpoint found"),
 ])
 def test_cli_prints_the_error_without_traceback(argv, message, capsys, tmp_path):
-    from rlgeom.train import main
+    from rlgeom.tools.train import main
 
     assert main([*argv, "--logdir", str(tmp_path), "--no-progress"]) == 2
     err = capsys.readouterr().err

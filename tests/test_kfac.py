@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical
 
-from rlgeom.kfac import KFACPreconditioner, KFACStats
+from rlgeom.geometry.kfac import KFACPreconditioner, KFACStats
 
 DT = torch.float64
 

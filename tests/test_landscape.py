@@ -1,7 +1,7 @@
-"""rlgeom.landscape on tiny CartPole models built (not trained) and saved in the test.
+"""rlgeom.tools.landscape on tiny CartPole models built (not trained) and saved in the test.
 
 Grid centres and interpolation endpoints are checked against each model's own objective computed
-independently: the surrogate on the same fixed batch, and rlgeom.evaluation.evaluate with the
+independently: the surrogate on the same fixed batch, and rlgeom.training.evaluation.evaluate with the
 same seed.
 """
 
@@ -16,8 +16,8 @@ import torch
 
 from agents import PPO
 from envs import make_vec_env
-from rlgeom.evaluation import evaluate
-from rlgeom.landscape import (
+from rlgeom.training.evaluation import evaluate
+from rlgeom.tools.landscape import (
     LandscapeError,
     barrier_height,
     collect_batch,

@@ -14,7 +14,7 @@ def agent_with_rollout(cls, env="Pendulum-v1", **kw):
 
 
 def kl_from_snapshot(agent, old_params, obs):
-    """KL(π_old ‖ π_new) straight from torch.distributions, independent of rlgeom.fisher."""
+    """KL(π_old ‖ π_new) straight from torch.distributions, independent of rlgeom.geometry.fisher."""
     with torch.no_grad():
         new = agent.policy.dist_params(obs)
     old_d = agent.policy.family.distribution(old_params)

@@ -1,5 +1,5 @@
-"""rlgeom.networks, the one switchable layer between autograd and the written-out derivatives of plain
-MLPs (rlgeom.mlp_backprop), against autograd and torch.func, the obviously-correct references."""
+"""rlgeom.models.networks, the one switchable layer between autograd and the written-out derivatives of plain
+MLPs (rlgeom.models.mlp_backprop), against autograd and torch.func, the obviously-correct references."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from gymnasium import spaces
 from torch import nn
 
 from agents import PPO, TRPO
-from rlgeom import networks
-from rlgeom.mlp_backprop import PlainMLP
-from rlgeom.policies import ActorCriticPolicy, mlp
+from rlgeom.models import networks
+from rlgeom.models.mlp_backprop import PlainMLP
+from rlgeom.models.policies import ActorCriticPolicy, mlp
 
 
 def _autograd_grads(module_params, loss):

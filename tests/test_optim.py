@@ -1,4 +1,4 @@
-"""rlgeom.optim.ContiguousAdam against torch.optim.Adam on the separate tensors (the reference)."""
+"""rlgeom.training.optim.ContiguousAdam against torch.optim.Adam on the separate tensors (the reference)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from rlgeom.optim import ContiguousAdam
+from rlgeom.training.optim import ContiguousAdam
 
 
 def net(seed: int = 0) -> nn.Module:

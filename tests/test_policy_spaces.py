@@ -11,7 +11,7 @@ from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor
 
 from agents import PPO, TRPO
-from rlgeom.serialization import ModelFileError
+from rlgeom.persistence.serialization import ModelFileError
 
 
 class MatchTask(gym.Env):

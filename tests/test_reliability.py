@@ -14,9 +14,9 @@ import agents.critic
 import agents.ppo
 from agents import AGENTS, PPO, VPG
 from envs import NonFiniteEnvError
-from rlgeom import checkpoint as ckpt
-from rlgeom.guards import SkippedUpdate, TrainingDivergedError, guard_finite
-from rlgeom.serialization import ModelFileError
+from rlgeom.persistence import checkpoint as ckpt
+from rlgeom.training.guards import SkippedUpdate, TrainingDivergedError, guard_finite
+from rlgeom.persistence.serialization import ModelFileError
 
 TINY = dict(n_steps=32, batch_size=32, n_epochs=2, n_critic_updates=2)
 

@@ -1,7 +1,7 @@
-"""rlgeom.spectrum against explicit matrices on tiny float64 policies.
+"""rlgeom.geometry.spectrum against explicit matrices on tiny float64 policies.
 
 The reference Fisher is built here from per-sample Jacobians (torch.autograd.functional.jacobian in
-a plain loop) and closed-form distribution Fishers, independent of rlgeom.fisher; the reference
+a plain loop) and closed-form distribution Fishers, independent of rlgeom.geometry.fisher; the reference
 value Hessian is torch.autograd.functional.hessian of the loss as a function of the flat critic
 parameters.
 """
@@ -14,10 +14,10 @@ import torch
 from gymnasium import spaces
 from torch.func import functional_call
 
-from rlgeom.buffer import Batch
-from rlgeom.fisher import PolicyFisher, flat_parameters
-from rlgeom.policies import ActorCriticPolicy
-from rlgeom.spectrum import (
+from rlgeom.data.buffer import Batch
+from rlgeom.geometry.fisher import PolicyFisher, flat_parameters
+from rlgeom.models.policies import ActorCriticPolicy
+from rlgeom.geometry.spectrum import (
     ValueLossHessian,
     effective_condition_number,
     filter_normalized_direction,

@@ -12,8 +12,8 @@ import torch
 from gymnasium import spaces
 
 from agents import PPO
-from rlgeom.buffer import RolloutBuffer
-from rlgeom.policies import ActorCriticPolicy
+from rlgeom.data.buffer import RolloutBuffer
+from rlgeom.models.policies import ActorCriticPolicy
 
 CUDA = torch.cuda.is_available()
 

@@ -11,10 +11,10 @@ The policy contract, once:
 | act(obs)                  | raw obs -> actions, V(s), log π (the rollout, no graph)      | [B, ...], [B], [B] |
 | get_distribution(obs)     | raw obs -> torch Distribution          | batch shape [B]              |
 | value(obs)                | raw obs -> V(s)                        | [B]                          |
-| family                    | rlgeom.distributions.ActionDistribution (log π, H, sampling, its Fisher) |
+| family                    | rlgeom.models.distributions.ActionDistribution (log π, H, sampling, its Fisher) |
 
 Every update differentiates through `outputs` (losses by autograd; a plain MLP's own backward and
-Jacobian products written out behind one switch, `written_out_derivatives`: see rlgeom.networks).
+Jacobian products written out behind one switch, `written_out_derivatives`: see rlgeom.models.networks).
 
 Actor and critic are separate modules (the critic's optimiser never sees actor parameters); a CNN
 feature extractor may be shared between them (`share_features_extractor`, the default for
@@ -32,10 +32,10 @@ from gymnasium import spaces
 import torch.nn.functional as F
 from torch import nn
 
-from rlgeom.distributions import ActionDistribution, DiagGaussianFamily, family_for_space
-from rlgeom import networks
-from rlgeom.mlp_backprop import PlainMLP
-from rlgeom.normalization import RunningNormalizer
+from rlgeom.models.distributions import ActionDistribution, DiagGaussianFamily, family_for_space
+from rlgeom.models import networks
+from rlgeom.models.mlp_backprop import PlainMLP
+from rlgeom.data.normalization import RunningNormalizer
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU}
 POLICY_NAMES = ("MlpPolicy", "CnnPolicy")
@@ -197,7 +197,7 @@ class Actor(nn.Module):
         return torch.cat([out, self.scale().expand_as(out)], dim=-1)
 
     def written_out_form(self):
-        """(PlainMLP of body and head, the Gaussian scale or None) for rlgeom.networks' written-out
+        """(PlainMLP of body and head, the Gaussian scale or None) for rlgeom.models.networks' written-out
         derivatives, or None where the actor is not such an MLP (CNN features, other layers or
         activations, a subclass computing something else from the same layers)."""
         if type(self).forward is not Actor.forward or type(self).from_features is not Actor.from_features:
@@ -222,7 +222,7 @@ class Critic(nn.Module):
         return self.head(self.body(h))
 
     def written_out_form(self):
-        """(PlainMLP of body and head, None) for rlgeom.networks, or None (see Actor.written_out_form)."""
+        """(PlainMLP of body and head, None) for rlgeom.models.networks, or None (see Actor.written_out_form)."""
         if type(self).forward is not Critic.forward or type(self).from_features is not Critic.from_features:
             return None
         if not isinstance(self.features, nn.Flatten):
@@ -245,7 +245,7 @@ def _cached_plain_mlp(network: nn.Module) -> PlainMLP | None:
 class PolicyOutputs:
     """A minibatch's distribution parameters [B, P] and values [B], ready for a loss; `backward(loss)`
     puts ∂loss/∂θ into the parameters' `.grad` (autograd, or the written-out MLP backward: see
-    rlgeom.networks)."""
+    rlgeom.models.networks)."""
 
     dist_params: torch.Tensor | None
     values: torch.Tensor | None
@@ -291,7 +291,7 @@ class ActorCriticPolicy(nn.Module):
         has_extractor = policy == "CnnPolicy" or features_extractor_class is not None
         share = has_extractor if share_features_extractor is None else share_features_extractor
         self.share_features_extractor = share
-        #: plain MLPs use rlgeom.networks' written-out derivatives (the agents set it from their config)
+        #: plain MLPs use rlgeom.models.networks' written-out derivatives (the agents set it from their config)
         self.written_out_derivatives = True
         # running statistics for float vectors only (images are scaled by 1/255, discrete spaces one-hot)
         vector = isinstance(observation_space, spaces.Box) and not image
@@ -348,7 +348,7 @@ class ActorCriticPolicy(nn.Module):
 
         With a shared features extractor the features are computed once for both heads, so that the
         torso's gradient (and K-FAC's statistics) see the sum of the actor's and the critic's.
-        Plain MLPs take rlgeom.networks' written-out derivatives when `written_out_derivatives` is on.
+        Plain MLPs take rlgeom.models.networks' written-out derivatives when `written_out_derivatives` is on.
         """
         x = self.actor_inputs(obs)
         if self.share_features_extractor and actor and critic:
@@ -378,7 +378,7 @@ class ActorCriticPolicy(nn.Module):
 
         The same numbers as `forward`. Between `start_rollout()` and `end_rollout()` (the parameters
         and normalisation statistics are fixed during a rollout) the networks' inference functions are
-        built once (rlgeom.networks.inference_function: PlainMLP's forward for plain MLPs when
+        built once (rlgeom.models.networks.inference_function: PlainMLP's forward for plain MLPs when
         `written_out_derivatives` is on); elsewhere per call. Results are inference tensors: copy them
         (the rollout buffer does) before any autograd use.
         """

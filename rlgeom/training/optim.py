@@ -24,7 +24,7 @@ from typing import Iterable
 
 import torch
 
-from rlgeom.fisher import flat_parameters
+from rlgeom.geometry.fisher import flat_parameters
 
 
 class ContiguousAdam(torch.optim.Adam):

@@ -1,6 +1,6 @@
 """Checkpoints: everything a run needs to continue as if it had never stopped, without pickle.
 
-A checkpoint is a model file (`rlgeom.serialization`: safetensors + JSON in the header, written
+A checkpoint is a model file (`rlgeom.persistence.serialization`: safetensors + JSON in the header, written
 atomically: temporary file, fsync, rename) whose description also holds a `"checkpoint"` record.
 Nested state (a torch optimizer's `state_dict()`, a K-FAC `state_dict()`, RNG states) is split by
 `pack_state` into tensors, stored by safetensors, and a JSON skeleton in which each tensor is a
@@ -24,7 +24,7 @@ import sys
 import numpy as np
 import torch
 
-from rlgeom.serialization import SUFFIX, ModelFileError, read_model
+from rlgeom.persistence.serialization import SUFFIX, ModelFileError, read_model
 
 PREFIX = "checkpoint_"
 _NAME = re.compile(rf"^{PREFIX}(\d+){re.escape(SUFFIX)}$")
@@ -189,7 +189,7 @@ def open_resumed_logger(run_dir: str, step: int, verbose: int = 0):
     after `step` (purge_step), so curves continue without a gap or a duplicated step."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from rlgeom.logger import RunLogger
+    from rlgeom.persistence.logger import RunLogger
 
     logger = RunLogger(None, verbose)
     os.makedirs(run_dir, exist_ok=True)

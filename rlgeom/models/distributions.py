@@ -65,7 +65,7 @@ class ActionDistribution(abc.ABC):
 
     Each family writes its log-density and entropy once (`log_prob`, `entropy`: closed forms,
     differentiable in the parameters); every rlgeom update and the rollout use them. `distribution()`
-    gives the equivalent torch Distribution for users and for torch's KL registry (rlgeom.fisher.policy_kl).
+    gives the equivalent torch Distribution for users and for torch's KL registry (rlgeom.geometry.fisher.policy_kl).
     """
 
     #: width of the parameter vector the actor must output per observation

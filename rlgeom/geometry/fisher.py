@@ -17,7 +17,7 @@ a direction x with q = xᵀFx is scaled to KL radius δ by √(2δ/q) (Schulman 
 
 Costs, for d parameters and a batch of B (or the subsample used for products):
 - `PolicyFisher.fvp`: "gauss_newton" is the one product F v = Jᵀ F_dist J v, with J v and Jᵀ u from
-  the network's linearisation (rlgeom.networks.linearise: written out for plain MLPs, torch.func for
+  the network's linearisation (rlgeom.models.networks.linearise: written out for plain MLPs, torch.func for
   any other module; this module never looks at the actor's layers or parameter layout). "kl_hessian"
   (one forward + a double backward of the KL) stays as the independent check. Neither loops over
   samples or builds F. Inside `with fisher.linearised():` (θ held fixed, as during a CG solve) the
@@ -40,8 +40,8 @@ import torch
 from torch import nn
 from torch.distributions import kl_divergence
 
-from rlgeom.distributions import ActionDistribution
-from rlgeom.networks import linearise
+from rlgeom.models.distributions import ActionDistribution
+from rlgeom.models.networks import linearise
 
 FVP_METHODS = ("gauss_newton", "kl_hessian")
 
@@ -140,7 +140,7 @@ class PolicyFisher:
             in exact arithmetic: the KL's gradient vanishes at θ̄ = θ, leaving JᵀF_dist J.
         subsample: fraction of the batch used for products, in (0, 1].
         generator: drives the subsample draw; the global RNG is never touched when subsample == 1.
-        written_out: let rlgeom.networks use the written-out Jacobian products of a plain MLP actor
+        written_out: let rlgeom.models.networks use the written-out Jacobian products of a plain MLP actor
             (the same numbers as torch.func's, faster on a CPU).
     """
 
@@ -238,7 +238,7 @@ class PolicyFisher:
         The caller promises not to change the actor's parameters inside the block (a CG solve or a
         Lanczos run only reads them). A change is not detected: the products keep F at entry.
         Outside the block every product re-reads the parameters.
-        gauss_newton: the actor is linearised once (rlgeom.networks.linearise: J v and Jᵀ u written
+        gauss_newton: the actor is linearised once (rlgeom.models.networks.linearise: J v and Jᵀ u written
         out for plain MLPs, torch.func for any other module) and each product is Jᵀ F_dist J v.
         kl_hessian: ∇KL is built once with its graph; each product differentiates ∇KLᵀv.
         """
@@ -254,7 +254,7 @@ class PolicyFisher:
             self._linearised_product = None  # frees the retained graph
 
     def _gauss_newton_linearisation(self) -> Callable:
-        """v ↦ E_i[J_iᵀ F_dist(φ_i) J_i v]: J v and Jᵀ(·) from the network (rlgeom.networks), F_dist from
+        """v ↦ E_i[J_iᵀ F_dist(φ_i) J_i v]: J v and Jᵀ(·) from the network (rlgeom.models.networks), F_dist from
         the family, at the parameters of this call."""
         lin = linearise(self.actor, self.fisher_inputs, self.written_out)
         position = {id(p): i for i, p in enumerate(self.parameters)}

@@ -24,7 +24,7 @@ LAYOUTS = (
 
 
 class CompareError(ValueError):
-    """Bad input to rlgeom.compare: the message names the problem and what is accepted."""
+    """Bad input to rlgeom.tools.compare: the message names the problem and what is accepted."""
 
 
 @dataclass

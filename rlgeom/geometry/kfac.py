@@ -84,7 +84,7 @@ baselines and ikostrikov compute √(kl_clip / (lr²·vᵀ∇)) instead (no fact
     if stats.finite:
         q = precond.fisher_quadratic_form({p: -lr * p.grad for p in model.parameters()
                                            if p.grad is not None})
-        eta = rlgeom.fisher.kl_scale(q, kl_clip, clip=True)   # min(1, √(2·kl_clip / q))
+        eta = rlgeom.geometry.fisher.kl_scale(q, kl_clip, clip=True)   # min(1, √(2·kl_clip / q))
         for p in model.parameters():
             if p.grad is not None:
                 p.grad.mul_(eta)
@@ -108,7 +108,7 @@ from rlgeom import validation
 
 __all__ = ["KFACPreconditioner", "KFACStats"]
 
-_FORMAT = "rlgeom.kfac/1"
+_FORMAT = "rlgeom.geometry.kfac/1"
 _DAMPING_FORMS = ("eigen", "tikhonov")
 _REDUCTIONS = ("mean", "sum")
 

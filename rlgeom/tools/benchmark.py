@@ -5,7 +5,7 @@
                            [--timesteps N | --max-timesteps N] [--logdir DIR] [--hp KEY=VALUE ...]
 
 All runs write into one TensorBoard log directory, laid out as <logdir>/<task>/<agent>/seed<k> (the
-layout of a single `rlgeom.train` run; an SB3 baseline's agent is named sb3-ppo, sb3-a2c or
+layout of a single `rlgeom.tools.train` run; an SB3 baseline's agent is named sb3-ppo, sb3-a2c or
 sb3contrib-trpo), so TensorBoard's run selector groups by task and agent and
 `python -m rlgeom.compare <logdir>` reports the whole grid.
 
@@ -102,9 +102,9 @@ TABLE_COLUMNS = (
 )
 
 
-#: rlgeom.train options passed on to every rlgeom run of a grid (SB3 runs ignore them)
+#: rlgeom.tools.train options passed on to every rlgeom run of a grid (SB3 runs ignore them)
 GRID_FORWARDS = ("--checkpoint-every", "--nonfinite", "--max-consecutive-skips", "--geometry-every")
-#: rlgeom.train options that name one run's files, refused in a grid
+#: rlgeom.tools.train options that name one run's files, refused in a grid
 GRID_REJECTS = ("--resume", "--checkpoint-dir")
 
 
@@ -203,7 +203,7 @@ def import_gym_packages(modules: list[str]) -> None:
 
 
 def forwarded_options(args) -> list[str]:
-    """rlgeom.train's per-run options that the grid passes on to each rlgeom run as given."""
+    """rlgeom.tools.train's per-run options that the grid passes on to each rlgeom run as given."""
     argv = []
     for option in GRID_FORWARDS:
         value = getattr(args, option.lstrip("-").replace("-", "_"), None)
@@ -219,7 +219,7 @@ def check_hyperparameters(algo: str, env_id: str, hp: list[str], n_envs: int | N
 
     A preset that is invalid by itself is not the user's input: that run fails and is reported."""
     from agents import AGENTS
-    from rlgeom.train import parse_overrides
+    from rlgeom.tools.train import parse_overrides
 
     cfg = algo_preset(algo, env_id)
     n_envs = n_envs or cfg["n_envs"]
@@ -260,7 +260,7 @@ def algo_dirname(algo: str) -> str:
 
 
 def run_dir_for(logdir: str, env_id: str, algo: str, seed: int) -> str:
-    """<logdir>/<task>/<agent>/seed<k>, the task named as rlgeom.logger.run_directory names it."""
+    """<logdir>/<task>/<agent>/seed<k>, the task named as rlgeom.persistence.logger.run_directory names it."""
     return os.path.join(logdir, env_id.replace("/", "-"), algo_dirname(algo), f"seed{seed}")
 
 
@@ -411,8 +411,8 @@ def run_in_worker(spec: dict) -> dict:
 
 
 def _train_rlgeom(spec: dict) -> dict:
-    """One rlgeom run through rlgeom.train's single-run path, into exactly spec['run_dir']."""
-    from rlgeom import train
+    """One rlgeom run through rlgeom.tools.train's single-run path, into exactly spec['run_dir']."""
+    from rlgeom.tools import train
 
     argv = [
         "--algo", spec["algo"], "--env", spec["env"], "--seed", str(spec["seed"]),
@@ -426,7 +426,7 @@ def _train_rlgeom(spec: dict) -> dict:
         argv += ["--policy-kwargs", spec["policy_kwargs"]]
     args = train.build_parser().parse_args(argv + list(spec["train_options"]))
     args.hp = list(spec["hp"])
-    # the grid moved any earlier directory aside, so rlgeom.logger.run_directory returns exactly this one
+    # the grid moved any earlier directory aside, so rlgeom.persistence.logger.run_directory returns exactly this one
     summary = train.run(args)
     if os.path.abspath(summary["logdir"]) != os.path.abspath(spec["run_dir"]):
         raise RuntimeError(
@@ -445,7 +445,7 @@ def _sb3_constructor_names(cls) -> set[str]:
 def _sb3_value(value):
     """rlgeom's schedule dicts as SB3 schedules (callables of progress_remaining); others as given."""
     if isinstance(value, dict) and value.get("kind") in ("linear", "constant"):
-        from rlgeom.schedules import schedule_value
+        from rlgeom.training.schedules import schedule_value
 
         spec = dict(value)
         return lambda progress_remaining: schedule_value(spec, progress_remaining)
@@ -456,7 +456,7 @@ def _sb3_policy_kwargs(policy_kwargs: dict) -> tuple[dict, list[str]]:
     """rlgeom policy_kwargs in SB3's terms (activation names -> torch.nn classes); drops what SB3 lacks."""
     from stable_baselines3.common.policies import ActorCriticPolicy
 
-    from rlgeom.policies import ACTIVATIONS
+    from rlgeom.models.policies import ACTIVATIONS
 
     names = set(inspect.signature(ActorCriticPolicy.__init__).parameters) - {"self", "observation_space",
                                                                             "action_space", "lr_schedule"}
@@ -670,7 +670,7 @@ def run_grid(args) -> int:
 
 
 def main(args) -> int:
-    """Entry from rlgeom.train: 0 all runs succeeded, 1 some failed, 2 bad input, 130 interrupted."""
+    """Entry from rlgeom.tools.train: 0 all runs succeeded, 1 some failed, 2 bad input, 130 interrupted."""
     try:
         return run_grid(args)
     except GridUsageError as err:

@@ -13,12 +13,12 @@ backward pass is a handful of matrix products per layer, so it is written here o
                    t_k = (act'(h_{k-1}) ⊙ t_{k-1}) W_kᵀ + h_{k-1} dW_kᵀ + db_k;  t_L is ∂out along them
 
 `PlainMLP.backward` adds the gradients into each Linear's `.grad` in place, so an optimiser that
-keeps its gradients in one buffer (rlgeom.optim.ContiguousAdam) receives them there, exactly as
+keeps its gradients in one buffer (rlgeom.training.optim.ContiguousAdam) receives them there, exactly as
 `loss.backward()` would put them. `PlainMLP.jvp` with `backward(..., into=...)` gives the policy
-Fisher's Gauss–Newton products Jᵀ F_dist J v (rlgeom.fisher) without a graph. Equality with autograd
+Fisher's Gauss–Newton products Jᵀ F_dist J v (rlgeom.geometry.fisher) without a graph. Equality with autograd
 is tested in tests/test_mlp_backprop.py, the Fisher products against an explicit Fisher in
-tests/test_fisher.py. rlgeom.networks is the one place that decides when this applies (a module
-offering `written_out_form()`, e.g. rlgeom.policies.Actor); everything else uses autograd.
+tests/test_fisher.py. rlgeom.models.networks is the one place that decides when this applies (a module
+offering `written_out_form()`, e.g. rlgeom.models.policies.Actor); everything else uses autograd.
 """
 
 from __future__ import annotations

@@ -8,10 +8,10 @@ Every update in rlgeom differentiates through a network in exactly two ways:
 | a first-order loss L(outputs)         | `differentiable_outputs`    | outputs y = f(x), and `backward(L)` adding ∂L/∂θ into `.grad` |
 | Fisher products Jᵀ F_dist J v         | `linearise`                 | y, the trainable parameters, `jvp(v) = J v`, `vjp(u) = Jᵀ u`  |
 
-The losses (PPO's, the critic's MSE, the log-densities of rlgeom.distributions) are always
+The losses (PPO's, the critic's MSE, the log-densities of rlgeom.models.distributions) are always
 differentiated by autograd: they are written once, in the agent and the family, and nowhere else.
 What may be written out is only the network's own part, for a module that declares itself a plain
-MLP (`written_out_form()`, see below): rlgeom.mlp_backprop.PlainMLP's forward, backward and jvp, a
+MLP (`written_out_form()`, see below): rlgeom.models.mlp_backprop.PlainMLP's forward, backward and jvp, a
 few matrix products per layer and no graph, about twice as fast per minibatch on a CPU. The loss is
 then differentiated by autograd down to the network's outputs (made leaves), and PlainMLP carries
 ∂L/∂y the rest of the way. Everything else (CNNs, features extractors, any custom module) takes
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vjp
 
-from rlgeom.mlp_backprop import PlainMLP
+from rlgeom.models.mlp_backprop import PlainMLP
 
 
 def trainable_parameters(module: nn.Module) -> tuple[list[str], list[nn.Parameter]]:

@@ -1,0 +1,1 @@
+"""Rollout data: the buffer and GAE (buffer), observation and reward normalisation (normalization)."""

@@ -1,0 +1,2 @@
+"""Persistence: model files (serialization), checkpoints (checkpoint), run logs written (logger) and
+read back (runlogs)."""

@@ -1,0 +1,210 @@
+"""`python -m rlgeom.train --algo trpo`: train one agent on one task with tuned presets.
+
+Defaults come from agents.presets (rl-baselines3-zoo where it has the task); --hp overrides any
+hyperparameter of the agent's config (`--help-hp` lists them with their documentation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+
+DEFAULT_LOGDIR = "runs"
+
+
+class UsageError(ValueError):
+    """Bad command-line input: printed without a traceback, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rlgeom.train", description=__doc__.split("\n")[0])
+    p.add_argument("--algo", default="ppo", help="agent: vpg, npg, trpo, ppo, acktr; a comma-separated list "
+                   "(also sb3:ppo, sb3:a2c, sb3contrib:trpo) runs a grid (rlgeom.tools.benchmark)")
+    p.add_argument("--env", default=None, help="env id, or a comma-separated list (default: CartPole-v1)")
+    p.add_argument("--timesteps", type=int, default=None, help="environment steps (default: the preset's)")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0)
+    seeds.add_argument("--seeds", default=None, help="grid: comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--workers", type=int, default=None, help="grid: parallel runs (default: min(runs, CPU cores))")
+    p.add_argument("--max-timesteps", type=int, default=None, help="grid: cap on the presets' budgets")
+    p.add_argument("--gym-packages", nargs="*", default=[], metavar="MODULE",
+                   help="modules to import first (they register extra Gymnasium envs)")
+    p.add_argument("--n-envs", type=int, default=None, help="parallel envs (default: the preset's)")
+    p.add_argument("--vectorization", default="sync", help="sync or async gymnasium vector env")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: 1 for MlpPolicy, whose small matmuls only pay thread "
+                        "overhead with more; torch's default for CnnPolicy)")
+    p.add_argument("--logdir", default=DEFAULT_LOGDIR, help="TensorBoard root (one run dir per task/agent/seed)")
+    p.add_argument("--save", default=None, help="model path (default: <run dir>/model.safetensors)")
+    p.add_argument("--hp", nargs="*", default=[], metavar="KEY=VALUE", help="override hyperparameters")
+    p.add_argument("--policy-kwargs", default=None, help='JSON, e.g. \'{"net_arch": [64, 64]}\'')
+    p.add_argument("--eval-episodes", type=int, default=10, help="deterministic evaluation episodes at the end")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="write a checkpoint every N environment steps and at the end (atomic; see --keep-checkpoints)")
+    p.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (default: <run dir>/checkpoints)")
+    p.add_argument("--keep-checkpoints", type=int, default=3, metavar="K", help="keep the newest K checkpoints")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH|latest",
+                   help="continue a run from a checkpoint file, a run or checkpoint directory, or 'latest' (the "
+                        "newest checkpoint of this --algo/--env/--seed under --logdir) up to --timesteps in total")
+    p.add_argument("--nonfinite", choices=("raise", "sanitize"), default=None,
+                   help="NaN/inf from the env: stop with an error (default) or replace by 0 and count")
+    p.add_argument("--max-consecutive-skips", type=int, default=None, metavar="N",
+                   help="stop after N consecutive updates skipped for non-finite values (default 5)")
+    p.add_argument("--geometry-every", type=int, default=None, metavar="N",
+                   help="log the Fisher / value-Hessian spectrum under geometry/ every N updates (default: off)")
+    p.add_argument("--help-hp", action="store_true", help="list the agent's hyperparameters and exit")
+    return p
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    from agents.config import parse_hp_value
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--hp expects KEY=VALUE pairs, got {pair!r}")
+        out[key.strip()] = parse_hp_value(value.strip())
+    return out
+
+
+def agent_class(algo: str):
+    from agents import AGENTS
+
+    if algo not in AGENTS:
+        raise UsageError(f"unknown algorithm {algo!r}; accepted: {', '.join(AGENTS)}")
+    return AGENTS[algo]
+
+
+def run(args) -> dict:
+    """Train one (algo, env, seed); returns the summary record."""
+    from agents.presets import DEFAULT_ENV, preset
+    from envs import make_vec_env
+    from rlgeom.training.evaluation import evaluate
+
+    cls = agent_class(args.algo)
+    env_id = args.env or DEFAULT_ENV
+    cfg = preset(args.algo, env_id)
+    hyperparameters = {**cfg["hyperparameters"], **parse_overrides(args.hp)}
+    policy_kwargs = dict(cfg["policy_kwargs"])
+    if args.policy_kwargs:
+        try:
+            policy_kwargs.update(json.loads(args.policy_kwargs))
+        except json.JSONDecodeError as err:
+            raise UsageError(f"--policy-kwargs is not valid JSON: {err}") from None
+    threads = args.threads if args.threads is not None else (1 if cfg["policy"] == "MlpPolicy" else None)
+    if threads is not None:
+        import torch
+
+        if threads < 1:
+            raise UsageError(f"--threads must be a positive integer, got {threads}")
+        torch.set_num_threads(threads)
+    timesteps = args.timesteps if args.timesteps is not None else cfg["timesteps"]
+    if timesteps < 1:
+        raise UsageError(f"--timesteps must be positive, got {timesteps}")
+    options = {k: v for k, v in (("nonfinite", args.nonfinite), ("max_consecutive_skips", args.max_consecutive_skips),
+                                 ("geometry_every", args.geometry_every))
+               if v is not None}
+    if args.resume is not None:
+        agent, env_id = resume_agent(args, cls, env_id, {**parse_overrides(args.hp), **options})
+        if args.timesteps is None and agent._target_timesteps:
+            timesteps = agent._target_timesteps
+    else:
+        agent = cls(
+            cfg["policy"], env_id, n_envs=args.n_envs or cfg["n_envs"], seed=args.seed, device=args.device,
+            tensorboard_log=args.logdir, verbose=args.verbose, vectorization=args.vectorization,
+            policy_kwargs=policy_kwargs, **options, **hyperparameters,
+        )
+    every = args.checkpoint_every if args.checkpoint_every is not None else agent._checkpoint_every
+    remaining = timesteps - agent.num_timesteps
+    start = time.perf_counter()
+    if remaining > 0:
+        agent.learn(
+            remaining, progress_bar=not args.no_progress, reset_num_timesteps=args.resume is None,
+            checkpoint_every=every, checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep_checkpoints,
+        )
+    wall = time.perf_counter() - start
+    save_path = agent.save(args.save or os.path.join(agent._run_dir or args.logdir, "model"))
+    eval_env = make_vec_env(env_id, 1, device=agent.device)
+    mean, std = evaluate(agent, eval_env, args.eval_episodes, deterministic=True, seed=args.seed + 10_000)
+    eval_env.close()
+    agent.env.close()
+    summary = {
+        "algo": args.algo, "env": env_id, "seed": args.seed, "eval_return": mean, "eval_std": std,
+        "timesteps": agent.num_timesteps, "wall_s": wall, "fps": agent.num_timesteps / max(wall, 1e-9),
+        "logdir": agent._run_dir, "model": save_path, "preset_source": cfg["source"],
+    }
+    agent.logger.record("eval/mean_reward", mean)
+    agent.logger.dump(agent.num_timesteps)
+    agent.logger.close()
+    return summary
+
+
+def resume_agent(args, cls, env_id: str, overrides: dict):
+    """(agent loaded from the checkpoint --resume names, env id): the env id is --env, else the checkpoint's."""
+    from agents.presets import DEFAULT_ENV
+    from rlgeom.persistence.checkpoint import find_run_checkpoint, latest_checkpoint
+    from rlgeom.persistence.serialization import read_model
+
+    if args.resume == "latest":
+        base = os.path.join(args.logdir, env_id.replace("/", "-"), args.algo, f"seed{args.seed}")
+        roots = [base] + sorted(glob.glob(glob.escape(base) + "_*"))
+        path = find_run_checkpoint([r for r in roots if os.path.isdir(r)] or [base])
+    else:
+        path = latest_checkpoint(args.resume)
+    _, description = read_model(path)
+    env_id = args.env or description.get("env_id") or DEFAULT_ENV
+    agent = cls.load(path, env=env_id, device=args.device, **overrides)
+    agent.verbose = args.verbose
+    if agent.tensorboard_log is None:  # a checkpoint written without TensorBoard: log from here on
+        agent.tensorboard_log = args.logdir
+    print(f"resuming {path} at step {agent.num_timesteps}", file=sys.stderr)
+    return agent, env_id
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from rlgeom.tools import benchmark
+    from envs.boundary import NonFiniteEnvError
+    from rlgeom.training.guards import TrainingDivergedError
+    from rlgeom.persistence.serialization import ModelFileError
+
+    if benchmark.is_grid(args) and not args.help_hp:
+        return benchmark.main(args)
+
+    try:
+        if args.help_hp:
+            cls = agent_class(args.algo)
+            for name, (default, help_text) in cls.Config.field_help().items():
+                print(f"{name:28s} {default!r:>24}  {help_text}")
+            return 0
+        benchmark.import_gym_packages(args.gym_packages)
+        summary = run(args)
+    except (UsageError, ValueError, TypeError, ModelFileError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (TrainingDivergedError, NonFiniteEnvError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(
+        f"{summary['algo']} on {summary['env']} (seed {summary['seed']}): eval return "
+        f"{summary['eval_return']:.1f} ± {summary['eval_std']:.1f} over {args.eval_episodes} episodes | "
+        f"{summary['timesteps']} steps in {summary['wall_s']:.1f} s ({summary['fps']:.0f} steps/s) | "
+        f"logs: {summary['logdir']} | model: {summary['model']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
