@@ -94,6 +94,9 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         # log rlgeom.geometry.spectrum.training_geometry every k updates (None: off)
         self.geometry_every = validation.positive_int("geometry_every", geometry_every, allow_none=True)
         self.device = resolve_device(device)
+        seed = validation.non_negative_int("seed", seed, allow_none=True)
+        if seed is not None and seed >= 2**63:
+            raise ValueError(f"seed must be below 2**63 (torch's generators take 64-bit seeds), got {seed}")
         self.seed, self.verbose, self.tensorboard_log = seed, verbose, tensorboard_log
         self.policy_name, self.policy_kwargs = policy, dict(policy_kwargs or {})
         if seed is not None:
@@ -360,7 +363,13 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                 f"observation of shape {obs.shape} does not match the model's observation space {shape} "
                 f"(accepted: {shape} or (n_envs, {', '.join(map(str, shape))}))"
             )
-        dtype = torch.uint8 if obs.dtype == np.uint8 else torch.float32
+        # the space decides the dtype: uint8 only for image spaces, floats for everything else
+        image = isinstance(self.observation_space, spaces.Box) and self.observation_space.dtype == np.uint8
+        if np.issubdtype(obs.dtype, np.floating) and not np.isfinite(obs).all():
+            raise ValueError("observation contains NaN or inf; rlgeom acts only on finite observations")
+        dtype = torch.uint8 if image else torch.float32
+        if image and obs.dtype != np.uint8:
+            obs = obs.astype(np.uint8)
         with torch.no_grad():
             actions = self.policy.act(torch.as_tensor(obs, dtype=dtype, device=self.device), deterministic)[0]
             actions = actions.cpu().numpy()

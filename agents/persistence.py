@@ -136,6 +136,14 @@ class Persistence:
                 f"{path}: weights do not fit the described policy (missing {missing[:4]}, unexpected "
                 f"{unexpected[:4]}, wrong shape {wrong[:4]})"
             )
+        dtypes = [f"{k} ({policy_state[k].dtype}, expected {v.dtype})" for k, v in expected.items()
+                  if policy_state[k].dtype != v.dtype]
+        if dtypes:
+            raise ModelFileError(f"{path}: tensors of another dtype than the policy's: {', '.join(dtypes[:4])}")
+        nonfinite = [k for k, v in policy_state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if nonfinite:
+            raise ModelFileError(f"{path}: non-finite (NaN or inf) values in {', '.join(nonfinite[:4])}; "
+                                 "rlgeom never loads or resumes from such weights")
         self.policy.load_state_dict(policy_state)
 
     def get_parameters(self) -> dict:

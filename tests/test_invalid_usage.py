@@ -167,3 +167,46 @@ def test_cli_prints_the_error_without_traceback(argv, message, capsys, tmp_path)
     assert main([*argv, "--logdir", str(tmp_path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_seeds_are_checked():
+    for bad in (-1, "0", 10**20, 1.5, True):
+        with pytest.raises(ValueError, match="seed must be"):
+            PPO("MlpPolicy", "CartPole-v1", seed=bad, device="cpu")
+
+
+def test_predict_takes_uint8_vectors_and_refuses_non_finite_observations():
+    model = PPO("MlpPolicy", "CartPole-v1", seed=0, device="cpu")
+    action, _ = model.predict(np.array([1, 0, 2, 0], np.uint8), deterministic=True)  # cast to the space's floats
+    assert action in (0, 1)
+    for deterministic in (False, True):
+        with pytest.raises(ValueError, match="NaN or inf"):
+            model.predict(np.array([0.0, np.nan, 0.0, 0.0], np.float32), deterministic=deterministic)
+
+
+def test_model_files_with_non_finite_weights_wrong_dtypes_or_no_checksum_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    from rlgeom.persistence.serialization import tensor_digest
+
+    path = PPO("MlpPolicy", "CartPole-v1", seed=0, device="cpu").save(tmp_path / "model")
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(path)
+    key = next(k for k in tensors if k.endswith("weight"))
+
+    def rewrite(name, tensors, meta):
+        out = str(tmp_path / name)
+        save_file(tensors, out, metadata=meta)
+        return out
+
+    nan = dict(tensors, **{key: tensors[key].clone().fill_(float("nan"))})
+    with pytest.raises(ModelFileError, match="non-finite"):
+        PPO.load(rewrite("nan.safetensors", nan, {**meta, "tensors_sha256": tensor_digest(nan)}))
+    double = dict(tensors, **{key: tensors[key].double()})
+    with pytest.raises(ModelFileError, match="dtype"):
+        PPO.load(rewrite("double.safetensors", double, {**meta, "tensors_sha256": tensor_digest(double)}))
+    unsigned = {k: v for k, v in meta.items() if k != "tensors_sha256"}
+    with pytest.raises(ModelFileError, match="no tensors_sha256"):
+        PPO.load(rewrite("nochecksum.safetensors", tensors, unsigned))

@@ -152,7 +152,11 @@ def read_model(path: str, device: torch.device | str = "cpu") -> tuple[dict[str,
         raise ModelFileError(f"{resolved}: not a readable safetensors model file (truncated or corrupted?): {err}")
     if meta.get("format") != FORMAT:
         raise ModelFileError(f"{resolved}: not an rlgeom model (no '{FORMAT}' header)")
-    if "tensors_sha256" in meta and tensor_digest(tensors) != meta["tensors_sha256"]:
+    # The checksum detects corruption (a flipped bit, a truncated copy), not tampering: whoever edits
+    # the tensors can rewrite it. A file without one is refused, so deleting it switches nothing off.
+    if "tensors_sha256" not in meta:
+        raise ModelFileError(f"{resolved}: the header has no tensors_sha256 checksum (every rlgeom model file has one)")
+    if tensor_digest(tensors) != meta["tensors_sha256"]:
         raise ModelFileError(f"{resolved}: checksum mismatch: the tensor data was modified or corrupted")
     if meta.get("format_version") != str(FORMAT_VERSION):
         raise ModelFileError(
