@@ -219,10 +219,10 @@ class ACKTR(OnPolicyAgent):
         self.optimizer.zero_grad(set_to_none=True)
         with self.kfac.track_statistics() as collecting:
             if collecting:
-                fisher_loss.backward(retain_graph=True)
+                out.backward(fisher_loss, retain_graph=True)
         # g = ∇L, clipped; then (F̂ + λI)⁻¹ g in place of every gradient
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        out.backward(loss)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.policy.parameters(), cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf)
         kfac_stats = self.kfac.step()

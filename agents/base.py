@@ -57,7 +57,7 @@ from agents.config import OnPolicyConfig
 from agents.devices import resolve_device, set_global_seeds
 from agents.guard import RollbackGuard
 from agents.persistence import Persistence
-from agents.sb3_compat import SB3Compat, StepInfos, make_progress_bar, wrap_callback
+from agents.sb3_compat import SB3Compat, make_progress_bar, step_locals, wrap_callback
 from envs.boundary import NonFiniteCounter, nonfinite_policy
 
 
@@ -293,8 +293,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                 self._last_obs, self._last_episode_starts = step.obs, step.done
                 self.num_timesteps += self.n_envs
                 if callback is not None:
-                    callback.update_locals(
-                        {"actions": actions, "rewards": step.reward, "dones": step.done, "infos": StepInfos(step)})
+                    callback.update_locals(step_locals(actions, step))  # numpy, as SB3 passes them
                     if not callback.on_step():
                         return False
         finally:

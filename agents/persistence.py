@@ -146,9 +146,6 @@ class Persistence:
                                  "rlgeom never loads or resumes from such weights")
         self.policy.load_state_dict(policy_state)
 
-    def get_parameters(self) -> dict:
-        return {"policy": self.policy.state_dict()}
-
 
 def _state_aliases(module: torch.nn.Module) -> dict[str, str]:
     """{key: first key} for state-dict entries that are the same tensor as an earlier entry (a features

@@ -76,10 +76,10 @@ class PPO(OnPolicyAgent):
         # per minibatch one stacked row of STAT_NAMES, per step its gradient norm; read once after the
         # epochs (one host sync; non-finite values make the base roll the update back)
         step_stats, step_grad_norms = [], []
+        family = self.policy.family
         for epoch in range(cfg.n_epochs):
             for batch in buffer.minibatches(cfg.batch_size, self.generator, cfg.normalize_advantage):
                 out = self.policy.outputs(batch.obs)
-                family = self.policy.family
                 log_probs, entropy = family.log_prob(out.dist_params, batch.actions), family.entropy(out.dist_params)
                 policy_loss, value_loss, entropy_loss, loss, ratio, log_ratio = self.losses(
                     batch, log_probs, entropy, out.values, eps)

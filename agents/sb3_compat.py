@@ -12,6 +12,47 @@ import envs
 class SB3Compat:
     """Mixin of OnPolicyAgent (agents/base.py)."""
 
+    def __getattr__(self, name: str):
+        """Hyperparameters read as SB3 exposes them: `model.gamma`, `model.n_steps`, ...; schedules
+        (`learning_rate`, `clip_range`) as SB3's callables of the remaining progress (1 → 0)."""
+        config = self.__dict__.get("config")
+        if config is None or name.startswith("_") or name not in type(config).__dataclass_fields__:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        value = getattr(config, name)
+        if name in ("learning_rate", "clip_range", "clip_range_vf") and value is not None:
+            from rlgeom.training.schedules import schedule_value
+
+            return lambda progress_remaining: schedule_value(value, progress_remaining)
+        return value
+
+    def get_parameters(self) -> dict:
+        """SB3's form: {"policy": state dict, "<optimizer attribute>": its state dict, ...}."""
+        return {"policy": self.policy.state_dict(),
+                **{name: opt.state_dict() for name, opt in self._optimizers().items()}}
+
+    def set_parameters(self, load_path_or_dict, exact_match: bool = True, device="auto") -> None:
+        """SB3's set_parameters: a dict as get_parameters returns it, or a saved model file (its weights
+        only, checked against this policy as load() checks them). exact_match=False loads what matches."""
+        if isinstance(load_path_or_dict, dict):
+            params = load_path_or_dict
+            if "policy" not in params:
+                raise ValueError(f"set_parameters needs a 'policy' entry (as get_parameters gives); got {sorted(params)}")
+            result = self.policy.load_state_dict(params["policy"], strict=exact_match)
+            for name, optimizer in self._optimizers().items():
+                if name in params:
+                    optimizer.load_state_dict(params[name])
+                elif exact_match:
+                    raise ValueError(f"set_parameters: no state for the optimiser {name!r} (pass exact_match=False)")
+            return result
+        from rlgeom.persistence.serialization import read_model
+
+        tensors, _ = read_model(load_path_or_dict)
+        if exact_match:
+            self._load_tensors(load_path_or_dict, tensors)
+        else:
+            policy = {k[len("policy."):]: v for k, v in tensors.items() if k.startswith("policy.")}
+            self.policy.load_state_dict(policy, strict=False)
+
     def get_env(self):
         """The env being trained on: the SB3 VecEnv if one was given, else rlgeom's VecEnv."""
         if self.env is None:
@@ -54,6 +95,16 @@ class StepInfos(Sequence):
 
     def __len__(self) -> int:
         return self._step.reward.shape[0]
+
+
+def step_locals(actions, step) -> dict:
+    """What SB3's collect_rollouts leaves in a callback's `self.locals` per step, as numpy arrays (on the
+    CPU the arrays share the tensors' memory; on a GPU this is the one transfer a callback costs)."""
+    def numpy(t):
+        return t.detach().cpu().numpy()
+
+    return {"actions": numpy(actions), "rewards": numpy(step.reward), "dones": numpy(step.done),
+            "new_obs": numpy(step.obs), "infos": StepInfos(step)}
 
 
 def wrap_callback(callback):

@@ -233,3 +233,35 @@ def test_ppo_target_kl_stops_the_epochs_early():
     assert stats["train/n_epochs_done"] == 0
     assert float(agent.optimizer.state_dict()["state"][0]["step"]) == 1  # one Adam step, then the stop
     assert stats["train/approx_kl"] > 0  # mean over the stepped minibatch (KL 0) and the stopping one
+
+
+def test_sb3_model_api_hyperparameters_parameters_and_callback_locals(tmp_path):
+    import numpy as np
+    from stable_baselines3.common.callbacks import BaseCallback, StopTrainingOnMaxEpisodes
+
+    model = PPO("MlpPolicy", "CartPole-v1", seed=0, device="cpu", n_steps=64, batch_size=32, gamma=0.98,
+                clip_range={"kind": "linear", "start": 0.2, "end": 0.0})
+    assert model.gamma == 0.98 and model.n_steps == 64 and model.batch_size == 32
+    assert model.clip_range(1.0) == pytest.approx(0.2) and model.clip_range(0.5) == pytest.approx(0.1)
+
+    class Seen(BaseCallback):
+        def _on_step(self):
+            self.kinds = {k: type(self.locals[k]) for k in ("actions", "rewards", "dones", "new_obs")}
+            return True
+
+    seen = Seen()
+    stop = StopTrainingOnMaxEpisodes(max_episodes=3)  # SB3's, reading locals["dones"] with numpy
+    model.learn(5000, callback=[seen, stop])
+    assert set(seen.kinds.values()) == {np.ndarray} and model.num_timesteps < 5000
+
+    params = model.get_parameters()
+    assert set(params) == {"policy", "optimizer"}
+    other = PPO("MlpPolicy", "CartPole-v1", seed=1, device="cpu", n_steps=64, batch_size=32)
+    other.set_parameters(params)
+    obs = np.zeros((3, 4), np.float32)
+    np.testing.assert_array_equal(other.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
+    third = PPO("MlpPolicy", "CartPole-v1", seed=2, device="cpu", n_steps=64, batch_size=32)
+    third.set_parameters(model.save(tmp_path / "m"))
+    np.testing.assert_array_equal(third.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
+    with pytest.raises(AttributeError):
+        model.no_such_thing

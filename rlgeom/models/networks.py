@@ -154,6 +154,7 @@ def differentiable_outputs(module: nn.Module, x: torch.Tensor, written_out: bool
     def push() -> None:
         if out.grad is not None:  # None: the loss did not depend on the MLP's output
             mlp.backward(inputs, out.grad)
+            out.grad = None  # a second loss on the same outputs (retain_graph) starts from zero, as autograd's does
 
     return y, push
 
@@ -162,9 +163,9 @@ def _nothing() -> None:
     return None
 
 
-def backward(loss: torch.Tensor, *pushes: Callable[[], None]) -> None:
+def backward(loss: torch.Tensor, *pushes: Callable[[], None], retain_graph: bool = False) -> None:
     """loss.backward(), then every written-out network's push (see `differentiable_outputs`)."""
-    loss.backward()
+    loss.backward(retain_graph=retain_graph)
     for push in pushes:
         push()
 

@@ -251,8 +251,8 @@ class PolicyOutputs:
     values: torch.Tensor | None
     pushes: tuple
 
-    def backward(self, loss: torch.Tensor) -> None:
-        networks.backward(loss, *self.pushes)
+    def backward(self, loss: torch.Tensor, retain_graph: bool = False) -> None:
+        networks.backward(loss, *self.pushes, retain_graph=retain_graph)
 
 
 class ActorCriticPolicy(nn.Module):
