@@ -47,7 +47,7 @@ import envs
 from rlgeom import __version__, validation
 from rlgeom.persistence import checkpoint as ckpt
 from rlgeom.data.buffer import RolloutBuffer
-from rlgeom.training.guards import SkippedUpdate, TrainingDivergedError, guard_finite
+from rlgeom.training.guards import NonFinitePolicyError, SkippedUpdate, TrainingDivergedError, guard_finite
 from rlgeom.persistence.logger import RunLogger, run_directory
 from rlgeom.data.normalization import RewardScaler
 from rlgeom.models.policies import ActorCriticPolicy
@@ -284,6 +284,13 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         buffer.reset()
         if callback is not None:
             callback.on_rollout_start()
+        named = list(self.policy.named_parameters())
+        finite = torch.stack([torch.isfinite(p).all() for _, p in named]).tolist()  # one host sync per rollout
+        bad = [name for (name, _), ok in zip(named, finite) if not ok]
+        if bad:  # a NaN weight would send NaN actions to the env, which would then be blamed
+            raise NonFinitePolicyError(
+                f"the policy's parameters {', '.join(bad[:4])} hold NaN or inf, so its actions would too; they "
+                "were set outside training (updates are rolled back before that happens): reload a checkpoint")
         self.policy.start_rollout()  # parameters are fixed until the update: inference functions built once
         try:
             for _ in range(self.config.n_steps):

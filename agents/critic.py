@@ -40,5 +40,5 @@ def fit_value_function(
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
     """1 - Var[returns - values] / Var[returns] (SB3's train/explained_variance)."""
-    var = returns.var()
-    return torch.where(var > 0, 1 - (returns - values).var() / var, torch.full_like(var, float("nan")))
+    var = returns.var(correction=0)  # population variances, as SB3's np.var (the ratio is the same either way)
+    return torch.where(var > 0, 1 - (returns - values).var(correction=0) / var, torch.full_like(var, float("nan")))

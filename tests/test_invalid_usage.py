@@ -210,3 +210,22 @@ def test_model_files_with_non_finite_weights_wrong_dtypes_or_no_checksum_are_ref
     unsigned = {k: v for k, v in meta.items() if k != "tensors_sha256"}
     with pytest.raises(ModelFileError, match="no tensors_sha256"):
         PPO.load(rewrite("nochecksum.safetensors", tensors, unsigned))
+
+
+def test_a_nan_weight_is_reported_before_any_nan_action_reaches_the_env():
+    from rlgeom.training.guards import NonFinitePolicyError
+
+    model = PPO("MlpPolicy", "Pendulum-v1", seed=0, device="cpu", n_steps=64, batch_size=64)
+    model.learn(64)
+    with torch.no_grad():
+        model.policy.actor.body[0].weight[0, 0] = float("nan")
+    with pytest.raises(NonFinitePolicyError, match="actor.body.0.weight"):
+        model.learn(64, reset_num_timesteps=False)
+
+
+@pytest.mark.parametrize("cls", [PPO, VPG])
+def test_one_step_rollouts_of_one_env_train(cls):
+    """Advantage normalisation over a single sample only centres it (no 0/0)."""
+    model = cls("MlpPolicy", "Pendulum-v1", seed=0, device="cpu", n_steps=1, batch_size=1)
+    model.learn(40)
+    assert model.skipped_updates == 0 and model.n_updates == 40

@@ -180,4 +180,7 @@ class RolloutBuffer:
 
 
 def normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Zero mean, unit std; a single sample has no spread, so it is only centred (to 0)."""
+    if x.numel() < 2:
+        return x - x.mean()
     return (x - x.mean()) / (x.std() + eps)

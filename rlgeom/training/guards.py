@@ -21,6 +21,11 @@ class SkippedUpdate(ArithmeticError):
         super().__init__(f"non-finite {', '.join(self.names)}")
 
 
+class NonFinitePolicyError(RuntimeError):
+    """The policy's parameters hold NaN or inf before a rollout (set from outside training: the update
+    itself never leaves them so), so its actions would be NaN."""
+
+
 class TrainingDivergedError(RuntimeError):
     """Too many consecutive updates were skipped because of non-finite values."""
 
