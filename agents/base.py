@@ -220,6 +220,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         start_time, start_steps = time.perf_counter(), self.num_timesteps
         iteration = 0
         while self.num_timesteps < self._target_timesteps:
+            self._check_policy_finite()
             with nonfinite_policy(self._nonfinite):
                 if not self.collect_rollout(callback):
                     break
@@ -244,6 +245,17 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         if callback is not None:
             callback.on_training_end()
         return self
+
+    def _check_policy_finite(self) -> None:
+        """Before each rollout (one host read): a NaN/inf weight would send NaN actions to the env, which
+        would then be blamed. Updates never leave one (they are rolled back), so it was set from outside."""
+        named = list(self.policy.named_parameters())
+        finite = torch.stack([torch.isfinite(p).all() for _, p in named]).tolist()
+        bad = [name for (name, _), ok in zip(named, finite) if not ok]
+        if bad:
+            raise NonFinitePolicyError(
+                f"the policy's parameters {', '.join(bad[:4])} hold NaN or inf, so its actions would too; they "
+                "were set outside training (updates are rolled back before that happens): reload a checkpoint")
 
     def _reset_env(self, resume: bool = False) -> None:
         """Reset the env and (re)build the buffer. Resuming a checkpoint, an env that offers
@@ -284,13 +296,6 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         buffer.reset()
         if callback is not None:
             callback.on_rollout_start()
-        named = list(self.policy.named_parameters())
-        finite = torch.stack([torch.isfinite(p).all() for _, p in named]).tolist()  # one host sync per rollout
-        bad = [name for (name, _), ok in zip(named, finite) if not ok]
-        if bad:  # a NaN weight would send NaN actions to the env, which would then be blamed
-            raise NonFinitePolicyError(
-                f"the policy's parameters {', '.join(bad[:4])} hold NaN or inf, so its actions would too; they "
-                "were set outside training (updates are rolled back before that happens): reload a checkpoint")
         self.policy.start_rollout()  # parameters are fixed until the update: inference functions built once
         try:
             for _ in range(self.config.n_steps):
