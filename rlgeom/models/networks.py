@@ -113,7 +113,6 @@ def paired_inference_function(first: nn.Module, second: nn.Module, written_out: 
     if pair is None:
         one, two = inference_function(first, written_out), inference_function(second, written_out)
         return lambda x: (one(x), two(x))
-    tails = []
     with torch.no_grad():
         tails = [tail() if tail is not None else None for _, tail in found]
 
