@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 
 def evaluate(agent, env, n_episodes: int = 10, deterministic: bool = True, seed: int | None = None):
