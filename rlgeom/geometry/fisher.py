@@ -165,9 +165,7 @@ class PolicyFisher:
         self.actor, self.family, self.inputs = actor, family, inputs
         self.damping, self.method, self.subsample = float(damping), method, float(subsample)
         self.written_out = written_out
-        named = [(n, p) for n, p in actor.named_parameters() if p.requires_grad]
-        self.parameter_names = [n for n, _ in named]
-        self.parameters = [p for _, p in named]
+        self.parameters = [p for p in actor.parameters() if p.requires_grad]
         self.num_parameters = sum(p.numel() for p in self.parameters)
         with torch.no_grad():
             self.old_dist_params = actor(inputs).detach()

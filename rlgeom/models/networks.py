@@ -46,15 +46,16 @@ def trainable_parameters(module: nn.Module) -> tuple[list[str], list[nn.Paramete
     return [n for n, _ in named], [p for _, p in named]
 
 
-def _written_out(module: nn.Module, x: torch.Tensor, enabled: bool, for_gradients: bool = True):
-    """(PlainMLP, tail) if the written-out form applies to `module` on input `x`, else None.
+def _written_out(module: nn.Module, x: torch.Tensor | None, enabled: bool, for_gradients: bool = True):
+    """(PlainMLP, tail) if the written-out form applies to `module` on input `x` (None: any 2-D input),
+    else None. The one place that decides it, for gradients, Jacobian products and inference alike.
 
     For gradients it must also give what autograd would: every parameter trained, no gradient hook
     on a parameter and no module hook on a layer (K-FAC's statistics hooks, a user's), since only
     module calls and autograd run those.
     """
     form = getattr(module, "written_out_form", None)
-    if not enabled or not callable(form) or x.dim() != 2:
+    if not enabled or not callable(form) or (x is not None and x.dim() != 2):
         return None
     found = form()
     if found is None:
@@ -90,8 +91,7 @@ def inference_function(module: nn.Module, written_out: bool = True) -> Callable[
     parameters stay fixed, e.g. for one rollout: PlainMLP's forward with the state-independent tail
     evaluated once, where the written-out form applies (no module dispatch, which is most of a small
     network's per-step cost; module hooks are not called), else the module itself."""
-    form = getattr(module, "written_out_form", None)
-    found = form() if written_out and callable(form) else None
+    found = _written_out(module, None, written_out, for_gradients=False)
     if found is None:
         return module
     mlp, tail = found
@@ -107,8 +107,7 @@ def paired_inference_function(first: nn.Module, second: nn.Module, written_out: 
     """x ↦ (first(x), second(x)) for use without a graph while the parameters stay fixed: one batched
     pass per layer for two plain MLPs of the same widths (an actor and a critic of one net_arch;
     PlainMLP.frozen_pair_forward), else the two `inference_function`s."""
-    forms = [getattr(m, "written_out_form", None) for m in (first, second)]
-    found = [f() if written_out and callable(f) else None for f in forms]
+    found = [_written_out(m, None, written_out, for_gradients=False) for m in (first, second)]
     pair = PlainMLP.frozen_pair_forward(found[0][0], found[1][0]) if None not in found else None
     if pair is None:
         one, two = inference_function(first, written_out), inference_function(second, written_out)
