@@ -57,7 +57,7 @@ from agents.config import OnPolicyConfig
 from agents.devices import resolve_device, set_global_seeds
 from agents.guard import RollbackGuard
 from agents.persistence import Persistence
-from agents.sb3_compat import SB3Compat, make_progress_bar, step_locals, wrap_callback
+from agents.sb3_compat import SB3Compat, make_progress_bar, policy_std, step_locals, wrap_callback
 from envs.boundary import NonFiniteCounter, nonfinite_policy
 
 
@@ -85,6 +85,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         nonfinite: str = "raise",
         max_consecutive_skips: int = 5,
         geometry_every: int | None = None,
+        stats_window_size: int = 100,
         _spaces=None,
         **hyperparameters,
     ):
@@ -136,7 +137,9 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         self._run_dir: str | None = None
         self._last_obs = None
         self._last_episode_starts = None
-        self.ep_info_buffer: deque = deque(maxlen=100)
+        # SB3's stats_window_size: episodes averaged in rollout/ep_rew_mean and ep_len_mean
+        self.stats_window_size = validation.positive_int("stats_window_size", stats_window_size)
+        self.ep_info_buffer: deque = deque(maxlen=self.stats_window_size)
         self._setup()
 
     @property
@@ -169,7 +172,10 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
     def update(self, buffer: RolloutBuffer, progress_remaining: float) -> dict:
         """One policy/value update from a full rollout; returns {tag: value} for the logger."""
 
-    def set_env(self, env, n_envs: int = 1, vectorization: str = "sync") -> None:
+    def set_env(self, env, n_envs: int = 1, vectorization: str = "sync", force_reset: bool = True) -> None:
+        """SB3's set_env: the new env must have the model's spaces. force_reset=False keeps the current
+        observation, so learn(reset_num_timesteps=False) goes on without a reset (SB3 issue #1380 explains
+        why resetting is the default); with another number of envs it resets anyway."""
         new = envs.make_vec_env(env, n_envs, self.seed, self.device, vectorization)
         for what, have, got in (
             ("observation", self.observation_space, new.single_observation_space),
@@ -177,7 +183,9 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         ):
             if not spaces_equal(have, got):
                 raise ValueError(f"the new env's {what} space {got} differs from the model's {have}")
-        self.env, self.n_envs, self._last_obs = new, new.num_envs, None
+        if force_reset or new.num_envs != self.n_envs:
+            self._last_obs = None
+        self.env, self.n_envs = new, new.num_envs
         self.env_id = new.env_id or self.env_id
         self.config.validate(self.n_envs)
 
@@ -235,7 +243,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                 bar.update(self.n_envs * self.config.n_steps)
             iteration += 1
             if log_interval and iteration % log_interval == 0:
-                self._log(stats, start_time, start_steps)
+                self._log(stats, start_time, start_steps, iteration)
             if self._checkpoint_every and self.num_timesteps - (self._last_checkpoint_step or 0) >= self._checkpoint_every:
                 self._write_checkpoint()
         if self._checkpoint_every and self._last_checkpoint_step != self.num_timesteps:
@@ -341,14 +349,21 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             }
         )
 
-    def _log(self, stats: dict, start_time: float, start_steps: int) -> None:
+    def _log(self, stats: dict, start_time: float, start_steps: int, iteration: int = 0) -> None:
+        """SB3's tags for SB3's quantities (time/iterations, time/time_elapsed and time/total_timesteps go to
+        the console only, as in SB3), then the agent's update statistics."""
         log = self.logger
         if self.ep_info_buffer:
             log.record("rollout/ep_rew_mean", float(np.mean([e["r"] for e in self.ep_info_buffer])))
             log.record("rollout/ep_len_mean", float(np.mean([e["l"] for e in self.ep_info_buffer])))
         elapsed = max(time.perf_counter() - start_time, 1e-9)
         log.record("time/fps", int((self.num_timesteps - start_steps) / elapsed))
+        log.record("time/iterations", iteration, exclude="tensorboard")
+        log.record("time/time_elapsed", int(elapsed), exclude="tensorboard")
         log.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
+        std = policy_std(self.policy)
+        if std is not None:
+            log.record("train/std", std)
         log.record("train/n_updates", self.n_updates)
         if self._nonfinite.mode == "sanitize":
             log.record("rollout/nonfinite_sanitized", self._nonfinite.total)

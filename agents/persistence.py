@@ -16,9 +16,10 @@ from rlgeom.persistence.serialization import (
     write_model,
 )
 from agents.devices import resolve_device
+from agents.sb3_compat import filter_description, hyperparameters_from_saved, hyperparameters_to_json
 
 #: constructor options saved with the model that are not hyperparameters of the algorithm
-AGENT_OPTIONS = ("nonfinite", "max_consecutive_skips", "geometry_every")
+AGENT_OPTIONS = ("nonfinite", "max_consecutive_skips", "geometry_every", "stats_window_size")
 
 
 class Persistence:
@@ -52,7 +53,8 @@ class Persistence:
         tensors.update(extra)
         description = {
             "algo": self.algo, "rlgeom": __version__, "policy": self.policy_name,
-            "policy_kwargs": policy_kwargs_to_json(self.policy_kwargs), "hyperparameters": self.config.to_dict(),
+            "policy_kwargs": policy_kwargs_to_json(self.policy_kwargs),
+            "hyperparameters": hyperparameters_to_json(self.config),
             "observation_space": space_to_json(self.observation_space),
             "action_space": space_to_json(self.action_space),
             "num_timesteps": self.num_timesteps, "n_updates": self.n_updates,
@@ -62,18 +64,23 @@ class Persistence:
         }
         return tensors, description
 
-    def save(self, path) -> str:
-        """Write safetensors weights + JSON description; returns the path written.
-        (`save_checkpoint` adds what is needed to continue training exactly.)"""
-        return write_model(path, *self._model_state())
+    def save(self, path, exclude=None, include=None) -> str:
+        """Write safetensors weights + JSON description to a path (SB3's `.zip` becomes `.safetensors`)
+        or an open binary file object; returns the path written. `exclude` / `include`: as SB3's
+        (agents.sb3_compat.filter_description). (`save_checkpoint` adds what continues training exactly.)"""
+        tensors, description = self._model_state()
+        return write_model(path, tensors, filter_description(description, exclude, include))
 
     @classmethod
-    def load(cls, path, env=None, device="auto", custom_objects: dict | None = None, **overrides):
+    def load(cls, path, env=None, device="auto", custom_objects: dict | None = None, print_system_info: bool = False,
+             force_reset: bool = True, **overrides):
         """Rebuild a saved agent (no unpickling); `env` must match the saved spaces. A checkpoint also
         restores optimisers, counters, RNG states and the TensorBoard run: continue it with
         `learn(remaining, reset_num_timesteps=False)`. A class the file names that is not rlgeom's,
         SB3's or torch's (a features extractor) is never imported: pass it in `custom_objects`
-        (`{"features_extractor_class": MyExtractor}`, or SB3's `{"policy_kwargs": {...}}`)."""
+        (`{"features_extractor_class": MyExtractor}`, or SB3's `{"policy_kwargs": {...}}`), and so is a
+        callable schedule the model was trained with (`{"learning_rate": lambda progress_remaining: ...}`).
+        `path` may be an open binary file object (io.BytesIO)."""
         tensors, d = read_model(path)
         if d.get("algo") != cls.algo:
             raise ModelFileError(
@@ -85,7 +92,7 @@ class Persistence:
         try:
             obs_space = space_from_json(d["observation_space"])
             act_space = space_from_json(d["action_space"])
-            hyperparameters = {**d["hyperparameters"], **overrides}
+            hyperparameters = {**hyperparameters_from_saved(d["hyperparameters"], custom_objects, str(path)), **overrides}
             policy_kwargs = policy_kwargs_from_json(d.get("policy_kwargs") or {}, custom_objects, str(path))
             agent = cls(
                 d["policy"], None, policy_kwargs=policy_kwargs, n_envs=d.get("n_envs", 1),
@@ -113,7 +120,7 @@ class Persistence:
         rng = agent._restore_checkpoint(path, tensors, d["checkpoint"]) if isinstance(d.get("checkpoint"), dict) else None
         if env is not None:
             try:
-                agent.set_env(env, n_envs=d.get("n_envs", 1) if isinstance(env, str) else 1)
+                agent.set_env(env, n_envs=d.get("n_envs", 1) if isinstance(env, str) else 1, force_reset=force_reset)
             except ValueError as err:
                 if "differs from the model" in str(err):
                     raise ModelFileError(f"{path}: does not fit this env: {err}") from None

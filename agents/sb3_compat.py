@@ -7,6 +7,15 @@ import sys
 from collections.abc import Sequence
 
 import envs
+from rlgeom.persistence.serialization import ModelFileError
+from rlgeom.training.schedules import is_unstored, schedule_to_json
+
+#: what SB3's save leaves out by default (never pickled by rlgeom either): accepted in `exclude` and ignored
+SB3_NEVER_SAVED = frozenset({"env", "device", "replay_buffer", "rollout_buffer", "_vec_normalize_env",
+                             "_episode_storage", "_logger", "_custom_logger", "ep_info_buffer", "ep_success_buffer"})
+#: description entries without which load() cannot rebuild the model (weights are always saved)
+NEEDED_TO_LOAD = frozenset({"algo", "rlgeom", "policy", "policy_kwargs", "observation_space", "action_space",
+                            "extra_state"})
 
 
 class SB3Compat:
@@ -19,7 +28,7 @@ class SB3Compat:
         if config is None or name.startswith("_") or name not in type(config).__dataclass_fields__:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         value = getattr(config, name)
-        if name in ("learning_rate", "clip_range", "clip_range_vf") and value is not None:
+        if name in ("learning_rate", "clip_range", "clip_range_vf") and value is not None and not callable(value):
             from rlgeom.training.schedules import schedule_value
 
             return lambda progress_remaining: schedule_value(value, progress_remaining)
@@ -54,11 +63,19 @@ class SB3Compat:
             self.policy.load_state_dict(policy, strict=False)
 
     def get_env(self):
-        """The env being trained on: the SB3 VecEnv if one was given, else rlgeom's VecEnv."""
+        """The env being trained on as an SB3 VecEnv (numpy in and out, SB3's infos): the SB3 VecEnv if one
+        was given, else a DummyVecEnv view of rlgeom's env (agents/sb3_view.py), the same object each call."""
         if self.env is None:
             return None
         backend = self.env.backend
-        return backend if envs.make.is_sb3_vec_env(backend) else self.env
+        if envs.make.is_sb3_vec_env(backend):
+            return backend
+        cached = self.__dict__.get("_sb3_view")
+        if cached is None or cached.rlgeom_env is not self.env:
+            from agents.sb3_view import RlgeomVecEnvView
+
+            cached = self._sb3_view = RlgeomVecEnvView(self.env)
+        return cached
 
     def get_vec_normalize_env(self):
         env = self.get_env()
@@ -67,6 +84,51 @@ class SB3Compat:
                 return env
             env = getattr(env, "venv", None)
         return None
+
+
+def hyperparameters_to_json(config) -> dict:
+    """The config as a saved model stores it: a callable schedule becomes a record that it was one."""
+    return {k: schedule_to_json(v) for k, v in config.to_dict().items()}
+
+
+def hyperparameters_from_saved(saved: dict, custom_objects: dict | None, where: str) -> dict:
+    """The saved hyperparameters with SB3's `custom_objects` in place of theirs (keys that are not
+    hyperparameters, e.g. SB3's "lr_schedule", are ignored as SB3 ignores them); a callable schedule
+    that was not stored must be supplied."""
+    custom = {k: v for k, v in (custom_objects or {}).items() if k in saved}
+    merged = {**saved, **custom}
+    missing = sorted(k for k, v in merged.items() if is_unstored(v))
+    if missing:
+        given = ", ".join(f"{k!r}: {merged[k]['name']}" for k in missing)
+        raise ModelFileError(
+            f"{where}: the model was trained with callable schedule(s) for {', '.join(missing)}, which a saved "
+            f"model cannot store; supply them again: load(path, custom_objects={{{given}}}) (a function of "
+            "progress_remaining, 1 -> 0, a number, or a schedule dict)")
+    return merged
+
+
+def filter_description(description: dict, exclude=None, include=None) -> dict:
+    """SB3's save(path, exclude=..., include=...) on rlgeom's description: `exclude` leaves out entries
+    or hyperparameters (load() then uses the defaults, as SB3 does); the weights and what rebuilds the
+    model cannot be left out. `include` takes names back from `exclude`; it cannot add what rlgeom never
+    saves (the env, buffers, the logger: nothing is pickled)."""
+    exclude, include = set(exclude or ()), set(include or ())
+    unsaved = sorted(include & SB3_NEVER_SAVED)
+    if unsaved:
+        raise ValueError(f"save(include={unsaved}): rlgeom never saves these (nothing is pickled); pass the env "
+                         "to load(path, env=...)")
+    exclude = exclude - include - SB3_NEVER_SAVED
+    needed = sorted(exclude & NEEDED_TO_LOAD)
+    if needed:
+        raise ValueError(f"save(exclude={needed}): load() needs these to rebuild the model")
+    hyperparameters = description["hyperparameters"]
+    known = (set(description) | set(hyperparameters)) - NEEDED_TO_LOAD
+    unknown = sorted(exclude - known)
+    if unknown:
+        raise ValueError(f"save(exclude={unknown}): no such saved entries; accepted: {', '.join(sorted(known))}")
+    kept = {k: v for k, v in description.items() if k not in exclude}
+    kept["hyperparameters"] = {k: v for k, v in hyperparameters.items() if k not in exclude}
+    return kept
 
 
 class StepInfos(Sequence):
@@ -95,6 +157,19 @@ class StepInfos(Sequence):
 
     def __len__(self) -> int:
         return self._step.reward.shape[0]
+
+
+def policy_std(policy) -> float | None:
+    """SB3's train/std: the mean of exp(log σ) over a Gaussian policy's scale parameters (gSDE's included,
+    as SB3 averages its log_std matrix); None for other action distributions."""
+    import torch
+
+    scale = getattr(policy.actor, "scale", None)
+    if scale is None:
+        return None
+    log_std = scale.log_std if getattr(scale, "state_dependent", False) else scale()
+    with torch.no_grad():
+        return float(log_std.exp().mean())
 
 
 def step_locals(actions, step) -> dict:

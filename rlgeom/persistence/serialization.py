@@ -114,18 +114,32 @@ def spaces_equal(a, b) -> bool:
     return space_to_json(a) == space_to_json(b)
 
 
-def write_model(path: str, tensors: dict[str, torch.Tensor], description: dict) -> str:
-    """Atomically write weights + description (temporary file, fsync, rename)."""
+def is_file_object(target) -> bool:
+    """An open binary file or buffer (io.BytesIO, open(p, "wb")) rather than a path: SB3's save/load take both."""
+    return hasattr(target, "write") or hasattr(target, "read")
+
+
+def encode_model(tensors: dict[str, torch.Tensor], description: dict) -> bytes:
+    """The bytes of a model file: safetensors with the JSON description in its header."""
     from safetensors.torch import save
 
-    path = model_path(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "description": json.dumps(description)}
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     # A SHA-256 of the tensors goes into the header, so a flipped bit in the weights is an error on
     # load rather than a silently different model.
     meta["tensors_sha256"] = tensor_digest(tensors)
-    data = save(tensors, metadata=meta)
+    return save(tensors, metadata=meta)
+
+
+def write_model(path: str, tensors: dict[str, torch.Tensor], description: dict) -> str:
+    """Atomically write weights + description (temporary file, fsync, rename); an open binary file
+    object (io.BytesIO, a file opened "wb") gets the bytes written to it instead, and its name is returned."""
+    if is_file_object(path):
+        path.write(encode_model(tensors, description))
+        return getattr(path, "name", repr(path))
+    path = model_path(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    data = encode_model(tensors, description)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(data)
@@ -136,15 +150,21 @@ def write_model(path: str, tensors: dict[str, torch.Tensor], description: dict) 
 
 
 def read_model(path: str, device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, description) of a saved model; ModelFileError on any problem with the file."""
+    """(tensors, description) of a saved model (a path or an open binary file object); ModelFileError on
+    any problem with the file."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    resolved = model_path(path) if not os.path.exists(os.fspath(path)) else os.fspath(path)
-    if not os.path.isfile(resolved):
-        raise ModelFileError(f"{resolved}: no such model file")
-    with open(resolved, "rb") as f:
-        raw = f.read()
+    if is_file_object(path):
+        resolved, raw = getattr(path, "name", repr(path)), path.read()
+    else:
+        resolved = model_path(path) if not os.path.exists(os.fspath(path)) else os.fspath(path)
+        if not os.path.isfile(resolved):
+            raise ModelFileError(f"{resolved}: no such model file")
+        with open(resolved, "rb") as f:
+            raw = f.read()
+    if not isinstance(raw, bytes):
+        raise ModelFileError(f"{resolved}: a model file object must be opened in binary mode ('rb'), got text")
     try:
         meta = _header_metadata(raw)
         tensors = load(raw)

@@ -1,17 +1,23 @@
 """Schedules as data: a float (constant) or {"kind": "linear", "start": a, "end": b}.
 
 `progress_remaining` goes from 1 at the start of training to 0 at the end (SB3's convention).
-Being plain data, a schedule is saved as JSON and never pickled.
+Being plain data, a schedule is saved as JSON and never pickled. SB3's callables
+(`lambda progress_remaining: ...`) are accepted for training, but never stored: a saved model records
+`{"kind": "callable", "name": ...}` in their place and `load(path, custom_objects={name: ...})`
+supplies them again.
 """
 
 from __future__ import annotations
 
 KINDS = ("constant", "linear")
+#: the kind a saved model records for a callable schedule that could not be stored
+UNSTORED = "callable"
 
 
 def validate_schedule(name: str, spec) -> None:
-    """Raise ValueError naming `name` unless `spec` is a schedule whose start is > 0 and end >= 0."""
-    values = _values(name, spec)
+    """Raise ValueError naming `name` unless `spec` is a schedule whose start is > 0 and end >= 0
+    (a callable is checked at the start of training, progress_remaining = 1)."""
+    values = [spec(1.0)] if callable(spec) else _values(name, spec)
     for v in values:
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
             raise ValueError(f"{name} must be a number or a schedule dict, got {spec!r}")
@@ -20,12 +26,25 @@ def validate_schedule(name: str, spec) -> None:
 
 
 def schedule_value(spec, progress_remaining: float) -> float:
+    if callable(spec):
+        return float(spec(progress_remaining))
     if isinstance(spec, dict):
         kind = spec.get("kind", "constant")
         if kind == "linear":
             return spec["end"] + (spec["start"] - spec["end"]) * progress_remaining
         return spec["value"]
     return float(spec)
+
+
+def schedule_to_json(spec):
+    """A schedule as a saved model stores it: data as is; a callable only as a record that it was one."""
+    if callable(spec):
+        return {"kind": UNSTORED, "name": getattr(spec, "__qualname__", type(spec).__name__)}
+    return spec
+
+
+def is_unstored(spec) -> bool:
+    return isinstance(spec, dict) and spec.get("kind") == UNSTORED
 
 
 def _values(name: str, spec) -> list:
@@ -38,5 +57,6 @@ def _values(name: str, spec) -> list:
         return [spec["value"]]
     raise ValueError(
         f"invalid schedule for {name}: {spec!r}; accepted: a number, "
-        '{"kind": "linear", "start": a, "end": b} or {"kind": "constant", "value": a}'
+        '{"kind": "linear", "start": a, "end": b}, {"kind": "constant", "value": a} '
+        "or a function of progress_remaining (1 -> 0)"
     )
