@@ -175,8 +175,13 @@ class ACKTR(OnPolicyAgent):
     Config = ACKTRConfig
     algo = "acktr"
 
+    supports_sde = False  # K-FAC's factors cover Linear/Conv layers; gSDE's scale matrix is neither
+
     def _setup(self) -> None:
         cfg = self.config
+        if self.policy.optimizer_class is not None or self.policy.optimizer_kwargs is not None:
+            raise ValueError("ACKTR's step is K-FAC-preconditioned SGD (its own optimiser): policy_kwargs "
+                             "optimizer_class / optimizer_kwargs are not accepted; PPO, VPG, NPG and TRPO take them")
         self.kfac = KFACPreconditioner(
             self.policy, damping=cfg.damping, stat_decay=cfg.stat_decay,
             update_statistics_every=cfg.update_statistics_every, update_inverse_every=cfg.update_inverse_every,

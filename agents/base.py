@@ -224,7 +224,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         if callback is not None:
             callback.init_callback(self)
             callback.on_training_start(locals(), globals())
-        bar = make_progress_bar(total_timesteps) if progress_bar else None
+        bar = make_progress_bar(total_timesteps, self.n_envs * self.config.n_steps) if progress_bar else None
         start_time, start_steps = time.perf_counter(), self.num_timesteps
         iteration = 0
         while self.num_timesteps < self._target_timesteps:

@@ -33,6 +33,8 @@ class OnPolicyConfig:
     normalize_advantage: bool = hp(True, "normalise advantages to zero mean, unit std")
     normalize_observations: bool = hp(False, "running mean/std observation normalisation (saved with the model)")
     normalize_reward: bool = hp(False, "scale rewards by the running std of the discounted return (as VecNormalize)")
+    use_sde: bool = hp(False, "gSDE: state-dependent exploration noise φ(s)E instead of independent noise (Box actions)")
+    sde_sample_freq: int = hp(-1, "gSDE: draw new exploration matrices every k steps (-1: only at each rollout's start)")
     written_out_derivatives: bool = hp(
         True, "plain-MLP networks run their forward, backward and Jacobian products written out "
         "(rlgeom.models.networks; the same numbers as autograd, about 2x faster per minibatch on a CPU); False: autograd")
@@ -41,6 +43,10 @@ class OnPolicyConfig:
         """Raise ValueError naming the first impossible value and what is accepted."""
         positive_int(self, "n_steps")
         boolean(self, "written_out_derivatives")
+        boolean(self, "use_sde")
+        if isinstance(self.sde_sample_freq, bool) or not isinstance(self.sde_sample_freq, int) or self.sde_sample_freq == 0 \
+                or self.sde_sample_freq < -1:
+            raise ValueError(f"sde_sample_freq must be -1 (once per rollout) or a positive int, got {self.sde_sample_freq!r}")
         in_range(self, "gamma", 0.0, 1.0)
         in_range(self, "gae_lambda", 0.0, 1.0)
 

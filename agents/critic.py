@@ -6,12 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from rlgeom.data.buffer import RolloutBuffer
-from rlgeom.training.optim import adam
+from rlgeom.training.optim import make_optimizer
 
 
 def critic_optimizer(policy, learning_rate: float) -> torch.optim.Optimizer:
-    """Adam over the critic's parameters only (the actor is moved by its own rule)."""
-    return adam(policy.critic_parameters(), lr=learning_rate)
+    """Adam (torch's eps), or the policy_kwargs' optimizer_class, over the critic's parameters only (the
+    actor is moved by its own rule)."""
+    return make_optimizer(policy.critic_parameters(), learning_rate, policy.optimizer_class, policy.optimizer_kwargs)
 
 
 def fit_value_function(

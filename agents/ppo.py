@@ -23,7 +23,7 @@ from agents.config import OnPolicyConfig, hp
 from agents.critic import explained_variance
 from rlgeom.geometry.fisher import approximate_kl
 from rlgeom.training.guards import guard_finite
-from rlgeom.training.optim import adam
+from rlgeom.training.optim import clip_gradient_norm, make_optimizer
 from rlgeom.training.schedules import schedule_value
 
 
@@ -64,7 +64,9 @@ class PPO(OnPolicyAgent):
 
     def _setup(self) -> None:
         lr = schedule_value(self.config.learning_rate, 1.0)
-        self.optimizer = adam(self.policy.parameters(), lr=lr, eps=1e-5)  # one fused step over one buffer
+        # SB3's policy optimiser: Adam with eps 1e-5 unless policy_kwargs name another (one fused step by default)
+        self.optimizer = make_optimizer(self.policy.parameters(), lr, self.policy.optimizer_class,
+                                        self.policy.optimizer_kwargs, default_eps=1e-5)
 
     def update(self, buffer, progress_remaining: float) -> dict:
         cfg = self.config
@@ -94,7 +96,7 @@ class PPO(OnPolicyAgent):
                     break
                 self.optimizer.zero_grad(set_to_none=True)
                 out.backward(loss)  # autograd on the loss; the network's part written out for plain MLPs
-                grad_norm = self.optimizer.clip_grad_norm_(cfg.max_grad_norm)  # on one buffer, no host sync
+                grad_norm = clip_gradient_norm(self.optimizer, cfg.max_grad_norm)  # no host sync
                 self.optimizer.step()
                 step_grad_norms.append(grad_norm)
             if stopped_early:

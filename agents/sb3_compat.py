@@ -198,7 +198,11 @@ def wrap_callback(callback):
     return callback
 
 
-def make_progress_bar(total: int):
+def make_progress_bar(total_timesteps: int, per_rollout: int):
+    """tqdm over the steps learn() will take: whole rollouts, so the last one may overshoot the budget and
+    the bar still ends at 100%; smoothing=0 shows the average rate since the start, the rate the CLI's
+    summary line reports, rather than a recent-window estimate."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
+    total = -(-int(total_timesteps) // per_rollout) * per_rollout
+    return tqdm(total=total, unit="step", smoothing=0, dynamic_ncols=True, file=sys.stderr)

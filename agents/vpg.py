@@ -20,7 +20,7 @@ from agents.config import OnPolicyConfig, hp
 from agents.critic import critic_optimizer, explained_variance, fit_value_function
 from rlgeom.geometry.fisher import approximate_kl
 from rlgeom.training.guards import guard_finite
-from rlgeom.training.optim import adam
+from rlgeom.training.optim import clip_gradient_norm, make_optimizer
 from rlgeom.training.schedules import schedule_value
 
 
@@ -54,7 +54,8 @@ class VPG(OnPolicyAgent):
 
     def _setup(self) -> None:
         cfg = self.config
-        self.actor_optimizer = adam(self.policy.actor_parameters(), lr=schedule_value(cfg.learning_rate, 1))
+        self.actor_optimizer = make_optimizer(self.policy.actor_parameters(), schedule_value(cfg.learning_rate, 1),
+                                              self.policy.optimizer_class, self.policy.optimizer_kwargs)
         self.critic_optimizer = critic_optimizer(self.policy, cfg.vf_learning_rate)
 
     def update(self, buffer, progress_remaining: float) -> dict:
@@ -69,7 +70,7 @@ class VPG(OnPolicyAgent):
         self.actor_optimizer.zero_grad(set_to_none=True)
         out.backward(policy_loss - cfg.ent_coef * entropy)
         if cfg.max_grad_norm is not None:
-            self.actor_optimizer.clip_grad_norm_(cfg.max_grad_norm)
+            clip_gradient_norm(self.actor_optimizer, cfg.max_grad_norm)
         guard_finite(policy_loss=policy_loss, policy_gradient=[p.grad for p in self.policy.actor_parameters()])
         self.actor_optimizer.step()
         with torch.no_grad():

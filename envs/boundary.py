@@ -76,6 +76,22 @@ def to_obs_tensor(obs: np.ndarray, device: torch.device) -> torch.Tensor:
     return to_tensor(obs, np.uint8 if obs.dtype == np.uint8 else np.float32, device)
 
 
+class ObservationPacker:
+    """Dict observations as one row per observation (rlgeom.data.dict_obs), every other space as it is:
+    what a host backend applies to each observation batch before it becomes a tensor."""
+
+    def __init__(self, space):
+        from rlgeom.data.dict_obs import layout_for
+
+        self.layout = layout_for(space)
+
+    def batch(self, obs):
+        return obs if self.layout is None else self.layout.pack(obs, batched=True)
+
+    def one(self, obs):
+        return obs if self.layout is None else self.layout.pack(obs, batched=False)
+
+
 def to_action_array(actions: torch.Tensor, discrete: bool) -> np.ndarray:
     a = actions.detach().cpu().numpy()  # the env only reads it: no extra copy when the dtype already fits
     return a.astype(np.int64, copy=False) if discrete else a.astype(np.float32, copy=False)

@@ -9,7 +9,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv as GymVectorEnv
 
 from envs.base import StepResult, VecEnv
-from envs.boundary import EpisodeTracker, check_finite, to_action_array, to_obs_tensor, to_tensor
+from envs.boundary import EpisodeTracker, ObservationPacker, check_finite, to_action_array, to_obs_tensor, to_tensor
 
 
 class GymnasiumVecEnv(VecEnv):
@@ -32,6 +32,7 @@ class GymnasiumVecEnv(VecEnv):
         self.env_id = env_id
         self._discrete = isinstance(self.single_action_space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary))
         self._episodes = EpisodeTracker(self.num_envs)
+        self._pack = ObservationPacker(self.single_observation_space)  # Dict observations as rows
         self._t = 0
 
     @property
@@ -40,6 +41,7 @@ class GymnasiumVecEnv(VecEnv):
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
         obs, _ = self._env.reset(seed=seed)
+        obs = self._pack.batch(obs)
         self._episodes.reset()
         check_finite(obs, "observation", self._t, self.env_id)
         return to_obs_tensor(obs, self.device)
@@ -47,12 +49,13 @@ class GymnasiumVecEnv(VecEnv):
     def step(self, actions: torch.Tensor) -> StepResult:
         self._t += 1
         obs, reward, terminated, truncated, info = self._env.step(to_action_array(actions, self._discrete))
+        obs = self._pack.batch(obs)
         done = terminated | truncated
         final_obs = obs
         if done.any():  # host-side numpy: the env lives on the host anyway
             final_obs = obs.copy()
             for i in np.flatnonzero(info["_final_obs"]):
-                final_obs[i] = info["final_obs"][i]
+                final_obs[i] = self._pack.one(info["final_obs"][i])
             check_finite(final_obs, "final observation", self._t, self.env_id)
         check_finite(obs, "observation", self._t, self.env_id)
         check_finite(reward, "reward", self._t, self.env_id)

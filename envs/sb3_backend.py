@@ -11,7 +11,7 @@ import torch
 from gymnasium import spaces
 
 from envs.base import StepResult, VecEnv
-from envs.boundary import EpisodeTracker, check_finite, to_action_array, to_obs_tensor, to_tensor
+from envs.boundary import EpisodeTracker, ObservationPacker, check_finite, to_action_array, to_obs_tensor, to_tensor
 
 
 def is_sb3_vec_env(env) -> bool:
@@ -33,6 +33,7 @@ class SB3VecEnvAdapter(VecEnv):
         self.env_id = env_id or _spec_id(venv)
         self._discrete = isinstance(self.single_action_space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary))
         self._episodes = EpisodeTracker(self.num_envs)
+        self._pack = ObservationPacker(self.single_observation_space)  # Dict observations as rows
         self._t = 0
 
     @property
@@ -42,20 +43,21 @@ class SB3VecEnvAdapter(VecEnv):
     def reset(self, seed: int | None = None) -> torch.Tensor:
         if seed is not None:
             self._env.seed(seed)
-        obs = self._env.reset()
+        obs = self._pack.batch(self._env.reset())
         self._episodes.reset()
         return to_obs_tensor(obs, self.device)
 
     def step(self, actions: torch.Tensor) -> StepResult:
         self._t += 1
         obs, reward, done, infos = self._env.step(to_action_array(actions, self._discrete))
+        obs = self._pack.batch(obs)
         truncated = np.array([bool(i.get("TimeLimit.truncated", False)) for i in infos]) & done
         terminated = done & ~truncated
         final_obs = obs
         if done.any():
             final_obs = obs.copy()
             for i in np.flatnonzero(done):
-                final_obs[i] = infos[i]["terminal_observation"]
+                final_obs[i] = self._pack.one(infos[i]["terminal_observation"])
         check_finite(obs, "observation", self._t, self.env_id)
         check_finite(np.asarray(reward), "reward", self._t, self.env_id)
         # Monitor-recorded episodes carry the unnormalised return (VecNormalize scales rewards).

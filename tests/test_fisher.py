@@ -228,6 +228,30 @@ def test_written_out_gauss_newton_product_matches_explicit_fisher(kind, kw, move
             assert_rel_close(pf.fvp(v), fisher @ v)
 
 
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kw", [{}, {"full_std": False, "use_expln": True, "log_std_init": 0.5}])
+@pytest.mark.parametrize("moved", [False, True], ids=["at_old", "moved"])
+def test_gsde_fisher_product_matches_explicit_fisher(method, kw, moved):
+    """gSDE's σ(s) depends on θ through its log_std matrix (its features φ(s) enter without gradient):
+    J of [μ(s), log σ(s)] carries both, and the product must still be the explicit Fisher."""
+    actor, family = policy_actor("gaussian", use_sde=True, **kw)
+    inputs = torch.randn(BATCH, 3, dtype=DTYPE)
+    if moved:
+        perturb(actor)
+    assert not written_out_applies(actor, inputs)  # a state-dependent scale takes torch.func
+    pf = PolicyFisher(actor, family, inputs, damping=0.0, method=method)
+    fisher = explicit_fisher(actor, "gaussian", inputs)
+    names = [n for n, _ in actor.named_parameters()]
+    assert names[-1] == "scale.log_std"  # θ's last entries: the scale's matrix, registered after the head
+    scale_block = slice(-actor.scale.log_std.numel(), None)
+    assert fisher[scale_block, scale_block].abs().sum() > 0  # the scale's block is really there
+    gen = torch.Generator().manual_seed(5)
+    with pf.linearised():
+        for _ in range(3):
+            v = torch.randn(pf.num_parameters, generator=gen, dtype=DTYPE)
+            assert_rel_close(pf.fvp(v), fisher @ v)
+
+
 @pytest.mark.parametrize("kind, kw", [("gaussian", {"scale_parameterisation": "var"}), ("categorical", {})])
 def test_written_out_product_in_float32_on_a_subsample_equals_the_torch_func_product(kind, kw):
     """At a size where tanh takes its sigmoid form (float32, ≥ 8192 activations) and on half the batch."""

@@ -175,3 +175,59 @@ def test_each_action_space_is_learned_and_respected(action_space, best, budget):
 def test_integer_box_actions_are_refused():
     with pytest.raises(ValueError, match="float dtype"):
         PPO("MlpPolicy", ActionTask(spaces.Box(0, 3, (2,), np.int64), [1, 1]), device="cpu")
+
+
+# --------------------------------------------------------------------------- Dict observations
+def dict_space():
+    return spaces.Dict({"position": spaces.Box(-1, 1, (2,), np.float32), "mode": spaces.Discrete(3, start=1),
+                        "flags": spaces.MultiBinary(2)})
+
+
+def dict_target(obs) -> int:
+    """The mode, unless both flags are up (then 0): every key must be read."""
+    return 0 if obs["flags"].all() else int(obs["mode"]) - 1
+
+
+@pytest.mark.parametrize("cls, kwargs", [(PPO, dict(learning_rate=3e-3, batch_size=64)),
+                                         (TRPO, dict(batch_size=64, max_kl=0.05))])
+def test_multi_input_policy_learns_a_tiny_dict_task(cls, kwargs):
+    env = MatchTask(dict_space(), dict_target)
+    agent = cls("MultiInputPolicy", MatchTask(dict_space(), dict_target), seed=0, device="cpu", n_steps=256,
+                normalize_observations=True, **kwargs)
+    before = mean_reward(agent, env)
+    agent.learn(6144)
+    after = mean_reward(agent, env)
+    assert after > max(0.8, before + 0.3), (before, after)  # chance is 1/3
+
+
+def test_dict_observations_predict_save_load_and_reach_callbacks_as_dicts(tmp_path):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Record(BaseCallback):
+        def _on_step(self):
+            self.seen = self.locals["new_obs"]
+            return True
+
+    space = spaces.Dict({"frame": ImageSpace(0, 255, (9, 9, 3), np.uint8), "position": spaces.Box(-1, 1, (3,))})
+    extractor = dict(features_extractor_kwargs={"cnn_output_dim": 8})
+    with pytest.raises(ValueError, match="smaller than 36x36"):  # SB3's CombinedExtractor would fail in torch
+        PPO("MultiInputPolicy", MatchTask(space, lambda o: 0), device="cpu", policy_kwargs=extractor)
+    big = spaces.Dict({"frame": spaces.Box(0, 255, (36, 36, 1), np.uint8), "position": spaces.Box(-1, 1, (3,))})
+    agent = PPO("MultiInputPolicy", MatchTask(big, lambda o: 0), seed=0, device="cpu", n_steps=32, batch_size=32,
+                policy_kwargs=extractor)
+    callback = Record()
+    agent.learn(32, callback=callback)
+    assert set(callback.seen) == {"frame", "position"} and callback.seen["frame"].shape == (1, 36, 36, 1)
+    assert callback.seen["frame"].dtype == np.uint8
+    batch = {k: np.stack([big.sample()[k] for _ in range(4)]) for k in ("frame", "position")}
+    single = {k: v[0] for k, v in batch.items()}
+    actions, _ = agent.predict(batch, deterministic=True)
+    assert actions.shape == (4,) and agent.predict(single, deterministic=True)[0] == actions[0]
+    loaded = PPO.load(agent.save(tmp_path / "model"), env=MatchTask(big, lambda o: 0), device="cpu")
+    np.testing.assert_array_equal(loaded.predict(batch, deterministic=True)[0], actions)
+    with pytest.raises(ValueError, match="keys"):
+        agent.predict({"frame": batch["frame"]})
+    with pytest.raises(ValueError, match="MultiInputPolicy"):
+        PPO("MlpPolicy", MatchTask(big, lambda o: 0), device="cpu")
+    with pytest.raises(ValueError, match="MultiInputPolicy"):
+        PPO("MultiInputPolicy", "CartPole-v1", device="cpu")

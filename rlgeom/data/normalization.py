@@ -13,12 +13,16 @@ class RunningNormalizer(nn.Module):
     update), so log-probabilities stored during a rollout and recomputed in the update agree.
     """
 
-    def __init__(self, shape: tuple[int, ...], clip: float = 10.0, eps: float = 1e-8, enabled: bool = True):
+    def __init__(self, shape: tuple[int, ...], clip: float = 10.0, eps: float = 1e-8, enabled: bool = True,
+                 mask: torch.Tensor | None = None):
         super().__init__()
         self.clip, self.eps, self.enabled = clip, eps, enabled
         self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
         self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
         self.register_buffer("count", torch.tensor(0.0, dtype=torch.float64))
+        # entries to normalise (None: all); others pass through unchanged (a Dict's images and discrete keys).
+        # Derived from the space, so not saved with the weights.
+        self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.frozen()(x)
@@ -29,7 +33,9 @@ class RunningNormalizer(nn.Module):
         if not self.enabled:
             return _identity
         mean, inv_std = self.mean.to(dtype), torch.rsqrt(self.var + self.eps).to(dtype)
-        clip = self.clip
+        clip, mask = self.clip, self.mask
+        if mask is not None:
+            return lambda x: torch.where(mask, torch.clamp((x - mean) * inv_std, -clip, clip), x.to(dtype))
         return lambda x: torch.clamp((x - mean) * inv_std, -clip, clip)
 
     @torch.no_grad()

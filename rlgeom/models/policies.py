@@ -35,10 +35,12 @@ from torch import nn
 from rlgeom.models.distributions import ActionDistribution, DiagGaussianFamily, family_for_space
 from rlgeom.models import networks
 from rlgeom.models.mlp_backprop import PlainMLP
+from rlgeom.models.sde import StateDependentScale
+from rlgeom.data.dict_obs import DictLayout
 from rlgeom.data.normalization import RunningNormalizer
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU}
-POLICY_NAMES = ("MlpPolicy", "CnnPolicy")
+POLICY_NAMES = ("MlpPolicy", "CnnPolicy", "MultiInputPolicy")
 #: how the Gaussian's state-independent scale is parameterised (the reparameterisation experiments)
 SCALE_PARAMETERISATIONS = ("log_std", "std", "var")
 
@@ -56,45 +58,61 @@ def channels_last(space) -> bool:
 
 
 def channel_first_space(space):
-    """The image space as the network sees it: [C, H, W] (channel-last images are transposed)."""
+    """The space as the network sees it: images [C, H, W] (channel-last ones transposed), a Dict's
+    images likewise, key by key."""
+    if isinstance(space, spaces.Dict):
+        return spaces.Dict({key: channel_first_space(sub) for key, sub in space.spaces.items()})
     if not channels_last(space):
         return space
     h, w, c = space.shape
     return spaces.Box(0, 255, (c, h, w), np.uint8)
 
 
-OBSERVATION_SPACES = "Box (vectors, any shape, uint8 images channel-first or -last), Discrete, MultiDiscrete, MultiBinary"
+OBSERVATION_SPACES = ("Box (vectors, any shape, uint8 images channel-first or -last), Discrete, MultiDiscrete, "
+                      "MultiBinary, and Dict of those (MultiInputPolicy)")
 
 
 class Preprocess(nn.Module):
     """SB3's observation preprocessing as a module, before a features extractor: float vectors as they
     are, images transposed to channel-first (as VecTransposeImage) and scaled by 1/255 when
-    `normalize_images`, Discrete and MultiDiscrete one-hot (from their `start`), MultiBinary as floats."""
+    `normalize_images`, Discrete and MultiDiscrete one-hot (from their `start`), MultiBinary as floats.
+    A Dict observation arrives packed (rlgeom.data.dict_obs) and leaves as a dict of its keys, each
+    preprocessed so (what SB3's CombinedExtractor takes)."""
 
     def __init__(self, space, normalize_images: bool = True):
         super().__init__()
-        if not isinstance(space, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
-            raise ValueError(f"unsupported observation space {space!r}; accepted: {OBSERVATION_SPACES}")
+        self.layout = DictLayout(space) if isinstance(space, spaces.Dict) else None
+        for sub in (space.spaces.values() if self.layout is not None else (space,)):
+            if not isinstance(sub, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
+                raise ValueError(f"unsupported observation space {space!r}; accepted: {OBSERVATION_SPACES}")
         self.space, self.normalize_images = space, normalize_images
-        self.transpose = channels_last(space)
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        space = self.space
-        if isinstance(space, spaces.Discrete):
-            return F.one_hot(obs.long() - int(space.start), int(space.n)).float()
-        if isinstance(space, spaces.MultiDiscrete):
-            starts = torch.as_tensor(space.start.reshape(-1), device=obs.device)
-            shifted = obs.long().reshape(obs.shape[0], -1) - starts
-            return torch.cat([F.one_hot(shifted[:, i], int(n)).float() for i, n in enumerate(space.nvec.reshape(-1))], -1)
-        if self.transpose:
-            obs = obs.permute(0, 3, 1, 2)
-        if is_image_space(space) and self.normalize_images:
-            return obs.float() / 255.0
-        return obs.float()
+    def forward(self, obs: torch.Tensor):
+        if self.layout is None:
+            return preprocess(self.space, obs, self.normalize_images)
+        return {key: preprocess(self.space[key], value, self.normalize_images)
+                for key, value in self.layout.unpack(obs).items()}
+
+
+def preprocess(space, obs: torch.Tensor, normalize_images: bool) -> torch.Tensor:
+    """One (non-Dict) space's preprocessing; see Preprocess."""
+    if isinstance(space, spaces.Discrete):
+        return F.one_hot(obs.long() - int(space.start), int(space.n)).float()
+    if isinstance(space, spaces.MultiDiscrete):
+        starts = torch.as_tensor(space.start.reshape(-1), device=obs.device)
+        shifted = obs.long().reshape(obs.shape[0], -1) - starts
+        return torch.cat([F.one_hot(shifted[:, i], int(n)).float() for i, n in enumerate(space.nvec.reshape(-1))], -1)
+    if channels_last(space):
+        obs = obs.permute(0, 3, 1, 2)
+    if is_image_space(space) and normalize_images:
+        return obs.float() / 255.0
+    return obs.float()
 
 
 def preprocessed_dim(space) -> int:
     """Width of the flattened preprocessed observation (one-hot widths for the discrete spaces)."""
+    if isinstance(space, spaces.Dict):
+        return sum(preprocessed_dim(sub) for sub in space.spaces.values())
     if isinstance(space, spaces.Discrete):
         return int(space.n)
     if isinstance(space, spaces.MultiDiscrete):
@@ -155,6 +173,8 @@ class GaussianScale(nn.Module):
     diag(1/σ², 2)) are the same whichever parameterisation is trained.
     """
 
+    state_dependent = False
+
     def __init__(self, action_dim: int, log_std_init: float, parameterisation: str):
         super().__init__()
         if parameterisation not in SCALE_PARAMETERISATIONS:
@@ -174,14 +194,22 @@ class GaussianScale(nn.Module):
 
 
 class Actor(nn.Module):
-    """features -> hidden layers -> distribution parameters (a flat tensor [B, P])."""
+    """features -> hidden layers -> distribution parameters (a flat tensor [B, P]).
 
-    def __init__(self, features: nn.Module, body: nn.Module, body_out: int, family: ActionDistribution, **gauss):
+    A Gaussian's scale is state-independent (GaussianScale) or, with gSDE, a function of the last
+    hidden features (rlgeom.models.sde.StateDependentScale)."""
+
+    def __init__(self, features: nn.Module, body: nn.Module, body_out: int, family: ActionDistribution,
+                 use_sde: bool = False, **gauss):
         super().__init__()
         self.features, self.body = features, body
         if isinstance(family, DiagGaussianFamily):
             self.head = nn.Linear(body_out, family.action_dim)
-            self.scale = GaussianScale(family.action_dim, gauss["log_std_init"], gauss["scale_parameterisation"])
+            if use_sde:
+                self.scale = StateDependentScale(body_out, family.action_dim, gauss["log_std_init"],
+                                                 gauss["full_std"], gauss["use_expln"])
+            else:
+                self.scale = GaussianScale(family.action_dim, gauss["log_std_init"], gauss["scale_parameterisation"])
         else:
             self.head = nn.Linear(body_out, family.param_dim)
             self.scale = None
@@ -191,18 +219,24 @@ class Actor(nn.Module):
 
     def from_features(self, h: torch.Tensor) -> torch.Tensor:
         """The distribution parameters from the features extractor's output (the actor's one forward)."""
-        out = self.head(self.body(h))
+        return self.from_latent(self.body(h))
+
+    def from_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """The distribution parameters from the last hidden layer's output."""
+        out = self.head(latent)
         if self.scale is None:
             return out
-        return torch.cat([out, self.scale().expand_as(out)], dim=-1)
+        log_std = self.scale(latent) if self.scale.state_dependent else self.scale().expand_as(out)
+        return torch.cat([out, log_std], dim=-1)
 
     def written_out_form(self):
         """(PlainMLP of body and head, the Gaussian scale or None) for rlgeom.models.networks' written-out
         derivatives, or None where the actor is not such an MLP (CNN features, other layers or
-        activations, a subclass computing something else from the same layers)."""
-        if type(self).forward is not Actor.forward or type(self).from_features is not Actor.from_features:
+        activations, a state-dependent scale, a subclass computing something else from the same layers)."""
+        if any(getattr(type(self), name) is not getattr(Actor, name) for name in ("forward", "from_features",
+                                                                                 "from_latent")):
             return None
-        if not isinstance(self.features, nn.Flatten):
+        if not isinstance(self.features, nn.Flatten) or (self.scale is not None and self.scale.state_dependent):
             return None
         mlp = _cached_plain_mlp(self)
         return None if mlp is None else (mlp, self.scale)
@@ -274,28 +308,57 @@ class ActorCriticPolicy(nn.Module):
         features_extractor_class: type[nn.Module] | None = None,
         features_extractor_kwargs: dict | None = None,
         normalize_images: bool = True,
+        use_sde: bool = False,
+        full_std: bool = True,
+        use_expln: bool = False,
+        squash_output: bool = False,
+        optimizer_class: type[torch.optim.Optimizer] | None = None,
+        optimizer_kwargs: dict | None = None,
     ):
         super().__init__()
         if policy not in POLICY_NAMES:
             raise ValueError(f"unknown policy {policy!r}; accepted: {', '.join(POLICY_NAMES)}")
         act = activation_class(activation_fn)
         self.family = family_for_space(action_space)
+        _check_log_std_init(log_std_init)
+        self.use_sde, self.squash_output = _check_sde(self.family, action_space, use_sde, squash_output)
+        #: the first-order optimiser SB3's policy_kwargs ask for (None: rlgeom's fused Adam); the agents build it
+        self.optimizer_class, self.optimizer_kwargs = _check_optimizer(optimizer_class, optimizer_kwargs)
         self.observation_space, self.action_space = observation_space, action_space
         self.policy_name = policy
         Preprocess(observation_space)  # refuses an unsupported space, naming the accepted ones
-        image = is_image_space(observation_space)
+        image, dict_obs = is_image_space(observation_space), isinstance(observation_space, spaces.Dict)
         if policy == "CnnPolicy" and not image and features_extractor_class is None:
             raise ValueError(f"CnnPolicy needs uint8 image observations ([C, H, W] or [H, W, C]), got "
                              f"{observation_space}; use MlpPolicy or pass a features_extractor_class")
-        pi_sizes, vf_sizes = _split_net_arch(net_arch, default=[64, 64] if policy == "MlpPolicy" else [])
+        if dict_obs != (policy == "MultiInputPolicy"):
+            raise ValueError("Dict observations need policy='MultiInputPolicy', and MultiInputPolicy needs Dict "
+                             f"observations (SB3's rule); got {policy} for {observation_space}")
+        if dict_obs and features_extractor_class is None:
+            from stable_baselines3.common.torch_layers import CombinedExtractor
+
+            features_extractor_class = CombinedExtractor  # SB3's MultiInputPolicy default: NatureCNN per image key
+            small = [key for key, sub in channel_first_space(observation_space).spaces.items()
+                     if is_image_space(sub) and min(sub.shape[1:]) < 36]
+            if small:
+                raise ValueError(f"the image key(s) {small} of this Dict are smaller than 36x36, too small for the "
+                                 "NatureCNN of SB3's CombinedExtractor; pass a features_extractor_class for them")
+        pi_sizes, vf_sizes = _split_net_arch(net_arch, default=[] if policy == "CnnPolicy" else [64, 64])
         has_extractor = policy == "CnnPolicy" or features_extractor_class is not None
         share = has_extractor if share_features_extractor is None else share_features_extractor
         self.share_features_extractor = share
         #: plain MLPs use rlgeom.models.networks' written-out derivatives (the agents set it from their config)
         self.written_out_derivatives = True
-        # running statistics for float vectors only (images are scaled by 1/255, discrete spaces one-hot)
+        # running statistics for float vectors only (images are scaled by 1/255, discrete spaces one-hot;
+        # a Dict's float Box keys only, as SB3's VecNormalize)
         vector = isinstance(observation_space, spaces.Box) and not image
-        self.obs_normalizer = RunningNormalizer(tuple(observation_space.shape), enabled=normalize_observations and vector)
+        if dict_obs:
+            mask = DictLayout(observation_space).float_mask()
+            self.obs_normalizer = RunningNormalizer((mask.numel(),), enabled=normalize_observations and bool(mask.any()),
+                                                    mask=mask)
+        else:
+            self.obs_normalizer = RunningNormalizer(tuple(observation_space.shape),
+                                                    enabled=normalize_observations and vector)
         plain_vector = vector and len(observation_space.shape) == 1
 
         def features() -> nn.Module:
@@ -314,8 +377,9 @@ class ActorCriticPolicy(nn.Module):
         critic_features = actor_features if share else features()
         in_dim = _features_dim(actor_features, observation_space)
         self.actor = Actor(
-            actor_features, mlp([in_dim] + pi_sizes, act), ([in_dim] + pi_sizes)[-1], self.family,
-            log_std_init=log_std_init, scale_parameterisation=scale_parameterisation,
+            actor_features, mlp([in_dim] + pi_sizes, act), ([in_dim] + pi_sizes)[-1], self.family, use_sde,
+            log_std_init=log_std_init, scale_parameterisation=scale_parameterisation, full_std=full_std,
+            use_expln=use_expln,
         )
         self.critic = Critic(critic_features, mlp([in_dim] + vf_sizes, act), ([in_dim] + vf_sizes)[-1])
         if ortho_init:  # SB3 / Baselines gains: sqrt(2) hidden, 0.01 policy head, 1 value head
@@ -383,9 +447,36 @@ class ActorCriticPolicy(nn.Module):
         (the rollout buffer does) before any autograd use.
         """
         normalize, networks_of = self._rollout_plan or self._make_rollout_plan()
+        if self.use_sde:
+            return self._act_sde(normalize(obs), deterministic)
         dist_params, values = networks_of(normalize(obs))
         actions, log_probs = self.family.sample_with_log_prob(dist_params, deterministic)
         return actions, values.squeeze(-1), log_probs
+
+    def _act_sde(self, x: torch.Tensor, deterministic: bool):
+        """gSDE's draw: a = μ(s) + φ(s) E with the current exploration matrices (rlgeom.models.sde),
+        log π(a) under the family's Gaussian N(μ(s), σ(s)²). With `squash_output` the buffer keeps
+        this Gaussian action; tanh and the bounds apply at the env boundary (`env_actions`)."""
+        actor = self.actor
+        latent = actor.body(actor.features(x))
+        dist_params = actor.from_latent(latent)
+        mean = self.family.split(dist_params)[0]
+        actions = mean if deterministic else mean + actor.scale.noise(latent)
+        actions = actions.reshape(actions.shape[0], *self.family.action_shape)
+        return actions, self.critic(x).squeeze(-1), self.family.log_prob(dist_params, actions)
+
+    def reset_noise(self, n_envs: int = 1) -> None:
+        """gSDE: draw new exploration matrices, one per env (SB3's `policy.reset_noise`)."""
+        if not self.use_sde:
+            raise ValueError("reset_noise() is only for gSDE policies (use_sde=True)")
+        self.actor.scale.reset_noise(n_envs)
+
+    def env_actions(self, actions: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        """Box actions as the env takes them: clipped to [low, high], or with `squash_output` (gSDE)
+        squashed by tanh and scaled onto the bounds (SB3's unscale_action), so always inside."""
+        if self.squash_output:
+            return low + 0.5 * (torch.tanh(actions) + 1.0) * (high - low)
+        return torch.clamp(actions, low, high)
 
     _rollout_plan = None
 
@@ -417,6 +508,37 @@ def activation_class(activation_fn) -> type[nn.Module]:
                      f"torch.nn.Tanh, or one of the names {', '.join(ACTIVATIONS)}")
 
 
+def _check_log_std_init(log_std_init) -> None:
+    """σ = exp(log_std_init) must be a usable float32 scale (1e9 would make every action inf)."""
+    if isinstance(log_std_init, bool) or not isinstance(log_std_init, (int, float)) or not math.isfinite(log_std_init) \
+            or abs(log_std_init) > 20:
+        raise ValueError(f"log_std_init must be a number in [-20, 20] (σ = exp(log_std_init)), got {log_std_init!r}")
+
+
+def _check_sde(family, action_space, use_sde: bool, squash_output: bool) -> tuple[bool, bool]:
+    """SB3's rules: gSDE needs a continuous (Box) action space, and squash_output needs gSDE and
+    finite bounds to squash onto."""
+    if not isinstance(use_sde, bool) or not isinstance(squash_output, bool):
+        raise ValueError(f"use_sde and squash_output must be True or False, got {use_sde!r}, {squash_output!r}")
+    if use_sde and not isinstance(family, DiagGaussianFamily):
+        raise ValueError(f"gSDE (use_sde=True) needs a float Box action space, got {action_space}")
+    if squash_output and not use_sde:
+        raise ValueError("squash_output=True is only available with gSDE (use_sde=True), as in SB3")
+    if squash_output and not (np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()):
+        raise ValueError(f"squash_output=True needs finite action bounds to squash onto, got {action_space}")
+    return use_sde, squash_output
+
+
+def _check_optimizer(optimizer_class, optimizer_kwargs) -> tuple:
+    if optimizer_class is not None and not (isinstance(optimizer_class, type)
+                                            and issubclass(optimizer_class, torch.optim.Optimizer)):
+        raise ValueError(f"optimizer_class must be a torch.optim.Optimizer subclass such as torch.optim.Adam, "
+                         f"got {optimizer_class!r}")
+    if optimizer_kwargs is not None and not isinstance(optimizer_kwargs, dict):
+        raise ValueError(f"optimizer_kwargs must be a dict of the optimiser's keyword arguments, got {optimizer_kwargs!r}")
+    return optimizer_class, dict(optimizer_kwargs) if optimizer_kwargs is not None else None
+
+
 def _features_dim(features: nn.Module, observation_space) -> int:
     """Width of a features module's output: its `features_dim` (SB3's extractors, NatureCNN), or the
     flattened preprocessed observation."""
@@ -430,10 +552,19 @@ def _split_net_arch(net_arch, default: list[int]) -> tuple[list[int], list[int]]
     """SB3's net_arch: a list (same sizes for both) or dict(pi=[...], vf=[...])."""
     if net_arch is None:
         return list(default), list(default)
-    if isinstance(net_arch, (list, tuple)) and all(isinstance(n, int) and n > 0 for n in net_arch):
+    def width(n) -> bool:
+        return isinstance(n, int) and not isinstance(n, bool) and 0 < n <= MAX_LAYER_WIDTH
+
+    if isinstance(net_arch, (list, tuple)) and all(width(n) for n in net_arch):
         return list(net_arch), list(net_arch)
     if isinstance(net_arch, dict) and set(net_arch) <= {"pi", "vf"}:
-        sizes = [list(net_arch.get(k, default)) for k in ("pi", "vf")]
-        if all(isinstance(n, int) and n > 0 for s in sizes for n in s):
-            return sizes[0], sizes[1]
-    raise ValueError(f"invalid net_arch {net_arch!r}; accepted: a list of positive ints or dict(pi=[...], vf=[...])")
+        sizes = [net_arch.get(k, default) for k in ("pi", "vf")]
+        if all(isinstance(s, (list, tuple)) and all(width(n) for n in s) for s in sizes):
+            return list(sizes[0]), list(sizes[1])
+    raise ValueError(f"invalid net_arch {net_arch!r}; accepted: a list of layer widths (ints from 1 to "
+                     f"{MAX_LAYER_WIDTH}) or dict(pi=[...], vf=[...])")
+
+
+#: the widest hidden layer accepted: checked before anything is allocated (a typo of 10**9 units would
+#: otherwise ask for gigabytes, or be killed by the OS, rather than say what is wrong)
+MAX_LAYER_WIDTH = 2**16

@@ -93,6 +93,8 @@ def space_to_json(space) -> dict:
             "type": "Box", "shape": list(space.shape), "dtype": str(space.dtype),
             "low": space.low.tolist(), "high": space.high.tolist(),
         }
+    if isinstance(space, spaces.Dict):  # keys in order, as a list of pairs (JSON objects need not keep order)
+        return {"type": "Dict", "spaces": [[key, space_to_json(sub)] for key, sub in space.spaces.items()]}
     raise ModelFileError(f"cannot save a model for space {space!r}")
 
 
@@ -107,6 +109,11 @@ def space_from_json(d: dict):
     if kind == "Box":
         dtype = np.dtype(d["dtype"])
         return spaces.Box(np.array(d["low"], dtype=dtype), np.array(d["high"], dtype=dtype), tuple(d["shape"]), dtype)
+    if kind == "Dict" and isinstance(d.get("spaces"), list):
+        pairs = [(key, sub) for key, sub in d["spaces"]]
+        if any(not isinstance(key, str) or not isinstance(sub, dict) or sub.get("type") == "Dict" for key, sub in pairs):
+            raise ValueError("a Dict space holds [name, space] pairs of non-Dict spaces")
+        return spaces.Dict({key: space_from_json(sub) for key, sub in pairs})
     raise ValueError(f"unknown space type {kind!r}")
 
 

@@ -546,6 +546,10 @@ def _train_sb3(spec: dict) -> dict:
     start = time.perf_counter()
     model.learn(total_timesteps=spec["timesteps"], log_interval=log_interval)
     wall = time.perf_counter() - start
+    model_path = os.path.join(run_dir, "model.zip")  # SB3's own format, where rlgeom's runs put model.safetensors
+    model.save(model_path)
+    if isinstance(env, VecNormalize):  # what SB3's docs save beside a model trained on VecNormalize
+        env.save(os.path.join(run_dir, "vec_normalize.pkl"))
 
     eval_env = make_vec_env(spec["env"], n_envs=1, seed=seed + 10_000)
     if isinstance(env, VecNormalize):
@@ -565,7 +569,7 @@ def _train_sb3(spec: dict) -> dict:
     model.logger.close()
     return {"env": spec["env"], "seed": seed, "eval_return": float(mean), "eval_std": float(std),
             "timesteps": steps, "wall_s": wall, "fps": steps / max(wall, 1e-9), "logdir": run_dir,
-            "model": None, "preset_source": cfg["source"]}
+            "model": model_path, "preset_source": cfg["source"]}
 
 
 # ---------------------------------------------------------------- the parent
@@ -645,8 +649,8 @@ def run_grid(args) -> int:
         pending.append(i)
     total = len(specs)
     print(f"grid: {total} runs ({total - len(pending)} already done), logging to {args.logdir}", flush=True)
-    for i in sorted(records):
-        _announce(records[i], len(records), total)
+    for finished, i in enumerate(sorted(records), 1):  # skipped runs count 1, 2, ... like the runs that follow
+        _announce(records[i], finished, total)
     if pending:
         workers = args.workers or min(len(pending), os.cpu_count() or 1)
         index = {specs[i]["run_dir"]: i for i in pending}

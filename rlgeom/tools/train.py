@@ -124,7 +124,7 @@ def run(args) -> dict:
         )
     every = args.checkpoint_every if args.checkpoint_every is not None else agent._checkpoint_every
     remaining = timesteps - agent.num_timesteps
-    start = time.perf_counter()
+    start, start_steps = time.perf_counter(), agent.num_timesteps  # after --resume: this part only
     if remaining > 0:
         agent.learn(
             remaining, progress_bar=not args.no_progress, reset_num_timesteps=args.resume is None,
@@ -138,8 +138,9 @@ def run(args) -> dict:
     agent.env.close()
     summary = {
         "algo": args.algo, "env": env_id, "seed": args.seed, "eval_return": mean, "eval_std": std,
-        "timesteps": agent.num_timesteps, "wall_s": wall, "fps": agent.num_timesteps / max(wall, 1e-9),
-        "logdir": agent._run_dir, "model": save_path, "preset_source": cfg["source"],
+        "timesteps": agent.num_timesteps, "trained_steps": agent.num_timesteps - start_steps,
+        "resumed_at": start_steps if args.resume is not None else None,
+        "wall_s": wall, "fps": (agent.num_timesteps - start_steps) / max(wall, 1e-9), "logdir": agent._run_dir, "model": save_path, "preset_source": cfg["source"],
     }
     agent.logger.record("eval/mean_reward", mean)
     agent.logger.dump(agent.num_timesteps)
@@ -169,6 +170,15 @@ def resume_agent(args, cls, env_id: str, overrides: dict):
     return agent, env_id
 
 
+def steps_line(summary: dict) -> str:
+    """What this invocation trained, at what rate (the progress bar's, measured the same way); after
+    --resume, the part before the checkpoint is named but not counted."""
+    line = f"{summary['trained_steps']} steps in {summary['wall_s']:.1f} s ({summary['fps']:.0f} steps/s)"
+    if summary.get("resumed_at") is not None:
+        line += f", resumed at step {summary['resumed_at']} ({summary['timesteps']} in all)"
+    return line
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -182,9 +192,9 @@ def main(argv=None) -> int:
 
     try:
         if args.help_hp:
-            cls = agent_class(args.algo)
-            for name, (default, help_text) in cls.Config.field_help().items():
-                print(f"{name:28s} {default!r:>24}  {help_text}")
+            from rlgeom.tools.hyperparameters import print_help
+
+            print_help(args)
             return 0
         benchmark.import_gym_packages(args.gym_packages)
         summary = run(args)
@@ -200,8 +210,7 @@ def main(argv=None) -> int:
     print(
         f"{summary['algo']} on {summary['env']} (seed {summary['seed']}): eval return "
         f"{summary['eval_return']:.1f} ± {summary['eval_std']:.1f} over {args.eval_episodes} episodes | "
-        f"{summary['timesteps']} steps in {summary['wall_s']:.1f} s ({summary['fps']:.0f} steps/s) | "
-        f"logs: {summary['logdir']} | model: {summary['model']}"
+        f"{steps_line(summary)} | logs: {summary['logdir']} | model: {summary['model']}"
     )
     return 0
 

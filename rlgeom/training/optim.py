@@ -129,3 +129,33 @@ class ContiguousAdam(torch.optim.Adam):
 def adam(params: Iterable[torch.nn.Parameter], lr: float, **kwargs) -> ContiguousAdam:
     """Adam for a small network, as one fused step over one buffer (`ContiguousAdam`)."""
     return ContiguousAdam(params, lr=lr, **kwargs)
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, optimizer_class=None,
+                   optimizer_kwargs: dict | None = None, default_eps: float | None = None) -> torch.optim.Optimizer:
+    """A first-order optimiser as SB3's policy_kwargs ask for it (`optimizer_class`, `optimizer_kwargs`).
+
+    Adam (the default, or torch.optim.Adam named) is rlgeom's ContiguousAdam: the same algorithm, one
+    fused step. `default_eps` is the agent's Adam eps when `optimizer_kwargs` is not given (SB3 sets
+    1e-5 for its policies' Adam the same way). Any other class is built as it is:
+    `optimizer_class(params, lr=lr, **optimizer_kwargs)`.
+    """
+    params = list(params)
+    kwargs = dict(optimizer_kwargs) if optimizer_kwargs is not None else {}
+    if optimizer_kwargs is None and default_eps is not None and optimizer_class in (None, torch.optim.Adam):
+        kwargs["eps"] = default_eps
+    if optimizer_class in (None, torch.optim.Adam) and not {"fused", "foreach", "capturable", "differentiable"} & set(kwargs):
+        return ContiguousAdam(params, lr=lr, **kwargs)
+    try:
+        return (optimizer_class or torch.optim.Adam)(params, lr=lr, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"optimizer_kwargs {kwargs!r} do not fit {optimizer_class.__name__}: {err}") from None
+
+
+def clip_gradient_norm(optimizer: torch.optim.Optimizer, max_norm: float) -> torch.Tensor:
+    """Scale the gradients of the optimiser's parameters to global norm ≤ max_norm; the norm before
+    (ContiguousAdam's one-buffer form, else torch's clip_grad_norm_)."""
+    if isinstance(optimizer, ContiguousAdam):
+        return optimizer.clip_grad_norm_(max_norm)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)
