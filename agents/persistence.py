@@ -12,9 +12,10 @@ import torch
 from rlgeom import __version__
 from rlgeom.persistence import checkpoint as ckpt
 from rlgeom.persistence.serialization import (
-    ModelFileError, policy_kwargs_from_json, policy_kwargs_to_json, read_model, space_from_json, space_to_json,
+    ModelFileError, policy_kwargs_from_json, policy_kwargs_to_json, space_from_json, space_to_json,
     write_model,
 )
+from rlgeom.persistence.modelfile import EXTRA_STATE_BYTES, EXTRA_STATE_FACTOR, check_description, open_model
 from agents.devices import resolve_device
 from agents.sb3_compat import filter_description, hyperparameters_from_saved, hyperparameters_to_json
 
@@ -68,8 +69,13 @@ class Persistence:
         """Write safetensors weights + JSON description to a path (SB3's `.zip` becomes `.safetensors`)
         or an open binary file object; returns the path written. `exclude` / `include`: as SB3's
         (agents.sb3_compat.filter_description). (`save_checkpoint` adds what continues training exactly.)"""
+        if not distributed.is_main():  # under torchrun rank 0 writes the one model; the others wait for it
+            distributed.barrier()
+            return model_path(path)
         tensors, description = self._model_state()
-        return write_model(path, tensors, filter_description(description, exclude, include))
+        written = write_model(path, tensors, filter_description(description, exclude, include))
+        distributed.barrier()
+        return written
 
     @classmethod
     def load(cls, path, env=None, device="auto", custom_objects: dict | None = None, print_system_info: bool = False,
@@ -81,7 +87,9 @@ class Persistence:
         (`{"features_extractor_class": MyExtractor}`, or SB3's `{"policy_kwargs": {...}}`), and so is a
         callable schedule the model was trained with (`{"learning_rate": lambda progress_remaining: ...}`).
         `path` may be an open binary file object (io.BytesIO)."""
-        tensors, d = read_model(path)
+        model = open_model(path)  # the header only: checked against the description before any tensor is read
+        d = model.description
+        check_description(model)
         if d.get("algo") != cls.algo:
             raise ModelFileError(
                 f"{path}: holds a {str(d.get('algo')).upper()} model, not {cls.algo.upper()}; "
@@ -102,6 +110,7 @@ class Persistence:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ModelFileError(f"{path}: the model description is incomplete or inconsistent: {err}") from None
+        tensors = agent._read_tensors(model)
         agent._load_tensors(path, tensors)
         if "extra_state" in d:
             extra = ckpt.unpack_state(d["extra_state"], tensors, str(path))
@@ -128,6 +137,13 @@ class Persistence:
         if rng is not None:
             ckpt.set_rng_state(rng, str(path))
         return agent
+
+    def _read_tensors(self, model) -> dict[str, torch.Tensor]:
+        """The file's tensors, read only when they add up to no more than this model can use: its policy
+        (built from the checked description) plus a bounded multiple for optimiser and agent state."""
+        policy_bytes = sum(v.numel() * v.element_size() for v in self.policy.state_dict().values())
+        model.check_tensor_budget(EXTRA_STATE_FACTOR * policy_bytes + EXTRA_STATE_BYTES, "this model")
+        return model.tensors()
 
     def _load_tensors(self, path, tensors: dict[str, torch.Tensor]) -> None:
         policy_state = {k[len("policy."):]: v for k, v in tensors.items() if k.startswith("policy.")}

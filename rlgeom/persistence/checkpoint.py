@@ -8,14 +8,14 @@ Nested state (a torch optimizer's `state_dict()`, a K-FAC `state_dict()`, RNG st
 dicts and tensors are accepted: there is no way to smuggle an object (or code) into a checkpoint.
 
 Checkpoints of a run live in one directory as `checkpoint_<steps>.safetensors` (zero-padded, so
-names sort by step); a temporary file being written has another name (`....safetensors.tmp<pid>`)
-and is never listed, so a process killed mid-write leaves at most a stray temporary and the
-previous checkpoints intact. `latest_checkpoint` picks the newest complete one.
+names sort by step); a temporary file being written has another name (`....safetensors.tmp<pid>-<random>`)
+and is never listed, so a process killed mid-write leaves at most a stray temporary (removed by the
+next process that locks the folder) and the previous checkpoints intact. `latest_checkpoint` picks the
+newest complete one. A run prunes only the checkpoints it wrote itself (and the one it resumed from).
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import random
 import re
@@ -24,10 +24,12 @@ import sys
 import numpy as np
 import torch
 
-from rlgeom.persistence.serialization import SUFFIX, ModelFileError, read_model
+from rlgeom.persistence.serialization import SUFFIX, ModelFileError, open_model
 
 PREFIX = "checkpoint_"
 _NAME = re.compile(rf"^{PREFIX}(\d+){re.escape(SUFFIX)}$")
+#: temporary files of checkpoints being written (rlgeom.persistence.outputs.temp_name), never listed as checkpoints
+TEMP_PATTERN = f"{PREFIX}*{SUFFIX}.tmp*"
 _TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
 
 
@@ -136,17 +138,15 @@ def list_checkpoints(directory: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def prune_checkpoints(directory: str, keep: int) -> None:
-    """Keep the newest `keep` checkpoints; remove stray temporaries left by killed processes."""
-    for _, path in list_checkpoints(directory)[:-keep] if keep > 0 else []:
+def prune_checkpoints(directory: str, keep: int, owned: set[str]) -> list[str]:
+    """Keep the newest `keep` of the checkpoints in `directory` that are in `owned` (absolute paths of the
+    files this run wrote or resumed from); no other file is ever removed. Returns the removed paths."""
+    mine = [path for _, path in list_checkpoints(directory) if os.path.abspath(path) in owned]
+    removed = mine[:-keep] if keep > 0 else []
+    for path in removed:
         os.remove(path)
-    mine = f".tmp{os.getpid()}"
-    for tmp in glob.glob(os.path.join(glob.escape(directory), f"{PREFIX}*{SUFFIX}.tmp*")):
-        if not tmp.endswith(mine):
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
+        owned.discard(os.path.abspath(path))
+    return removed
 
 
 def latest_checkpoint(path: str) -> str:
@@ -163,7 +163,7 @@ def latest_checkpoint(path: str) -> str:
         )
     for _, candidate in reversed(candidates):
         try:
-            read_model(candidate)
+            open_model(candidate).verify()  # header and checksum, streamed: bounded memory whatever the file
         except ModelFileError as err:
             print(f"rlgeom: skipping unreadable checkpoint: {err}", file=sys.stderr)
             continue
@@ -185,17 +185,19 @@ def find_run_checkpoint(run_roots: list[str]) -> str:
 
 
 def open_resumed_logger(run_dir: str, step: int, verbose: int = 0):
-    """A RunLogger appending to `run_dir`: TensorBoard drops anything an interrupted process logged
-    after `step` (purge_step), so curves continue without a gap or a duplicated step."""
-    from torch.utils.tensorboard import SummaryWriter
+    """A RunLogger continuing `run_dir` from `step`: the directory is locked, the events it holds are cut
+    to one per (tag, step) up to `step` (rlgeom.persistence.logger.keep_events_up_to: what an interrupted
+    process logged after its last checkpoint is archived, not shown twice), then logging resumes."""
+    from rlgeom.persistence import logger as runlog
+    from rlgeom.persistence.outputs import lock_directory
 
-    from rlgeom.persistence.logger import RunLogger
-
-    logger = RunLogger(None, verbose)
-    os.makedirs(run_dir, exist_ok=True)
-    logger.run_dir = run_dir
-    logger.writer = SummaryWriter(run_dir, purge_step=int(step) + 1)
-    return logger
+    lock = lock_directory(run_dir, "run directory")
+    archive = runlog.keep_events_up_to(run_dir, step)
+    if archive is not None:
+        print(f"rlgeom: resuming {run_dir} at step {step}: its TensorBoard events up to that step were kept, the "
+              f"previous event files are archived in {os.path.basename(archive)}", file=sys.stderr)
+    runlog._claimed[os.path.abspath(run_dir)] = lock
+    return runlog.RunLogger(run_dir, verbose)
 
 
 __all__ = [

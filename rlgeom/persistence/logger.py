@@ -10,19 +10,34 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import sys
+import time
 from collections import defaultdict
 
 import numpy as np
 
+from rlgeom.persistence.outputs import lock_directory, try_lock_fresh_directory
+
 
 def run_directory(root: str, env_id: str | None, name: str, seed: int | None) -> str:
+    """A fresh run directory, locked for this process: `<root>/<task>/<name>/seed<k>`, or with a suffix
+    when that one holds files or another process claimed it first (two runs started at once never share
+    one). The RunLogger opened on it takes the lock over."""
     task = (env_id or "unknown-env").replace("/", "-")
     base = os.path.join(root, task, name, f"seed{seed}" if seed is not None else "run")
     path, k = base, 1
-    while os.path.exists(path) and os.listdir(path):
+    while True:
+        lock = try_lock_fresh_directory(path)
+        if lock is not None:
+            _claimed[os.path.abspath(path)] = lock
+            return path
         k += 1
         path = f"{base}_{k}"
-    return path
+
+
+#: run directories chosen by run_directory whose lock the RunLogger opened on them takes over
+_claimed: dict = {}
 
 
 class RunLogger:
@@ -34,10 +49,12 @@ class RunLogger:
         self._means: dict[str, list[float]] = defaultdict(list)
         self._excluded: set[str] = set()
         self.writer = None
+        self._lock = None
         if run_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            os.makedirs(run_dir, exist_ok=True)
+            # the run directory is this process's while the logger is open (a second writer is refused)
+            self._lock = _claimed.pop(os.path.abspath(run_dir), None) or lock_directory(run_dir, "run directory")
             self.writer = SummaryWriter(run_dir)
 
     def record(self, key: str, value, exclude=None) -> None:
@@ -75,6 +92,9 @@ class RunLogger:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _print(self, step: int) -> None:
         width = max((len(k) for k in self.name_to_value), default=10)
@@ -88,3 +108,97 @@ def _is_scalar(value) -> bool:
 
 def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
+
+
+# ----------------------------------------------------------------------------- resumed runs
+KEPT_MARK = ".kept-to-step-"
+ARCHIVE_PREFIX = "events-before-resume-at-step-"
+_EVENTS_TMP = ".rlgeom-events-*.tmp"
+
+
+def keep_events_up_to(run_dir: str, step: int) -> str | None:
+    """Make `run_dir` hold one value per (tag, step) up to `step` and nothing after it, before a resumed
+    run logs from `step` on. The caller holds the run directory's lock.
+
+    A killed run logged past its last checkpoint; the resumed one logs those steps again. TensorBoard
+    hides the repeats through a purge event, but tbparse and other plain readers see every copy. So the
+    events kept (each (tag, step) once, its latest copy, step <= `step`) are rewritten into one fresh event
+    file that sorts before the resumed writer's, the old event files are archived into
+    `events-before-resume-at-step-<step>-<time>.tar` in the run directory (no reader treats a tar as a
+    run; nothing of the user's is deleted) and removed. Every stage leaves either the old or the new set
+    (a kill between the rename and the removal leaves copies that the next resume folds into one).
+    Returns the archive's path (None when there was nothing to rewrite)."""
+    from rlgeom.persistence.outputs import remove_stale_temps
+
+    remove_stale_temps(run_dir, _EVENTS_TMP)  # partial rewrites of a killed resume
+    originals = sorted(n for n in os.listdir(run_dir) if "tfevents" in n and os.path.isfile(os.path.join(run_dir, n)))
+    if not originals:
+        return None
+    records = _kept_records([os.path.join(run_dir, n) for n in originals], int(step))
+    stamp = min([_name_time(n) for n in originals] + [int(time.time())]) - 1  # sorts before the next writer's file
+    kept_name = f"events.out.tfevents.{stamp}.{socket.gethostname()}.{os.getpid()}{KEPT_MARK}{int(step)}"
+    kept_tmp = os.path.join(run_dir, f".rlgeom-events-{os.getpid()}-kept.tmp")
+    _write_records(kept_tmp, records)
+    archive = _archive(run_dir, originals, f"{ARCHIVE_PREFIX}{int(step)}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(kept_tmp, os.path.join(run_dir, kept_name))
+    for name in originals:
+        if name != kept_name:
+            os.remove(os.path.join(run_dir, name))
+    return archive
+
+
+def _kept_records(paths: list[str], step: int) -> list[bytes]:
+    """Raw event records with step <= `step`, each (tag, step) once (its last copy, in file order)."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2
+
+    events = []
+    for path in paths:
+        try:
+            for raw in RawEventFileLoader(path).Load():  # a record truncated by a kill ends the file
+                event = event_pb2.Event.FromString(raw)
+                if event.HasField("summary") and event.step <= step:
+                    events.append((raw, [(v.tag, event.step) for v in event.summary.value]))
+        except Exception as err:  # the reader raises varied errors on damaged files; keep what was read
+            print(f"rlgeom: {path}: stopped reading a damaged event file: {err}", file=sys.stderr)
+    kept, seen = [], set()
+    for raw, keys in reversed(events):
+        if keys and all(k in seen for k in keys):
+            continue
+        seen.update(keys)
+        kept.append(raw)
+    return kept[::-1]
+
+
+def _write_records(path: str, records: list[bytes]) -> None:
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    with open(path, "wb") as f:
+        writer = RecordWriter(f)
+        writer.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
+        for raw in records:
+            writer.write(raw)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _archive(run_dir: str, names: list[str], stem: str) -> str:
+    """The files `names` of `run_dir` in an uncompressed tar next to them (temporary name, fsync, rename)."""
+    import tarfile
+
+    path, tmp = os.path.join(run_dir, f"{stem}.tar"), os.path.join(run_dir, f".rlgeom-events-{os.getpid()}-tar.tmp")
+    with open(tmp, "wb") as f:
+        with tarfile.open(fileobj=f, mode="w") as tar:
+            for name in names:
+                tar.add(os.path.join(run_dir, name), arcname=name)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def _name_time(name: str) -> int:
+    """The creation second in an event file's name (events.out.tfevents.<seconds>.<host>...)."""
+    part = name.split("tfevents.", 1)[-1].split(".", 1)[0]
+    return int(part) if part.isdigit() else int(time.time())

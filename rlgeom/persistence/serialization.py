@@ -6,13 +6,14 @@ problem with a file raises `ModelFileError` naming the file and what is wrong.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 import numpy as np
 import torch
 from gymnasium import spaces
+
+from rlgeom.persistence.outputs import write_atomically, write_error
 
 FORMAT = "rlgeom-model"
 FORMAT_VERSION = 1
@@ -145,74 +146,32 @@ def write_model(path: str, tensors: dict[str, torch.Tensor], description: dict) 
         path.write(encode_model(tensors, description))
         return getattr(path, "name", repr(path))
     path = model_path(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     data = encode_model(tensors, description)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    except OSError as err:
+        raise write_error(path, err) from None
+    # a temporary name unique to this process and call, removed again if the write fails (ENOSPC)
+    return write_atomically(path, data)
 
 
 def read_model(path: str, device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, description) of a saved model (a path or an open binary file object); ModelFileError on
-    any problem with the file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
+    any problem with the file. The header is checked before any tensor is read
+    (rlgeom.persistence.modelfile, which `load` uses to compare it with the model first)."""
+    model = open_model(path)
+    return model.tensors(device), model.description
 
-    if is_file_object(path):
-        resolved, raw = getattr(path, "name", repr(path)), path.read()
-    else:
-        resolved = model_path(path) if not os.path.exists(os.fspath(path)) else os.fspath(path)
-        if not os.path.isfile(resolved):
-            raise ModelFileError(f"{resolved}: no such model file")
-        with open(resolved, "rb") as f:
-            raw = f.read()
-    if not isinstance(raw, bytes):
-        raise ModelFileError(f"{resolved}: a model file object must be opened in binary mode ('rb'), got text")
-    try:
-        meta = _header_metadata(raw)
-        tensors = load(raw)
-    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError, OverflowError) as err:
-        raise ModelFileError(f"{resolved}: not a readable safetensors model file (truncated or corrupted?): {err}")
-    if meta.get("format") != FORMAT:
-        raise ModelFileError(f"{resolved}: not an rlgeom model (no '{FORMAT}' header)")
-    # The checksum detects corruption (a flipped bit, a truncated copy), not tampering: whoever edits
-    # the tensors can rewrite it. A file without one is refused, so deleting it switches nothing off.
-    if "tensors_sha256" not in meta:
-        raise ModelFileError(f"{resolved}: the header has no tensors_sha256 checksum (every rlgeom model file has one)")
-    if tensor_digest(tensors) != meta["tensors_sha256"]:
-        raise ModelFileError(f"{resolved}: checksum mismatch: the tensor data was modified or corrupted")
-    if meta.get("format_version") != str(FORMAT_VERSION):
-        raise ModelFileError(
-            f"{resolved}: model format version {meta.get('format_version')!r}; this rlgeom reads version {FORMAT_VERSION}"
-        )
-    try:
-        description = json.loads(meta["description"])
-    except (KeyError, json.JSONDecodeError) as err:
-        raise ModelFileError(f"{resolved}: the model description is missing or not valid JSON: {err}")
-    if not isinstance(description, dict):
-        raise ModelFileError(f"{resolved}: the model description is not a JSON object")
-    return {k: v.to(device) for k, v in tensors.items()}, description
+
+def open_model(path):
+    """The checked header and description of a model file, its tensors not yet read (rlgeom.persistence.modelfile)."""
+    from rlgeom.persistence import modelfile
+
+    return modelfile.open_model(path)
 
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     """SHA-256 over every tensor's name, dtype, shape and bytes, in name order (CPU tensors)."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    from rlgeom.persistence.modelfile import digest_tensors
 
-
-def _header_metadata(raw: bytes) -> dict:
-    if len(raw) < 8:
-        raise ValueError("file shorter than a safetensors header")
-    n = int.from_bytes(raw[:8], "little")
-    if n <= 0 or 8 + n > len(raw):
-        raise ValueError("header length beyond the end of the file")
-    header = json.loads(raw[8 : 8 + n].decode("utf-8"))
-    return header.get("__metadata__", {}) or {}
+    return digest_tensors(tensors)

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: 1 for MlpPolicy, whose small matmuls only pay thread "
                         "overhead with more; torch's default for CnnPolicy)")
-    p.add_argument("--logdir", default=DEFAULT_LOGDIR, help="TensorBoard root (one run dir per task/agent/seed)")
+    p.add_argument("--logdir", default=None, help=f"TensorBoard root (one run dir per task/agent/seed; default: "
+                   f"{DEFAULT_LOGDIR}, or with --resume the resumed run's own folder)")
     p.add_argument("--save", default=None, help="model path (default: <run dir>/model.safetensors)")
     p.add_argument("--hp", nargs="*", default=[], metavar="KEY=VALUE", help="override hyperparameters")
     p.add_argument("--policy-kwargs", default=None, help='JSON, e.g. \'{"net_arch": [64, 64]}\'')
@@ -90,15 +91,12 @@ def run(args) -> dict:
     from rlgeom.training.evaluation import evaluate
 
     cls = agent_class(args.algo)
+    check_run_args(args)
+    logdir = args.logdir or DEFAULT_LOGDIR
     env_id = args.env or DEFAULT_ENV
     cfg = preset(args.algo, env_id)
     hyperparameters = {**cfg["hyperparameters"], **parse_overrides(args.hp)}
-    policy_kwargs = dict(cfg["policy_kwargs"])
-    if args.policy_kwargs:
-        try:
-            policy_kwargs.update(json.loads(args.policy_kwargs))
-        except json.JSONDecodeError as err:
-            raise UsageError(f"--policy-kwargs is not valid JSON: {err}") from None
+    policy_kwargs = {**cfg["policy_kwargs"], **parse_policy_kwargs(args.policy_kwargs)}
     threads = args.threads if args.threads is not None else (1 if cfg["policy"] == "MlpPolicy" else None)
     if threads is not None:
         import torch
@@ -119,7 +117,7 @@ def run(args) -> dict:
     else:
         agent = cls(
             cfg["policy"], env_id, n_envs=args.n_envs or cfg["n_envs"], seed=args.seed, device=args.device,
-            tensorboard_log=args.logdir, verbose=args.verbose, vectorization=args.vectorization,
+            tensorboard_log=logdir, verbose=args.verbose, vectorization=args.vectorization,
             policy_kwargs=policy_kwargs, **options, **hyperparameters,
         )
     every = args.checkpoint_every if args.checkpoint_every is not None else agent._checkpoint_every
@@ -131,7 +129,8 @@ def run(args) -> dict:
             checkpoint_every=every, checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep_checkpoints,
         )
     wall = time.perf_counter() - start
-    save_path = agent.save(args.save or os.path.join(agent._run_dir or args.logdir, "model"))
+    save_path = save_with_fallback(agent.save, args.save or os.path.join(agent._run_dir or logdir, "model"),
+                                   agent._run_dir or logdir)
     eval_env = make_vec_env(env_id, 1, device=agent.device)
     mean, std = evaluate(agent, eval_env, args.eval_episodes, deterministic=True, seed=args.seed + 10_000)
     eval_env.close()
@@ -152,22 +151,78 @@ def resume_agent(args, cls, env_id: str, overrides: dict):
     """(agent loaded from the checkpoint --resume names, env id): the env id is --env, else the checkpoint's."""
     from agents.presets import DEFAULT_ENV
     from rlgeom.persistence.checkpoint import find_run_checkpoint, latest_checkpoint
-    from rlgeom.persistence.serialization import read_model
+    from rlgeom.persistence.serialization import open_model
 
     if args.resume == "latest":
-        base = os.path.join(args.logdir, env_id.replace("/", "-"), args.algo, f"seed{args.seed}")
+        base = os.path.join(args.logdir or DEFAULT_LOGDIR, env_id.replace("/", "-"), args.algo, f"seed{args.seed}")
         roots = [base] + sorted(glob.glob(glob.escape(base) + "_*"))
         path = find_run_checkpoint([r for r in roots if os.path.isdir(r)] or [base])
     else:
         path = latest_checkpoint(args.resume)
-    _, description = read_model(path)
+    description = open_model(path).description
     env_id = args.env or description.get("env_id") or DEFAULT_ENV
     agent = cls.load(path, env=env_id, device=args.device, **overrides)
     agent.verbose = args.verbose
-    if agent.tensorboard_log is None:  # a checkpoint written without TensorBoard: log from here on
-        agent.tensorboard_log = args.logdir
+    if args.logdir is not None and not _inside(agent._run_dir, args.logdir):
+        # a new --logdir: the resumed run logs and checkpoints there, leaving the original run untouched
+        agent._run_dir = agent._checkpoint_dir = None
+    if agent._run_dir is None:  # no TensorBoard run beside the checkpoint: log from here on
+        agent.tensorboard_log = args.logdir or DEFAULT_LOGDIR
     print(f"resuming {path} at step {agent.num_timesteps}", file=sys.stderr)
     return agent, env_id
+
+
+def _inside(path: str | None, folder: str) -> bool:
+    return path is not None and os.path.commonpath([os.path.abspath(path), os.path.abspath(folder)]) == os.path.abspath(folder)
+
+
+def check_run_args(args) -> None:
+    """Values argparse lets through that would crash later or be silently replaced, and output folders
+    that cannot be written: all refused before anything is built or trained."""
+    from rlgeom.persistence.outputs import check_writable_file, ensure_writable_dir
+
+    if args.env is not None and not args.env.strip():
+        raise UsageError("--env is empty; give an env id such as CartPole-v1 (or leave --env out for CartPole-v1)")
+    for flag, value in (("--n-envs", args.n_envs), ("--eval-episodes", args.eval_episodes),
+                        ("--keep-checkpoints", args.keep_checkpoints), ("--checkpoint-every", args.checkpoint_every)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be a positive integer, got {value}")
+    if args.resume is None or args.logdir is not None:
+        ensure_writable_dir(args.logdir or DEFAULT_LOGDIR, "log directory (--logdir)")
+    if args.checkpoint_dir is not None:
+        ensure_writable_dir(args.checkpoint_dir, "checkpoint directory (--checkpoint-dir)")
+    if args.save is not None:
+        from rlgeom.persistence.serialization import model_path
+
+        check_writable_file(model_path(args.save), "model file (--save)")
+
+
+def parse_policy_kwargs(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--policy-kwargs is not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f'--policy-kwargs must be a JSON object such as \'{{"net_arch": [64, 64]}}\', got {text!r}')
+    return value
+
+
+def save_with_fallback(save, path: str, fallback_dir: str) -> str:
+    """save(path); if that fails after training (disk full, folder gone), the model goes to
+    `fallback_dir`/model instead and stderr says where: a trained model is never lost to its path."""
+    from rlgeom.persistence.outputs import OutputWriteError
+
+    try:
+        return save(path)
+    except OutputWriteError as err:
+        fallback = os.path.join(fallback_dir, "model")
+        if os.path.abspath(fallback) == os.path.abspath(os.path.splitext(path)[0]):
+            raise
+        written = save(fallback)
+        print(f"rlgeom: {err}; the model was saved to {written} instead", file=sys.stderr)
+        return written
 
 
 def steps_line(summary: dict) -> str:
@@ -185,9 +240,11 @@ def main(argv=None) -> int:
     from rlgeom.tools import benchmark
     from envs.boundary import NonFiniteEnvError
     from rlgeom.training.guards import TrainingDivergedError
+    from rlgeom.persistence.outputs import OutputWriteError
     from rlgeom.persistence.serialization import ModelFileError
 
     if benchmark.is_grid(args) and not args.help_hp:
+        args.logdir = args.logdir or DEFAULT_LOGDIR
         return benchmark.main(args)
 
     try:
@@ -201,7 +258,7 @@ def main(argv=None) -> int:
     except (UsageError, ValueError, TypeError, ModelFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (TrainingDivergedError, NonFiniteEnvError) as err:
+    except (TrainingDivergedError, NonFiniteEnvError, OutputWriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
