@@ -66,3 +66,26 @@ def boolean(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False, got {value!r}")
     return value
+
+
+#: the most weights a policy's hidden layers may hold (2**28 float32 weights are 1 GiB, per copy: Adam
+#: keeps two more); a wider network is almost surely a typo, refused before anything is allocated
+MAX_HIDDEN_WEIGHTS = 2**28
+
+
+def hidden_weights(widths) -> int:
+    """Weights between consecutive hidden layers of the given widths (a lower bound on an MLP's size,
+    whatever its input and output)."""
+    widths = [w for w in widths if _is_int(w) and w > 0] if isinstance(widths, (list, tuple)) else []
+    return sum(int(a) * int(b) for a, b in zip(widths, widths[1:]))
+
+
+def net_arch_size(name: str, net_arch):
+    """SB3's net_arch (a list of widths, or dict(pi=[...], vf=[...])) whose hidden layers hold at most
+    MAX_HIDDEN_WEIGHTS weights; returns it unchanged (its form is checked by the policy)."""
+    towers = [net_arch.get("pi"), net_arch.get("vf")] if isinstance(net_arch, dict) else [net_arch, net_arch]
+    total = sum(hidden_weights(t) for t in towers)
+    if total > MAX_HIDDEN_WEIGHTS:
+        raise ValueError(f"{name} {net_arch!r} asks for {total:,} weights between hidden layers; accepted: at most "
+                         f"{MAX_HIDDEN_WEIGHTS:,} (about {MAX_HIDDEN_WEIGHTS * 4 // 2**30} GiB of float32)")
+    return net_arch

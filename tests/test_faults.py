@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
 import time
+import tracemalloc
 
 import pytest
 
@@ -23,6 +26,7 @@ from agents import PPO
 from rlgeom.persistence import checkpoint as ckpt
 from rlgeom.persistence import outputs
 from rlgeom.persistence.outputs import DirectoryInUseError, DiskFullError
+from rlgeom.persistence.serialization import ModelFileError
 from rlgeom.tools.train import main as train_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -294,3 +298,241 @@ def _write_raw(dst, header: bytes, body: bytes) -> str:
     with open(dst, "wb") as f:
         f.write(len(header).to_bytes(8, "little") + header + body)
     return str(dst)
+
+
+# ----------------------------------------------------------------------------- 5. hostile model files
+@pytest.fixture(scope="module")
+def checkpoint_file(trained_run) -> str:
+    return ckpt.checkpoint_path(trained_run / "checkpoints", 64)
+
+
+def _split(path) -> tuple[dict, bytes]:
+    raw = open(path, "rb").read()
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def _loads_bounded(source, limit_mb: float = 16.0):
+    """PPO.load(source) with tracemalloc on: (exception or None, peak MB of Python allocations)."""
+    tracemalloc.start()
+    try:
+        PPO.load(source, env="CartPole-v1")
+        err = None
+    except Exception as e:  # noqa: BLE001 - the caller asserts what it is
+        err = e
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return err, peak
+
+
+def _description_edit(key, value):
+    def edit(d):
+        target = d
+        *path, last = key.split(".")
+        for part in path:
+            target = target[part]
+        target[last] = value
+    return edit
+
+
+HOSTILE = {
+    "header-is-a-list": (lambda h, b: (b"[1, 2, 3]", b), "header is a JSON list, not an object"),
+    "header-deeply-nested": (lambda h, b: (b"[" * 200_000 + b"]" * 200_000, b), "nested too deeply"),
+    "description-deeply-nested": (
+        lambda h, b: (json.dumps({**h, "__metadata__": {**h["__metadata__"], "description": "[" * 200_000}}).encode(), b),
+        "nested too deeply"),
+    "infinity-counter": (_description_edit("num_timesteps", float("inf")), "num_timesteps must be a non-negative integer"),
+    "string-counter": (_description_edit("n_updates", "7"), "n_updates must be a non-negative integer"),
+    "infinity-hyperparameter": (_description_edit("hyperparameters.learning_rate", float("inf")),
+                                "learning_rate is not a finite number"),
+    "string-n-envs": (_description_edit("n_envs", "4"), "n_envs must be an integer"),
+    "checkpoint-state-list": (_description_edit("checkpoint.state", [1, 2]), "state must be a JSON object"),
+    "checkpoint-record-list": (_description_edit("checkpoint", [1]), "checkpoint record is inconsistent"),
+    "ten-million-envs": (_description_edit("n_envs", 10**7), "n_envs must be an integer from 1 to 65536"),
+    "two-billion-unit-layer": (_description_edit("policy_kwargs", {"net_arch": [2 * 10**9]}),
+                               "asks for a network of at least"),
+    "widest-layers-twice": (_description_edit("policy_kwargs", {"net_arch": [65536, 65536]}),
+                            "asks for a network of at least"),
+    "billion-actions": (_description_edit("action_space.n", 10**9), "action_space is a Discrete of size"),
+    "billion-observations": (_description_edit("observation_space.shape", [10**9]), "observation_space is a Box"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_model_files_are_model_file_errors_in_bounded_memory(case, checkpoint_file, tmp_path):
+    craft, message = HOSTILE[case]
+    header, body = _split(checkpoint_file)
+    if case.startswith(("header-", "description-deeply")):
+        new_header, new_body = craft(header, body)
+        bad = _write_raw(tmp_path / f"{case}.safetensors", new_header, new_body)
+    else:
+        bad = _edit_description(checkpoint_file, tmp_path / f"{case}.safetensors", craft)
+    err, peak = _loads_bounded(bad)
+    assert isinstance(err, ModelFileError) and message in str(err), repr(err)
+    assert peak < 16, f"{peak:.1f} MB of Python allocations"
+
+
+def test_a_sparse_multi_gigabyte_file_is_refused_before_it_is_read(checkpoint_file, tmp_path):
+    """A valid model with a 4 GiB tensor appended whose bytes are a hole in a sparse file (a few kB on
+    disk): refused from its header, never read (the issue saw 2.3 GB resident before the error)."""
+    header, body = _split(checkpoint_file)
+    end = max(entry["data_offsets"][1] for k, entry in header.items() if k != "__metadata__")
+    header["extra/junk"] = {"dtype": "U8", "shape": [4 * 2**30], "data_offsets": [end, end + 4 * 2**30]}
+    sparse = tmp_path / "sparse.safetensors"
+    encoded = json.dumps(header).encode()
+    with open(sparse, "wb") as f:
+        f.write(len(encoded).to_bytes(8, "little") + encoded + body)
+        f.truncate(8 + len(encoded) + end + 4 * 2**30)
+    start = time.perf_counter()
+    err, peak = _loads_bounded(str(sparse))
+    assert isinstance(err, ModelFileError) and "more than this model can use" in str(err)
+    assert peak < 16 and time.perf_counter() - start < 10
+
+
+def test_fuzzed_model_files_load_or_raise_model_file_error_within_a_memory_cap(checkpoint_file):
+    """Property: whatever is done to a model file's header and description, load() succeeds or raises
+    ModelFileError, and the Python memory it takes stays under 32 MB (the file itself is ~40 kB)."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    header, body = _split(checkpoint_file)
+    raw = open(checkpoint_file, "rb").read()
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        max_leaves=12)
+    keys = ["n_envs", "num_timesteps", "seed", "policy", "algo", "policy_kwargs", "hyperparameters", "checkpoint",
+            "observation_space", "action_space", "extra_state", "hyperparameters.n_steps", "hyperparameters.gamma",
+            "policy_kwargs.net_arch", "checkpoint.state", "checkpoint.state.optimizers", "observation_space.shape",
+            "action_space.n", "checkpoint.ep_info_buffer", "checkpoint.target_timesteps"]
+
+    def with_description(edit_key, value) -> bytes:
+        d = json.loads(header["__metadata__"]["description"])
+        target, *_ = [d]
+        *path, last = edit_key.split(".")
+        for part in path:
+            target = target.get(part) if isinstance(target, dict) else None
+        if isinstance(target, dict):
+            target[last] = value
+        h = {**header, "__metadata__": {**header["__metadata__"], "description": json.dumps(d)}}
+        encoded = json.dumps(h).encode()
+        return len(encoded).to_bytes(8, "little") + encoded + body
+
+    def with_bytes(position, replacement) -> bytes:
+        position %= len(raw)
+        return raw[:position] + replacement + raw[position + len(replacement):]
+
+    files = (st.tuples(st.sampled_from(keys), json_values).map(lambda kv: with_description(*kv))
+             | st.tuples(st.integers(0, 4000), st.binary(min_size=1, max_size=16)).map(lambda pr: with_bytes(*pr))
+             | st.integers(0, len(raw)).map(lambda n: raw[:n])
+             | json_values.map(lambda v: (lambda e: len(e).to_bytes(8, "little") + e + body)(json.dumps(v).encode())))
+
+    @hypothesis.settings(max_examples=80, deadline=None, derandomize=True, database=None,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(files)
+    def load_fuzzed(data):
+        err, peak = _loads_bounded(io.BytesIO(data))
+        assert err is None or isinstance(err, ModelFileError), repr(err)
+        assert peak < 32, f"{peak:.1f} MB"
+
+    load_fuzzed()
+
+
+# ----------------------------------------------------------------------------- 7. bad CLI input
+@pytest.mark.parametrize("argv, message", [
+    (["--policy-kwargs", "[1]"], "--policy-kwargs must be a JSON object"),
+    (["--policy-kwargs", '{"net_arch": [65536, 65536]}'], "weights between hidden layers; accepted: at most"),
+    (["--policy-kwargs", '{"net_arch": [2000000000]}'], "invalid net_arch"),
+    (["--policy-kwargs", '{"log_std_init": 1e9}'], "log_std_init must be a number in [-20, 20]"),
+    (["--n-envs", "0"], "--n-envs must be a positive integer, got 0"),
+    (["--eval-episodes", "0"], "--eval-episodes must be a positive integer, got 0"),
+    (["--env", ""], "--env is empty"),
+    (["--seed", "-1"], "seed must be"),
+], ids=["kwargs-list", "huge-net-arch", "2e9-layer", "log-std-1e9", "n-envs-0", "eval-episodes-0", "env-empty", "seed--1"])
+def test_cli_bad_input_is_a_clear_error_with_exit_status_2(argv, message, tmp_path, capsys):
+    env = ["--env", "Pendulum-v1"] if "log_std_init" in " ".join(argv) else []
+    code, err = _cli([*CLI_SMALL, *env, "--timesteps", "64", "--logdir", str(tmp_path), *argv], capsys)
+    assert code == 2 and message in err, err
+    assert not list(tmp_path.rglob("*.safetensors"))  # refused before anything was trained or saved
+
+
+# ----------------------------------------------------------------------------- 11. a grid's parent killed
+def _children(pid: int) -> set[int]:
+    out = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out.update(int(c) for c in f.read().split())
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc to find the workers")
+def test_killing_a_grids_parent_with_sigkill_ends_its_workers(tmp_path):
+    grid = subprocess.Popen(
+        [sys.executable, "-m", "rlgeom.train", "--algo", "ppo,vpg", "--env", "CartPole-v1", "--timesteps", "10000000",
+         "--workers", "2", "--logdir", str(tmp_path), "--eval-episodes", "1"],
+        env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and len(list(tmp_path.rglob("*tfevents*"))) < 2:  # both workers training
+            time.sleep(0.2)
+        workers = {p for p in _children(grid.pid) if "resource_tracker" not in open(f"/proc/{p}/cmdline").read()}
+        assert len(workers) == 2, workers
+    finally:
+        grid.send_signal(signal.SIGKILL)
+        grid.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.1)
+    survivors = [p for p in workers if _alive(p)]
+    for p in survivors:  # never leave them running, even when the test fails
+        os.kill(p, signal.SIGKILL)
+    assert not survivors
+
+
+# ----------------------------------------------------------------------------- 12. curves after a resume
+def test_after_a_resume_tbparse_sees_one_value_per_step_and_nothing_is_lost(tmp_path, capsys):
+    tbparse = pytest.importorskip("tbparse")
+    agent = _agent(tensorboard_log=str(tmp_path))
+    agent.learn(6 * 32, checkpoint_every=3 * 32, keep_checkpoints=5)  # logged up to 192: as if killed after 96
+    run_dir = agent._run_dir
+    agent.logger.close()
+    resumed = PPO.load(ckpt.checkpoint_path(os.path.join(run_dir, "checkpoints"), 96), env="CartPole-v1")
+    resumed.learn(8 * 32 - 96, reset_num_timesteps=False)
+    resumed.logger.close()
+    scalars = tbparse.SummaryReader(run_dir).scalars
+    counts = scalars.groupby(["tag", "step"]).size()
+    assert counts.max() == 1, counts[counts > 1]
+    assert sorted(scalars[scalars.tag == "train/n_updates"].step) == [32 * k for k in range(1, 9)]
+    archives = [n for n in os.listdir(run_dir) if n.startswith("events-before-resume-at-step-96")]
+    assert len(archives) == 1 and "archived in" in capsys.readouterr().err
+    import tarfile
+
+    with tarfile.open(os.path.join(run_dir, archives[0])) as tar:  # the old event files, kept whole
+        assert [m.name for m in tar.getmembers()] and all("tfevents" in m.name for m in tar.getmembers())
+    from rlgeom.persistence.runlogs import read_run
+    from pathlib import Path
+
+    curves, _ = read_run(Path(run_dir))  # rlgeom.compare's reader agrees
+    assert list(curves["train/n_updates"].steps) == [32 * k for k in range(1, 9)]
+
+
+def test_a_second_resume_of_the_same_run_still_has_one_value_per_step(tmp_path):
+    tbparse = pytest.importorskip("tbparse")
+    agent = _agent(tensorboard_log=str(tmp_path))
+    agent.learn(6 * 32, checkpoint_every=32, keep_checkpoints=10)
+    run_dir = agent._run_dir
+    agent.logger.close()
+    for step, more in ((64, 64), (96, 128)):  # resumed twice, each time from before what was logged
+        resumed = PPO.load(ckpt.checkpoint_path(os.path.join(run_dir, "checkpoints"), step), env="CartPole-v1")
+        resumed.learn(more, reset_num_timesteps=False)
+        resumed.logger.close()
+    scalars = tbparse.SummaryReader(run_dir).scalars
+    assert scalars.groupby(["tag", "step"]).size().max() == 1
+    assert sorted(scalars[scalars.tag == "train/n_updates"].step) == [32 * k for k in range(1, 8)]

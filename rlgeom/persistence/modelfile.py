@@ -23,6 +23,7 @@ import os
 
 import torch
 
+from rlgeom.validation import hidden_weights
 from rlgeom.persistence.serialization import FORMAT, FORMAT_VERSION, ModelFileError, model_path
 
 #: safetensors' own limit on the header (a model's description included)
@@ -347,6 +348,6 @@ def _min_parameters(d: dict, obs_size: int, act_size: int) -> int:
         widths = [w for w in widths if _nat(w)] if isinstance(widths, list) else []
         if not widths:
             continue
-        total += sum(a * b for a, b in zip(widths, widths[1:])) + widths[-1] * outputs
+        total += hidden_weights(widths) + widths[-1] * outputs
         total += obs_size * widths[0] if plain_mlp else 0
     return total

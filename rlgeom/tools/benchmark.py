@@ -590,7 +590,30 @@ def _announce(record: dict, finished: int, total: int) -> None:
 
 def _pool(workers: int) -> cf.ProcessPoolExecutor:
     kwargs = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
-    return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), **kwargs)
+    return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=die_with_parent, initargs=(os.getpid(),), **kwargs)
+
+
+#: how often a grid worker checks that the grid's process is still alive (seconds)
+PARENT_POLL_S = 0.5
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: when the grid's process dies, even by kill -9 (which runs no cleanup and
+    leaves the pool no chance to stop its workers), the worker exits too instead of training on as an
+    orphan. A daemon thread polls the parent's pid (an orphan is re-parented, so os.getppid() changes);
+    polling rather than prctl(PR_SET_PDEATHSIG) because that signal fires when the *thread* that started
+    the worker ends (the pool starts replacements from a helper thread) and it exists only on Linux."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        os._exit(70)  # the parent is gone: nobody will read this run's result (its run dir is set aside next time)
+
+    if os.getppid() != parent_pid:
+        os._exit(70)
+    threading.Thread(target=watch, name="rlgeom-die-with-parent", daemon=True).start()
 
 
 def _execute(specs: list[dict], workers: int, on_record) -> None:

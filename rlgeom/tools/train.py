@@ -206,6 +206,10 @@ def parse_policy_kwargs(text: str | None) -> dict:
         raise UsageError(f"--policy-kwargs is not valid JSON: {err}") from None
     if not isinstance(value, dict):
         raise UsageError(f'--policy-kwargs must be a JSON object such as \'{{"net_arch": [64, 64]}}\', got {text!r}')
+    if "net_arch" in value:
+        from rlgeom.validation import net_arch_size
+
+        net_arch_size("--policy-kwargs net_arch", value["net_arch"])  # before the network is allocated
     return value
 
 
