@@ -122,7 +122,16 @@ def _scalar_steps(run_dir: str, tag: str) -> list[int]:
     return [e.step for e in acc.Scalars(tag)]
 
 
-def test_tensorboard_curves_continue_in_the_same_run_without_duplicates(tmp_path):
+def test_tensorboard_curves_continue_in_the_same_run_without_duplicates(tmp_path, capsys):
+    """TensorBoard, tbparse (which ignores purge events) and rlgeom.compare's reader each see one value per
+    step after a resume, and the event files written before it are archived whole (issue 17, item 12)."""
+    import tarfile
+    from pathlib import Path
+
+    import tbparse
+
+    from rlgeom.persistence.runlogs import read_run
+
     agent = PPO("MlpPolicy", "CartPole-v1", seed=0, device="cpu", tensorboard_log=str(tmp_path), **SMALL[PPO])
     agent.learn(6 * 32, checkpoint_every=3 * 32, keep_checkpoints=5)  # logs up to 192: as if killed after 96
     run_dir = agent._run_dir
@@ -131,7 +140,16 @@ def test_tensorboard_curves_continue_in_the_same_run_without_duplicates(tmp_path
     resumed.learn(8 * 32 - 96, reset_num_timesteps=False)
     resumed.logger.close()
     assert resumed._run_dir == run_dir and sorted(os.listdir(os.path.dirname(run_dir))) == ["seed0"]
-    assert _scalar_steps(run_dir, "train/n_updates") == [32 * k for k in range(1, 9)]
+    expected = [32 * k for k in range(1, 9)]
+    assert _scalar_steps(run_dir, "train/n_updates") == expected
+    scalars = tbparse.SummaryReader(run_dir).scalars
+    assert scalars.groupby(["tag", "step"]).size().max() == 1
+    assert sorted(scalars[scalars.tag == "train/n_updates"].step) == expected
+    assert list(read_run(Path(run_dir))[0]["train/n_updates"].steps) == expected
+    archives = [n for n in os.listdir(run_dir) if n.startswith("events-before-resume-at-step-96")]
+    assert len(archives) == 1 and "archived in" in capsys.readouterr().err
+    with tarfile.open(os.path.join(run_dir, archives[0])) as tar:
+        assert tar.getmembers() and all("tfevents" in m.name for m in tar.getmembers())
 
 
 def _cli_script(fsync_delay: float) -> str:

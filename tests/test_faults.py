@@ -497,32 +497,8 @@ def test_killing_a_grids_parent_with_sigkill_ends_its_workers(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 12. curves after a resume
-def test_after_a_resume_tbparse_sees_one_value_per_step_and_nothing_is_lost(tmp_path, capsys):
-    tbparse = pytest.importorskip("tbparse")
-    agent = _agent(tensorboard_log=str(tmp_path))
-    agent.learn(6 * 32, checkpoint_every=3 * 32, keep_checkpoints=5)  # logged up to 192: as if killed after 96
-    run_dir = agent._run_dir
-    agent.logger.close()
-    resumed = PPO.load(ckpt.checkpoint_path(os.path.join(run_dir, "checkpoints"), 96), env="CartPole-v1")
-    resumed.learn(8 * 32 - 96, reset_num_timesteps=False)
-    resumed.logger.close()
-    scalars = tbparse.SummaryReader(run_dir).scalars
-    counts = scalars.groupby(["tag", "step"]).size()
-    assert counts.max() == 1, counts[counts > 1]
-    assert sorted(scalars[scalars.tag == "train/n_updates"].step) == [32 * k for k in range(1, 9)]
-    archives = [n for n in os.listdir(run_dir) if n.startswith("events-before-resume-at-step-96")]
-    assert len(archives) == 1 and "archived in" in capsys.readouterr().err
-    import tarfile
-
-    with tarfile.open(os.path.join(run_dir, archives[0])) as tar:  # the old event files, kept whole
-        assert [m.name for m in tar.getmembers()] and all("tfevents" in m.name for m in tar.getmembers())
-    from rlgeom.persistence.runlogs import read_run
-    from pathlib import Path
-
-    curves, _ = read_run(Path(run_dir))  # rlgeom.compare's reader agrees
-    assert list(curves["train/n_updates"].steps) == [32 * k for k in range(1, 9)]
-
-
+# the first resume (tbparse, TensorBoard and rlgeom.compare's reader; the archive) is
+# tests/test_checkpoint.py::test_tensorboard_curves_continue_in_the_same_run_without_duplicates
 def test_a_second_resume_of_the_same_run_still_has_one_value_per_step(tmp_path):
     tbparse = pytest.importorskip("tbparse")
     agent = _agent(tensorboard_log=str(tmp_path))
