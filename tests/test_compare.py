@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +56,7 @@ def logdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tables(logdir):
-    return summarize(load_runs(logdir), {"Toy-v0": 5.0})
+    return summarize(load_runs(logdir), {"Toy-v0": 5.0}, ci="t", reps=200)  # Student-t: known closed forms
 
 
 def by_agent(rows):
@@ -79,7 +80,8 @@ def test_cartpole_table(tables):
     assert ppo.threshold == 475.0  # gymnasium's registered reward_threshold
     # final: mean of steps 900, 950, 1000 -> slope * 950 = 380, 475, 570
     assert ppo.final_mean == pytest.approx(475.0)
-    assert ppo.final_ci == pytest.approx(T975_DF2 * 95.0 / np.sqrt(3))
+    half = T975_DF2 * 95.0 / np.sqrt(3)
+    assert ppo.final_interval == pytest.approx((475.0 - half, 500.0))  # kept inside CartPole's returns [0, 500]
     # vpg final: only step 800 is in the last 10% -> 200, 220
     assert vpg.final_mean == pytest.approx(210.0)
     assert vpg.final_ci == pytest.approx(T975_DF1 * np.std([200, 220], ddof=1) / np.sqrt(2))
@@ -111,12 +113,68 @@ def test_toy_and_single_seed_tables(tables):
 
 
 def test_bootstrap_two_seeds(logdir):
-    toy = by_agent(summarize(load_runs(logdir), {"Toy-v0": 5.0}, ci="bootstrap")["Toy-v0"])
+    toy = by_agent(summarize(load_runs(logdir), {"Toy-v0": 5.0}, reps=500)["Toy-v0"])  # bootstrap: the default
     assert toy["ppo"].final_ci == pytest.approx(0.5)  # bootstrap means span the two seeds 4 and 5
+    assert toy["ppo"].final_interval == pytest.approx((4.0, 5.0)) and toy["ppo"].iqm_interval == pytest.approx((4.0, 5.0))
+
+
+def test_bands_and_intervals_stay_inside_the_possible_returns(tmp_path):
+    """Two CartPole seeds at 0 and 500: Student-t's interval reaches far below 0 and above 500; the bootstrap
+    interval and the curve band stay in [0, 500] (CartPole's possible returns)."""
+    s = np.arange(0, 501, 100)
+    write_run(tmp_path / "CartPole-v1" / "ppo" / "seed0", s, 0 * s)
+    write_run(tmp_path / "CartPole-v1" / "ppo" / "seed1", s, 0 * s + 500.0)
+    runs = load_runs(tmp_path)
+    (t_row,) = summarize(runs, ci="t", reps=200)["CartPole-v1"]
+    assert t_row.final_interval[0] == 0.0 and t_row.final_interval[1] == 500.0  # clipped, else ±3177
+    (row,) = summarize(runs, reps=200)["CartPole-v1"]
+    assert 0.0 <= row.final_interval[0] <= row.final_interval[1] <= 500.0
+    from rlgeom.tools.compare import mean_ci
+
+    _, lo, hi = mean_ci(np.array([[0.0], [500.0]]), "t")
+    assert lo[0] < -1000  # what the old default drew for CartPole
+
+
+def test_table_statistics_agree_with_rliable():
+    from rliable import metrics
+
+    from rlgeom.tools.compare import SEED_STATISTICS
+
+    x = np.array([3.0, 9.0, 1.0, 4.0, 7.0, 30.0, 2.0, 5.0])
+    assert SEED_STATISTICS["iqm"](x) == pytest.approx(metrics.aggregate_iqm(x[:, None]))
+    assert SEED_STATISTICS["mean"](x) == pytest.approx(metrics.aggregate_mean(x[:, None]))
+    # rliable's median is over tasks of the per-task mean: on one task it is the mean, hence no per-task column
+    assert metrics.aggregate_median(x[:, None]) == pytest.approx(x.mean())
+
+
+def test_aggregates_across_tasks_with_rliable(tmp_path):
+    """ppo beats vpg on both tasks in every seed: P(ppo > vpg) = 1, its IQM is higher, its optimality gap lower."""
+    from rlgeom.tools import aggregate as agg
+
+    s = np.arange(0, 501, 100)
+    for k in range(3):
+        write_run(tmp_path / "CartPole-v1" / "ppo" / f"seed{k}", s, 0 * s + 400 + 10 * k)
+        write_run(tmp_path / "CartPole-v1" / "vpg" / f"seed{k}", s, 0 * s + 100 + 10 * k)
+        write_run(tmp_path / "Acrobot-v1" / "ppo" / f"seed{k}", s, 0 * s - 100 - 10 * k)
+        write_run(tmp_path / "Acrobot-v1" / "vpg" / f"seed{k}", s, 0 * s - 400 - 10 * k)
+    paths = write_report(tmp_path, tmp_path / "rep", reps=100)
+    names = {p.name for p in paths}
+    for stem in ("aggregate_metrics", "performance_profile", "probability_of_improvement", "CartPole-v1_return_vs_steps"):
+        assert {f"{stem}.png", f"{stem}.pdf"} <= names
+    report = (tmp_path / "rep" / "report.md").read_text()
+    assert "| ppo | vpg | 1.000 [1.000, 1.000] |" in report
+    assert "CartPole-v1: 0 = 0 (lowest possible return), 1 = 475 (reward threshold)" in report
+    norm = agg.normalisation("CartPole-v1", np.array([100.0, 400.0]), 475.0, agg.RETURN_RANGES)
+    finals = {"CartPole-v1": {"ppo": np.array([400.0, 410, 420]), "vpg": np.array([100.0, 110, 120])}}
+    scores, tasks, notes = agg.score_matrices(finals, {"CartPole-v1": norm})
+    points, intervals = agg.interval_estimates(scores, reps=200)
+    assert points["ppo"][0] == pytest.approx(410 / 475) and points["ppo"][3] == pytest.approx(1 - 410 / 475)
+    assert intervals["ppo"][0][0] <= points["ppo"][0] <= intervals["ppo"][1][0]
+    assert points["vpg"][0] < points["ppo"][0] and not notes
 
 
 def test_report_files_and_markdown(logdir, tmp_path):
-    paths = write_report(logdir, tmp_path / "rep", thresholds={"Toy-v0": 5.0})
+    paths = write_report(logdir, tmp_path / "rep", thresholds={"Toy-v0": 5.0}, reps=200)
     names = {p.name for p in paths}
     for stem in ("CartPole-v1", "Toy-v0", "Solo-v0", "unknown"):
         assert {f"{stem}_return_vs_steps.png", f"{stem}_return_vs_time.png", f"{stem}.md"} <= names
@@ -126,14 +184,14 @@ def test_report_files_and_markdown(logdir, tmp_path):
         if p.suffix == ".png":
             assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cart = (tmp_path / "rep" / "CartPole-v1.md").read_text()
-    assert f"| ppo | 3 | 475.00 ± {T975_DF2 * 95 / np.sqrt(3):.2f} | 200.00 | 950 (2/3) | 1100.0 | 1000 |" in cart
-    assert "| vpg | 2 | 210.00 ± 127.06 | 110.00 | not reached (0/2) | 600.0 | 800 |" in cart
+    # bootstrap intervals over the seeds' finals (380, 475, 570 and 200, 220), inside CartPole's [0, 500]
+    assert re.search(r"\| ppo \| 3 \| 475\.00 \[3\d\d\.\d\d, 500\.00\] \| 475\.00 \[.*\] \| 200\.00 \| 950 \(2/3\) \| 1100\.0 \| 1000 \|", cart)
+    assert re.search(r"\| vpg \| 2 \| 210\.00 \[200\.00, 220\.00\] \| .* \| 110\.00 \| not reached \(0/2\) \| 600\.0 \| 800 \|", cart)
     solo = (tmp_path / "rep" / "Solo-v0.md").read_text()
     assert "9.50 (1 seed, no CI)" in solo and "no threshold" in solo and "single seed" in solo
     assert "threshold 475 (gymnasium's reward_threshold)" in cart
     toy = (tmp_path / "rep" / "Toy-v0.md").read_text()
-    assert "| ppo | 2 | 4.50 ± 6.35 | 2.50 | not reached (1/2) | n/a | 400 |" in toy
-    assert "| trpo | 2 | 9.00 ± 12.71 | 5.00 | 250 | n/a | 400 |" in toy
+    assert "| ppo | 2 | 4.50 [4.00, 5.00] | 4.50 [4.00, 5.00] | 2.50 | not reached (1/2) | n/a | 400 |" in toy
     report = (tmp_path / "rep" / "report.md").read_text()
     assert all(f"## {t}" in report for t in ("CartPole-v1", "Toy-v0", "Solo-v0", "unknown"))
 
@@ -187,7 +245,7 @@ def test_module_subprocess(logdir, tmp_path):
     out = tmp_path / "cli"
     proc = subprocess.run(
         [sys.executable, "-m", "rlgeom.compare", str(logdir), "--out", str(out), "--threshold", "Toy-v0=5",
-         "--ci", "bootstrap"],
+         "--ci", "t", "--reps", "200", "--return-range", "Toy-v0=0:10"],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr

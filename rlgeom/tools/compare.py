@@ -1,10 +1,13 @@
 """Turn a TensorBoard log directory into comparison plots and markdown tables.
 
-    python -m rlgeom.compare LOGDIR [--out DIR] [--threshold TASK=VALUE ...]
-                                    [--tag rollout/ep_rew_mean] [--ci t|bootstrap]
+    python -m rlgeom.compare LOGDIR [--out DIR] [--threshold TASK=VALUE ...] [--return-range TASK=LO:HI ...]
+                                    [--tag rollout/ep_rew_mean] [--ci bootstrap|t] [--reps N]
 
-Per task: ``<task>_return_vs_steps.png``, ``<task>_return_vs_time.png`` and ``<task>.md``; plus a
-combined ``report.md``. Runs are discovered and read by :mod:`rlgeom.persistence.runlogs`.
+Per task: ``<task>_return_vs_steps`` and ``<task>_return_vs_time`` (PNG and PDF) and ``<task>.md``; across
+tasks (rlgeom.tools.aggregate, with rliable): ``aggregate_metrics``, ``performance_profile`` and
+``probability_of_improvement`` (PNG and PDF); a combined ``report.md``. Runs are discovered and read by
+:mod:`rlgeom.persistence.runlogs`. Intervals are percentile bootstrap intervals over seeds by default
+(Student-t with `--ci t`); bands and intervals are kept inside the task's possible returns.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from rlgeom.persistence.runlogs import CompareError, Curve, Run, load_runs
 
@@ -27,7 +31,12 @@ FINAL_FRACTION = 0.1
 CONFIDENCE = 0.95
 BOOTSTRAP_SAMPLES = 2000
 MAX_PLOT_POINTS = 500
-CI_METHODS = ("t", "bootstrap")
+CI_METHODS = ("bootstrap", "t")
+#: bootstrap resamples for the tables and rliable's aggregates (rliable's default is 50000 for the aggregates
+#: and 2000 for profiles; its probability of improvement runs a Mann-Whitney test per resample, so 1000 keeps a
+#: small report within about ten seconds)
+REPS = 1000
+FIGURE_FORMATS = ("png", "pdf")
 
 
 @dataclass
@@ -38,6 +47,10 @@ class Row:
     seeds: int
     final_mean: float
     final_ci: float | None
+    #: 95% intervals (low, high) of the mean and the IQM of the final return over seeds; None for one seed
+    final_interval: tuple[float, float] | None
+    iqm: float
+    iqm_interval: tuple[float, float] | None
     auc: float | None
     auc_range: tuple[float, float]
     threshold: float | None
@@ -62,8 +75,9 @@ class Row:
 # ---------------------------------------------------------------- statistics
 
 
-def mean_ci(samples: np.ndarray, ci: str = "t", seed: int = 0):
-    """Mean over seeds (axis 0) and the lower/upper 95% bounds; bounds are NaN for one seed."""
+def mean_ci(samples: np.ndarray, ci: str = "bootstrap", seed: int = 0):
+    """Mean over seeds (axis 0) and the lower/upper 95% bounds; bounds are NaN for one seed. The bootstrap
+    (vectorised here: one interval per point of a curve) never leaves the range of the seeds' values."""
     samples = np.asarray(samples, dtype=float)
     n = samples.shape[0]
     mean = samples.mean(axis=0)
@@ -77,8 +91,6 @@ def mean_ci(samples: np.ndarray, ci: str = "t", seed: int = 0):
         alpha = 100 * (1 - CONFIDENCE) / 2
         lo, hi = np.percentile(means, [alpha, 100 - alpha], axis=0)
         return mean, lo.reshape(mean.shape), hi.reshape(mean.shape)
-    from scipy import stats
-
     half = stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * samples.std(axis=0, ddof=1) / np.sqrt(n)
     return mean, mean - half, mean + half
 
@@ -174,18 +186,55 @@ def seed_aucs(curves: list[Curve], auc_range: tuple[float, float]) -> np.ndarray
     return mean_over_range(grid, resample(xs, [c.values for c in curves], grid))
 
 
-def agent_row(agent: str, runs: list[Run], tag: str, threshold, auc_range, ci: str) -> Row:
+#: the per-task statistics of the tables, each over the last axis: rliable's aggregate_mean and aggregate_iqm
+#: on one task's runs (IQM is the 25%-trimmed mean; tests/test_compare.py checks they agree). rliable's median
+#: is the median over tasks of the per-task means, so it has no per-task column.
+SEED_STATISTICS = {
+    "mean": lambda x: np.mean(x, axis=-1),
+    "iqm": lambda x: stats.trim_mean(x, 0.25, axis=-1),
+}
+
+
+def seed_statistics(finals: np.ndarray, reps: int, seed: int = 0) -> dict:
+    """{name: (value, 95% percentile-bootstrap interval or None for one seed)} of one agent's final returns on
+    one task. Vectorised over the resamples: on one task the stratified bootstrap is the plain bootstrap over
+    seeds, and rliable's per-resample loop would cost seconds per table cell."""
+    points = {name: float(f(finals)) for name, f in SEED_STATISTICS.items()}
+    if len(finals) < 2:
+        return {name: (point, None) for name, point in points.items()}
+    resamples = finals[np.random.default_rng(seed).integers(0, len(finals), size=(reps, len(finals)))]
+    alpha = 100 * (1 - CONFIDENCE) / 2
+    out = {}
+    for name, f in SEED_STATISTICS.items():
+        lo, hi = np.percentile(f(resamples), [alpha, 100 - alpha])
+        out[name] = (points[name], (float(lo), float(hi)))
+    return out
+
+
+def clip_to(interval, bounds) -> tuple[float, float] | None:
+    """An interval kept inside a task's possible returns (None stays None; no bounds: unchanged)."""
+    if interval is None or bounds is None:
+        return interval
+    return float(np.clip(interval[0], *bounds)), float(np.clip(interval[1], *bounds))
+
+
+def agent_row(agent: str, runs: list[Run], tag: str, threshold, auc_range, ci: str, bounds=None, reps: int = REPS) -> Row:
     """The table row of one agent from its seeds' runs."""
     curves = [r.scalars[tag] for r in runs]
     finals = np.array([final_return(c) for c in curves])
-    mean, lo, hi = mean_ci(finals[:, None], ci)
+    mean, lo, hi = mean_ci(finals[:, None], "t")  # the Student-t interval only when asked for (--ci t)
+    stats = seed_statistics(finals, reps)
+    final_interval = stats["mean"][1] if ci == "bootstrap" else (None if len(runs) < 2 else (float(lo[0]), float(hi[0])))
     aucs = seed_aucs(curves, auc_range)
     fps = [r.scalars[FPS_TAG].values[-1] for r in runs if FPS_TAG in r.scalars]
+    final_interval = clip_to(final_interval, bounds)
     row = Row(
         agent=agent,
         seeds=len(runs),
         final_mean=float(mean[0]),
-        final_ci=None if len(runs) < 2 else float(hi[0] - lo[0]) / 2,
+        final_ci=None if final_interval is None else (final_interval[1] - final_interval[0]) / 2,
+        final_interval=final_interval,
+        iqm=stats["iqm"][0], iqm_interval=clip_to(stats["iqm"][1], bounds),
         auc=None if aucs is None else float(aucs.mean()),
         auc_range=auc_range,
         threshold=threshold,
@@ -198,18 +247,23 @@ def agent_row(agent: str, runs: list[Run], tag: str, threshold, auc_range, ci: s
     return row
 
 
-def summarize(runs: list[Run], thresholds: dict | None = None, tag: str = RETURN_TAG, ci: str = "t"):
-    """Table rows per task: {task: [Row per agent]}; thresholds default to gymnasium's."""
+def summarize(runs: list[Run], thresholds: dict | None = None, tag: str = RETURN_TAG, ci: str = "bootstrap",
+              ranges: dict | None = None, reps: int = REPS):
+    """Table rows per task: {task: [Row per agent]}; thresholds default to gymnasium's, possible-return
+    ranges to rlgeom.tools.aggregate.RETURN_RANGES."""
+    from rlgeom.tools.aggregate import RETURN_RANGES
+
     if ci not in CI_METHODS:
         raise CompareError(f"unknown confidence interval {ci!r}; accepted: {', '.join(CI_METHODS)}")
-    thresholds = thresholds or {}
+    thresholds, ranges = thresholds or {}, {**RETURN_RANGES, **(ranges or {})}
     tables = {}
     for task, by_agent in group(runs).items():
         task_runs = [r for rs in by_agent.values() for r in rs]
         check_tags(task, task_runs, tag)
         threshold = thresholds[task] if task in thresholds else default_threshold(task)
         auc_range = common_range([r.scalars[tag].steps for r in task_runs])
-        tables[task] = [agent_row(a, rs, tag, threshold, auc_range, ci) for a, rs in by_agent.items()]
+        tables[task] = [agent_row(a, rs, tag, threshold, auc_range, ci, ranges.get(task), reps)
+                        for a, rs in by_agent.items()]
     return tables
 
 
@@ -228,27 +282,33 @@ def steps_cell(row: Row) -> str:
     return f"{med:.0f}" + ("" if row.reached == row.seeds else f" {frac}")
 
 
+def with_interval(value: float, interval) -> str:
+    """'12.30 [10.10, 14.50]', or the value and '(1 seed, no CI)'."""
+    return f"{value:.2f} " + (f"[{interval[0]:.2f}, {interval[1]:.2f}]" if interval is not None else "(1 seed, no CI)")
+
+
 def row_cells(row: Row) -> list[str]:
     """The markdown cells of one row."""
-    ci = f"± {row.final_ci:.2f}" if row.final_ci is not None else "(1 seed, no CI)"
-    final = f"{row.final_mean:.2f} {ci}"
-    return [row.agent, str(row.seeds), final, _num(row.auc), steps_cell(row), _num(row.fps, ".1f"), str(row.budget)]
+    return [row.agent, str(row.seeds), with_interval(row.final_mean, row.final_interval),
+            with_interval(row.iqm, row.iqm_interval),
+            _num(row.auc), steps_cell(row), _num(row.fps, ".1f"), str(row.budget)]
 
 
-def table_markdown(rows: list[Row], tag: str, ci: str) -> str:
+def table_markdown(rows: list[Row], tag: str, ci: str, reps: int = REPS) -> str:
     """A markdown table with footnotes defining every column."""
     thr = rows[0].threshold
     lo, hi = rows[0].auc_range
-    head = ["agent", "seeds", "final return¹ (mean ± 95% CI)", "area under curve²",
-            f"steps to threshold³ ({_num(thr, 'g')})", "FPS⁴", "budget⁵ (steps)"]
+    head = ["agent", "seeds", "final return¹: mean [95% CI]", "IQM¹ [95% CI]",
+            "area under curve²", f"steps to threshold³ ({_num(thr, 'g')})", "FPS⁴", "budget⁵ (steps)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row_cells(r)) + " |" for r in rows]
-    method = "Student-t" if ci == "t" else f"percentile bootstrap ({BOOTSTRAP_SAMPLES} resamples)"
+    method = "Student-t (mean only)" if ci == "t" else "percentile bootstrap"
     lines += [
         "",
         f"¹ `{tag}`: per seed, the mean over its last {FINAL_FRACTION:.0%} of steps (logged points with "
-        f"step ≥ {1 - FINAL_FRACTION:g} × its last step); mean over seeds ± half-width of the 95% {method} "
-        "interval.",
+        f"step ≥ {1 - FINAL_FRACTION:g} × its last step); mean and interquartile mean (IQM: the mean of the "
+        f"middle 50%) over seeds, with 95% {method} intervals over seeds (rliable, {reps} resamples for the bootstrap), "
+        "kept inside the task's possible returns where they are known.",
         f"² per seed, the return curve linearly resampled on a common grid over the step range all runs "
         f"of this task share [{lo:g}, {hi:g}], trapezoid integral divided by the range; mean over seeds.",
         "³ per seed, the first logged step whose return ≥ threshold; median over seeds (a seed that never "
@@ -275,53 +335,82 @@ def run_xy(run: Run, tag: str, axis: str) -> tuple[np.ndarray, np.ndarray]:
     return x[order], curve.values[order]
 
 
-def plot_agent(ax, runs: list[Run], tag: str, axis: str, ci: str, color) -> None:
-    """Mean across seeds on the common grid and its 95% band (one seed: its curve, no band)."""
+#: axis labels in words for the tags rlgeom and SB3 write
+TAG_LABELS = {RETURN_TAG: "episode return (mean of the last 100 episodes)",
+              "rollout/ep_len_mean": "episode length (mean of the last 100 episodes)",
+              "eval/mean_reward": "evaluation return (mean over episodes)"}
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+def plot_agent(ax, runs: list[Run], tag: str, axis: str, ci: str, style: dict, bounds=None) -> None:
+    """Mean across seeds on the common grid and its 95% band, clipped to the possible returns (one seed:
+    its curve, no band). The band's edges are drawn too, so overlapping bands stay readable."""
     xy = [run_xy(r, tag, axis) for r in runs]
     xs, ys = [p[0] for p in xy], [p[1] for p in xy]
     n = len(runs)
     if n == 1:
-        ax.plot(xs[0], ys[0], color=color, marker="." if len(xs[0]) == 1 else None,
-                label=f"{runs[0].agent} (n=1, no band)")
+        ax.plot(xs[0], ys[0], **style, marker="." if len(xs[0]) == 1 else None, label=f"{runs[0].agent} (1 seed)")
         return
     grid = common_grid(xs, *common_range(xs), max_points=MAX_PLOT_POINTS)
     mean, lo, hi = mean_ci(resample(xs, ys, grid), ci)
-    ax.plot(grid, mean, color=color, label=f"{runs[0].agent} (n={n})")
-    ax.fill_between(grid, lo, hi, color=color, alpha=0.25, linewidth=0)
+    if bounds is not None:
+        lo, hi = np.clip(lo, *bounds), np.clip(hi, *bounds)
+    ax.plot(grid, mean, **style, label=f"{runs[0].agent} ({n} seeds)")
+    ax.fill_between(grid, lo, hi, color=style["color"], alpha=0.15, linewidth=0)
+    for edge in (lo, hi):
+        ax.plot(grid, edge, color=style["color"], linewidth=0.6, alpha=0.6, linestyle=style["linestyle"])
 
 
-def plot_task(task: str, by_agent: dict[str, list[Run]], tag: str, axis: str, ci: str, colors, path: Path) -> Path:
-    """One PNG of return against steps or wall-clock time for every agent of a task."""
+def new_figure(size=(7.5, 4.8)):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    fig = Figure(figsize=size, layout="constrained")
     FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig, stem: Path) -> list[Path]:
+    """PNG for screens, PDF (vector) for papers."""
+    paths = [stem.with_name(f"{stem.name}.{ext}") for ext in FIGURE_FORMATS]
+    for path in paths:
+        fig.savefig(path, dpi=150, bbox_inches="tight")  # nothing cut off: rliable's labels sit outside the axes
+    fig.clear()
+    return paths
+
+
+def plot_task(task: str, by_agent: dict[str, list[Run]], tag: str, axis: str, ci: str, styles, stem: Path,
+              bounds=None) -> list[Path]:
+    """Return against steps or wall-clock time for every agent of a task (PNG and PDF)."""
+    fig = new_figure()
     ax = fig.add_subplot()
     for agent, runs in by_agent.items():
-        plot_agent(ax, runs, tag, axis, ci, colors[agent])
-    band = "95% CI, Student-t" if ci == "t" else "95% CI, bootstrap"
-    ax.set(title=f"{task}: mean over seeds, band = {band}", ylabel=tag,
-           xlabel="environment steps" if axis == "steps" else "wall-clock time (s)")
+        plot_agent(ax, runs, tag, axis, ci, styles[agent], bounds)
+    band = "Student-t" if ci == "t" else "bootstrap"
+    ax.set(title=f"{task}: mean over seeds; shaded: 95% {band} interval of the mean",
+           ylabel=TAG_LABELS.get(tag, tag), xlabel="environment steps" if axis == "steps" else "wall-clock time (s)")
+    if bounds is not None:
+        ax.axhline(bounds[1], color="0.5", linewidth=0.8, linestyle=":", label=f"best possible return ({bounds[1]:g})")
     ax.grid(alpha=0.3)
-    ax.legend()
-    fig.savefig(path, dpi=100)
-    fig.clear()
-    return path
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # outside: never over the curves
+    return save_figure(fig, stem)
 
 
 # ---------------------------------------------------------------- report
 
 
-def agent_colors(runs: list[Run]) -> dict:
-    """One colour per agent, the same in every task's plots."""
-    from matplotlib import colormaps
+def agent_styles(runs: list[Run]) -> dict:
+    """One colour (colour-blind safe) and line style per agent, the same in every plot."""
+    import seaborn
 
-    cmap = colormaps["tab10"]
-    return {a: cmap(i % 10) for i, a in enumerate(sorted({r.agent for r in runs}))}
+    agents = sorted({r.agent for r in runs})
+    palette = seaborn.color_palette("colorblind", max(len(agents), 1))
+    return {a: {"color": palette[i % len(palette)], "linestyle": LINESTYLES[i % len(LINESTYLES)], "linewidth": 1.8}
+            for i, a in enumerate(agents)}
 
 
-def task_section(task: str, rows: list[Row], tag: str, ci: str, level: str = "#", overridden: bool = False) -> str:
+def task_section(task: str, rows: list[Row], tag: str, ci: str, level: str = "#", overridden: bool = False,
+                 reps: int = REPS) -> str:
     """Markdown for one task: heading, plots and table."""
     stem = safe_name(task)
     thr = rows[0].threshold
@@ -331,7 +420,7 @@ def task_section(task: str, rows: list[Row], tag: str, ci: str, level: str = "#"
         f"Return tag `{tag}`; threshold {_num(thr, 'g')} ({source}).", "",
         f"![return vs steps]({stem}_return_vs_steps.png)",
         f"![return vs wall-clock time]({stem}_return_vs_time.png)", "",
-        table_markdown(rows, tag, ci), "",
+        table_markdown(rows, tag, ci, reps), "",
     ])
 
 
@@ -344,27 +433,140 @@ def check_threshold_tasks(thresholds: dict, tasks) -> None:
         )
 
 
-def write_report(logdir, out=None, thresholds: dict | None = None, tag: str = RETURN_TAG, ci: str = "t") -> list[Path]:
+def write_report(logdir, out=None, thresholds: dict | None = None, tag: str = RETURN_TAG, ci: str = "bootstrap",
+                 ranges: dict | None = None, reps: int = REPS) -> list[Path]:
     """Write plots, per-task markdown and report.md for a log directory; returns the paths written."""
+    from rlgeom.tools.aggregate import RETURN_RANGES
+
+    _require_rliable()
     logdir = Path(logdir)
     out = Path(out) if out is not None else logdir / "report"
     runs = load_runs(logdir)
-    thresholds = thresholds or {}
-    check_threshold_tasks(thresholds, {r.task for r in runs})
-    tables = summarize(runs, thresholds, tag, ci)
+    thresholds, ranges = thresholds or {}, ranges or {}
+    check_threshold_tasks({**thresholds, **ranges}, {r.task for r in runs})
+    tables = summarize(runs, thresholds, tag, ci, ranges, reps)
+    ranges = {**RETURN_RANGES, **ranges}
     out.mkdir(parents=True, exist_ok=True)
-    colors, grouped, written, sections = agent_colors(runs), group(runs), [], []
+    styles, grouped, written, sections = agent_styles(runs), group(runs), [], []
     for task, rows in tables.items():
         stem = safe_name(task)
         for axis in ("steps", "time"):
-            written.append(plot_task(task, grouped[task], tag, axis, ci, colors, out / f"{stem}_return_vs_{axis}.png"))
+            written += plot_task(task, grouped[task], tag, axis, ci, styles, out / f"{stem}_return_vs_{axis}",
+                                 ranges.get(task))
         given = task in thresholds
-        (out / f"{stem}.md").write_text(task_section(task, rows, tag, ci, overridden=given))
+        (out / f"{stem}.md").write_text(task_section(task, rows, tag, ci, overridden=given, reps=reps))
         written.append(out / f"{stem}.md")
-        sections.append(task_section(task, rows, tag, ci, level="##", overridden=given))
+        sections.append(task_section(task, rows, tag, ci, level="##", overridden=given, reps=reps))
+    aggregate, paths = across_tasks(grouped, tables, tag, ranges, styles, out, reps)
+    written += paths
     header = f"# rlgeom comparison report\n\nLog directory: `{logdir}`; {len(runs)} runs, {len(tables)} tasks.\n"
-    (out / "report.md").write_text("\n".join([header, *sections]))
+    (out / "report.md").write_text("\n".join([header, aggregate, *sections]))
     return written + [out / "report.md"]
+
+
+def _require_rliable() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("rliable") is None:
+        raise CompareError("rlgeom.compare needs rliable for its statistics: pip install 'rlgeom[compare]'")
+
+
+def across_tasks(grouped, tables, tag: str, ranges: dict, styles, out: Path, reps: int) -> tuple[str, list[Path]]:
+    """The aggregate section of report.md and its three figures (rlgeom.tools.aggregate, with rliable)."""
+    from rlgeom.tools import aggregate as agg
+
+    finals = {task: {agent: np.array([final_return(r.scalars[tag]) for r in runs]) for agent, runs in by_agent.items()}
+              for task, by_agent in grouped.items()}
+    norms = {task: agg.normalisation(task, np.concatenate(list(finals[task].values())), rows[0].threshold, ranges)
+             for task, rows in tables.items()}
+    scores, tasks, notes = agg.score_matrices(finals, norms)
+    if not tasks:
+        return "## Across tasks\n\nNo task was run by every agent: no aggregate.\n", []
+    points, intervals = agg.interval_estimates(scores, reps)
+    probabilities, prob_intervals = agg.improvement_probabilities(scores, reps)
+    taus = np.linspace(0.0, 1.2, 61)
+    profiles, profile_cis = agg.performance_profiles(scores, taus, reps)
+    paths = plot_aggregates(points, intervals, styles, out / "aggregate_metrics")
+    paths += plot_profiles(profiles, profile_cis, taus, styles, out / "performance_profile")
+    if probabilities:
+        paths += plot_improvement(probabilities, prob_intervals, out / "probability_of_improvement")
+    text = agg.aggregate_markdown(scores, points, intervals, probabilities, prob_intervals, tasks, norms, notes, reps)
+    figures = ["![aggregate metrics](aggregate_metrics.png)", "![performance profiles](performance_profile.png)"]
+    if probabilities:
+        figures.append("![probability of improvement](probability_of_improvement.png)")
+    return text + "\n" + "\n".join(figures) + "\n", paths
+
+
+def plot_aggregates(points, intervals, styles, stem: Path) -> list[Path]:
+    """IQM, mean, median and optimality gap per agent with their 95% intervals (rliable's layout)."""
+    from rliable import plot_utils
+
+    agents = sorted(points)
+    fig, _ = plot_utils.plot_interval_estimates(
+        points, intervals, metric_names=["IQM", "Mean", "Median", "Optimality gap"], algorithms=agents,
+        colors={a: styles[a]["color"] for a in agents}, row_height=0.6, xlabel="")
+    # rliable places its x label at a fixed offset that overlaps the ticks of a short figure: ours goes below
+    fig.text(0.5, -0.45 / len(agents) - 0.1, "normalised score (0: lowest return, 1: threshold); "
+             "bars: 95% stratified-bootstrap intervals, line: point estimate", ha="center", va="top")
+    paths = [stem.with_name(f"{stem.name}.{ext}") for ext in FIGURE_FORMATS]
+    for path in paths:
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+    _close(fig)
+    return paths
+
+
+def plot_profiles(profiles, profile_cis, taus, styles, stem: Path) -> list[Path]:
+    """Performance profiles: the fraction of runs whose normalised score exceeds τ, with 95% bands."""
+    from rliable import plot_utils
+
+    fig = new_figure((7.5, 4.8))
+    ax = fig.add_subplot()
+    agents = sorted(profiles)
+    plot_utils.plot_performance_profiles(
+        {a: profiles[a] for a in agents}, taus, performance_profile_cis={a: profile_cis[a] for a in agents}, ax=ax,
+        colors={a: styles[a]["color"] for a in agents}, linestyles={a: styles[a]["linestyle"] for a in agents},
+        xlabel="normalised score τ (0: lowest return, 1: threshold)", ylabel="fraction of runs with score > τ")
+    ax.set_title("Performance profiles over all tasks and seeds (shaded: 95% CI)")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=styles[a]["color"], linestyle=styles[a]["linestyle"], linewidth=2) for a in agents]
+    ax.legend(handles, agents, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return save_figure(fig, stem)
+
+
+def plot_improvement(probabilities, intervals, stem: Path) -> list[Path]:
+    """P(X > Y) for each pair of agents with its 95% interval."""
+    from rliable import plot_utils
+
+    fig = new_figure((6.0, 0.6 * len(probabilities) + 1.5))
+    ax = fig.add_subplot()
+    plot_utils.plot_probability_of_improvement(probabilities, intervals, ax=ax, xticks=[0, 0.25, 0.5, 0.75, 1],
+                                               xlabel="P(X > Y): a run of X beats a run of Y on a task")
+    ax.set_xlim(0, 1)
+    return save_figure(fig, stem)
+
+
+def _close(fig) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def parse_ranges(items: list[str]) -> dict[str, tuple[float, float]]:
+    """{task: (low, high)} from TASK=LO:HI strings; CompareError on a malformed one."""
+    out = {}
+    for item in items:
+        task, _, value = item.rpartition("=")
+        low, _, high = value.partition(":")
+        try:
+            bounds = (float(low), float(high))
+        except ValueError:
+            bounds = None
+        if not task or bounds is None or not bounds[0] < bounds[1]:
+            raise CompareError(f"--return-range expects TASK=LOW:HIGH with LOW < HIGH, e.g. CartPole-v1=0:500; "
+                               f"got {item!r}")
+        out[task] = bounds
+    return out
 
 
 def parse_thresholds(items: list[str]) -> dict[str, float]:
@@ -386,7 +588,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", action="append", default=[], metavar="TASK=VALUE",
                    help="return threshold of a task (default: gymnasium's reward_threshold)")
     p.add_argument("--tag", default=RETURN_TAG, help=f"return scalar tag (default {RETURN_TAG})")
-    p.add_argument("--ci", choices=CI_METHODS, default="t", help="95%% interval: Student-t or bootstrap")
+    p.add_argument("--return-range", action="append", default=[], metavar="TASK=LO:HI",
+                   help="lowest and highest possible return of a task: bands are kept inside, scores normalised "
+                        "from LO (default: known classic-control ranges)")
+    p.add_argument("--ci", choices=CI_METHODS, default="bootstrap",
+                   help="95%% interval of the mean: percentile bootstrap (default) or Student-t")
+    p.add_argument("--reps", type=int, default=REPS, help=f"bootstrap resamples (default {REPS})")
     return p
 
 
@@ -394,7 +601,10 @@ def main(argv=None) -> int:
     """CLI entry point: 0 on success, 2 with 'error: ...' on stderr for bad input."""
     args = build_parser().parse_args(argv)
     try:
-        paths = write_report(args.logdir, args.out, parse_thresholds(args.threshold), args.tag, args.ci)
+        if args.reps < 100:
+            raise CompareError(f"--reps must be at least 100 for a 95% interval, got {args.reps}")
+        paths = write_report(args.logdir, args.out, parse_thresholds(args.threshold), args.tag, args.ci,
+                             parse_ranges(args.return_range), args.reps)
     except CompareError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
