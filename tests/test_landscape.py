@@ -149,6 +149,8 @@ def test_cli_writes_png_npz_and_json(models, tmp_path, capsys):
     with open(os.path.join(out, "sharpness.json")) as f:
         sharp = json.load(f)
     assert len(sharp["fisher_top_eigenvalues"]) == 2 and sharp["mean_kl"]["min"] >= 0
+    with open(os.path.join(out, "sharpness.png"), "rb") as f:  # the distribution of the changes, as promised
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_return_grid_in_worker_processes_equals_in_process(models):
@@ -159,3 +161,29 @@ def test_return_grid_in_worker_processes_equals_in_process(models):
     parallel = return_grid(models["a"], "CartPole-v1", plane, axes, 1, 0, workers=2, progress=False)
     np.testing.assert_array_equal(parallel, serial)
     assert np.isfinite(serial).all()
+
+
+def test_plots_name_the_run_label_colorbars_and_explain_their_marks(models):
+    from rlgeom.tools.landscape import SURROGATE_LABEL, run_label
+
+    label = run_label(os.path.join("runs", "CartPole-v1", "ppo", "seed0", "model.safetensors"),
+                      {"algo": "ppo", "env_id": "CartPole-v1", "seed": 0, "num_timesteps": 128})
+    assert label == "PPO on CartPole-v1, seed 0, 128 steps (CartPole-v1/ppo/seed0)"
+    result = compute_landscape("pca", models["checkpoints"][-1], checkpoints=models["checkpoints"][:-1], dims=2,
+                               returns=False, **{k: v for k, v in SMALL.items() if k not in ("return_points", "eval_episodes")})
+    assert result.meta["title"].startswith("pca landscape of PPO on CartPole-v1, seed 0, 96 steps")
+    fig = result.figure()
+    main_ax, colorbar_ax = fig.axes[0], fig.axes[1]
+    assert colorbar_ax.get_ylabel() == SURROGATE_LABEL
+    legend = [t.get_text() for t in main_ax.get_legend().get_texts()]
+    assert legend == ["training trajectory (checkpoints)", "start (first checkpoint)", "θ*: the saved model"]
+    start = [line for line in main_ax.get_lines() if line.get_label() == "start (first checkpoint)"][0]
+    np.testing.assert_allclose(np.ravel(start.get_xydata()), result.trajectory[0])  # the oldest checkpoint
+
+
+def test_interpolation_prints_the_barrier_with_its_definition(models, tmp_path, capsys):
+    code = main(["interpolate", models["a"], models["b"], "--points", "3", "--no-return", "--batch-states", "64",
+                 "--no-progress", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and "surrogate barrier" in out
+    assert "barrier = mean of the two endpoints' values − the lowest value along the path" in out

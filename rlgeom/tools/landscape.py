@@ -33,7 +33,8 @@ barrier above the straight line between the endpoints, max_α [(1 − α)f(0) + 
 et al. 2020), is reported beside it (`*_barrier_linear`); both are 0 for a path that never dips.
 
 Outputs in --out: <name>.png (matplotlib, Agg, object API), <name>.npz and <name>.json (the raw
-grids, axes, trajectory and metadata, to replot). Bad input (models of different architectures or
+grids, axes, trajectory and metadata, to replot); `sharpness` writes sharpness.json and sharpness.png
+(the distribution of the changes over the random directions, and the Fisher's top eigenvalues). Bad input (models of different architectures or
 spaces, checkpoints of different runs, a return grid estimated to exceed --time-budget) is reported
 as "error: ..." with exit status 2.
 """
@@ -461,6 +462,10 @@ class Landscape:
         return {"png": base + ".png", "npz": base + ".npz", "json": base + ".json"}
 
     def plot(self, path: str) -> None:
+        self.figure().savefig(path, dpi=110)
+
+    def figure(self):
+        """The matplotlib Figure of this landscape (object API, Agg canvas)."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
@@ -470,25 +475,32 @@ class Landscape:
             ax = fig.add_subplot()
             ax.plot(self.axes[0], self.surrogate, color="tab:blue", label="surrogate (fixed batch)")
             ax.set_xlabel(self.labels[0])
-            ax.set_ylabel("surrogate", color="tab:blue")
+            ax.set_ylabel(SURROGATE_LABEL, color="tab:blue")
             if self.trajectory is not None:
                 ax.plot(self.trajectory[:, 0], np.full(len(self.trajectory), np.nanmin(self.surrogate)), "|",
                         color="0.3", markersize=12, label="checkpoints")
             if self.returns is not None:
                 ax2 = ax.twinx()
                 ax2.plot(self.return_axes[0], self.returns, "o-", color="tab:red", label="mean return")
-                ax2.set_ylabel("mean return", color="tab:red")
+                ax2.set_ylabel(self._return_label(), color="tab:red")
             if "surrogate_barrier" in self.meta:
-                text = f"surrogate barrier {self.meta['surrogate_barrier']:.3g}"
+                text = (f"surrogate barrier {self.meta['surrogate_barrier']:.3g} (above the chord "
+                        f"{self.meta['surrogate_barrier_linear']:.3g})")
                 if "return_barrier" in self.meta:
                     text = (f"return barrier {self.meta['return_barrier']:.3g} (above the chord "
-                            f"{self.meta['return_barrier_linear']:.3g}), " + text)
+                            f"{self.meta['return_barrier_linear']:.3g}); " + text)
                 ax.set_title(text, fontsize=9)
-            ax.axvline(0.0, color="0.6", lw=0.8)
+                fig.supxlabel(BARRIER_DEFINITION, fontsize=7)
+            if self.kind == "interpolate":
+                ax.axvline(0.0, color="0.6", lw=0.8, label="α = 0: the first model")
+                ax.axvline(1.0, color="0.6", lw=0.8, linestyle="--", label="α = 1: the second model")
+            else:
+                ax.axvline(0.0, color="0.6", lw=0.8, label="0: the saved model θ*")
+            ax.legend(fontsize=7, loc="best")
         else:
-            panels = [("surrogate (fixed batch)", self.axes, self.surrogate)]
+            panels = [(SURROGATE_LABEL, self.axes, self.surrogate)]
             if self.returns is not None:
-                panels.append(("mean return", self.return_axes, self.returns))
+                panels.append((self._return_label(), self.return_axes, self.returns))
             fig = Figure(figsize=(5.6 * len(panels), 4.6), layout="constrained")
             FigureCanvasAgg(fig)
             for k, (title, axes, grid) in enumerate(panels):
@@ -496,15 +508,55 @@ class Landscape:
                 x, y = np.meshgrid(axes[0], axes[1], indexing="ij")
                 filled = ax.contourf(x, y, grid, levels=20, cmap="viridis")
                 ax.contour(x, y, grid, levels=10, colors="k", linewidths=0.4)
-                fig.colorbar(filled, ax=ax)
-                ax.plot(0, 0, "r*", markersize=10, label="model")
+                fig.colorbar(filled, ax=ax).set_label(title)
                 if self.trajectory is not None:
-                    ax.plot(self.trajectory[:, 0], self.trajectory[:, 1], "w.-", lw=1, label="trajectory")
+                    path = np.vstack([self.trajectory, np.zeros((1, 2))])  # the checkpoints, then the model
+                    ax.plot(path[:, 0], path[:, 1], "w.-", lw=1, label="training trajectory (checkpoints)")
+                    ax.plot(*self.trajectory[0], "wo", markeredgecolor="k", markersize=8, label="start (first checkpoint)")
+                ax.plot(0, 0, "r*", markersize=12, markeredgecolor="k", label="θ*: the saved model")
                 ax.set_xlabel(self.labels[0], fontsize=8)
                 ax.set_ylabel(self.labels[1], fontsize=8)
-                ax.set_title(title)
+                ax.set_title(title, fontsize=9)
+                ax.legend(fontsize=7, loc="upper right", framealpha=0.8)
         fig.suptitle(self.meta.get("title", self.kind), fontsize=9)
-        fig.savefig(path, dpi=110)
+        return fig
+
+
+    def _return_label(self) -> str:
+        n = self.meta.get("eval_episodes")
+        return f"mean return of the deterministic policy over {n} episode(s)" if n else "mean return"
+
+
+#: the surrogate's axis and colorbar label
+SURROGATE_LABEL = "surrogate L(θ) = E[π_θ/π_θ* · Â] (fixed batch, normalised Â)"
+
+
+def plot_sharpness(result: dict, path: str) -> str:
+    """sharpness.png: the distribution of the changes f(θ* + ε·d) − f(θ*) over the random directions d, for the
+    surrogate and the mean KL (box: quartiles, whiskers: 5 % and 95 %, dots: min and max, ◆: mean; drawn from
+    the quantiles policy_sharpness reports), and the Fisher's top eigenvalues."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
+    for ax, key, label in ((axes[0], "surrogate", "change of the surrogate L"),
+                           (axes[1], "mean_kl", "mean KL(π_θ* ‖ π_θ*+εd)")):
+        q = result[key]
+        ax.bxp([{"whislo": q["q05"], "q1": q["q25"], "med": q["q50"], "q3": q["q75"], "whishi": q["q95"],
+                 "fliers": [q["min"], q["max"]], "mean": q["mean"], "label": f"ε = {q['epsilon']:g}"}],
+               showmeans=True, meanprops={"marker": "D"})
+        ax.set_ylabel(label)
+        ax.set_title(f"{key}: over {result.get('n_directions', '?')} random directions", fontsize=9)
+        ax.axhline(0.0, color="0.6", lw=0.8)
+    eig = np.asarray(result["fisher_top_eigenvalues"])
+    axes[2].bar(np.arange(1, len(eig) + 1), eig, color="tab:purple")
+    axes[2].set(yscale="log", xlabel="rank i", ylabel="Fisher eigenvalue λ_i",
+                title=f"top Fisher eigenvalues (trace {result['fisher_trace']:.3g})")
+    fig.suptitle(f"sharpness of {result.get('title', result['model'])}", fontsize=9)
+    fig.savefig(path, dpi=110)
+    return path
 
 
 def _json_default(obj):
@@ -513,6 +565,26 @@ def _json_default(obj):
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     return str(obj)
+
+
+#: what the barrier numbers mean, printed and plotted beside them
+BARRIER_DEFINITION = ("barrier = mean of the two endpoints' values − the lowest value along the path; "
+                      "above the chord = the largest dip below the straight line between the endpoints")
+
+
+def run_label(path: str, description: dict) -> str:
+    """A name for the run a model file belongs to: 'PPO on CartPole-v1, seed 0, 100000 steps
+    (runs/CartPole-v1/ppo/seed0)'; the folder stands in for a generic file name such as model.safetensors."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    folder = os.path.dirname(os.path.abspath(path))
+    if stem == "model" or stem.startswith("checkpoint"):
+        parts = folder.split(os.sep)
+        stem = "/".join(parts[-3:] if len(parts) >= 3 else parts) + ("" if stem == "model" else f" {stem}")
+    algo = str(description.get("algo") or "?").upper()
+    seed = description.get("seed")
+    steps = description.get("num_timesteps")
+    facts = ", ".join(x for x in (f"seed {seed}" if seed is not None else "", f"{steps} steps" if steps else "") if x)
+    return f"{algo} on {description.get('env_id') or '?'}" + (f", {facts}" if facts else "") + f" ({stem})"
 
 
 def barrier_height(values: np.ndarray) -> float:
@@ -652,8 +724,9 @@ def compute_landscape(
         if returns:
             meta["return_barrier"] = barrier_height(result.returns)
             meta["return_barrier_linear"] = linear_barrier_height(return_axes[0], result.returns)
-    meta["title"] = (f"{kind} landscape of {os.path.basename(model)} ({meta['algo']}, {env_id}"
-                     + (f" → {os.path.basename(other)}" if kind == "interpolate" else "") + ")")
+    meta["title"] = f"{kind} landscape of {run_label(model, description)}"
+    if kind == "interpolate":
+        meta["title"] = f"interpolation from {run_label(model, description)}\nto {run_label(other, description_b)}"
     return result
 
 
@@ -669,7 +742,7 @@ def compute_sharpness(model: str, *, env: str | None = None, batch_states: int =
                               epsilon=epsilon, n_directions=n_directions, k=k,
                               generator=torch.Generator().manual_seed(seed))
     return {"model": model, "algo": description.get("algo"), "env": env_id, "batch_states": len(batch.obs),
-            "seed": seed, **result}
+            "seed": seed, "n_directions": n_directions, "title": run_label(model, description), **result}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -726,8 +799,9 @@ def main(argv=None) -> int:
             path = os.path.join(args.out, (args.name or "sharpness") + ".json")
             with open(path, "w") as f:
                 json.dump(result, f, indent=1, default=_json_default)
+            png = plot_sharpness(result, os.path.splitext(path)[0] + ".png")
             print(json.dumps({k: result[k] for k in ("fisher_top_eigenvalues", "surrogate", "mean_kl")}, default=_json_default))
-            print(f"wrote {path}")
+            print(f"wrote {path}, {png}")
             return 0
         if args.workers < 1:
             raise LandscapeError(f"--workers must be ≥ 1, got {args.workers}")
@@ -750,6 +824,7 @@ def main(argv=None) -> int:
         if "return_barrier" in m:
             print(f"return barrier {m['return_barrier']:.4g} (above the chord: {m['return_barrier_linear']:.4g})")
         print(f"surrogate barrier {m['surrogate_barrier']:.4g} (above the chord: {m['surrogate_barrier_linear']:.4g})")
+        print(f"  ({BARRIER_DEFINITION}; 0 for a path that never dips)")
     print(f"wrote {paths['png']}, {paths['npz']}, {paths['json']}")
     return 0
 
