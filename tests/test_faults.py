@@ -248,14 +248,18 @@ def _mount_tmpfs(path, options: str) -> bool:
 
 
 def test_real_read_only_and_tiny_file_systems(tmp_path, capsys):
-    """A real read-only mount (exit 2 before training) and a real 300 kB tmpfs (ENOSPC mid-run: exit 1,
-    earlier checkpoints kept, no partial file). Skipped where the machine does not let us mount."""
-    ro, tiny = tmp_path / "ro", tmp_path / "tiny"
-    if not (_mount_tmpfs(ro, "size=1m,ro") and _mount_tmpfs(tiny, "size=300k")):
+    """A real read-only mount (exit 2 before training), a real 64 kB tmpfs filled by TensorBoard events and
+    a 300 kB one filled by checkpoints (ENOSPC mid-run: exit 1, earlier checkpoints kept, no partial
+    file). Skipped where the machine does not let us mount."""
+    ro, tiny, tiny_logs = tmp_path / "ro", tmp_path / "tiny", tmp_path / "tiny_logs"
+    if not (_mount_tmpfs(ro, "size=1m,ro") and _mount_tmpfs(tiny, "size=300k") and _mount_tmpfs(tiny_logs, "size=64k")):
         pytest.skip("cannot mount a tmpfs here")
     try:
         code, err = _cli([*CLI_SMALL, "--timesteps", "64", "--logdir", str(ro)], capsys)
         assert code == 2 and "read-only" in err
+        # TensorBoard's events fill the disk: raised in its writer thread, reported once, no traceback
+        code, err = _cli([*CLI_SMALL, "--timesteps", "20000", "--logdir", str(tiny_logs)], capsys)
+        assert code == 1 and err.startswith("error: no space left to write the TensorBoard events of")
         code, err = _cli([*CLI_SMALL, "--timesteps", "6400", "--checkpoint-every", "32", "--keep-checkpoints", "1000",
                           "--logdir", str(tmp_path / "logs"), "--checkpoint-dir", str(tiny)], capsys)
         assert code == 1 and "no space left to write" in err
@@ -263,8 +267,8 @@ def test_real_read_only_and_tiny_file_systems(tmp_path, capsys):
         assert kept and not any(".tmp" in n for n in os.listdir(tiny))
         PPO.load(kept[-1][1])  # every checkpoint left is complete
     finally:
-        subprocess.run(["umount", str(ro)])
-        subprocess.run(["umount", str(tiny)])
+        for mount in (ro, tiny, tiny_logs):
+            subprocess.run(["umount", str(mount)])
 
 
 def test_a_save_path_that_fails_after_training_falls_back_to_the_run_directory(tmp_path, monkeypatch, capsys):

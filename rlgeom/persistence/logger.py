@@ -12,12 +12,13 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from collections import defaultdict
 
 import numpy as np
 
-from rlgeom.persistence.outputs import lock_directory, try_lock_fresh_directory
+from rlgeom.persistence.outputs import lock_directory, try_lock_fresh_directory, write_error
 
 
 def run_directory(root: str, env_id: str | None, name: str, seed: int | None) -> str:
@@ -55,6 +56,7 @@ class RunLogger:
 
             # the run directory is this process's while the logger is open (a second writer is refused)
             self._lock = _claimed.pop(os.path.abspath(run_dir), None) or lock_directory(run_dir, "run directory")
+            _quiet_event_writer_threads()
             self.writer = SummaryWriter(run_dir)
 
     def record(self, key: str, value, exclude=None) -> None:
@@ -70,11 +72,15 @@ class RunLogger:
         if self.verbose:
             self._print(step)
         if self.writer is not None:
-            for key, value in self.name_to_value.items():
-                if key in self._excluded or not _is_scalar(value):
-                    continue
-                self.writer.add_scalar(key, float(value), step)
-            self.writer.flush()
+            try:
+                for key, value in self.name_to_value.items():
+                    if key in self._excluded or not _is_scalar(value):
+                        continue
+                    self.writer.add_scalar(key, float(value), step)
+                self.writer.flush()
+            except OSError as err:  # raised again here from TensorBoard's writer thread (disk full)
+                raise write_error(f"the TensorBoard events of {self.run_dir}", err,
+                                  kept="the events and checkpoints written before are kept") from None
         self.name_to_value.clear()
         self._means.clear()
         self._excluded.clear()
@@ -100,6 +106,24 @@ class RunLogger:
         width = max((len(k) for k in self.name_to_value), default=10)
         lines = [f"| {k:<{width}} | {_fmt(v):>12} |" for k, v in sorted(self.name_to_value.items())]
         print("\n".join([f"--- step {step} ---", *lines]))
+
+
+def _quiet_event_writer_threads() -> None:
+    """TensorBoard writes events in a thread; a write that fails there (disk full) is printed by the thread
+    as a traceback and raised again by the next write in the main thread, where dump() turns it into a
+    clear error. Only that thread's OSErrors are silenced (once, process-wide); anything else prints."""
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+
+    previous = threading.excepthook
+    if getattr(previous, "_rlgeom_quiet", False):
+        return
+
+    def hook(args) -> None:
+        if not (isinstance(args.thread, _AsyncWriterThread) and isinstance(args.exc_value, OSError)):
+            previous(args)
+
+    hook._rlgeom_quiet = True
+    threading.excepthook = hook
 
 
 def _is_scalar(value) -> bool:

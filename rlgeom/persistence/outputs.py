@@ -34,6 +34,9 @@ class DirectoryInUseError(OutputError):
 class OutputWriteError(OSError):
     """A write that failed part-way (its temporary file removed, earlier files kept)."""
 
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno 28]" prefix
+        return str(self.strerror)
+
 
 class DiskFullError(OutputWriteError):
     """No space left on the device (ENOSPC) or over quota (EDQUOT)."""
@@ -61,14 +64,13 @@ def write_atomically(path: str, data: bytes) -> str:
     return path
 
 
-def write_error(path: str, err: OSError) -> OutputWriteError:
+def write_error(path: str, err: OSError,
+                kept: str = "the partial file was removed and every file written before is kept") -> OutputWriteError:
     """The error for a failed write of `path`: a full disk says so and what to do."""
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(err.errno, f"no space left to write {path} ({err.strerror}); the partial file was "
-                             "removed and every file written before is kept: free some space, then resume "
-                             "(python -m rlgeom.train ... --resume latest)")
-    return OutputWriteError(err.errno, f"cannot write {path}: {err.strerror or err}; the partial file was removed "
-                            "and every file written before is kept")
+        return DiskFullError(err.errno, f"no space left to write {path} ({err.strerror}); {kept}: free some space, "
+                             "then resume (python -m rlgeom.train ... --resume latest)")
+    return OutputWriteError(err.errno, f"cannot write {path}: {err.strerror or err}; {kept}")
 
 
 def _remove_quietly(path: str) -> None:
