@@ -116,10 +116,12 @@ def open_model(path) -> ModelFile:
     """The checked header of the model file at `path` (or in an open binary file object)."""
     if hasattr(path, "read"):
         name = str(getattr(path, "name", repr(path)))
-        start = path.tell() if hasattr(path, "tell") else 0
-        path.seek(0, os.SEEK_END)
-        size = path.tell() - start
-        path.seek(start)
+        try:  # sizes are checked against the file's length, and tensors read where the header says
+            start = path.tell()
+            size = path.seek(0, os.SEEK_END) - start
+            path.seek(start)
+        except (OSError, AttributeError, ValueError) as err:
+            raise ModelFileError(f"{name}: a model file object must be open, binary and seekable: {err}") from None
         with _Borrowed(path) as f:
             entries, metadata, header_len = _read_header(f, size, name)
         return ModelFile(path, name, size, entries, metadata, start + 8 + header_len)
