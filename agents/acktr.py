@@ -118,6 +118,7 @@ from agents.base import OnPolicyAgent
 from agents.config import OnPolicyConfig, hp
 from agents.critic import explained_variance
 from rlgeom.geometry.fisher import kl_scale, policy_kl, predicted_kl
+from rlgeom.training import distributed
 from rlgeom.training.guards import SkippedUpdate, guard_finite
 from rlgeom.geometry.kfac import KFACPreconditioner
 from rlgeom.training.schedules import schedule_value
@@ -218,8 +219,7 @@ class ACKTR(OnPolicyAgent):
         entropy = family.entropy(dist_params).mean()
         loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy
         # K-FAC statistics from the sampled-target loss (the model Fisher, not the empirical one)
-        with torch.no_grad():
-            a_tilde, v_tilde = family.sample(dist_params), values + torch.randn_like(values)
+        a_tilde, v_tilde = self.sampled_targets(dist_params, values)
         fisher_loss = -family.log_prob(dist_params, a_tilde).mean() + 0.5 * (values - v_tilde).pow(2).mean()
         self.optimizer.zero_grad(set_to_none=True)
         with self.kfac.track_statistics() as collecting:
@@ -228,6 +228,7 @@ class ACKTR(OnPolicyAgent):
         # g = ∇L, clipped; then (F̂ + λI)⁻¹ g in place of every gradient
         self.optimizer.zero_grad(set_to_none=True)
         out.backward(loss)
+        distributed.average_gradients(self.policy.parameters())  # torchrun: every rank's batch
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.policy.parameters(), cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf)
         kfac_stats = self.kfac.step()
@@ -249,7 +250,7 @@ class ACKTR(OnPolicyAgent):
         self.optimizer.step()  # SGD with momentum, step lr (1 - m), on η (F̂ + λI)⁻¹ g
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
-            kl = policy_kl(family, dist_params.detach(), self.policy.dist_params(batch.obs)).mean()
+            kl = distributed.mean(policy_kl(family, dist_params.detach(), self.policy.dist_params(batch.obs)).mean())
         # the policy's group comes first; a separate critic's η and ΔᵀF̂Δ are reported beside it
         reported = torch.stack([*quads, *etas, kl]).tolist()  # one host sync
         n = len(quads)
@@ -263,6 +264,11 @@ class ACKTR(OnPolicyAgent):
         return {**stats, **critic}
 
     # ----------------------------------------------------------------- pieces of the update
+    @torch.no_grad()
+    def sampled_targets(self, dist_params: torch.Tensor, values: torch.Tensor):
+        """ã ~ π(·|s) and ṽ ~ N(V(s), 1): the targets of the model Fisher's loss."""
+        return self.policy.family.sample(dist_params), values + torch.randn_like(values)
+
     def _quadratic_form(self, group, steps, scale_fisher) -> torch.Tensor:
         """ΔᵀF̂Δ over one trust-region group: K-FAC blocks, plus the Gaussian scale's exact block."""
         quad = self.kfac.fisher_quadratic_form({p: steps[p] for p in group if p in steps})

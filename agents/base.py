@@ -47,6 +47,8 @@ import envs
 from rlgeom import __version__, validation
 from rlgeom.persistence import checkpoint as ckpt
 from rlgeom.data.buffer import RolloutBuffer
+from rlgeom.data.dict_obs import layout_for
+from rlgeom.training import distributed
 from rlgeom.training.guards import NonFinitePolicyError, SkippedUpdate, TrainingDivergedError, guard_finite
 from rlgeom.persistence.logger import RunLogger, run_directory
 from rlgeom.data.normalization import RewardScaler
@@ -68,6 +70,8 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
     algo: str = "base"
     #: agents with separate actor and critic steps cannot train a shared feature extractor
     needs_separate_networks: bool = False
+    #: whether the agent takes gSDE (use_sde=True)
+    supports_sde: bool = True
 
     def __init__(
         self,
@@ -95,6 +99,8 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         # log rlgeom.geometry.spectrum.training_geometry every k updates (None: off)
         self.geometry_every = validation.positive_int("geometry_every", geometry_every, allow_none=True)
         self.device = resolve_device(device)
+        # under torchrun: join the ranks (every rank steps its own envs; updates combine all ranks' batches)
+        distributed.init_from_environment(self.device)
         seed = validation.non_negative_int("seed", seed, allow_none=True)
         if seed is not None and seed >= 2**63:
             raise ValueError(f"seed must be below 2**63 (torch's generators take 64-bit seeds), got {seed}")
@@ -107,16 +113,22 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             raise ValueError(f"{type(self).__name__} needs an env (an env id, gymnasium env or VecEnv)")
         self.env = None
         if env is not None:
-            self.env = envs.make_vec_env(env, n_envs, seed, self.device, vectorization, env_kwargs)
+            self.env = envs.make_vec_env(env, n_envs, _rank_seed(seed, n_envs), self.device, vectorization, env_kwargs)
             obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
         else:
             obs_space, act_space = _spaces
         self.observation_space, self.action_space = obs_space, act_space
+        self._dict_layout = layout_for(obs_space)  # Dict observations travel packed (rlgeom.data.dict_obs)
         self.n_envs = self.env.num_envs if self.env is not None else n_envs
         self.env_id = getattr(self.env, "env_id", None)
         self.config.validate(self.n_envs)
         self.policy = self._make_policy().to(self.device)
         self.policy.written_out_derivatives = self.config.written_out_derivatives
+        if distributed.active():  # one start on every rank; then each rank samples its own actions
+            distributed.broadcast_module(self.policy)
+            if seed is not None:
+                set_global_seeds(_rank_seed(seed, 1_000_003))
+                self.generator.manual_seed(_rank_seed(seed, 1_000_003))
         start = getattr(act_space, "start", None) if isinstance(act_space, (spaces.Discrete, spaces.MultiDiscrete)) else None
         self._action_start = (torch.as_tensor(np.asarray(start), dtype=torch.long, device=self.device)
                               if start is not None and np.any(np.asarray(start) != 0) else None)
@@ -150,6 +162,10 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
     # ----------------------------------------------------------------- construction
     def _make_policy(self) -> ActorCriticPolicy:
         kwargs = dict(self.policy_kwargs)
+        if "use_sde" in kwargs:
+            raise ValueError("use_sde is an argument of the agent, as in SB3: PPO(..., use_sde=True), not a policy_kwargs entry")
+        if self.config.use_sde and not self.supports_sde:
+            raise ValueError(f"{type(self).__name__} does not take gSDE (use_sde=True); PPO, VPG, NPG and TRPO do")
         if self.needs_separate_networks:
             if kwargs.get("share_features_extractor"):
                 raise ValueError(
@@ -160,7 +176,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         try:
             return ActorCriticPolicy(
                 self.observation_space, self.action_space, self.policy_name,
-                normalize_observations=self.config.normalize_observations, **kwargs,
+                normalize_observations=self.config.normalize_observations, use_sde=self.config.use_sde, **kwargs,
             )
         except TypeError as err:
             raise ValueError(f"invalid policy_kwargs {self.policy_kwargs!r}: {err}") from None
@@ -219,12 +235,16 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             self._last_checkpoint_step = None
         self._open_run(tb_log_name or self.algo, new_run=reset_num_timesteps or self._run_dir is None)
         self._target_timesteps = self.num_timesteps + int(total_timesteps)
-        self._setup_checkpoints(checkpoint_every, checkpoint_dir, keep_checkpoints, new_run=reset_num_timesteps)
+        if distributed.is_main():
+            self._setup_checkpoints(checkpoint_every, checkpoint_dir, keep_checkpoints, new_run=reset_num_timesteps)
+        else:  # rank 0 writes every checkpoint; the others keep its cadence (the same num_timesteps) and write nothing
+            self._checkpoint_every = int(checkpoint_every) if checkpoint_every is not None else None
         callback = wrap_callback(callback)
         if callback is not None:
             callback.init_callback(self)
             callback.on_training_start(locals(), globals())
-        bar = make_progress_bar(total_timesteps, self.n_envs * self.config.n_steps) if progress_bar else None
+        steps_per_rollout = self.n_envs * self.config.n_steps * distributed.world_size()
+        bar = make_progress_bar(total_timesteps, steps_per_rollout) if progress_bar and distributed.is_main() else None
         start_time, start_steps = time.perf_counter(), self.num_timesteps
         iteration = 0
         while self.num_timesteps < self._target_timesteps:
@@ -240,19 +260,25 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                 stats.update(training_geometry(self.policy, self.buffer, self.config.normalize_advantage))
             self.policy.obs_normalizer.update(self.buffer.obs)
             if bar is not None:
-                bar.update(self.n_envs * self.config.n_steps)
+                bar.update(steps_per_rollout)
             iteration += 1
             if log_interval and iteration % log_interval == 0:
                 self._log(stats, start_time, start_steps, iteration)
             if self._checkpoint_every and self.num_timesteps - (self._last_checkpoint_step or 0) >= self._checkpoint_every:
-                self._write_checkpoint()
+                self._checkpoint()
         if self._checkpoint_every and self._last_checkpoint_step != self.num_timesteps:
-            self._write_checkpoint()
+            self._checkpoint()
         if bar is not None:
             bar.close()
         if callback is not None:
             callback.on_training_end()
         return self
+
+    def _checkpoint(self) -> None:
+        if distributed.is_main():
+            self._write_checkpoint()
+        else:
+            self._last_checkpoint_step = self.num_timesteps
 
     def _check_policy_finite(self) -> None:
         """Before each rollout (one host read): a NaN/inf weight would send NaN actions to the env, which
@@ -273,27 +299,28 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         seed = self.seed
         if resume and seed is not None:
             seed = (int(seed) * 1_000_003 + int(self.num_timesteps)) % 2**31
-        self._last_obs = self.env.reset(seed=seed)
+        self._last_obs = self.env.reset(seed=_rank_seed(seed, self.n_envs))
         self._last_episode_starts = torch.ones(self.n_envs, dtype=torch.bool, device=self.device)
         saved, self._pending_env_state = self._pending_env_state, None
-        if resume and saved is not None and hasattr(self.env, "load_state_dict"):
+        # a checkpoint holds rank 0's env state: the other ranks start from their own reset
+        if resume and saved is not None and hasattr(self.env, "load_state_dict") and distributed.is_main():
             self.env.load_state_dict(saved["env"])
             self._last_obs = saved["last_obs"].to(self.device)
             self._last_episode_starts = saved["episode_starts"].to(self.device, torch.bool)
         elif resume and self.reward_scaler is not None:
             self.reward_scaler._discounted = None
         cfg = self.config
-        self.buffer = RolloutBuffer(
-            cfg.n_steps, self.n_envs, tuple(self.observation_space.shape), self._last_obs.dtype,
+        self.buffer = RolloutBuffer(  # observations as the env boundary gives them (a Dict's packed into rows)
+            cfg.n_steps, self.n_envs, tuple(self._last_obs.shape[1:]), self._last_obs.dtype,
             self.policy.family.action_shape, self.policy.family.action_dtype, self.device,
         )
 
     def _env_actions(self, actions: torch.Tensor) -> torch.Tensor:
-        """The policy's actions as the env takes them: Box actions clipped to the bounds, Discrete and
-        MultiDiscrete ones shifted by the space's `start` (the family counts from 0). The buffer keeps
-        the policy's own."""
+        """The policy's actions as the env takes them: Box actions clipped to the bounds (or squashed onto
+        them, gSDE's squash_output), Discrete and MultiDiscrete ones shifted by the space's `start` (the
+        family counts from 0). The buffer keeps the policy's own."""
         if isinstance(self.action_space, spaces.Box):
-            return torch.clamp(actions, self._action_low, self._action_high)
+            return self.policy.env_actions(actions, self._action_low, self._action_high)
         if self._action_start is not None:
             return actions + self._action_start
         return actions
@@ -305,20 +332,26 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         if callback is not None:
             callback.on_rollout_start()
         self.policy.start_rollout()  # parameters are fixed until the update: inference functions built once
+        sample_freq = self.config.sde_sample_freq
         try:
-            for _ in range(self.config.n_steps):
+            for step_index in range(self.config.n_steps):
+                if self.config.use_sde and (step_index == 0 or sample_freq > 0 and step_index % sample_freq == 0):
+                    self.policy.reset_noise(self.n_envs)  # gSDE: new exploration matrices, one per env
                 actions, values, log_probs = self.policy.act(self._last_obs)  # inference mode
                 step = self.env.step(self._env_actions(actions))
                 buffer.add(self._last_obs, actions, log_probs, values, self._last_episode_starts, step)
                 self._last_obs, self._last_episode_starts = step.obs, step.done
-                self.num_timesteps += self.n_envs
+                self.num_timesteps += self.n_envs * distributed.world_size()  # every rank's steps
                 if callback is not None:
-                    callback.update_locals(step_locals(actions, step))  # numpy, as SB3 passes them
+                    callback.update_locals(step_locals(actions, step, self._dict_layout))  # numpy, as SB3 passes them
                     if not callback.on_step():
                         return False
         finally:
             self.policy.end_rollout()
         returns, lengths = buffer.finished_episodes()
+        if distributed.active():  # every rank's episodes, on every rank (rank 0 logs them)
+            gathered = distributed.gather((returns, lengths))
+            returns, lengths = [r for g in gathered for r in g[0]], [n for g in gathered for n in g[1]]
         self.ep_info_buffer.extend({"r": r, "l": l} for r, l in zip(returns, lengths))
         if self.reward_scaler is not None:
             buffer.rewards.copy_(self.reward_scaler.scale_rollout(buffer.rewards, buffer.dones))  # in place: add() keeps views
@@ -329,6 +362,9 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
 
     # ----------------------------------------------------------------- logging
     def _open_run(self, name: str, new_run: bool) -> None:
+        if not distributed.is_main():  # rank 0 logs (the episodes of every rank)
+            self.logger = RunLogger(None, 0)
+            return
         if not new_run and self.logger.writer is None and self._run_dir is not None and self.tensorboard_log:
             # continuing (a loaded checkpoint): same run directory, nothing logged after this step is kept
             self.logger = ckpt.open_resumed_logger(self._run_dir, self.num_timesteps, self.verbose)
@@ -376,37 +412,52 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
 
     # ----------------------------------------------------------------- inference
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
-        """SB3's predict: (actions, None); batched observations give batched actions."""
+        """SB3's predict: (actions, None); batched observations give batched actions (a Dict observation
+        is a dict of arrays, batched along their first dimension)."""
+        obs, batched = self._observation_rows(observation)
+        if np.issubdtype(obs.dtype, np.floating) and not np.isfinite(obs).all():
+            raise ValueError("observation contains NaN or inf; rlgeom acts only on finite observations")
+        # the space decides the dtype, as at the env boundary: uint8 for uint8 Boxes (images) and image-only
+        # Dicts, float32 for everything else
+        space = self.observation_space
+        stored = self._dict_layout.dtype if self._dict_layout is not None else getattr(space, "dtype", None)
+        with torch.no_grad():
+            tensor = torch.as_tensor(obs.astype(np.uint8 if stored == np.uint8 else np.float32, copy=False),
+                                     device=self.device)
+            actions = self._env_actions(self.policy.act(tensor, deterministic)[0]).cpu().numpy()
+        return (actions if batched else actions[0]), state
+
+    def _observation_rows(self, observation) -> tuple[np.ndarray, bool]:
+        """(observations as the policy takes them [N, ...], whether the caller passed a batch)."""
+        layout = self._dict_layout
+        if layout is not None:
+            if not isinstance(observation, dict):
+                raise ValueError(f"this model takes Dict observations (a dict with keys "
+                                 f"{[e.key for e in layout.entries]}), got {type(observation).__name__}")
+            n = layout.batch_size(observation)
+            rows = layout.pack(observation, batched=True) if n is not None else layout.pack(observation, batched=False)[None]
+            return rows, n is not None
         obs = np.asarray(observation)
         shape = tuple(self.observation_space.shape)
         if obs.shape == shape:
-            batched = False
-            obs = obs[None]
-        elif obs.shape[1:] == shape:
-            batched = True
-        else:
-            raise ValueError(
-                f"observation of shape {obs.shape} does not match the model's observation space {shape} "
-                f"(accepted: {shape} or (n_envs, {', '.join(map(str, shape))}))"
-            )
-        # the space decides the dtype: uint8 only for image spaces, floats for everything else
-        image = isinstance(self.observation_space, spaces.Box) and self.observation_space.dtype == np.uint8
-        if np.issubdtype(obs.dtype, np.floating) and not np.isfinite(obs).all():
-            raise ValueError("observation contains NaN or inf; rlgeom acts only on finite observations")
-        dtype = torch.uint8 if image else torch.float32
-        if image and obs.dtype != np.uint8:
-            obs = obs.astype(np.uint8)
-        with torch.no_grad():
-            actions = self.policy.act(torch.as_tensor(obs, dtype=dtype, device=self.device), deterministic)[0]
-            actions = actions.cpu().numpy()
-        if isinstance(self.action_space, spaces.Box):
-            actions = np.clip(actions, self.action_space.low, self.action_space.high)
-        elif self._action_start is not None:
-            actions = actions + self._action_start.cpu().numpy()
-        return (actions if batched else actions[0]), state
+            return obs[None], False
+        if obs.shape[1:] == shape:
+            return obs, True
+        raise ValueError(
+            f"observation of shape {obs.shape} does not match the model's observation space {shape} "
+            f"(accepted: {shape} or (n_envs, {', '.join(map(str, shape))}))"
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.policy_name}, env={self.env_id}, device={self.device})"
+
+
+def _rank_seed(seed: int | None, stride: int) -> int | None:
+    """This rank's seed under torchrun: seed + rank·stride (rank 0, and a plain run, keep `seed`). With
+    stride n_envs, env seeds over the ranks are those of one process with every rank's envs."""
+    if seed is None:
+        return None
+    return (seed + distributed.rank() * stride) % 2**63
 
 
 __all__ = ["OnPolicyAgent", "resolve_device", "set_global_seeds", "SkippedUpdate", "TrainingDivergedError", "guard_finite"]

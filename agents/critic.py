@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from rlgeom.data.buffer import RolloutBuffer
+from rlgeom.training import distributed
 from rlgeom.training.optim import make_optimizer
 
 
@@ -31,6 +32,7 @@ def fit_value_function(
             out = policy.outputs(batch.obs, actor=False)
             loss = F.mse_loss(out.values, batch.returns)
             out.backward(loss)
+            distributed.average_gradients(policy.critic_parameters())  # torchrun: every rank's minibatch
             optimizer.step()
             losses.append(loss.detach())
     losses = torch.stack(losses)

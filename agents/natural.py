@@ -17,6 +17,7 @@ from rlgeom.data.buffer import Batch
 from rlgeom.geometry.fisher import (
     FVP_METHODS, NaturalStep, PolicyFisher, flat_gradient, natural_step, predicted_kl, surrogate_advantage,
 )
+from rlgeom.training import distributed
 from rlgeom.training.guards import guard_finite
 from rlgeom.training.schedules import schedule_value
 
@@ -51,7 +52,8 @@ class NaturalGradientConfig(OnPolicyConfig):
 
 def surrogate(fisher: PolicyFisher, batch: Batch, current_dist_params: torch.Tensor | None = None) -> torch.Tensor:
     """L(θ) = E[π_θ(a|s) / π_old(a|s) Â] at the actor's current parameters (pass `current_dist_params`
-    = actor(inputs) to reuse a forward pass)."""
+    = actor(inputs) to reuse a forward pass). On this rank's batch: under torchrun, reduce it with
+    rlgeom.training.distributed.mean (its gradient likewise)."""
     params = fisher.actor(fisher.inputs) if current_dist_params is None else current_dist_params
     return surrogate_advantage(fisher.family.log_prob(params, batch.actions), batch.old_log_probs, batch.advantages)
 
@@ -75,7 +77,8 @@ class NaturalDirection:
         """(L(θ) - L(θ_old), mean KL(π_old ‖ π_θ)) at the current parameters, from one forward pass:
         the line search's test."""
         current = self.fisher.actor(self.fisher.inputs) if current_dist_params is None else current_dist_params
-        return surrogate(self.fisher, self.batch, current) - self.surrogate_before, self.fisher.mean_kl(current)
+        improvement = distributed.mean(surrogate(self.fisher, self.batch, current)) - self.surrogate_before
+        return improvement, self.fisher.mean_kl(current)
 
 
 def natural_direction(policy, batch: Batch, cfg: NaturalGradientConfig, generator: torch.Generator) -> NaturalDirection:
@@ -86,10 +89,10 @@ def natural_direction(policy, batch: Batch, cfg: NaturalGradientConfig, generato
         written_out=cfg.written_out_derivatives,
     )
     objective = surrogate(fisher, batch)
-    gradient = flat_gradient(objective, fisher.parameters)
+    gradient = distributed.mean(flat_gradient(objective, fisher.parameters))  # every rank's batch (torchrun)
     with fisher.linearised():  # θ is fixed during CG: every product reuses one forward pass
         step = natural_step(gradient, fisher.fvp, cfg.max_kl, cfg.cg_max_steps, cfg.cg_tolerance)
-    return NaturalDirection(fisher, batch, gradient, step, objective.detach())
+    return NaturalDirection(fisher, batch, gradient, step, distributed.mean(objective.detach()))
 
 
 @torch.no_grad()

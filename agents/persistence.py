@@ -12,11 +12,12 @@ import torch
 from rlgeom import __version__
 from rlgeom.persistence import checkpoint as ckpt
 from rlgeom.persistence.serialization import (
-    ModelFileError, policy_kwargs_from_json, policy_kwargs_to_json, space_from_json, space_to_json,
-    write_model,
+    ModelFileError, is_file_object, model_path, policy_kwargs_from_json, policy_kwargs_to_json, space_from_json,
+    space_to_json, write_model,
 )
 from rlgeom.persistence.modelfile import EXTRA_STATE_BYTES, EXTRA_STATE_FACTOR, check_description, open_model
 from agents.devices import resolve_device
+from rlgeom.training import distributed
 from agents.sb3_compat import filter_description, hyperparameters_from_saved, hyperparameters_to_json
 
 #: constructor options saved with the model that are not hyperparameters of the algorithm
@@ -71,7 +72,7 @@ class Persistence:
         (agents.sb3_compat.filter_description). (`save_checkpoint` adds what continues training exactly.)"""
         if not distributed.is_main():  # under torchrun rank 0 writes the one model; the others wait for it
             distributed.barrier()
-            return model_path(path)
+            return getattr(path, "name", repr(path)) if is_file_object(path) else model_path(path)
         tensors, description = self._model_state()
         written = write_model(path, tensors, filter_description(description, exclude, include))
         distributed.barrier()

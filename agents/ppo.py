@@ -22,6 +22,7 @@ from agents.base import OnPolicyAgent
 from agents.config import OnPolicyConfig, hp
 from agents.critic import explained_variance
 from rlgeom.geometry.fisher import approximate_kl
+from rlgeom.training import distributed
 from rlgeom.training.guards import guard_finite
 from rlgeom.training.optim import clip_gradient_norm, make_optimizer
 from rlgeom.training.schedules import schedule_value
@@ -86,7 +87,7 @@ class PPO(OnPolicyAgent):
                 policy_loss, value_loss, entropy_loss, loss, ratio, log_ratio = self.losses(
                     batch, log_probs, entropy, out.values, eps)
                 with torch.no_grad():
-                    approx_kl = approximate_kl(log_ratio)
+                    approx_kl = distributed.mean(approximate_kl(log_ratio))  # every rank stops at once
                     clip_fraction = ((ratio - 1).abs() > eps).float().mean()
                     # as SB3, the minibatch that triggers the early stop is in the statistics (its approx_kl too)
                     step_stats.append(torch.stack([policy_loss, value_loss, entropy_loss, approx_kl, clip_fraction,
@@ -96,6 +97,7 @@ class PPO(OnPolicyAgent):
                     break
                 self.optimizer.zero_grad(set_to_none=True)
                 out.backward(loss)  # autograd on the loss; the network's part written out for plain MLPs
+                distributed.average_gradients(self.policy.parameters())  # torchrun: the union minibatch's
                 grad_norm = clip_gradient_norm(self.optimizer, cfg.max_grad_norm)  # no host sync
                 self.optimizer.step()
                 step_grad_norms.append(grad_norm)

@@ -172,14 +172,16 @@ def policy_std(policy) -> float | None:
         return float(log_std.exp().mean())
 
 
-def step_locals(actions, step) -> dict:
+def step_locals(actions, step, dict_layout=None) -> dict:
     """What SB3's collect_rollouts leaves in a callback's `self.locals` per step, as numpy arrays (on the
-    CPU the arrays share the tensors' memory; on a GPU this is the one transfer a callback costs)."""
+    CPU the arrays share the tensors' memory; on a GPU this is the one transfer a callback costs).
+    Dict observations are handed back as SB3 does, a dict of arrays (`dict_layout` unpacks the rows)."""
     def numpy(t):
         return t.detach().cpu().numpy()
 
+    new_obs = numpy(step.obs) if dict_layout is None else dict_layout.unpack_numpy(numpy(step.obs))
     return {"actions": numpy(actions), "rewards": numpy(step.reward), "dones": numpy(step.done),
-            "new_obs": numpy(step.obs), "infos": StepInfos(step)}
+            "new_obs": new_obs, "infos": StepInfos(step)}
 
 
 def wrap_callback(callback):

@@ -19,6 +19,7 @@ from agents.base import OnPolicyAgent
 from agents.config import OnPolicyConfig, hp
 from agents.critic import critic_optimizer, explained_variance, fit_value_function
 from rlgeom.geometry.fisher import approximate_kl
+from rlgeom.training import distributed
 from rlgeom.training.guards import guard_finite
 from rlgeom.training.optim import clip_gradient_norm, make_optimizer
 from rlgeom.training.schedules import schedule_value
@@ -69,6 +70,7 @@ class VPG(OnPolicyAgent):
         entropy = family.entropy(out.dist_params).mean()
         self.actor_optimizer.zero_grad(set_to_none=True)
         out.backward(policy_loss - cfg.ent_coef * entropy)
+        distributed.average_gradients(self.policy.actor_parameters())  # torchrun: every rank's batch
         if cfg.max_grad_norm is not None:
             clip_gradient_norm(self.actor_optimizer, cfg.max_grad_norm)
         guard_finite(policy_loss=policy_loss, policy_gradient=[p.grad for p in self.policy.actor_parameters()])

@@ -22,6 +22,8 @@ from typing import Iterator
 
 import torch
 
+from rlgeom.training import distributed
+
 
 def compute_gae(
     rewards: torch.Tensor,
@@ -180,7 +182,13 @@ class RolloutBuffer:
 
 
 def normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Zero mean, unit std; a single sample has no spread, so it is only centred (to 0)."""
-    if x.numel() < 2:
-        return x - x.mean()
-    return (x - x.mean()) / (x.std() + eps)
+    """Zero mean, unit std (the sample std); a single sample has no spread, so it is only centred (to 0).
+    Under torchrun the moments are those of every rank's x together (rlgeom.training.distributed)."""
+    if not distributed.active():
+        if x.numel() < 2:
+            return x - x.mean()
+        return (x - x.mean()) / (x.std() + eps)
+    mean, variance, count = distributed.moments(x)
+    if count < 2:
+        return x - mean
+    return (x - mean) / ((variance * count / (count - 1)).sqrt() + eps)

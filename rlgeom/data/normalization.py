@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rlgeom.training import distributed
+
 
 class RunningNormalizer(nn.Module):
     """(x - mean) / sqrt(var + eps), clipped; statistics merged batch-wise (Chan et al.).
@@ -43,8 +45,7 @@ class RunningNormalizer(nn.Module):
         if not self.enabled:
             return
         batch = batch.reshape(-1, *self.mean.shape).to(torch.float64)
-        n = batch.shape[0]
-        b_mean, b_var = batch.mean(0), batch.var(0, unbiased=False)
+        b_mean, b_var, n = distributed.moments(batch)  # every rank's rollout under torchrun
         total = self.count + n
         delta = b_mean - self.mean
         m2 = self.var * self.count + b_var * n + delta.pow(2) * self.count * n / total

@@ -42,6 +42,7 @@ from torch.distributions import kl_divergence
 
 from rlgeom.models.distributions import ActionDistribution
 from rlgeom.models.networks import linearise
+from rlgeom.training import distributed
 
 FVP_METHODS = ("gauss_newton", "kl_hessian")
 
@@ -198,17 +199,18 @@ class PolicyFisher:
         return policy_kl(self.family, self.old_dist_params, current)
 
     def mean_kl(self, current_dist_params: torch.Tensor | None = None) -> torch.Tensor:
-        """E_batch KL(π_old ‖ π_θ), the trust-region quantity of TRPO."""
-        return self.kl(current_dist_params).mean()
+        """E_batch KL(π_old ‖ π_θ), the trust-region quantity of TRPO (under torchrun, over every rank's
+        batch: a value, without autograd history, as the line search reads it)."""
+        return distributed.mean(self.kl(current_dist_params).mean())
 
     def max_kl(self, current_dist_params: torch.Tensor | None = None) -> torch.Tensor:
-        """max_batch KL(π_old ‖ π_θ)."""
-        return self.kl(current_dist_params).max()
+        """max_batch KL(π_old ‖ π_θ) (over every rank's batch under torchrun)."""
+        return distributed.maximum(self.kl(current_dist_params).max())
 
     def entropy(self, current_dist_params: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean entropy of π_θ over the batch."""
+        """Mean entropy of π_θ over the batch (every rank's under torchrun)."""
         current = self.actor(self.inputs) if current_dist_params is None else current_dist_params
-        return self.family.entropy(current).mean()
+        return distributed.mean(self.family.entropy(current).mean())
 
     # --- Fisher-vector products ----------------------------------------------------------------
 
@@ -221,13 +223,14 @@ class PolicyFisher:
         return torch.dot(v, self.fisher_product(v))
 
     def fisher_product(self, v: torch.Tensor) -> torch.Tensor:
-        """F v (undamped) by the configured method."""
+        """F v (undamped) by the configured method; under torchrun the mean over ranks, so CG runs on
+        the Fisher of every rank's batch, identically on each."""
         tangents = _unflatten(v.detach(), self.parameters)  # also checks v's size
         if self._linearised_product is not None:
-            return self._linearised_product(v.detach(), tangents)
+            return distributed.mean(self._linearised_product(v.detach(), tangents))
         if self.method == "gauss_newton":
-            return self._gauss_newton_linearisation()(v.detach(), tangents)
-        return self._kl_hessian_product(v.detach())
+            return distributed.mean(self._gauss_newton_linearisation()(v.detach(), tangents))
+        return distributed.mean(self._kl_hessian_product(v.detach()))
 
     @contextmanager
     def linearised(self) -> Iterator["PolicyFisher"]:

@@ -105,6 +105,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlgeom import validation
+from rlgeom.training import distributed
 
 __all__ = ["KFACPreconditioner", "KFACStats"]
 
@@ -204,7 +205,9 @@ class _Layer(abc.ABC):
         """Fold the accumulated batch into the running averages. None: no data; False: rejected."""
         if self._acc_A is None:
             return None
-        A_b, G_b = self._acc_A / self._acc_n, self._acc_G / self._acc_n
+        # under torchrun, the statistics of every rank's batch (sums of A·n, G·n and n) before anything is inverted
+        count = distributed.sum_(torch.tensor(float(self._acc_n), dtype=self._acc_A.dtype, device=self._acc_A.device))
+        A_b, G_b = distributed.sum_(self._acc_A) / count, distributed.sum_(self._acc_G) / count
         self.reset_accumulator()
         if not bool(torch.isfinite(A_b).all() & torch.isfinite(G_b).all()):
             return False

@@ -31,6 +31,7 @@ import json
 import math
 import multiprocessing
 import os
+import socket
 import sys
 import time
 import traceback
@@ -120,6 +121,7 @@ def is_grid(args) -> bool:
     return (
         "," in args.algo or ":" in args.algo or "," in (args.env or "")
         or args.seeds is not None or args.workers is not None or args.max_timesteps is not None
+        or getattr(args, "launcher", "local") != "local"
     )
 
 
@@ -384,7 +386,8 @@ def set_aside(run_dir: str) -> str | None:
 def run_in_worker(spec: dict) -> dict:
     """Train one run in this (fresh) process; never raises: a failure comes back as a record."""
     start = time.perf_counter()
-    base = {"algo": spec["algo"], "env": spec["env"], "seed": spec["seed"], "run_dir": spec["run_dir"]}
+    base = {"algo": spec["algo"], "env": spec["env"], "seed": spec["seed"], "run_dir": spec["run_dir"],
+            "worker": f"{socket.gethostname()}:{os.getpid()}"}  # where it ran (a node of a Ray cluster, say)
     try:
         import torch
 
@@ -657,6 +660,13 @@ def format_table(records: list[dict]) -> str:
 
 def run_grid(args) -> int:
     """The whole grid: plan, skip finished runs, run the rest in parallel, print the summary."""
+    launcher = getattr(args, "launcher", "local")
+    if getattr(args, "address", None) is not None and launcher != "ray":
+        raise GridUsageError("--address names a Ray cluster: use it with --launcher ray")
+    if launcher == "ray":  # before anything is planned or moved: a missing Ray is a usage error
+        from rlgeom.tools.ray_launcher import require_ray
+
+        require_ray()
     specs = plan(args)
     records: dict[int, dict] = {}
     pending = []
@@ -682,7 +692,12 @@ def run_grid(args) -> int:
             records[index[record["run_dir"]]] = record
             _announce(record, len(records), total)
 
-        _execute([specs[i] for i in pending], workers, on_record)
+        if launcher == "ray":
+            from rlgeom.tools import ray_launcher
+
+            ray_launcher.execute([specs[i] for i in pending], on_record, args.address)
+        else:
+            _execute([specs[i] for i in pending], workers, on_record)
     ordered = [records[i] for i in range(total)]
     print()
     print(format_table(ordered))

@@ -31,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     seeds.add_argument("--seeds", default=None, help="grid: comma-separated seeds, e.g. 0,1,2")
     p.add_argument("--workers", type=int, default=None, help="grid: parallel runs (default: min(runs, CPU cores))")
     p.add_argument("--max-timesteps", type=int, default=None, help="grid: cap on the presets' budgets")
+    p.add_argument("--launcher", choices=("local", "ray"), default="local",
+                   help="grid: run in local processes (default) or as tasks on a Ray cluster (pip install "
+                        "'rlgeom[ray]'); with ray, --logdir must be a path every node shares")
+    p.add_argument("--address", default=None, help="grid with --launcher ray: the cluster to join, 'auto' or "
+                   "HOST:PORT (default: start a local Ray instance for this grid)")
     p.add_argument("--gym-packages", nargs="*", default=[], metavar="MODULE",
                    help="modules to import first (they register extra Gymnasium envs)")
     p.add_argument("--n-envs", type=int, default=None, help="parallel envs (default: the preset's)")
@@ -88,6 +93,7 @@ def run(args) -> dict:
     """Train one (algo, env, seed); returns the summary record."""
     from agents.presets import DEFAULT_ENV, preset
     from envs import make_vec_env
+    from rlgeom.training import distributed
     from rlgeom.training.evaluation import evaluate
 
     cls = agent_class(args.algo)
@@ -131,9 +137,11 @@ def run(args) -> dict:
     wall = time.perf_counter() - start
     save_path = save_with_fallback(agent.save, args.save or os.path.join(agent._run_dir or logdir, "model"),
                                    agent._run_dir or logdir)
-    eval_env = make_vec_env(env_id, 1, device=agent.device)
-    mean, std = evaluate(agent, eval_env, args.eval_episodes, deterministic=True, seed=args.seed + 10_000)
-    eval_env.close()
+    mean = std = float("nan")
+    if distributed.is_main():  # under torchrun rank 0 evaluates, logs and reports
+        eval_env = make_vec_env(env_id, 1, device=agent.device)
+        mean, std = evaluate(agent, eval_env, args.eval_episodes, deterministic=True, seed=args.seed + 10_000)
+        eval_env.close()
     agent.env.close()
     summary = {
         "algo": args.algo, "env": env_id, "seed": args.seed, "eval_return": mean, "eval_std": std,
@@ -238,6 +246,18 @@ def steps_line(summary: dict) -> str:
     return line
 
 
+def lost_peers(err: RuntimeError) -> bool:
+    """Whether `err` is a collective that failed because another rank ended or hung (gloo reports a
+    timeout or a closed connection as a RuntimeError naming its transport; NCCL as a DistError)."""
+    from rlgeom.training import distributed
+    import torch.distributed as dist
+
+    if not distributed.active():
+        return False
+    return isinstance(err, getattr(dist, "DistError", ())) or any(
+        word in str(err) for word in ("gloo", "NCCL", "Connection closed", "Connection reset", "Timed out"))
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -268,6 +288,17 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as err:  # under torchrun: another rank died or a collective timed out
+        if not lost_peers(err):
+            raise
+        print(f"error: rank {os.environ.get('RANK', '?')} lost its peers ({type(err).__name__}: {str(err)[:300]}); "
+              "another rank ended or hung past RLGEOM_DIST_TIMEOUT seconds. Continue from the last checkpoint "
+              "with --resume latest", file=sys.stderr)
+        return 1
+    from rlgeom.training import distributed
+
+    if not distributed.is_main():
+        return 0
     print(
         f"{summary['algo']} on {summary['env']} (seed {summary['seed']}): eval return "
         f"{summary['eval_return']:.1f} ± {summary['eval_std']:.1f} over {args.eval_episodes} episodes | "

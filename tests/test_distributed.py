@@ -1,0 +1,153 @@
+"""One run over several processes (torchrun): an update of 2 gloo ranks equals one process's update on
+the concatenated batch, for each agent, started as real processes; and the CLI under torchrun trains,
+checkpoints on rank 0 and resumes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N_STEPS = 32
+
+#: (agent, env, hyperparameters on each rank): one minibatch per epoch (batch_size = the rank's rollout),
+#: so the union's minibatch is the concatenation of the ranks' (the reference uses twice the size)
+CASES = {
+    "ppo": ("CartPole-v1", dict(n_epochs=3)),
+    "vpg": ("CartPole-v1", dict(n_critic_updates=2)),
+    "npg": ("CartPole-v1", dict(n_critic_updates=2)),
+    "trpo": ("Pendulum-v1", dict(n_critic_updates=2, normalize_observations=True)),
+    "acktr": ("CartPole-v1", dict()),
+}
+
+
+def _agent(algo: str, n_envs: int, seed: int = 0):
+    from agents import AGENTS
+
+    env_id, hyperparameters = CASES[algo]
+    batch = {"batch_size": N_STEPS * n_envs} if algo != "acktr" else {}
+    return AGENTS[algo]("MlpPolicy", env_id, n_envs=n_envs, seed=seed, device="cpu", n_steps=N_STEPS,
+                        **batch, **hyperparameters)
+
+
+def _deterministic_targets(agent) -> None:
+    """ACKTR's model-Fisher targets are random draws; in this comparison both sides take the mode, so
+    the statistics depend on the batch only."""
+    agent.sampled_targets = lambda dist_params, values: (agent.policy.family.sample(dist_params, True), values + 0.5)
+
+
+def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    for algo in CASES:
+        agent = _agent(algo, n_envs=1)
+        if algo == "acktr":
+            _deterministic_targets(agent)
+        before = [p.detach().clone() for p in agent.policy.parameters()]
+        agent._reset_env()
+        agent.collect_rollout()
+        buffer = {k: getattr(agent.buffer, k).clone() for k in
+                  ("obs", "actions", "log_probs", "values", "rewards", "advantages", "returns", "dones",
+                   "terminated", "next_obs")}
+        agent.update(agent.buffer, 1.0)
+        agent.policy.obs_normalizer.update(agent.buffer.obs)
+        torch.save({"before": before, "buffer": buffer, "after": [p.detach().clone() for p in agent.policy.parameters()],
+                    "normalizer": agent.policy.obs_normalizer.state_dict(), "num_timesteps": agent.num_timesteps},
+                   os.path.join(out_dir, f"{algo}_rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_rank_updates(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ranks")
+    mp.start_processes(_rank_main, args=(2, str(out / "init"), str(out)), nprocs=2, join=True, start_method="spawn")
+    return {algo: [torch.load(out / f"{algo}_rank{r}.pt") for r in range(2)] for algo in CASES}
+
+
+@pytest.mark.parametrize("algo", list(CASES))
+def test_two_ranks_update_as_one_process_on_the_concatenated_batch(two_rank_updates, algo):
+    ranks = two_rank_updates[algo]
+    for a, b in zip(ranks[0]["before"], ranks[1]["before"]):  # one start on every rank
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(ranks[0]["buffer"]["obs"], ranks[1]["buffer"]["obs"])  # each rank its own envs
+    assert ranks[0]["num_timesteps"] == 2 * N_STEPS  # every rank counts every rank's steps
+    for a, b in zip(ranks[0]["after"], ranks[1]["after"]):  # the ranks agree after the update
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+    reference = _agent(algo, n_envs=2)
+    if algo == "acktr":
+        _deterministic_targets(reference)
+    for p, start in zip(reference.policy.parameters(), ranks[0]["before"]):
+        with torch.no_grad():
+            p.copy_(start)
+    reference._reset_env()
+    for key in ranks[0]["buffer"]:  # the union: the ranks' envs side by side, [T, 2, ...]
+        setattr(reference.buffer, key, torch.cat([r["buffer"][key] for r in ranks], dim=1))
+    reference.update(reference.buffer, 1.0)
+    reference.policy.obs_normalizer.update(reference.buffer.obs)
+    moved = False
+    for got, want, start in zip(ranks[0]["after"], reference.policy.parameters(), ranks[0]["before"]):
+        torch.testing.assert_close(got, want.detach(), rtol=2e-4, atol=2e-6)
+        moved |= not torch.equal(want.detach(), start)
+    assert moved  # the update did something to compare
+    for key, value in reference.policy.obs_normalizer.state_dict().items():
+        torch.testing.assert_close(ranks[0]["normalizer"][key], value)
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
+def test_torchrun_cli_trains_checkpoints_on_rank_zero_and_resumes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+    base = ["torchrun", "--nproc-per-node", "2", "--master-port", "29517", "-m", "rlgeom.train", "--algo", "ppo",
+            "--env", "CartPole-v1", "--seed", "3", "--n-envs", "1", "--hp", "n_steps=64", "batch_size=64",
+            "n_epochs=2", "--logdir", str(tmp_path), "--no-progress", "--eval-episodes", "2",
+            "--checkpoint-every", "256"]
+    first = subprocess.run([*base, "--timesteps", "512"], env=env, cwd=REPO, capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.count("eval return") == 1  # rank 0 reports once
+    run_dir = tmp_path / "CartPole-v1" / "ppo" / "seed3"
+    steps = sorted(int(n.split("_")[-1].split(".")[0].lstrip("step")) for n in os.listdir(run_dir / "checkpoints")
+                   if n.endswith(".safetensors"))
+    assert steps[-1] == 512  # 2 ranks × 64 steps per rollout: the run's steps count both ranks
+    second = subprocess.run([*base, "--timesteps", "768", "--resume", "latest"], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "768 steps" in second.stdout or "resumed at step 512" in second.stdout, second.stdout
+
+
+HANGING_RANK = """
+import sys, time
+from agents import PPO
+import rlgeom.tools.train as train
+from rlgeom.training import distributed
+
+original = PPO.update
+def update(self, buffer, progress):
+    if distributed.rank() == 1:
+        time.sleep(120)  # a rank that hangs: rank 0 waits in the gradient all-reduce
+    return original(self, buffer, progress)
+PPO.update = update
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
+def test_a_hanging_rank_ends_the_run_with_a_clear_error_within_the_timeout(tmp_path):
+    script = tmp_path / "hang.py"
+    script.write_text(HANGING_RANK)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, "RLGEOM_DIST_TIMEOUT": "5"}
+    result = subprocess.run(
+        ["torchrun", "--nproc-per-node", "2", "--master-port", "29518", str(script), "--algo", "ppo", "--env",
+         "CartPole-v1", "--n-envs", "1", "--timesteps", "256", "--hp", "n_steps=64", "batch_size=64",
+         "--logdir", str(tmp_path / "runs"), "--no-progress"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=100)
+    assert result.returncode != 0
+    assert "lost its peers" in result.stderr and "--resume latest" in result.stderr, result.stderr[-3000:]
