@@ -86,6 +86,12 @@ class RlgeomVecEnvView(DummyVecEnv):
     def _numpy_obs(self, obs):
         return self._as_space_dtype(obs.detach().cpu().numpy().copy())
 
-    def _as_space_dtype(self, array: np.ndarray) -> np.ndarray:
+    def _as_space_dtype(self, array: np.ndarray):
         space = self.observation_space
+        if isinstance(space, spaces.Dict):  # rlgeom's packed rows back to SB3's dict of arrays
+            from rlgeom.data.dict_obs import DictLayout
+
+            rows = array if array.ndim == 2 else array[None]
+            unpacked = DictLayout(space).unpack_numpy(rows)
+            return unpacked if array.ndim == 2 else {k: v[0] for k, v in unpacked.items()}
         return array.astype(space.dtype, copy=False) if isinstance(space, spaces.Box) else array

@@ -227,6 +227,16 @@ def test_dict_observations_predict_save_load_and_reach_callbacks_as_dicts(tmp_pa
     np.testing.assert_array_equal(loaded.predict(batch, deterministic=True)[0], actions)
     with pytest.raises(ValueError, match="keys"):
         agent.predict({"frame": batch["frame"]})
+    env = agent.get_env()  # SB3's recipe: reset, predict, step, with dicts of arrays
+    obs = env.reset()
+    assert obs["frame"].shape == (1, 36, 36, 1) and obs["frame"].dtype == np.uint8
+    ends = 0
+    for _ in range(17):  # through an episode's end (16 steps)
+        obs, _, dones, infos = env.step(agent.predict(obs)[0])
+        if dones[0]:
+            ends += 1
+            assert set(infos[0]["terminal_observation"]) == {"frame", "position"}
+    assert ends == 1
     with pytest.raises(ValueError, match="MultiInputPolicy"):
         PPO("MlpPolicy", MatchTask(big, lambda o: 0), device="cpu")
     with pytest.raises(ValueError, match="MultiInputPolicy"):
