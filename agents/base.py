@@ -100,7 +100,8 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         self.geometry_every = validation.positive_int("geometry_every", geometry_every, allow_none=True)
         self.device = resolve_device(device)
         # under torchrun: join the ranks (every rank steps its own envs; updates combine all ranks' batches)
-        distributed.init_from_environment(self.device)
+        if distributed.init_from_environment(self.device) and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (LOCAL_RANK)
         seed = validation.non_negative_int("seed", seed, allow_none=True)
         if seed is not None and seed >= 2**63:
             raise ValueError(f"seed must be below 2**63 (torch's generators take 64-bit seeds), got {seed}")

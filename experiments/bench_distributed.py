@@ -4,6 +4,11 @@ at equal environment steps: FPS and the final deterministic evaluation, per agen
     python experiments/bench_distributed.py --algos trpo ppo --env Hopper-v5 --timesteps 100000 \
         --procs 1 2 --seeds 0 --out experiments/results/distributed_hopper.json
 
+On a GPU machine (NCCL, several processes on one GPU, a torch-native task):
+
+    python experiments/bench_distributed.py --algos ppo --env torch/CartPole-v1 --n-envs 2048 --device cuda \
+        --timesteps 2000000 --procs 1 2 4 --out experiments/results/distributed_gpu.json
+
 Every run is the CLI (`python -m rlgeom.train` for 1 process, `torchrun --nproc-per-node K -m
 rlgeom.train` for K), with the task's preset and --n-envs 1 per process, so K processes step K envs
 and each update sees K times the batch (the same steps, K times fewer updates): the comparison a user
@@ -28,9 +33,10 @@ SUMMARY = re.compile(r"eval return (?P<ret>[-\d.]+) ± (?P<std>[-\d.]+).*?\| (?P
                      r"(?P<wall>[\d.]+) s \((?P<fps>\d+) steps/s\)")
 
 
-def run(algo: str, env_id: str, seed: int, timesteps: int, procs: int, logdir: str, port: int) -> dict:
-    common = ["--algo", algo, "--env", env_id, "--seed", str(seed), "--timesteps", str(timesteps), "--n-envs", "1",
-              "--logdir", logdir, "--no-progress", "--eval-episodes", "10"]
+def run(algo: str, env_id: str, seed: int, timesteps: int, procs: int, logdir: str, port: int,
+        device: str = "cpu", n_envs: int = 1) -> dict:
+    common = ["--algo", algo, "--env", env_id, "--seed", str(seed), "--timesteps", str(timesteps), "--n-envs",
+              str(n_envs), "--device", device, "--logdir", logdir, "--no-progress", "--eval-episodes", "10"]
     if procs == 1:
         command = [sys.executable, "-m", "rlgeom.train", *common]
     else:
@@ -56,6 +62,8 @@ def main() -> None:
     p.add_argument("--timesteps", type=int, default=100_000)
     p.add_argument("--procs", nargs="+", type=int, default=[1, 2])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--device", default="cpu", help="cpu (gloo), or cuda: every rank on the GPU (NCCL)")
+    p.add_argument("--n-envs", type=int, default=1, help="envs per process (torch/ tasks on a GPU: thousands)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     records = []
@@ -64,7 +72,7 @@ def main() -> None:
             for algo in args.algos:
                 for procs in args.procs:
                     record = run(algo, args.env, seed, args.timesteps, procs, os.path.join(logdir, str(procs)),
-                                 29600 + len(records))
+                                 29600 + len(records), args.device, args.n_envs)
                     records.append(record)
                     print(f"{algo} {args.env} seed {seed}, {procs} process(es): {record['fps']} steps/s, eval "
                           f"{record['eval_mean']:.1f} ± {record['eval_std']:.1f}", flush=True)

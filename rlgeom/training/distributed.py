@@ -59,9 +59,13 @@ def init_from_environment(device: torch.device, timeout_s: float = DEFAULT_TIMEO
         return dist.get_world_size() > 1
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = "gloo"
     if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        gpus = torch.cuda.device_count()
+        local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        torch.cuda.set_device(local_rank % gpus)
+        # NCCL takes one rank per GPU; several ranks sharing a GPU all-reduce its tensors through gloo
+        backend = "nccl" if local_world <= gpus else "gloo"
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return True
 
