@@ -229,3 +229,17 @@ def test_one_step_rollouts_of_one_env_train(cls):
     model = cls("MlpPolicy", "Pendulum-v1", seed=0, device="cpu", n_steps=1, batch_size=1)
     model.learn(40)
     assert model.skipped_updates == 0 and model.n_updates == 40
+
+
+def test_absurd_policy_sizes_and_scales_are_refused_before_anything_is_allocated():
+    from agents import PPO
+
+    for policy_kwargs, match in [({"net_arch": [65536, 65536]}, "weights between hidden layers"),
+                                 ({"net_arch": [10**9]}, "layer widths"),
+                                 ({"net_arch": {"pi": [64, True], "vf": [64]}}, "layer widths"),
+                                 ({"log_std_init": 1e9}, "log_std_init"),
+                                 ({"log_std_init": float("nan")}, "log_std_init")]:
+        with pytest.raises(ValueError, match=match):
+            PPO("MlpPolicy", "Pendulum-v1", device="cpu", policy_kwargs=policy_kwargs)
+    with pytest.raises(ValueError, match="finite number"):
+        PPO("MlpPolicy", "Pendulum-v1", device="cpu", learning_rate=float("inf"))

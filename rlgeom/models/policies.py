@@ -32,6 +32,7 @@ from gymnasium import spaces
 import torch.nn.functional as F
 from torch import nn
 
+from rlgeom import validation
 from rlgeom.models.distributions import ActionDistribution, DiagGaussianFamily, family_for_space
 from rlgeom.models import networks
 from rlgeom.models.mlp_backprop import PlainMLP
@@ -556,10 +557,12 @@ def _split_net_arch(net_arch, default: list[int]) -> tuple[list[int], list[int]]
         return isinstance(n, int) and not isinstance(n, bool) and 0 < n <= MAX_LAYER_WIDTH
 
     if isinstance(net_arch, (list, tuple)) and all(width(n) for n in net_arch):
+        validation.net_arch_size("net_arch", list(net_arch))  # the total too, before anything is allocated
         return list(net_arch), list(net_arch)
     if isinstance(net_arch, dict) and set(net_arch) <= {"pi", "vf"}:
         sizes = [net_arch.get(k, default) for k in ("pi", "vf")]
         if all(isinstance(s, (list, tuple)) and all(width(n) for n in s) for s in sizes):
+            validation.net_arch_size("net_arch", {"pi": list(sizes[0]), "vf": list(sizes[1])})
             return list(sizes[0]), list(sizes[1])
     raise ValueError(f"invalid net_arch {net_arch!r}; accepted: a list of layer widths (ints from 1 to "
                      f"{MAX_LAYER_WIDTH}) or dict(pi=[...], vf=[...])")

@@ -9,6 +9,8 @@ supplies them again.
 
 from __future__ import annotations
 
+import math
+
 KINDS = ("constant", "linear")
 #: the kind a saved model records for a callable schedule that could not be stored
 UNSTORED = "callable"
@@ -19,8 +21,8 @@ def validate_schedule(name: str, spec) -> None:
     (a callable is checked at the start of training, progress_remaining = 1)."""
     values = [spec(1.0)] if callable(spec) else _values(name, spec)
     for v in values:
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
-            raise ValueError(f"{name} must be a number or a schedule dict, got {spec!r}")
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number or a schedule dict, got {spec!r}")
     if values[0] <= 0 or min(values) < 0:
         raise ValueError(f"{name} must be > 0 (a linear schedule may end at 0), got {spec!r}")
 
