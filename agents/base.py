@@ -333,7 +333,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         if callback is not None:
             callback.on_rollout_start()
         self.policy.start_rollout()  # parameters are fixed until the update: inference functions built once
-        sample_freq = self.config.sde_sample_freq
+        sample_freq, stopped = self.config.sde_sample_freq, False
         try:
             for step_index in range(self.config.n_steps):
                 if self.config.use_sde and (step_index == 0 or sample_freq > 0 and step_index % sample_freq == 0):
@@ -346,9 +346,12 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                 if callback is not None:
                     callback.update_locals(step_locals(actions, step, self._dict_layout))  # numpy, as SB3 passes them
                     if not callback.on_step():
-                        return False
+                        stopped = True
+                        break
         finally:
             self.policy.end_rollout()
+        if distributed.agree(stopped):  # under torchrun a callback stopping one rank stops every rank here
+            return False
         returns, lengths = buffer.finished_episodes()
         if distributed.active():  # every rank's episodes, on every rank (rank 0 logs them)
             gathered = distributed.gather((returns, lengths))

@@ -14,6 +14,7 @@ import sys
 
 import torch
 
+from rlgeom.training import distributed
 from rlgeom.training.guards import SkippedUpdate, TrainingDivergedError, guard_finite
 
 
@@ -25,8 +26,14 @@ class RollbackGuard:
         parameters, optimisers and extra state go back to their values before the update."""
         snapshot = self._training_snapshot()
         try:
-            stats = self.update(self.buffer, progress_remaining)
-            guard_finite(parameters=list(self.policy.parameters()))
+            try:
+                stats = self.update(self.buffer, progress_remaining)
+                guard_finite(parameters=list(self.policy.parameters()))
+            except SkippedUpdate:
+                distributed.agree(True)  # the ranks skip together, or their parameters would part
+                raise
+            if distributed.agree(False):
+                raise SkippedUpdate(["another rank's update"])
         except SkippedUpdate as skip:
             self._restore_training_snapshot(snapshot)
             self.skipped_updates += 1
@@ -58,7 +65,7 @@ class RollbackGuard:
     def _stop_diverged(self, skip: SkippedUpdate) -> None:
         self._consecutive_skips = 0  # a run resumed from the final checkpoint starts counting afresh
         directory = self._checkpoint_dir or (os.path.join(self._run_dir, "checkpoints") if self._run_dir else None)
-        saved = self._write_checkpoint(directory) if directory else None
+        saved = self._write_checkpoint(directory) if directory and distributed.is_main() else None
         self.logger.record("train/skipped_updates", self.skipped_updates)
         self.logger.dump(self.num_timesteps)
         where = (f"final checkpoint: {saved}" if saved else

@@ -16,7 +16,7 @@ from rlgeom.persistence.serialization import (
     space_to_json, write_model,
 )
 from rlgeom.persistence.modelfile import EXTRA_STATE_BYTES, EXTRA_STATE_FACTOR, check_description, open_model
-from agents.devices import resolve_device
+from agents.devices import resolve_device, set_global_seeds
 from rlgeom.training import distributed
 from agents.sb3_compat import filter_description, hyperparameters_from_saved, hyperparameters_to_json
 
@@ -70,13 +70,11 @@ class Persistence:
         """Write safetensors weights + JSON description to a path (SB3's `.zip` becomes `.safetensors`)
         or an open binary file object; returns the path written. `exclude` / `include`: as SB3's
         (agents.sb3_compat.filter_description). (`save_checkpoint` adds what continues training exactly.)"""
-        if not distributed.is_main():  # under torchrun rank 0 writes the one model; the others wait for it
-            distributed.barrier()
+        # under torchrun rank 0 writes the one model; no collective here, since a callback may save on rank 0 only
+        if not distributed.is_main():
             return getattr(path, "name", repr(path)) if is_file_object(path) else model_path(path)
         tensors, description = self._model_state()
-        written = write_model(path, tensors, filter_description(description, exclude, include))
-        distributed.barrier()
-        return written
+        return write_model(path, tensors, filter_description(description, exclude, include))
 
     @classmethod
     def load(cls, path, env=None, device="auto", custom_objects: dict | None = None, print_system_info: bool = False,
@@ -137,6 +135,10 @@ class Persistence:
                 raise
         if rng is not None:
             ckpt.set_rng_state(rng, str(path))
+            if distributed.rank() > 0:  # the checkpoint holds rank 0's streams: the other ranks branch off them
+                branch = int(torch.randint(2**62, (1,)).item()) + distributed.rank() * 1_000_003
+                set_global_seeds(branch)
+                agent.generator.manual_seed(branch)
         return agent
 
     def _read_tensors(self, model) -> dict[str, torch.Tensor]:

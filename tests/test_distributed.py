@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -46,7 +45,11 @@ def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    import datetime
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))  # a hang fails the test instead of blocking it
+    _decisions_one_rank_takes(rank, out_dir)
     for algo in CASES:
         agent = _agent(algo, n_envs=1)
         if algo == "acktr":
@@ -65,11 +68,54 @@ def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
+def _decisions_one_rank_takes(rank: int, out_dir: str) -> None:
+    """A callback that stops only rank 1, and an update only rank 1 skips: every rank must follow."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from agents import PPO
+    from rlgeom.training.guards import SkippedUpdate
+
+    class StopRankOne(BaseCallback):
+        def _on_step(self) -> bool:
+            return not (rank == 1 and self.n_calls >= 40)
+
+    agent = PPO("MlpPolicy", "CartPole-v1", seed=0, device="cpu", n_steps=32, batch_size=32)
+    agent.learn(100_000, callback=StopRankOne())
+    stopped_at = agent.n_updates
+    update = agent.update
+
+    def skip_on_rank_one(buffer, progress):
+        stats = update(buffer, progress)
+        if rank == 1:
+            raise SkippedUpdate(["a test's loss"])
+        return stats
+
+    agent.update = skip_on_rank_one
+    before = [p.detach().clone() for p in agent.policy.parameters()]
+    agent.learn(64, reset_num_timesteps=False)
+    torch.save({"stopped_at_update": stopped_at, "skipped": agent.skipped_updates, "before": before,
+                "after": [p.detach().clone() for p in agent.policy.parameters()]},
+               os.path.join(out_dir, f"decisions_rank{rank}.pt"))
+
+
 @pytest.fixture(scope="module")
 def two_rank_updates(tmp_path_factory):
     out = tmp_path_factory.mktemp("ranks")
     mp.start_processes(_rank_main, args=(2, str(out / "init"), str(out)), nprocs=2, join=True, start_method="spawn")
-    return {algo: [torch.load(out / f"{algo}_rank{r}.pt") for r in range(2)] for algo in CASES}
+    records = {algo: [torch.load(out / f"{algo}_rank{r}.pt") for r in range(2)] for algo in CASES}
+    records["decisions"] = [torch.load(out / f"decisions_rank{r}.pt") for r in range(2)]
+    return records
+
+
+def test_a_decision_one_rank_takes_is_taken_by_every_rank(two_rank_updates):
+    ranks = two_rank_updates["decisions"]
+    # rank 1's callback stops in its second rollout (40 steps of 32 per rollout): both ranks stop after 1 update
+    assert ranks[0]["stopped_at_update"] == ranks[1]["stopped_at_update"] == 1
+    # rank 1 skips the next update: both roll it back, the parameters stay equal and unchanged
+    assert ranks[0]["skipped"] == ranks[1]["skipped"] == 1
+    for r in ranks:
+        for a, b in zip(r["before"], r["after"]):
+            assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("algo", list(CASES))
@@ -79,8 +125,8 @@ def test_two_ranks_update_as_one_process_on_the_concatenated_batch(two_rank_upda
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.equal(ranks[0]["buffer"]["obs"], ranks[1]["buffer"]["obs"])  # each rank its own envs
     assert ranks[0]["num_timesteps"] == 2 * N_STEPS  # every rank counts every rank's steps
-    for a, b in zip(ranks[0]["after"], ranks[1]["after"]):  # the ranks agree after the update
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    for a, b in zip(ranks[0]["after"], ranks[1]["after"]):  # the ranks agree bit for bit: nothing re-syncs them
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
     reference = _agent(algo, n_envs=2)
     if algo == "acktr":

@@ -241,3 +241,18 @@ def test_dict_observations_predict_save_load_and_reach_callbacks_as_dicts(tmp_pa
         PPO("MlpPolicy", MatchTask(big, lambda o: 0), device="cpu")
     with pytest.raises(ValueError, match="MultiInputPolicy"):
         PPO("MultiInputPolicy", "CartPole-v1", device="cpu")
+
+
+def test_an_unsorted_dict_keeps_its_key_order_through_save_and_load(tmp_path):
+    from collections import OrderedDict
+
+    space = spaces.Dict(OrderedDict([("z", spaces.Box(-1, 1, (2,), np.float32)), ("a", spaces.Discrete(3))]))
+    agent = PPO("MultiInputPolicy", MatchTask(space, lambda o: int(o["a"])), seed=0, device="cpu", n_steps=64,
+                batch_size=64, normalize_observations=True)
+    agent.learn(128)
+    assert float(agent.policy.obs_normalizer.var[:2].sub(1).abs().sum()) > 0  # statistics on the float key
+    loaded = PPO.load(agent.save(tmp_path / "model"), device="cpu")
+    assert list(loaded.observation_space.spaces) == ["z", "a"]
+    PPO.load(tmp_path / "model", env=MatchTask(space, lambda o: 0), device="cpu")  # the same space as its env's
+    obs = {"z": np.array([[0.5, -0.5]], np.float32), "a": np.array([2])}
+    np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], agent.predict(obs, deterministic=True)[0])

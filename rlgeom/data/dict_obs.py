@@ -103,8 +103,8 @@ class DictLayout:
                 zip(self.unpack(torch.as_tensor(rows)).items(), (e.space for e in self.entries))}
 
     def float_mask(self) -> torch.Tensor:
-        """True on the entries of float Box keys (non-image): what running normalisation may touch, as
-        SB3's VecNormalize leaves images and discrete keys alone."""
+        """True on the entries of float Box keys (non-image): what running normalisation may touch (SB3's
+        VecNormalize would normalise every key, images included; scaled images and one-hot codes should not be)."""
         mask = torch.zeros(self.width, dtype=torch.bool)
         for e in self.entries:
             if isinstance(e.space, spaces.Box) and np.issubdtype(e.space.dtype, np.floating):

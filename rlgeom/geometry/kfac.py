@@ -205,9 +205,11 @@ class _Layer(abc.ABC):
         """Fold the accumulated batch into the running averages. None: no data; False: rejected."""
         if self._acc_A is None:
             return None
-        # under torchrun, the statistics of every rank's batch (sums of A·n, G·n and n) before anything is inverted
-        count = distributed.sum_(torch.tensor(float(self._acc_n), dtype=self._acc_A.dtype, device=self._acc_A.device))
-        A_b, G_b = distributed.sum_(self._acc_A) / count, distributed.sum_(self._acc_G) / count
+        count = self._acc_n
+        if distributed.active():  # the statistics of every rank's batch (sums of A·n, G·n and n) before inverting
+            count = distributed.sum_(torch.tensor(float(count), dtype=self._acc_A.dtype, device=self._acc_A.device))
+            distributed.sum_(self._acc_A), distributed.sum_(self._acc_G)
+        A_b, G_b = self._acc_A / count, self._acc_G / count
         self.reset_accumulator()
         if not bool(torch.isfinite(A_b).all() & torch.isfinite(G_b).all()):
             return False

@@ -24,6 +24,7 @@ feature extractor may be shared between them (`share_features_extractor`, the de
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,8 +48,10 @@ SCALE_PARAMETERISATIONS = ("log_std", "std", "var")
 
 
 def is_image_space(space) -> bool:
-    """A uint8 Box of 3 dimensions, channel-first or channel-last (SB3's test, without its size checks)."""
-    return isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
+    """A uint8 Box of 3 dimensions with bounds 0..255, channel-first or channel-last (SB3's test, without
+    its channel-count check)."""
+    return (isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
+            and bool(np.all(space.low == 0)) and bool(np.all(space.high == 255)))
 
 
 def channels_last(space) -> bool:
@@ -62,7 +65,8 @@ def channel_first_space(space):
     """The space as the network sees it: images [C, H, W] (channel-last ones transposed), a Dict's
     images likewise, key by key."""
     if isinstance(space, spaces.Dict):
-        return spaces.Dict({key: channel_first_space(sub) for key, sub in space.spaces.items()})
+        # pairs keep the space's key order (a plain dict would be sorted by gymnasium)
+        return spaces.Dict([(key, channel_first_space(sub)) for key, sub in space.spaces.items()])
     if not channels_last(space):
         return space
     h, w, c = space.shape
@@ -339,6 +343,8 @@ class ActorCriticPolicy(nn.Module):
             from stable_baselines3.common.torch_layers import CombinedExtractor
 
             features_extractor_class = CombinedExtractor  # SB3's MultiInputPolicy default: NatureCNN per image key
+            if not normalize_images:  # as SB3: images the user already scaled are not checked as uint8 images
+                features_extractor_kwargs = {"normalized_image": True, **(features_extractor_kwargs or {})}
             small = [key for key, sub in channel_first_space(observation_space).spaces.items()
                      if is_image_space(sub) and min(sub.shape[1:]) < 36]
             if small:
@@ -351,7 +357,7 @@ class ActorCriticPolicy(nn.Module):
         #: plain MLPs use rlgeom.models.networks' written-out derivatives (the agents set it from their config)
         self.written_out_derivatives = True
         # running statistics for float vectors only (images are scaled by 1/255, discrete spaces one-hot;
-        # a Dict's float Box keys only, as SB3's VecNormalize)
+        # of a Dict, its float Box keys only: SB3's VecNormalize would normalise every key, images included)
         vector = isinstance(observation_space, spaces.Box) and not image
         if dict_obs:
             mask = DictLayout(observation_space).float_mask()
@@ -511,7 +517,7 @@ def activation_class(activation_fn) -> type[nn.Module]:
 
 def _check_log_std_init(log_std_init) -> None:
     """σ = exp(log_std_init) must be a usable float32 scale (1e9 would make every action inf)."""
-    if isinstance(log_std_init, bool) or not isinstance(log_std_init, (int, float)) or not math.isfinite(log_std_init) \
+    if isinstance(log_std_init, bool) or not isinstance(log_std_init, numbers.Real) or not math.isfinite(log_std_init) \
             or abs(log_std_init) > 20:
         raise ValueError(f"log_std_init must be a number in [-20, 20] (σ = exp(log_std_init)), got {log_std_init!r}")
 

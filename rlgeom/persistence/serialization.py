@@ -114,7 +114,7 @@ def space_from_json(d: dict):
         pairs = [(key, sub) for key, sub in d["spaces"]]
         if any(not isinstance(key, str) or not isinstance(sub, dict) or sub.get("type") == "Dict" for key, sub in pairs):
             raise ValueError("a Dict space holds [name, space] pairs of non-Dict spaces")
-        return spaces.Dict({key: space_from_json(sub) for key, sub in pairs})
+        return spaces.Dict([(key, space_from_json(sub)) for key, sub in pairs])  # pairs keep the saved order
     raise ValueError(f"unknown space type {kind!r}")
 
 

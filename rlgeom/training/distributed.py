@@ -96,12 +96,13 @@ def maximum(tensor: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | int]:
     """(mean, population variance, count) over dim 0 of the union of every rank's `x`, by two
-    passes (a sum, then the sum of squared deviations): the same as on the concatenated rows."""
-    count = torch.tensor(float(x.shape[0]), dtype=x.dtype, device=x.device)
+    passes (a sum, then the sum of squared deviations): the same as on the concatenated rows. The
+    count is a Python int when not distributed (no device tensor, no host sync on that path)."""
     if not active():
-        return x.mean(0), x.var(0, correction=0), count
+        return x.mean(0), x.var(0, correction=0), x.shape[0]
+    count = torch.tensor(float(x.shape[0]), dtype=x.dtype, device=x.device)
     total = torch.cat([x.sum(0).reshape(-1), count.reshape(1)])
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     count = total[-1]
@@ -149,6 +150,12 @@ def broadcast_module(module: torch.nn.Module) -> None:
             dist.broadcast(tensor.data, src=0)
 
 
-def barrier() -> None:
-    if active():
-        dist.barrier()
+def agree(flag: bool) -> bool:
+    """True on every rank if `flag` is True on any (one all-reduce; `flag` itself when not distributed):
+    how the ranks take a decision one of them may come to alone (skip an update, stop on a callback)."""
+    if not active():
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    vote = torch.tensor([float(flag)], device=device)  # NCCL reduces only CUDA tensors
+    dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+    return bool(vote.item())
