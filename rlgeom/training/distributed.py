@@ -15,7 +15,10 @@ one process on the union of the ranks' batches (the approach of OpenAI baselines
 | episode statistics                               | gathered on every rank             | `gather`         |
 
 With equal batch sizes per rank (the agents' n_steps × n_envs on each), the mean of the ranks' means
-is the union's mean, so every reduced quantity equals the single-process one to float rounding.
+is the union's mean, so every reduced quantity equals the single-process one to float rounding. For
+full-batch steps (NPG, TRPO, VPG's actor, ACKTR) that is the single-process update on the union
+exactly; a minibatch step (PPO, the critic fits) takes `batch_size` rows from each rank, i.e. a
+minibatch of world_size × batch_size whose rows are drawn per rank: the same update in distribution.
 Outside torch.distributed (or with one process) every function here returns its input: a plain run
 pays nothing. torchrun sets RANK / WORLD_SIZE / MASTER_ADDR; `init_from_environment` joins the group
 (gloo on the CPU, NCCL on CUDA) with a timeout, so a rank that dies or hangs ends the run with an
