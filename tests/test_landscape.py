@@ -174,7 +174,7 @@ def test_plots_name_the_run_label_colorbars_and_explain_their_marks(models):
     assert result.meta["title"].startswith("pca landscape of PPO on CartPole-v1, seed 0, 96 steps")
     fig = result.figure()
     main_ax, colorbar_ax = fig.axes[0], fig.axes[1]
-    assert colorbar_ax.get_ylabel() == SURROGATE_LABEL
+    assert colorbar_ax.get_ylabel() == "surrogate L(θ)" and main_ax.get_title() == SURROGATE_LABEL
     legend = [t.get_text() for t in main_ax.get_legend().get_texts()]
     assert legend == ["training trajectory (checkpoints)", "start (first checkpoint)", "θ*: the saved model"]
     start = [line for line in main_ax.get_lines() if line.get_label() == "start (first checkpoint)"][0]

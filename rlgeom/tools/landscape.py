@@ -498,17 +498,17 @@ class Landscape:
                 ax.axvline(0.0, color="0.6", lw=0.8, label="0: the saved model θ*")
             ax.legend(fontsize=7, loc="best")
         else:
-            panels = [(SURROGATE_LABEL, self.axes, self.surrogate)]
+            panels = [(SURROGATE_LABEL, "surrogate L(θ)", self.axes, self.surrogate)]
             if self.returns is not None:
-                panels.append((self._return_label(), self.return_axes, self.returns))
+                panels.append((self._return_label(), "mean return", self.return_axes, self.returns))
             fig = Figure(figsize=(5.6 * len(panels), 4.6), layout="constrained")
             FigureCanvasAgg(fig)
-            for k, (title, axes, grid) in enumerate(panels):
+            for k, (title, quantity, axes, grid) in enumerate(panels):
                 ax = fig.add_subplot(1, len(panels), k + 1)
                 x, y = np.meshgrid(axes[0], axes[1], indexing="ij")
                 filled = ax.contourf(x, y, grid, levels=20, cmap="viridis")
                 ax.contour(x, y, grid, levels=10, colors="k", linewidths=0.4)
-                fig.colorbar(filled, ax=ax).set_label(title)
+                fig.colorbar(filled, ax=ax).set_label(quantity)  # the panel's title says it in full
                 if self.trajectory is not None:
                     path = np.vstack([self.trajectory, np.zeros((1, 2))])  # the checkpoints, then the model
                     ax.plot(path[:, 0], path[:, 1], "w.-", lw=1, label="training trajectory (checkpoints)")
@@ -552,8 +552,10 @@ def plot_sharpness(result: dict, path: str) -> str:
         ax.axhline(0.0, color="0.6", lw=0.8)
     eig = np.asarray(result["fisher_top_eigenvalues"])
     axes[2].bar(np.arange(1, len(eig) + 1), eig, color="tab:purple")
-    axes[2].set(yscale="log", xlabel="rank i", ylabel="Fisher eigenvalue λ_i",
-                title=f"top Fisher eigenvalues (trace {result['fisher_trace']:.3g})")
+    axes[2].set(yscale="log", xlabel="rank i", ylabel="Fisher eigenvalue λ_i")
+    axes[2].set_title(f"top Fisher eigenvalues (trace {result['fisher_trace']:.3g})", fontsize=9)
+    fig.supxlabel("box: quartiles; whiskers: 5 % and 95 %; circles: min and max; ◆: mean; ε: each filter moves "
+                  "by ε times its own norm", fontsize=8)
     fig.suptitle(f"sharpness of {result.get('title', result['model'])}", fontsize=9)
     fig.savefig(path, dpi=110)
     return path
