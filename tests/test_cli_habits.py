@@ -1,6 +1,7 @@
 """The CLI as a new user meets it: --help-hp shows the run's values and their origin, the progress bar and the
 summary line agree (also after --resume), a grid rerun numbers its skipped runs, SB3 baselines save models."""
 
+import importlib
 import json
 import re
 
@@ -44,20 +45,24 @@ def test_help_hp_shows_the_values_the_run_uses_and_where_they_come_from(capsys):
 
 
 def test_progress_bar_reaches_100_percent_and_resume_counts_its_own_part(tmp_path, capsys):
+    importlib.import_module("torch.utils.tensorboard")  # once per process: not part of what the rates compare
+
     logdir = str(tmp_path / "runs")
-    # 100 steps in rollouts of 64: the run takes 128, and the bar must say 128/128, 100%
-    code, out, err = run_cli(["--timesteps", "100", "--logdir", logdir, "--checkpoint-every", "64", *TINY], capsys)
+    # 2000 steps in rollouts of 64: the run takes 2048, and the bar must say 2048/2048, 100%
+    code, out, err = run_cli(["--timesteps", "2000", "--logdir", logdir, "--checkpoint-every", "1024", *TINY], capsys)
     assert code == 0, err
     final = err.replace("\r", "\n").strip().splitlines()[-1]
-    assert "100%" in final and "128/128" in final, final
+    assert "100%" in final and "2048/2048" in final, final
     bar_rate = float(re.search(r"([\d.]+)step/s", final).group(1))
     summary_rate = float(re.search(r"\((\d+) steps/s\)", out).group(1))
-    assert bar_rate == pytest.approx(summary_rate, rel=0.5)  # the same average, not a recent-window estimate
-    assert "128 steps in" in out and "resumed" not in out
+    # the same average over the run, not a recent-window estimate; the summary's clock also covers learn()'s
+    # set-up (env reset, run directory) and the final checkpoint, a fixed cost
+    assert bar_rate == pytest.approx(summary_rate, rel=0.3)
+    assert "2048 steps in" in out and "resumed" not in out
 
-    code, out, err = run_cli(["--timesteps", "256", "--logdir", logdir, "--resume", "--no-progress", *TINY], capsys)
+    code, out, err = run_cli(["--timesteps", "2100", "--logdir", logdir, "--resume", "--no-progress", *TINY], capsys)
     assert code == 0, err
-    assert "128 steps in" in out and "resumed at step 128 (256 in all)" in out, out
+    assert "| 64 steps in" in out and "resumed at step 2048 (2112 in all)" in out, out
 
 
 def test_make_progress_bar_counts_whole_rollouts():
