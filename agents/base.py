@@ -41,13 +41,11 @@ from collections import deque
 
 import numpy as np
 import torch
-from gymnasium import spaces
 
 import envs
 from rlgeom import __version__, validation
 from rlgeom.persistence import checkpoint as ckpt
 from rlgeom.data.buffer import RolloutBuffer
-from rlgeom.data.dict_obs import layout_for
 from rlgeom.training import distributed
 from rlgeom.training.guards import NonFinitePolicyError, SkippedUpdate, TrainingDivergedError, guard_finite
 from rlgeom.persistence.logger import RunLogger, run_directory
@@ -119,7 +117,6 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         else:
             obs_space, act_space = _spaces
         self.observation_space, self.action_space = obs_space, act_space
-        self._dict_layout = layout_for(obs_space)  # Dict observations travel packed (rlgeom.data.dict_obs)
         self.n_envs = self.env.num_envs if self.env is not None else n_envs
         self.env_id = getattr(self.env, "env_id", None)
         self.config.validate(self.n_envs)
@@ -130,12 +127,6 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             if seed is not None:
                 set_global_seeds(_rank_seed(seed, 1_000_003))
                 self.generator.manual_seed(_rank_seed(seed, 1_000_003))
-        start = getattr(act_space, "start", None) if isinstance(act_space, (spaces.Discrete, spaces.MultiDiscrete)) else None
-        self._action_start = (torch.as_tensor(np.asarray(start), dtype=torch.long, device=self.device)
-                              if start is not None and np.any(np.asarray(start) != 0) else None)
-        if isinstance(act_space, spaces.Box):
-            self._action_low = torch.as_tensor(act_space.low, dtype=torch.float32, device=self.device)
-            self._action_high = torch.as_tensor(act_space.high, dtype=torch.float32, device=self.device)
         self.reward_scaler = RewardScaler(self.config.gamma) if self.config.normalize_reward else None
         self.num_timesteps = 0
         self.n_updates = 0
@@ -317,14 +308,8 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         )
 
     def _env_actions(self, actions: torch.Tensor) -> torch.Tensor:
-        """The policy's actions as the env takes them: Box actions clipped to the bounds (or squashed onto
-        them, gSDE's squash_output), Discrete and MultiDiscrete ones shifted by the space's `start` (the
-        family counts from 0). The buffer keeps the policy's own."""
-        if isinstance(self.action_space, spaces.Box):
-            return self.policy.env_actions(actions, self._action_low, self._action_high)
-        if self._action_start is not None:
-            return actions + self._action_start
-        return actions
+        """The policy's actions as the env takes them (ActorCriticPolicy.env_actions)."""
+        return self.policy.env_actions(actions)
 
     def collect_rollout(self, callback=None) -> bool:
         """Fill the buffer with n_steps vector steps; False if a callback asked to stop."""
@@ -344,7 +329,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                 self._last_obs, self._last_episode_starts = step.obs, step.done
                 self.num_timesteps += self.n_envs * distributed.world_size()  # every rank's steps
                 if callback is not None:
-                    callback.update_locals(step_locals(actions, step, self._dict_layout))  # numpy, as SB3 passes them
+                    callback.update_locals(step_locals(actions, step, self.policy.dict_layout))  # numpy, as SB3 passes them
                     if not callback.on_step():
                         stopped = True
                         break
@@ -417,40 +402,8 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
     # ----------------------------------------------------------------- inference
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
         """SB3's predict: (actions, None); batched observations give batched actions (a Dict observation
-        is a dict of arrays, batched along their first dimension)."""
-        obs, batched = self._observation_rows(observation)
-        if np.issubdtype(obs.dtype, np.floating) and not np.isfinite(obs).all():
-            raise ValueError("observation contains NaN or inf; rlgeom acts only on finite observations")
-        # the space decides the dtype, as at the env boundary: uint8 for uint8 Boxes (images) and image-only
-        # Dicts, float32 for everything else
-        space = self.observation_space
-        stored = self._dict_layout.dtype if self._dict_layout is not None else getattr(space, "dtype", None)
-        with torch.no_grad():
-            tensor = torch.as_tensor(obs.astype(np.uint8 if stored == np.uint8 else np.float32, copy=False),
-                                     device=self.device)
-            actions = self._env_actions(self.policy.act(tensor, deterministic)[0]).cpu().numpy()
-        return (actions if batched else actions[0]), state
-
-    def _observation_rows(self, observation) -> tuple[np.ndarray, bool]:
-        """(observations as the policy takes them [N, ...], whether the caller passed a batch)."""
-        layout = self._dict_layout
-        if layout is not None:
-            if not isinstance(observation, dict):
-                raise ValueError(f"this model takes Dict observations (a dict with keys "
-                                 f"{[e.key for e in layout.entries]}), got {type(observation).__name__}")
-            n = layout.batch_size(observation)
-            rows = layout.pack(observation, batched=True) if n is not None else layout.pack(observation, batched=False)[None]
-            return rows, n is not None
-        obs = np.asarray(observation)
-        shape = tuple(self.observation_space.shape)
-        if obs.shape == shape:
-            return obs[None], False
-        if obs.shape[1:] == shape:
-            return obs, True
-        raise ValueError(
-            f"observation of shape {obs.shape} does not match the model's observation space {shape} "
-            f"(accepted: {shape} or (n_envs, {', '.join(map(str, shape))}))"
-        )
+        is a dict of arrays, batched along their first dimension). The policy's predict does it."""
+        return self.policy.predict(observation, state, episode_start, deterministic)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.policy_name}, env={self.env_id}, device={self.device})"

@@ -256,3 +256,13 @@ def test_an_unsorted_dict_keeps_its_key_order_through_save_and_load(tmp_path):
     PPO.load(tmp_path / "model", env=MatchTask(space, lambda o: 0), device="cpu")  # the same space as its env's
     obs = {"z": np.array([[0.5, -0.5]], np.float32), "a": np.array([2])}
     np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], agent.predict(obs, deterministic=True)[0])
+
+
+def test_the_policy_predicts_as_sb3s_policy_does():
+    agent = PPO("MlpPolicy", ActionTask(spaces.Discrete(3, start=-1), -1), seed=0, device="cpu", n_steps=64,
+                batch_size=64)
+    assert agent.policy.device == torch.device("cpu")
+    obs = np.zeros((5, 2), np.float32)
+    actions, state = agent.policy.predict(obs, deterministic=True)
+    assert state is None and actions.shape == (5,) and set(actions.tolist()) <= {-1, 0, 1}  # shifted by start
+    np.testing.assert_array_equal(actions, agent.predict(obs, deterministic=True)[0])

@@ -331,6 +331,8 @@ class ActorCriticPolicy(nn.Module):
         self.optimizer_class, self.optimizer_kwargs = _check_optimizer(optimizer_class, optimizer_kwargs)
         self.observation_space, self.action_space = observation_space, action_space
         self.policy_name = policy
+        self.dict_layout = DictLayout(observation_space) if isinstance(observation_space, spaces.Dict) else None
+        self._register_action_bounds(action_space)
         Preprocess(observation_space)  # refuses an unsupported space, naming the accepted ones
         image, dict_obs = is_image_space(observation_space), isinstance(observation_space, spaces.Dict)
         if policy == "CnnPolicy" and not image and features_extractor_class is None:
@@ -394,6 +396,16 @@ class ActorCriticPolicy(nn.Module):
                 orthogonal_init(module, math.sqrt(2))
             orthogonal_init(self.actor.head, 0.01)
             orthogonal_init(self.critic.head, 1.0)
+
+    def _register_action_bounds(self, action_space) -> None:
+        """The action space as tensors that move with the policy (not saved: the space is)."""
+        start = None
+        if isinstance(action_space, (spaces.Discrete, spaces.MultiDiscrete)) and np.any(np.asarray(action_space.start)):
+            start = torch.as_tensor(np.asarray(action_space.start), dtype=torch.long)
+        self.register_buffer("action_start", start, persistent=False)  # None: actions count from 0 already
+        if isinstance(action_space, spaces.Box):
+            self.register_buffer("action_low", torch.as_tensor(action_space.low, dtype=torch.float32), persistent=False)
+            self.register_buffer("action_high", torch.as_tensor(action_space.high, dtype=torch.float32), persistent=False)
 
     def actor_parameters(self) -> list[nn.Parameter]:
         return list(self.actor.parameters())
@@ -478,12 +490,60 @@ class ActorCriticPolicy(nn.Module):
             raise ValueError("reset_noise() is only for gSDE policies (use_sde=True)")
         self.actor.scale.reset_noise(n_envs)
 
-    def env_actions(self, actions: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-        """Box actions as the env takes them: clipped to [low, high], or with `squash_output` (gSDE)
-        squashed by tanh and scaled onto the bounds (SB3's unscale_action), so always inside."""
-        if self.squash_output:
-            return low + 0.5 * (torch.tanh(actions) + 1.0) * (high - low)
-        return torch.clamp(actions, low, high)
+    def env_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """The policy's actions as the env takes them: Box actions clipped to the bounds, or with
+        `squash_output` (gSDE) squashed by tanh onto them (SB3's unscale_action); Discrete and
+        MultiDiscrete ones shifted by the space's `start` (the family counts from 0). The rollout
+        buffer keeps the policy's own."""
+        if isinstance(self.action_space, spaces.Box):
+            low, high = self.action_low, self.action_high
+            if self.squash_output:
+                return low + 0.5 * (torch.tanh(actions) + 1.0) * (high - low)
+            return torch.clamp(actions, low, high)
+        if self.action_start is not None:
+            return actions + self.action_start
+        return actions
+
+    @property
+    def device(self) -> torch.device:
+        """Where the policy's parameters live (SB3's `policy.device`)."""
+        return next(self.parameters()).device
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
+        """SB3's policy.predict: (actions as the env takes them, state) for one observation or a batch
+        (numpy; a Dict observation as a dict of arrays, batched along their first dimension)."""
+        obs, batched = self._observation_rows(observation)
+        if np.issubdtype(obs.dtype, np.floating) and not np.isfinite(obs).all():
+            raise ValueError("observation contains NaN or inf; rlgeom acts only on finite observations")
+        # the space decides the dtype, as at the env boundary: uint8 for uint8 Boxes (images) and image-only
+        # Dicts, float32 for everything else
+        stored = self.dict_layout.dtype if self.dict_layout is not None else getattr(self.observation_space, "dtype", None)
+        with torch.no_grad():
+            tensor = torch.as_tensor(obs.astype(np.uint8 if stored == np.uint8 else np.float32, copy=False),
+                                     device=self.device)
+            actions = self.env_actions(self.act(tensor, deterministic)[0]).cpu().numpy()
+        return (actions if batched else actions[0]), state
+
+    def _observation_rows(self, observation) -> tuple[np.ndarray, bool]:
+        """(observations as the policy takes them [N, ...], whether the caller passed a batch)."""
+        layout = self.dict_layout
+        if layout is not None:
+            if not isinstance(observation, dict):
+                raise ValueError(f"this model takes Dict observations (a dict with keys "
+                                 f"{[e.key for e in layout.entries]}), got {type(observation).__name__}")
+            n = layout.batch_size(observation)
+            rows = layout.pack(observation, batched=True) if n is not None else layout.pack(observation, batched=False)[None]
+            return rows, n is not None
+        obs = np.asarray(observation)
+        shape = tuple(self.observation_space.shape)
+        if obs.shape == shape:
+            return obs[None], False
+        if obs.shape[1:] == shape:
+            return obs, True
+        raise ValueError(
+            f"observation of shape {obs.shape} does not match the model's observation space {shape} "
+            f"(accepted: {shape} or (n_envs, {', '.join(map(str, shape))}))"
+        )
 
     _rollout_plan = None
 
