@@ -318,16 +318,17 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         if callback is not None:
             callback.on_rollout_start()
         self.policy.start_rollout()  # parameters are fixed until the update: inference functions built once
-        sample_freq, stopped = self.config.sde_sample_freq, False
+        use_sde, sample_freq, stopped = self.config.use_sde, self.config.sde_sample_freq, False
+        steps_per_step = self.n_envs * distributed.world_size()  # every rank's envs count in num_timesteps
         try:
             for step_index in range(self.config.n_steps):
-                if self.config.use_sde and (step_index == 0 or sample_freq > 0 and step_index % sample_freq == 0):
+                if use_sde and (step_index == 0 or sample_freq > 0 and step_index % sample_freq == 0):
                     self.policy.reset_noise(self.n_envs)  # gSDE: new exploration matrices, one per env
                 actions, values, log_probs = self.policy.act(self._last_obs)  # inference mode
                 step = self.env.step(self._env_actions(actions))
                 buffer.add(self._last_obs, actions, log_probs, values, self._last_episode_starts, step)
                 self._last_obs, self._last_episode_starts = step.obs, step.done
-                self.num_timesteps += self.n_envs * distributed.world_size()  # every rank's steps
+                self.num_timesteps += steps_per_step
                 if callback is not None:
                     callback.update_locals(step_locals(actions, step, self.policy.dict_layout))  # numpy, as SB3 passes them
                     if not callback.on_step():

@@ -102,8 +102,8 @@ def _decisions_one_rank_takes(rank: int, out_dir: str) -> None:
 def two_rank_updates(tmp_path_factory):
     out = tmp_path_factory.mktemp("ranks")
     mp.start_processes(_rank_main, args=(2, str(out / "init"), str(out)), nprocs=2, join=True, start_method="spawn")
-    records = {algo: [torch.load(out / f"{algo}_rank{r}.pt") for r in range(2)] for algo in CASES}
-    records["decisions"] = [torch.load(out / f"decisions_rank{r}.pt") for r in range(2)]
+    records = {algo: [torch.load(out / f"{algo}_rank{r}.pt", weights_only=True) for r in range(2)] for algo in CASES}
+    records["decisions"] = [torch.load(out / f"decisions_rank{r}.pt", weights_only=True) for r in range(2)]
     return records
 
 
