@@ -19,6 +19,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv as SB3VecEnv
 
 from agents.sb3_compat import StepInfos
+from rlgeom.data.dict_obs import layout_for
 
 
 class RlgeomVecEnvView(DummyVecEnv):
@@ -30,6 +31,7 @@ class RlgeomVecEnvView(DummyVecEnv):
         self.envs = list(getattr(env.backend, "envs", ()))
         SB3VecEnv.__init__(self, env.num_envs, env.single_observation_space, env.single_action_space)
         self.actions = None
+        self._dict_layout = layout_for(env.single_observation_space)  # rlgeom packs Dict observations into rows
 
     def reset(self):
         seed = self._seeds[0]  # VecEnv.seed(s) asks for seeds s, s+1, ...: rlgeom's reset(seed=s) gives them
@@ -88,10 +90,8 @@ class RlgeomVecEnvView(DummyVecEnv):
 
     def _as_space_dtype(self, array: np.ndarray):
         space = self.observation_space
-        if isinstance(space, spaces.Dict):  # rlgeom's packed rows back to SB3's dict of arrays
-            from rlgeom.data.dict_obs import DictLayout
-
+        if self._dict_layout is not None:  # rlgeom's packed rows back to SB3's dict of arrays
             rows = array if array.ndim == 2 else array[None]
-            unpacked = DictLayout(space).unpack_numpy(rows)
+            unpacked = self._dict_layout.unpack_numpy(rows)
             return unpacked if array.ndim == 2 else {k: v[0] for k, v in unpacked.items()}
         return array.astype(space.dtype, copy=False) if isinstance(space, spaces.Box) else array

@@ -38,7 +38,7 @@ from rlgeom.models.distributions import ActionDistribution, DiagGaussianFamily, 
 from rlgeom.models import networks
 from rlgeom.models.mlp_backprop import PlainMLP
 from rlgeom.models.sde import StateDependentScale
-from rlgeom.data.dict_obs import DictLayout
+from rlgeom.data.dict_obs import layout_for
 from rlgeom.data.normalization import RunningNormalizer
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU}
@@ -86,7 +86,7 @@ class Preprocess(nn.Module):
 
     def __init__(self, space, normalize_images: bool = True):
         super().__init__()
-        self.layout = DictLayout(space) if isinstance(space, spaces.Dict) else None
+        self.layout = layout_for(space)
         for sub in (space.spaces.values() if self.layout is not None else (space,)):
             if not isinstance(sub, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
                 raise ValueError(f"unsupported observation space {space!r}; accepted: {OBSERVATION_SPACES}")
@@ -331,7 +331,7 @@ class ActorCriticPolicy(nn.Module):
         self.optimizer_class, self.optimizer_kwargs = _check_optimizer(optimizer_class, optimizer_kwargs)
         self.observation_space, self.action_space = observation_space, action_space
         self.policy_name = policy
-        self.dict_layout = DictLayout(observation_space) if isinstance(observation_space, spaces.Dict) else None
+        self.dict_layout = layout_for(observation_space)  # Dict observations arrive packed (rlgeom.data.dict_obs)
         self._register_action_bounds(action_space)
         Preprocess(observation_space)  # refuses an unsupported space, naming the accepted ones
         image, dict_obs = is_image_space(observation_space), isinstance(observation_space, spaces.Dict)
@@ -362,7 +362,7 @@ class ActorCriticPolicy(nn.Module):
         # of a Dict, its float Box keys only: SB3's VecNormalize would normalise every key, images included)
         vector = isinstance(observation_space, spaces.Box) and not image
         if dict_obs:
-            mask = DictLayout(observation_space).float_mask()
+            mask = self.dict_layout.float_mask()
             self.obs_normalizer = RunningNormalizer((mask.numel(),), enabled=normalize_observations and bool(mask.any()),
                                                     mask=mask)
         else:
