@@ -53,9 +53,10 @@ class SB3Compat:
                 elif exact_match:
                     raise ValueError(f"set_parameters: no state for the optimiser {name!r} (pass exact_match=False)")
             return result
-        from rlgeom.persistence.serialization import read_model
+        from rlgeom.persistence.serialization import open_model
 
-        tensors, _ = read_model(load_path_or_dict)
+        # the header first; the tensors only if they fit this model's size (as load() reads them)
+        tensors = self._read_tensors(open_model(load_path_or_dict))
         if exact_match:
             self._load_tensors(load_path_or_dict, tensors)
         else:
