@@ -227,10 +227,12 @@ class PolicyFisher:
         the Fisher of every rank's batch, identically on each."""
         tangents = _unflatten(v.detach(), self.parameters)  # also checks v's size
         if self._linearised_product is not None:
-            return distributed.mean(self._linearised_product(v.detach(), tangents))
-        if self.method == "gauss_newton":
-            return distributed.mean(self._gauss_newton_linearisation()(v.detach(), tangents))
-        return distributed.mean(self._kl_hessian_product(v.detach()))
+            product = self._linearised_product(v.detach(), tangents)
+        elif self.method == "gauss_newton":
+            product = self._gauss_newton_linearisation()(v.detach(), tangents)
+        else:
+            product = self._kl_hessian_product(v.detach())
+        return distributed.mean(product)
 
     @contextmanager
     def linearised(self) -> Iterator["PolicyFisher"]:

@@ -208,7 +208,8 @@ class _Layer(abc.ABC):
         count = self._acc_n
         if distributed.active():  # the statistics of every rank's batch (sums of A·n, G·n and n) before inverting
             count = distributed.sum_(torch.tensor(float(count), dtype=self._acc_A.dtype, device=self._acc_A.device))
-            distributed.sum_(self._acc_A), distributed.sum_(self._acc_G)
+            distributed.sum_(self._acc_A)
+            distributed.sum_(self._acc_G)
         A_b, G_b = self._acc_A / count, self._acc_G / count
         self.reset_accumulator()
         if not bool(torch.isfinite(A_b).all() & torch.isfinite(G_b).all()):

@@ -38,13 +38,13 @@ def execute(specs: list[dict], on_record, address: str | None = None, cpus_per_r
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
+        # max_retries=0: a run is retried by rerunning the grid (it skips what finished), never twice at once;
+        # max_calls=1: a fresh worker process per run, as the local pool's max_tasks_per_child=1
+        task = ray.remote(num_cpus=cpus_per_run, max_retries=0, max_calls=1)(run_in_worker)
         tasks = {}
         for spec in specs:
             gpus = 1 if str(spec.get("device", "")).startswith("cuda") else 0
-            # max_retries=0: a run is retried by rerunning the grid (it skips what finished), never twice at once;
-            # max_calls=1: a fresh worker process per run, as the local pool's max_tasks_per_child=1
-            task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus, max_retries=0, max_calls=1)(run_in_worker)
-            tasks[task.remote(spec)] = spec
+            tasks[task.options(num_gpus=gpus).remote(spec)] = spec
         pending = list(tasks)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
