@@ -324,9 +324,9 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             for step_index in range(self.config.n_steps):
                 if use_sde and (step_index == 0 or sample_freq > 0 and step_index % sample_freq == 0):
                     self.policy.reset_noise(self.n_envs)  # gSDE: new exploration matrices, one per env
-                actions, values, log_probs = self.policy.act(self._last_obs)  # inference mode
+                actions = self.policy.draw(self._last_obs)  # inference mode, the actor alone
                 step = self.env.step(self._env_actions(actions))
-                buffer.add(self._last_obs, actions, log_probs, values, self._last_episode_starts, step)
+                buffer.add(self._last_obs, actions, self._last_episode_starts, step)
                 self._last_obs, self._last_episode_starts = step.obs, step.done
                 self.num_timesteps += steps_per_step
                 if callback is not None:
@@ -334,6 +334,8 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                     if not callback.on_step():
                         stopped = True
                         break
+            if not stopped:  # log π_old and V_old of the whole rollout, in one batch with the same parameters
+                buffer.evaluate_policy_terms(self.policy.rollout_terms)
         finally:
             self.policy.end_rollout()
         if distributed.agree(stopped):  # under torchrun a callback stopping one rank stops every rank here

@@ -56,7 +56,7 @@ class PPOConfig(OnPolicyConfig):
 
 
 #: train/ tags of PPO's minibatch statistics, SB3's names (policy_gradient_loss is SB3's tag for the clipped loss)
-STAT_NAMES = ("policy_gradient_loss", "value_loss", "entropy_loss", "approx_kl", "clip_fraction", "loss")
+STAT_NAMES = ("policy_gradient_loss", "value_loss", "entropy_loss", "loss", "approx_kl", "clip_fraction")
 
 
 class PPO(OnPolicyAgent):
@@ -76,9 +76,10 @@ class PPO(OnPolicyAgent):
             group["lr"] = lr
         eps = schedule_value(cfg.clip_range, progress_remaining)
         stopped_early = False
-        # per minibatch one stacked row of STAT_NAMES, per step its gradient norm; read once after the
-        # epochs (one host sync; non-finite values make the base roll the update back)
-        step_stats, step_grad_norms = [], []
+        # per minibatch its losses (one stacked row), log-ratios and gradient norm; the statistics are
+        # computed from them once after the epochs (one host sync; non-finite values make the base roll
+        # the update back). approx_kl is computed per minibatch only to stop early on target_kl.
+        step_losses, step_log_ratios, step_grad_norms = [], [], []
         family = self.policy.family
         for epoch in range(cfg.n_epochs):
             for batch in buffer.minibatches(cfg.batch_size, self.generator, cfg.normalize_advantage):
@@ -86,15 +87,12 @@ class PPO(OnPolicyAgent):
                 log_probs, entropy = family.log_prob(out.dist_params, batch.actions), family.entropy(out.dist_params)
                 policy_loss, value_loss, entropy_loss, loss, ratio, log_ratio = self.losses(
                     batch, log_probs, entropy, out.values, eps)
-                with torch.no_grad():
-                    approx_kl = distributed.mean(approximate_kl(log_ratio))  # every rank stops at once
-                    clip_fraction = ((ratio - 1).abs() > eps).float().mean()
-                    # as SB3, the minibatch that triggers the early stop is in the statistics (its approx_kl too)
-                    step_stats.append(torch.stack([policy_loss, value_loss, entropy_loss, approx_kl, clip_fraction,
-                                                   loss]))
-                if cfg.target_kl is not None and approx_kl > 1.5 * cfg.target_kl:
-                    stopped_early = True
-                    break
+                with torch.no_grad():  # as SB3, the minibatch that triggers the early stop is in the statistics
+                    step_losses.append(torch.stack([policy_loss, value_loss, entropy_loss, loss]))
+                    step_log_ratios.append(log_ratio.detach())
+                    if cfg.target_kl is not None and distributed.mean(approximate_kl(log_ratio)) > 1.5 * cfg.target_kl:
+                        stopped_early = True  # every rank sees the same mean, so every rank stops here
+                        break
                 self.optimizer.zero_grad(set_to_none=True)
                 out.backward(loss)  # autograd on the loss; the network's part written out for plain MLPs
                 distributed.average_gradients(self.policy.parameters())  # torchrun: the union minibatch's
@@ -103,7 +101,11 @@ class PPO(OnPolicyAgent):
                 step_grad_norms.append(grad_norm)
             if stopped_early:
                 break
-        means = torch.stack(step_stats).mean(0)  # never empty: the first minibatch is always evaluated
+        with torch.no_grad():  # one row per minibatch (all of batch_size rows: it divides the rollout)
+            log_ratios = torch.stack(step_log_ratios)
+            approx_kl = distributed.mean(approximate_kl(log_ratios, dim=1)).mean()
+            clip_fraction = ((log_ratios.exp() - 1).abs() > eps).float().mean()
+            means = torch.cat([torch.stack(step_losses).mean(0), torch.stack([approx_kl, clip_fraction])])
         guard_finite(loss=means, gradient_norm=torch.stack(step_grad_norms) if step_grad_norms else None)
         stats = {f"train/{k}": v for k, v in zip(STAT_NAMES, means.tolist())}
         stats.update({

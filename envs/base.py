@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 
@@ -35,11 +34,13 @@ class StepResult:
     final_obs: torch.Tensor
     episode_return: torch.Tensor
     episode_length: torch.Tensor
+    #: terminated | truncated: a backend that has it already passes it (a host backend, from numpy: one
+    #: conversion costs less than a torch kernel per step), else it is computed here
+    done: torch.Tensor | None = None
 
-    @cached_property
-    def done(self) -> torch.Tensor:
-        """terminated | truncated (computed once per step: the rollout reads it several times)."""
-        return self.terminated | self.truncated
+    def __post_init__(self):
+        if self.done is None:
+            self.done = self.terminated | self.truncated
 
 
 class VecEnv(abc.ABC):

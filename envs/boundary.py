@@ -72,8 +72,11 @@ def to_tensor(array, dtype, device: torch.device) -> torch.Tensor:
 
 
 def to_obs_tensor(obs: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 images stay uint8; everything else becomes float32."""
-    return to_tensor(obs, np.uint8 if obs.dtype == np.uint8 else np.float32, device)
+    """uint8 images stay uint8; everything else becomes float32. Always a copy: a vector env may return
+    its own observation buffer and overwrite it at the next step (gymnasium's `copy=False`, which
+    rlgeom's sync envs use: one copy here instead of gymnasium's deepcopy)."""
+    t = torch.from_numpy(np.array(obs, dtype=np.uint8 if obs.dtype == np.uint8 else np.float32, copy=True))
+    return t if device.type == "cpu" else t.to(device, non_blocking=True)
 
 
 class ObservationPacker:
@@ -119,6 +122,7 @@ class EpisodeTracker:
         if recorded is not None:
             r, l, mask = recorded
             ep_return[mask], ep_length[mask] = np.asarray(r)[mask], np.asarray(l)[mask]
-        self.returns[done] = 0
-        self.lengths[done] = 0
+        if done.any():
+            self.returns[done] = 0
+            self.lengths[done] = 0
         return ep_return, ep_length

@@ -60,8 +60,9 @@ class GymnasiumVecEnv(VecEnv):
         check_finite(obs, "observation", self._t, self.env_id)
         check_finite(reward, "reward", self._t, self.env_id)
         ep_return, ep_length = self._episodes.step(reward, done, _recorded_episodes(info, done))
-        # The arrays below are fresh copies owned by this step (gymnasium copies what it returns, the
-        # tracker returns copies), so from_numpy's zero-copy view is safe.
+        # The arrays below are fresh copies owned by this step (gymnasium copies rewards and flags, the
+        # tracker returns copies), so from_numpy's zero-copy view is safe; observations, which a vector env
+        # built with copy=False overwrites at its next step, are copied by to_obs_tensor.
         dev = self.device
         obs_t = to_obs_tensor(obs, dev)
         return StepResult(
@@ -72,6 +73,7 @@ class GymnasiumVecEnv(VecEnv):
             final_obs=obs_t if final_obs is obs else to_obs_tensor(final_obs, dev),
             episode_return=to_tensor(ep_return, np.float32, dev),
             episode_length=to_tensor(ep_length, np.int64, dev),
+            done=to_tensor(done, np.bool_, dev),
         )
 
     def close(self) -> None:

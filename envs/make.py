@@ -74,7 +74,8 @@ def _from_id(env_id: str, n_envs: int, device, vectorization: str, env_kwargs: d
         env_id,
         num_envs=n_envs,
         vectorization_mode=vectorization,
-        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+        # copy=False: the env boundary copies each observation batch once (envs.boundary.to_obs_tensor)
+        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP, "copy": False},
         # outermost, in-process envs only: the per-step infos rlgeom never reads are dropped before the
         # vector env merges them (subprocess workers would have to import rlgeom, and torch, to unpickle it)
         wrappers=[*wrappers, EpisodeInfoOnly] if vectorization == "sync" else wrappers,

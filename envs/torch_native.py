@@ -190,6 +190,7 @@ class TorchNativeVecEnv(VecEnv):
             final_obs=final_obs,
             episode_return=episode_return,
             episode_length=elapsed,
+            done=done,
         )
 
     # ----------------------------------------------------------------------- tests / analysis

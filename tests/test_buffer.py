@@ -1,5 +1,6 @@
 """The rollout buffer and GAE against plain, obviously-correct loops."""
 
+import pytest
 import torch
 
 from envs.base import StepResult
@@ -52,6 +53,26 @@ def test_gae_matches_plain_loop_with_truncation_and_termination():
     torch.testing.assert_close(ret, ref_ret)
 
 
+@pytest.mark.parametrize("T", [1, 2, 5, 64, 1000])
+def test_gae_of_long_rollouts_in_float32_matches_the_plain_loop(T):
+    """The doubling scan over rollouts of every length class (powers of two and not), with episodes of
+    many lengths, against the float64 plain loop."""
+    g = torch.Generator().manual_seed(T)
+    N, gamma, lam = 3, 0.99, 0.95
+    rewards, values = torch.randn(T, N, generator=g), torch.randn(T, N, generator=g)
+    final_values, last_values = torch.randn(T, N, generator=g), torch.randn(N, generator=g)
+    u = torch.rand(T, N, generator=g)
+    terminated, truncated = u < 0.01, (u >= 0.01) & (u < 0.015)
+    dones = terminated | truncated
+    next_values = torch.where(dones, final_values, torch.cat([values[1:], last_values[None]]))
+    adv, ret = compute_gae(rewards, values, next_values, terminated, dones, gamma, lam)
+    ref_adv, ref_ret = reference_gae(rewards.double(), values.double(), final_values.double(), terminated, truncated,
+                                     last_values.double(), gamma, lam)
+    assert adv.dtype == torch.float32
+    torch.testing.assert_close(adv.double(), ref_adv, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(ret.double(), ref_ret, rtol=1e-5, atol=1e-4)
+
+
 def test_truncation_bootstraps_but_termination_does_not():
     rewards = torch.ones(1, 2, dtype=torch.float64)
     values = torch.zeros(1, 2, dtype=torch.float64)
@@ -80,7 +101,7 @@ def _filled_buffer(T=8, N=3, obs_dim=2):
         step = StepResult(obs + 1, torch.ones(N), done & torch.tensor([True, False, False]),
                           done & torch.tensor([False, False, True]), obs + 1, torch.full((N,), 7.0),
                           torch.full((N,), 4, dtype=torch.long))
-        buf.add(obs, torch.arange(N) + t, torch.zeros(N), torch.zeros(N), torch.zeros(N, dtype=torch.bool), step)
+        buf.add(obs, torch.arange(N) + t, torch.zeros(N, dtype=torch.bool), step)
     buf.compute_advantages(lambda o: o[:, 0] * 0, 0.99, 0.95)
     return buf
 
@@ -96,6 +117,37 @@ def test_minibatches_cover_every_sample_once_per_epoch():
     # a second epoch is shuffled differently
     again = [v for mb in buf.minibatches(5, torch.Generator().manual_seed(2)) for v in mb.obs[:, 0].tolist()]
     assert again != seen and sorted(again) == sorted(seen)
+
+
+@pytest.mark.parametrize("chunk", [5, 4096])
+def test_policy_terms_are_evaluated_for_each_transition(monkeypatch, chunk):
+    """log π_old and V_old, filled after the rollout (in chunks of `chunk` rows), sit in their transition's row."""
+    import rlgeom.data.buffer as buffer_module
+
+    monkeypatch.setattr(buffer_module, "EVALUATION_CHUNK", chunk)
+    buf = _filled_buffer()
+    buf.evaluate_policy_terms(lambda obs, actions: (obs[:, 0] + 0.5 * actions, -obs[:, 1]))
+    for t in range(8):
+        for n in range(3):
+            assert buf.log_probs[t, n].item() == buf.obs[t, n, 0].item() + 0.5 * buf.actions[t, n].item()
+            assert buf.values[t, n].item() == -buf.obs[t, n, 1].item()
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 6, 7, 23, 24])
+def test_each_minibatch_advantage_is_normalised_on_its_own(batch_size):
+    """Against the textbook per-minibatch formula (adv - mean) / (sample std + 1e-8) on the same
+    shuffled rows; a minibatch of one is left as it is (SB3's rule). 24 rows: batch sizes that divide it
+    and that leave a last, shorter minibatch (of one row for 23)."""
+    buf = _filled_buffer()
+    buf.advantages = torch.randn(8, 3, generator=torch.Generator().manual_seed(3)) * 5 + 2
+    raw = list(buf.minibatches(batch_size, torch.Generator().manual_seed(9)))
+    normalised = list(buf.minibatches(batch_size, torch.Generator().manual_seed(9), normalize_advantage=True))
+    assert len(raw) == len(normalised) == -(-24 // batch_size)
+    for r, n in zip(raw, normalised):
+        assert torch.equal(r.obs, n.obs)
+        a = r.advantages
+        expected = a if len(a) == 1 else (a - a.mean()) / (a.std() + 1e-8)
+        torch.testing.assert_close(n.advantages, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_minibatch_rows_stay_aligned():

@@ -92,6 +92,27 @@ def test_outputs_match_the_modules_and_their_gradients(action_space, kw, written
             torch.testing.assert_close(p.grad, h, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("env_id, kw", [
+    ("Pendulum-v1", {}),
+    ("Pendulum-v1", {"use_sde": True, "sde_sample_freq": 3, "normalize_observations": True}),
+    ("CartPole-v1", {"policy_kwargs": {"net_arch": {"pi": [16], "vf": [8, 8]}}}),
+])
+def test_the_rollouts_old_log_probs_and_values_are_the_policys(env_id, kw):
+    """log π_old and V_old, evaluated once after the rollout, are the policy's torch distribution's
+    log-density of each stored action and its critic's value of each stored observation."""
+    model = PPO("MlpPolicy", env_id, n_envs=2, n_steps=16, batch_size=32, seed=0, device="cpu", **kw)
+    model.learn(32)  # one rollout and one update (normalisation statistics fitted), then a second rollout
+    model.collect_rollout()
+    buf = model.buffer
+    obs, actions = buf.obs.flatten(0, 1), buf.actions.flatten(0, 1)
+    with torch.no_grad():
+        log_probs = model.policy.get_distribution(obs).log_prob(actions)
+        values = model.policy.value(obs)
+    torch.testing.assert_close(buf.log_probs.flatten(), log_probs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(buf.values.flatten(), values, rtol=1e-5, atol=1e-5)
+    assert buf.log_probs.abs().sum() > 0 and buf.values.abs().sum() > 0
+
+
 def test_fast_sampling_has_the_right_distribution():
     torch.manual_seed(1)
     policy = _policy(3, spaces.Discrete(3), ortho_init=False)
@@ -159,9 +180,9 @@ def test_no_sync_per_step_on_cuda():
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(model.config.n_steps):
-            actions, values, log_probs = model.policy.act(model._last_obs)
+            actions = model.policy.draw(model._last_obs)
             step = model.env.step(model._env_actions(actions))
-            model.buffer.add(model._last_obs, actions, log_probs, values, model._last_episode_starts, step)
+            model.buffer.add(model._last_obs, actions, model._last_episode_starts, step)
             model._last_obs, model._last_episode_starts = step.obs, step.done
     finally:
         torch.cuda.set_sync_debug_mode("default")

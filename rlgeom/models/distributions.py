@@ -91,11 +91,6 @@ class ActionDistribution(abc.ABC):
     def sample(self, params: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         """Actions drawn from π (its mode when deterministic), shaped [B, *action_shape]."""
 
-    def sample_with_log_prob(self, params: torch.Tensor, deterministic: bool = False):
-        """(actions, log π(actions)): the rollout's draw (families may share work between the two)."""
-        actions = self.sample(params, deterministic)
-        return actions, self.log_prob(params, actions)
-
     @abc.abstractmethod
     def fisher_product(self, params: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Per-sample F_dist(params) @ v, both of shape [B, param_dim]."""
@@ -231,18 +226,11 @@ class DiagGaussianFamily(ActionDistribution):
         return D.Independent(D.Normal(mean, log_std.exp(), validate_args=False), 1, validate_args=False)
 
     def log_prob(self, params, actions):
-        mean, log_std = self.split(params)
-        return self._standardised_log_prob((self._flat(actions) - mean) * torch.exp(-log_std), log_std)
-
-    def _standardised_log_prob(self, z, log_std):
-        """log N(a; μ, σ) summed over the action dimensions, from z = (a - μ)/σ: the one density,
+        """log N(a; μ, σ) summed over the action dimensions: with z = (a - μ)/σ, the one density
         -Σ (½ z² + log σ) - d/2 log 2π (as one fused multiply-add, a sum and a subtraction)."""
-        return torch.rsub(torch.addcmul(log_std, z, z, value=0.5).sum(-1), -self.action_dim * _HALF_LOG_2PI)
-
-    def sample_with_log_prob(self, params, deterministic=False):
         mean, log_std = self.split(params)
-        z = torch.zeros_like(mean) if deterministic else torch.randn_like(mean)  # the draw, standardised
-        return self._shaped(torch.addcmul(mean, z, log_std.exp())), self._standardised_log_prob(z, log_std)
+        z = (self._flat(actions) - mean) * torch.exp(-log_std)
+        return torch.rsub(torch.addcmul(log_std, z, z, value=0.5).sum(-1), -self.action_dim * _HALF_LOG_2PI)
 
     def entropy(self, params):
         return self.split(params)[1].sum(-1) + self.action_dim * (0.5 + _HALF_LOG_2PI)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -456,33 +457,46 @@ class ActorCriticPolicy(nn.Module):
 
     # ----------------------------------------------------------------- the rollout's path
     @torch.inference_mode()
-    def act(self, obs: torch.Tensor, deterministic: bool = False):
-        """(actions, values, log_probs) without autograd: what the rollout calls once per step.
+    def draw(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """Actions for a batch of raw observations, without autograd: the rollout's one call per step.
 
-        The same numbers as `forward`. Between `start_rollout()` and `end_rollout()` (the parameters
-        and normalisation statistics are fixed during a rollout) the networks' inference functions are
-        built once (rlgeom.models.networks.inference_function: PlainMLP's forward for plain MLPs when
-        `written_out_derivatives` is on); elsewhere per call. Results are inference tensors: copy them
-        (the rollout buffer does) before any autograd use.
+        Only the actor runs here; log π_old(a|s) and V_old(s) of a whole rollout are evaluated after it in
+        one batch (`rollout_terms`), with the same parameters. Between `start_rollout()` and
+        `end_rollout()` (parameters and normalisation statistics are fixed during a rollout) the networks'
+        inference functions are built once (rlgeom.models.networks.inference_function: PlainMLP's forward
+        for plain MLPs when `written_out_derivatives` is on); elsewhere per call. The result is an
+        inference tensor: copy it (the rollout buffer does) before any autograd use.
         """
-        normalize, networks_of = self._rollout_plan or self._make_rollout_plan()
+        plan = self._rollout_plan or self._make_rollout_plan()
+        x = plan.normalize(obs)
         if self.use_sde:
-            return self._act_sde(normalize(obs), deterministic)
-        dist_params, values = networks_of(normalize(obs))
-        actions, log_probs = self.family.sample_with_log_prob(dist_params, deterministic)
-        return actions, values.squeeze(-1), log_probs
+            return self._draw_sde(x, deterministic)
+        return self.family.sample(plan.actor(x), deterministic)
 
-    def _act_sde(self, x: torch.Tensor, deterministic: bool):
-        """gSDE's draw: a = μ(s) + φ(s) E with the current exploration matrices (rlgeom.models.sde),
-        log π(a) under the family's Gaussian N(μ(s), σ(s)²). With `squash_output` the buffer keeps
-        this Gaussian action; tanh and the bounds apply at the env boundary (`env_actions`)."""
+    def _draw_sde(self, x: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        """gSDE's draw: a = μ(s) + φ(s) E with the current exploration matrices (rlgeom.models.sde); its
+        log π(a) is the family's Gaussian N(μ(s), σ(s)²). With `squash_output` the buffer keeps this
+        Gaussian action; tanh and the bounds apply at the env boundary (`env_actions`)."""
         actor = self.actor
         latent = actor.body(actor.features(x))
-        dist_params = actor.from_latent(latent)
-        mean = self.family.split(dist_params)[0]
+        mean = self.family.split(actor.from_latent(latent))[0]
         actions = mean if deterministic else mean + actor.scale.noise(latent)
-        actions = actions.reshape(actions.shape[0], *self.family.action_shape)
-        return actions, self.critic(x).squeeze(-1), self.family.log_prob(dist_params, actions)
+        return actions.reshape(actions.shape[0], *self.family.action_shape)
+
+    @torch.inference_mode()
+    def rollout_terms(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log π(actions|obs), V(obs)) without autograd, for a batch of a rollout's transitions: the
+        family's one log-density and the critic, in one pass of both networks."""
+        plan = self._rollout_plan or self._make_rollout_plan()
+        dist_params, values = plan.actor_and_critic(plan.normalize(obs))
+        return self.family.log_prob(dist_params, actions), values.squeeze(-1)
+
+    def act(self, obs: torch.Tensor, deterministic: bool = False):
+        """(actions, values, log_probs) without autograd: `draw`, then `rollout_terms` of what it drew (the
+        numbers of `forward`; inference tensors)."""
+        actions = self.draw(obs, deterministic)
+        log_probs, values = self.rollout_terms(obs, actions)
+        return actions, values, log_probs
 
     def reset_noise(self, n_envs: int = 1) -> None:
         """gSDE: draw new exploration matrices, one per env (SB3's `policy.reset_noise`)."""
@@ -521,7 +535,7 @@ class ActorCriticPolicy(nn.Module):
         with torch.no_grad():
             tensor = torch.as_tensor(obs.astype(np.uint8 if stored == np.uint8 else np.float32, copy=False),
                                      device=self.device)
-            actions = self.env_actions(self.act(tensor, deterministic)[0]).cpu().numpy()
+            actions = self.env_actions(self.draw(tensor, deterministic)).cpu().numpy()
         return (actions if batched else actions[0]), state
 
     def _observation_rows(self, observation) -> tuple[np.ndarray, bool]:
@@ -556,9 +570,19 @@ class ActorCriticPolicy(nn.Module):
         self._rollout_plan = None
 
     @torch.no_grad()
-    def _make_rollout_plan(self):
-        return (self.obs_normalizer.frozen(),
-                networks.paired_inference_function(self.actor, self.critic, self.written_out_derivatives))
+    def _make_rollout_plan(self) -> "RolloutPlan":
+        written_out = self.written_out_derivatives
+        return RolloutPlan(self.obs_normalizer.frozen(), networks.inference_function(self.actor, written_out),
+                           networks.paired_inference_function(self.actor, self.critic, written_out))
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """The inference functions of one rollout, built once with the parameters as they are during it."""
+
+    normalize: Callable[[torch.Tensor], torch.Tensor]
+    actor: Callable[[torch.Tensor], torch.Tensor]
+    actor_and_critic: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def activation_class(activation_fn) -> type[nn.Module]:

@@ -238,11 +238,11 @@ def collect_batch(agent, env_id: str, n_states: int, seed: int) -> FixedBatch:
                 agent.policy.family.action_shape, agent.policy.family.action_dtype, agent.device,
             )
             for _ in range(n_steps):
-                with torch.no_grad():
-                    actions, values, log_probs = agent.policy(obs)
+                actions = agent.policy.draw(obs)
                 step = env.step(agent._env_actions(actions))
-                buffer.add(obs, actions, log_probs, values, starts, step)
+                buffer.add(obs, actions, starts, step)
                 obs, starts = step.obs, step.done
+            buffer.evaluate_policy_terms(agent.policy.rollout_terms)
     finally:
         env.close()
     if agent.reward_scaler is not None:  # the critic was trained on scaled rewards

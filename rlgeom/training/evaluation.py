@@ -16,7 +16,7 @@ def evaluate(agent, env, n_episodes: int = 10, deterministic: bool = True, seed:
     returns: list[float] = []
     obs = env.reset(seed=seed)
     while (counts < targets).any():
-        actions = agent.policy.act(obs, deterministic)[0]
+        actions = agent.policy.draw(obs, deterministic)
         step = env.step(agent._env_actions(actions))
         obs = step.obs
         done = step.done.cpu().numpy()

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from rlgeom.geometry.fisher import flat_parameters
 
@@ -123,7 +124,33 @@ class ContiguousAdam(torch.optim.Adam):
 
     def step(self, closure=None):
         self._reattach_gradients()
+        if closure is None and self._kernel_step_applies():
+            return self._kernel_step()
         return super().step(closure)
+
+    def _kernel_step_applies(self) -> bool:
+        """Whether Adam.step would run exactly torch._fused_adam_ on the buffer: state made (the first step
+        goes through Adam.step), fused, plain Adam options, a float lr, no optimiser hooks."""
+        group, state = self.param_groups[0], self.state.get(self.flat)
+        return (state is not None and "step" in state and group["fused"] and not group["amsgrad"]
+                and not group["capturable"] and not group["differentiable"]
+                and not group.get("decoupled_weight_decay", False) and isinstance(group["lr"], float)
+                and not self._optimizer_step_pre_hooks and not self._optimizer_step_post_hooks
+                and not _global_optimizer_pre_hooks and not _global_optimizer_post_hooks)
+
+    @torch.no_grad()
+    def _kernel_step(self) -> None:
+        """Adam.step's fused path on the one buffer, called directly: the same kernel and arguments
+        (torch.optim.adam._fused_adam: step += 1, then torch._fused_adam_), without the per-call Python
+        bookkeeping around it (~35 µs per step, about a third of a small minibatch's optimiser cost).
+        Tested against torch.optim.Adam over the separate parameters (tests/test_optim.py)."""
+        group, state = self.param_groups[0], self.state[self.flat]
+        beta1, beta2 = group["betas"]
+        state["step"].add_(1)
+        torch._fused_adam_([self.flat], [self.flat.grad], [state["exp_avg"]], [state["exp_avg_sq"]], [], [state["step"]],
+                           amsgrad=False, lr=group["lr"], beta1=float(beta1), beta2=float(beta2),
+                           weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
+        self._opt_called = True  # what Adam.step's wrapper records (LR schedulers read it)
 
 
 def adam(params: Iterable[torch.nn.Parameter], lr: float, **kwargs) -> ContiguousAdam:
