@@ -6,8 +6,8 @@ All storage is torch tensors of shape [n_steps, n_envs, ...] on the agent's devi
 |------------------|---------------------------|-------------------------------------------------------|
 | obs              | [T, N, *obs]              | observation the action was taken in (float or uint8)  |
 | actions          | [T, N, *act]              | sampled (unclipped) actions                           |
-| log_probs        | [T, N]                    | log π_old(a|s) at collection time                     |
-| values           | [T, N]                    | V_old(s)                                              |
+| log_probs        | [T, N]                    | log π_old(a|s), evaluated once after the rollout      |
+| values           | [T, N]                    | V_old(s), likewise (the policy is fixed meanwhile)    |
 | rewards          | [T, N]                    | r_t                                                   |
 | terminated       | [T, N] bool               | s' is terminal: no bootstrap                          |
 | dones            | [T, N] bool               | the episode ended (terminated or truncated)           |
