@@ -67,7 +67,8 @@ class PPO(OnPolicyAgent):
         lr = schedule_value(self.config.learning_rate, 1.0)
         # SB3's policy optimiser: Adam with eps 1e-5 unless policy_kwargs name another (one fused step by default)
         self.optimizer = make_optimizer(self.policy.parameters(), lr, self.policy.optimizer_class,
-                                        self.policy.optimizer_kwargs, default_eps=1e-5)
+                                        self.policy.optimizer_kwargs, default_eps=1e-5,
+                                        direct_kernel=self.config.written_out_derivatives)
 
     def update(self, buffer, progress_remaining: float) -> dict:
         cfg = self.config
@@ -101,9 +102,9 @@ class PPO(OnPolicyAgent):
                 step_grad_norms.append(grad_norm)
             if stopped_early:
                 break
-        with torch.no_grad():  # one row per minibatch (all of batch_size rows: it divides the rollout)
-            log_ratios = torch.stack(step_log_ratios)
-            approx_kl = distributed.mean(approximate_kl(log_ratios, dim=1)).mean()
+        with torch.no_grad():  # minibatches of equal size (batch_size divides the rollout): the mean of their means
+            log_ratios = torch.cat(step_log_ratios)
+            approx_kl = distributed.mean(approximate_kl(log_ratios))
             clip_fraction = ((log_ratios.exp() - 1).abs() > eps).float().mean()
             means = torch.cat([torch.stack(step_losses).mean(0), torch.stack([approx_kl, clip_fraction])])
         guard_finite(loss=means, gradient_norm=torch.stack(step_grad_norms) if step_grad_norms else None)

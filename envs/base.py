@@ -12,6 +12,7 @@ agents through `VecEnv`: batched torch tensors on the agent's device in and out.
 | final_obs        | [N, *obs_shape]                 | last observation of the finished episode where done, else obs |
 | episode_return   | [N] float32                     | undiscounted return of the episode that ended here (valid where done) |
 | episode_length   | [N] int64                       | its length in steps (valid where done)                      |
+| done             | [N] bool                        | terminated or truncated (a backend may pass it; else computed) |
 
 Episodes reset on the same step they end (SB3's convention, Gymnasium's SAME_STEP autoreset), so
 no step is wasted and the truncation bootstrap has its observation.

@@ -73,8 +73,8 @@ def to_tensor(array, dtype, device: torch.device) -> torch.Tensor:
 
 def to_obs_tensor(obs: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 images stay uint8; everything else becomes float32. Always a copy: a vector env may return
-    its own observation buffer and overwrite it at the next step (gymnasium's `copy=False`, which
-    rlgeom's sync envs use: one copy here instead of gymnasium's deepcopy)."""
+    its own observation buffer and overwrite it at the next step (gymnasium's `copy=False`, which the
+    vector envs rlgeom builds from an id use: one copy here instead of gymnasium's deepcopy)."""
     t = torch.from_numpy(np.array(obs, dtype=np.uint8 if obs.dtype == np.uint8 else np.float32, copy=True))
     return t if device.type == "cpu" else t.to(device, non_blocking=True)
 

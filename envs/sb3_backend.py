@@ -78,7 +78,7 @@ class SB3VecEnvAdapter(VecEnv):
             final_obs=to_obs_tensor(final_obs, dev),
             episode_return=to_tensor(ep_return, np.float32, dev),
             episode_length=to_tensor(ep_length, np.int64, dev),
-            done=to_tensor(done, np.bool_, dev),
+            done=to_tensor(np.array(done, dtype=np.bool_), np.bool_, dev),  # own copy: it outlives the next step
         )
 
     def close(self) -> None:

@@ -79,6 +79,17 @@ def test_the_direct_kernel_steps_are_torch_adams(options, monkeypatch):
     assert int(opt.state[opt.flat]["step"]) == 6
 
 
+def test_the_switch_off_steps_through_adam_step(monkeypatch):
+    """direct_kernel=False (an agent's written_out_derivatives=False) runs every step through Adam.step."""
+    model = net()
+    opt = ContiguousAdam(model.parameters(), lr=1e-2, direct_kernel=False)
+    calls = []
+    original = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, closure=None: (calls.append(1), original(self, closure))[1])
+    train(model, opt, 3, None)
+    assert len(calls) == 3
+
+
 def test_parameters_and_gradients_live_in_one_buffer():
     model = net()
     opt = ContiguousAdam(model.parameters(), lr=1e-3)

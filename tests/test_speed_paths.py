@@ -113,6 +113,20 @@ def test_the_rollouts_old_log_probs_and_values_are_the_policys(env_id, kw):
     assert buf.log_probs.abs().sum() > 0 and buf.values.abs().sum() > 0
 
 
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])  # float32 and float64 observations
+def test_stored_observations_are_not_overwritten_by_later_steps(env_id):
+    """Vector envs built from an id return their own observation buffer (copy=False): every stored
+    observation must still be the one of its step, next_obs[t] == obs[t+1] wherever the episode went on."""
+    model = PPO("MlpPolicy", env_id, n_envs=2, n_steps=64, batch_size=128, seed=0, device="cpu")
+    model.learn(128)
+    buf = model.buffer
+    going_on = ~buf.dones[:-1]
+    assert going_on.any() and not torch.equal(buf.obs[0], buf.obs[-1])
+    assert torch.equal(buf.next_obs[:-1][going_on], buf.obs[1:][going_on])
+    assert torch.equal(buf.next_obs[-1][~buf.dones[-1]], model._last_obs[~buf.dones[-1]])
+    assert len({tuple(row.tolist()) for row in buf.obs.flatten(0, 1)}) == buf.obs.shape[0] * buf.obs.shape[1]
+
+
 def test_fast_sampling_has_the_right_distribution():
     torch.manual_seed(1)
     policy = _policy(3, spaces.Discrete(3), ortho_init=False)

@@ -139,7 +139,7 @@ class RolloutBuffer:
         V_old are filled for the whole rollout afterwards (`evaluate_policy_terms`)."""
         t = self.pos
         rows = self._row_views[t]
-        if rows is None:  # made once per row and kept: indexing eleven tensors costs more than the copy
+        if rows is None:  # made once per row and kept: indexing nine tensors costs more than the copy
             rows = self._row_views[t] = [x[t] for x in self._row_sources]
         # one multi-tensor copy instead of nine indexed assignments (the per-step cost on small tasks)
         torch._foreach_copy_(
@@ -154,6 +154,9 @@ class RolloutBuffer:
         gives (log π(a|s) [B], V(s) [B]). Evaluated once per rollout in batches rather than at each step:
         the policy does not change during a rollout, so the numbers are the same (to float rounding) and
         the per-step path runs the actor alone."""
+        if not self.full:
+            raise RuntimeError(f"evaluate_policy_terms needs a full rollout; the buffer holds {self.pos} of "
+                               f"{self.n_steps} steps")
         with torch.no_grad():
             log_probs, values = _in_chunks(policy_terms, self.obs.flatten(0, 1), self.actions.flatten(0, 1))
         self.log_probs.copy_(log_probs.view(self.n_steps, self.n_envs))

@@ -110,12 +110,11 @@ def policy_kl(family: ActionDistribution, old_params: torch.Tensor, new_params: 
     return kl_divergence(family.distribution(old_params), family.distribution(new_params))
 
 
-def approximate_kl(log_ratio: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+def approximate_kl(log_ratio: torch.Tensor) -> torch.Tensor:
     """E[(r − 1) − log r], r = π_θ(a|s) / π_old(a|s) for a ~ π_old: an unbiased, non-negative sample
     estimate of KL(π_old ‖ π_θ) from log-ratios alone (Schulman, "Approximating KL divergence"; SB3's
-    approx_kl). The agents' train/approx_kl; the mean over `dim` only (e.g. per minibatch) when given."""
-    terms = (log_ratio.exp() - 1) - log_ratio
-    return terms.mean() if dim is None else terms.mean(dim)
+    approx_kl). The agents' train/approx_kl."""
+    return ((log_ratio.exp() - 1) - log_ratio).mean()
 
 
 def surrogate_advantage(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,8 @@ The policy contract, once:
 | actor(x)                  | network input -> distribution params   | [B, *obs] -> [B, P]          |
 | critic(x)                 | network input -> state value           | [B, *obs] -> [B, 1]          |
 | outputs(obs)              | raw obs -> params, V(s) for a loss, and its `backward(loss)` | [B, P], [B] |
-| act(obs)                  | raw obs -> actions, V(s), log π (the rollout, no graph)      | [B, ...], [B], [B] |
+| draw(obs)                 | raw obs -> actions (the rollout's step, no graph)            | [B, ...]           |
+| rollout_terms(obs, a)     | raw obs, actions -> log π(a|s), V(s) (once per rollout)      | [B], [B]           |
 | get_distribution(obs)     | raw obs -> torch Distribution          | batch shape [B]              |
 | value(obs)                | raw obs -> V(s)                        | [B]                          |
 | family                    | rlgeom.models.distributions.ActionDistribution (log π, H, sampling, its Fisher) |
@@ -26,6 +27,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -492,8 +494,8 @@ class ActorCriticPolicy(nn.Module):
         return self.family.log_prob(dist_params, actions), values.squeeze(-1)
 
     def act(self, obs: torch.Tensor, deterministic: bool = False):
-        """(actions, values, log_probs) without autograd: `draw`, then `rollout_terms` of what it drew (the
-        numbers of `forward`; inference tensors)."""
+        """(actions, values, log_probs) without autograd: `draw`, then `rollout_terms` of what it drew
+        (inference tensors)."""
         actions = self.draw(obs, deterministic)
         log_probs, values = self.rollout_terms(obs, actions)
         return actions, values, log_probs
@@ -571,18 +573,27 @@ class ActorCriticPolicy(nn.Module):
 
     @torch.no_grad()
     def _make_rollout_plan(self) -> "RolloutPlan":
-        written_out = self.written_out_derivatives
-        return RolloutPlan(self.obs_normalizer.frozen(), networks.inference_function(self.actor, written_out),
-                           networks.paired_inference_function(self.actor, self.critic, written_out))
+        return RolloutPlan(self)
 
 
-@dataclass(frozen=True)
 class RolloutPlan:
-    """The inference functions of one rollout, built once with the parameters as they are during it."""
+    """The inference functions of one rollout, each built on first use (a `predict` outside a rollout
+    builds only the actor's) and kept while the parameters stay as they are."""
 
-    normalize: Callable[[torch.Tensor], torch.Tensor]
-    actor: Callable[[torch.Tensor], torch.Tensor]
-    actor_and_critic: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    def __init__(self, policy: "ActorCriticPolicy"):
+        self._policy = policy
+        self.normalize: Callable[[torch.Tensor], torch.Tensor] = policy.obs_normalizer.frozen()
+
+    @cached_property
+    def actor(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        with torch.no_grad():
+            return networks.inference_function(self._policy.actor, self._policy.written_out_derivatives)
+
+    @cached_property
+    def actor_and_critic(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        policy = self._policy
+        with torch.no_grad():
+            return networks.paired_inference_function(policy.actor, policy.critic, policy.written_out_derivatives)
 
 
 def activation_class(activation_fn) -> type[nn.Module]:

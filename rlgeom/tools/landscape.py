@@ -238,7 +238,8 @@ def collect_batch(agent, env_id: str, n_states: int, seed: int) -> FixedBatch:
                 agent.policy.family.action_shape, agent.policy.family.action_dtype, agent.device,
             )
             for _ in range(n_steps):
-                actions = agent.policy.draw(obs)
+                with torch.no_grad():  # π's own draw (gSDE included: no exploration matrices carried over)
+                    actions = agent.policy.family.sample(agent.policy.dist_params(obs))
                 step = env.step(agent._env_actions(actions))
                 buffer.add(obs, actions, starts, step)
                 obs, starts = step.obs, step.done

@@ -35,8 +35,9 @@ class ContiguousAdam(torch.optim.Adam):
     learning rate is set through `param_groups[0]["lr"]` as for any torch optimiser.
     """
 
-    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, **kwargs):
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, direct_kernel: bool = True, **kwargs):
         self.params = list(params)
+        self.direct_kernel = direct_kernel  # False: every step through Adam.step (the agents' written_out_derivatives)
         if not self.params:
             raise ValueError("ContiguousAdam got no parameters")
         first = self.params[0]
@@ -124,7 +125,7 @@ class ContiguousAdam(torch.optim.Adam):
 
     def step(self, closure=None):
         self._reattach_gradients()
-        if closure is None and self._kernel_step_applies():
+        if closure is None and self.direct_kernel and self._kernel_step_applies():
             return self._kernel_step()
         return super().step(closure)
 
@@ -159,12 +160,14 @@ def adam(params: Iterable[torch.nn.Parameter], lr: float, **kwargs) -> Contiguou
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, optimizer_class=None,
-                   optimizer_kwargs: dict | None = None, default_eps: float | None = None) -> torch.optim.Optimizer:
+                   optimizer_kwargs: dict | None = None, default_eps: float | None = None,
+                   direct_kernel: bool = True) -> torch.optim.Optimizer:
     """A first-order optimiser as SB3's policy_kwargs ask for it (`optimizer_class`, `optimizer_kwargs`).
 
     Adam (the default, or torch.optim.Adam named) is rlgeom's ContiguousAdam: the same algorithm, one
-    fused step. `default_eps` is the agent's Adam eps when `optimizer_kwargs` is not given (SB3 sets
-    1e-5 for its policies' Adam the same way). Any other class is built as it is:
+    fused step (its kernel called directly unless `direct_kernel` is False: the agents pass their
+    `written_out_derivatives` switch). `default_eps` is the agent's Adam eps when `optimizer_kwargs` is
+    not given (SB3 sets 1e-5 for its policies' Adam the same way). Any other class is built as it is:
     `optimizer_class(params, lr=lr, **optimizer_kwargs)`.
     """
     params = list(params)
@@ -172,7 +175,7 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, optimizer_cl
     if optimizer_kwargs is None and default_eps is not None and optimizer_class in (None, torch.optim.Adam):
         kwargs["eps"] = default_eps
     if optimizer_class in (None, torch.optim.Adam) and not {"fused", "foreach", "capturable", "differentiable"} & set(kwargs):
-        return ContiguousAdam(params, lr=lr, **kwargs)
+        return ContiguousAdam(params, lr=lr, direct_kernel=direct_kernel, **kwargs)
     try:
         return (optimizer_class or torch.optim.Adam)(params, lr=lr, **kwargs)
     except TypeError as err:
