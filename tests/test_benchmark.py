@@ -3,10 +3,12 @@ skip-on-rerun, an SB3 baseline in the same log directory, and the report over it
 
 import json
 import os
+import subprocess
 import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlgeom.tools import benchmark
 from rlgeom.persistence.runlogs import read_run
@@ -67,6 +69,13 @@ def test_grid_reports_failure_and_rerun_skips(grid, capsys):
     assert code == 1, out
     done = json.loads((good / "done.json").read_text())
     assert done["status"] == "done" and done["timesteps"] == 256 and done["env"] == "CartPole-v1"
+    import rlgeom
+
+    assert done["code"]["rlgeom"] == rlgeom.__version__ and done["code"]["torch"] == torch.__version__
+    if (Path(rlgeom.__file__).parent.parent / ".git").exists():  # a checkout (CI's is): the commit that ran
+        head = subprocess.run(["git", "-C", str(Path(rlgeom.__file__).parent.parent), "rev-parse", "HEAD"],
+                              capture_output=True, text=True).stdout.strip()
+        assert done["code"]["git_commit"] == head
     assert json.loads((good / "run.json").read_text())["algo"] == "ppo"
     assert (good / "model.safetensors").is_file()
     assert not (bad / "done.json").exists()

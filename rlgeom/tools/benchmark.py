@@ -32,6 +32,7 @@ import math
 import multiprocessing
 import os
 import socket
+import subprocess
 import sys
 import time
 import traceback
@@ -383,11 +384,40 @@ def set_aside(run_dir: str) -> str | None:
 # ---------------------------------------------------------------- the worker
 
 
+def code_identity() -> dict:
+    """What ran: rlgeom's version, its git commit when it runs from a checkout (and whether tracked files
+    differed from it), and the versions of the libraries a run's numbers depend on."""
+    from importlib import metadata
+
+    from rlgeom import __version__
+
+    identity = {"rlgeom": __version__}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        def git(*args) -> str | None:
+            out = subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=20)
+            return out.stdout.strip() if out.returncode == 0 else None
+
+        top = git("rev-parse", "--show-toplevel")
+        if top is not None and os.path.samefile(top, root):  # rlgeom's own checkout, not a repository around it
+            identity["git_commit"] = git("rev-parse", "HEAD")
+            identity["git_dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):  # no git here: the version alone
+        pass
+    for name in ("torch", "gymnasium", "mujoco", "stable-baselines3", "sb3-contrib"):
+        try:
+            identity[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return identity
+
+
 def run_in_worker(spec: dict) -> dict:
     """Train one run in this (fresh) process; never raises: a failure comes back as a record."""
     start = time.perf_counter()
     base = {"algo": spec["algo"], "env": spec["env"], "seed": spec["seed"], "run_dir": spec["run_dir"],
-            "worker": f"{socket.gethostname()}:{os.getpid()}"}  # where it ran (a node of a Ray cluster, say)
+            "worker": f"{socket.gethostname()}:{os.getpid()}",  # where it ran (a node of a Ray cluster, say)
+            "code": code_identity()}
     try:
         import torch
 

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Issue 16: the 1M-step table. VPG, NPG, TRPO, PPO and ACKTR with the CLI presets, beside sb3-contrib TRPO,
+# SB3 PPO and SB3 A2C with RL-Zoo settings, on Hopper-v5, HalfCheetah-v5 and Walker2d-v5 at 1M environment
+# steps: 5 seeds for TRPO, PPO and ACKTR, 3 for VPG, NPG and the three peers; each run ends with a
+# deterministic evaluation of 10 episodes. Then two comparison reports: the training-return curves, and
+# the final evaluations (rliable IQM with bootstrap intervals, probability of improvement).
+#
+#   WORKERS=2 bash experiments/grid_1m.sh
+#
+# The grid spans sessions: rerunning skips finished runs (done.json) and sets unfinished ones aside before
+# running them again, so an interrupted grid continues where it stopped. The reports need every run of a
+# task finished. Exit status: 2 for bad arguments, else the grids' (0 all runs succeeded, 1 some failed).
+set -u
+cd "$(dirname "$0")/.."
+
+WORKERS="${WORKERS:-$(nproc)}"
+LOGDIR="${LOGDIR:-experiments/results/grid_1m}"
+OUT="${OUT:-experiments/results/grid_1m_report}"
+common=(--env Hopper-v5,HalfCheetah-v5,Walker2d-v5 --timesteps 1000000 --eval-episodes 10
+        --workers "$WORKERS" --logdir "$LOGDIR")
+
+python -m rlgeom.train --algo trpo,ppo,acktr --seeds 0,1,2,3,4 "${common[@]}"
+first=$?
+[ "$first" -eq 2 ] && exit 2
+python -m rlgeom.train --algo vpg,npg,sb3contrib:trpo,sb3:ppo,sb3:a2c --seeds 0,1,2 "${common[@]}"
+second=$?
+[ "$second" -eq 2 ] && exit 2
+
+python -m rlgeom.compare "$LOGDIR" --out "$OUT/curves" || exit $?
+python -m rlgeom.compare "$LOGDIR" --tag eval/mean_reward --out "$OUT/final_eval" || exit $?
+[ "$first" -eq 0 ] && [ "$second" -eq 0 ]
