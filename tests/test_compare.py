@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlgeom.tools.compare import CompareError, load_runs, main, run_xy, summarize, write_report
+from rlgeom.tools.compare import CompareError, load_runs, main, run_xy, summarize, table_markdown, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 T975_DF1 = 12.706204736174703  # Student-t 0.975 quantile, 1 degree of freedom
@@ -28,7 +28,7 @@ def write_run(run_dir: Path, steps, values, fps=None, tag="rollout/ep_rew_mean",
     for i, (s, v) in enumerate(zip(steps, values)):
         writer.add_scalar(tag, v, s, walltime=None if wall is None else wall[i])
         if fps is not None:
-            writer.add_scalar("time/fps", fps + i, s)  # last value: fps + len - 1
+            writer.add_scalar("time/fps", fps + i, s, walltime=None if wall is None else wall[i])  # last: fps + len - 1
     writer.flush()
     writer.close()
 
@@ -185,13 +185,13 @@ def test_report_files_and_markdown(logdir, tmp_path):
             assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cart = (tmp_path / "rep" / "CartPole-v1.md").read_text()
     # bootstrap intervals over the seeds' finals (380, 475, 570 and 200, 220), inside CartPole's [0, 500]
-    assert re.search(r"\| ppo \| 3 \| 475\.00 \[3\d\d\.\d\d, 500\.00\] \| 475\.00 \[.*\] \| 200\.00 \| 950 \(2/3\) \| 1100\.0 \| 1000 \|", cart)
-    assert re.search(r"\| vpg \| 2 \| 210\.00 \[200\.00, 220\.00\] \| .* \| 110\.00 \| not reached \(0/2\) \| 600\.0 \| 800 \|", cart)
+    assert re.search(r"\| ppo \| 3 \| 475\.00 \[3\d\d\.\d\d, 500\.00\] \| 475\.00 \[.*\] \| 200\.00 \| 950 \(2/3\) \| 1100\.0 \| \d+ \| 1000 \|", cart)
+    assert re.search(r"\| vpg \| 2 \| 210\.00 \[200\.00, 220\.00\] \| .* \| 110\.00 \| not reached \(0/2\) \| 600\.0 \| \d+ \| 800 \|", cart)
     solo = (tmp_path / "rep" / "Solo-v0.md").read_text()
     assert "9.50 (1 seed, no CI)" in solo and "no threshold" in solo and "single seed" in solo
     assert "threshold 475 (gymnasium's reward_threshold)" in cart
     toy = (tmp_path / "rep" / "Toy-v0.md").read_text()
-    assert "| ppo | 2 | 4.50 [4.00, 5.00] | 4.50 [4.00, 5.00] | 2.50 | not reached (1/2) | n/a | 400 |" in toy
+    assert "| ppo | 2 | 4.50 [4.00, 5.00] | 4.50 [4.00, 5.00] | 2.50 | not reached (1/2) | n/a | n/a | 400 |" in toy
     report = (tmp_path / "rep" / "report.md").read_text()
     assert all(f"## {t}" in report for t in ("CartPole-v1", "Toy-v0", "Solo-v0", "unknown"))
 
@@ -232,6 +232,17 @@ def test_wall_clock_axis(tmp_path):
     (run,) = load_runs(tmp_path)
     x, y = run_xy(run, "rollout/ep_rew_mean", "time")
     assert x.tolist() == [0.0, 10.0, 30.0] and y.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_wall_time_column_is_the_training_span(tmp_path):
+    """Per seed, first event to the last time/fps (the final evaluation logged after it is left out); mean."""
+    for k, walls in enumerate([[1000.0, 1010.0, 1030.0], [2000.0, 2050.0, 2090.0]]):
+        run_dir = tmp_path / "Toy-v0" / "ppo" / f"seed{k}"
+        write_run(run_dir, [0, 100, 200], [1.0, 2.0, 3.0], fps=10, wall=walls)
+        write_run(run_dir, [200], [3.0], tag="eval/mean_reward", wall=[walls[-1] + 500.0])
+    (row,) = summarize(load_runs(tmp_path), reps=200)["Toy-v0"]
+    assert row.wall_s == pytest.approx((30.0 + 90.0) / 2)
+    assert "| 60 |" in table_markdown([row], "rollout/ep_rew_mean", "bootstrap", reps=200)
 
 
 def test_unidentifiable_run(tmp_path):

@@ -57,6 +57,8 @@ class Row:
     first_reach: list[float | None]
     fps: float | None
     budget: int
+    #: mean over seeds of the training's wall-clock span (first event to the last `time/fps`); None without it
+    wall_s: float | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -227,6 +229,7 @@ def agent_row(agent: str, runs: list[Run], tag: str, threshold, auc_range, ci: s
     final_interval = stats["mean"][1] if ci == "bootstrap" else (None if len(runs) < 2 else (float(lo[0]), float(hi[0])))
     aucs = seed_aucs(curves, auc_range)
     fps = [r.scalars[FPS_TAG].values[-1] for r in runs if FPS_TAG in r.scalars]
+    walls = [r.scalars[FPS_TAG].wall[-1] - r.start_time for r in runs if FPS_TAG in r.scalars]
     final_interval = clip_to(final_interval, bounds)
     row = Row(
         agent=agent,
@@ -241,6 +244,7 @@ def agent_row(agent: str, runs: list[Run], tag: str, threshold, auc_range, ci: s
         first_reach=[first_reach(c, threshold) if threshold is not None else None for c in curves],
         fps=float(np.mean(fps)) if fps else None,
         budget=max(r.last_step() for r in runs),
+        wall_s=float(np.mean(walls)) if walls else None,
     )
     if len(runs) < 2:
         row.notes.append(f"{agent} has a single seed: no confidence band or interval.")
@@ -291,7 +295,7 @@ def row_cells(row: Row) -> list[str]:
     """The markdown cells of one row."""
     return [row.agent, str(row.seeds), with_interval(row.final_mean, row.final_interval),
             with_interval(row.iqm, row.iqm_interval),
-            _num(row.auc), steps_cell(row), _num(row.fps, ".1f"), str(row.budget)]
+            _num(row.auc), steps_cell(row), _num(row.fps, ".1f"), _num(row.wall_s, ".0f"), str(row.budget)]
 
 
 def table_markdown(rows: list[Row], tag: str, ci: str, reps: int = REPS) -> str:
@@ -299,7 +303,7 @@ def table_markdown(rows: list[Row], tag: str, ci: str, reps: int = REPS) -> str:
     thr = rows[0].threshold
     lo, hi = rows[0].auc_range
     head = ["agent", "seeds", "final return¹: mean [95% CI]", "IQM¹ [95% CI]",
-            "area under curve²", f"steps to threshold³ ({_num(thr, 'g')})", "FPS⁴", "budget⁵ (steps)"]
+            "area under curve²", f"steps to threshold³ ({_num(thr, 'g')})", "FPS⁴", "wall s⁶", "budget⁵ (steps)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row_cells(r)) + " |" for r in rows]
     method = "Student-t (mean only)" if ci == "t" else "percentile bootstrap"
@@ -313,7 +317,9 @@ def table_markdown(rows: list[Row], tag: str, ci: str, reps: int = REPS) -> str:
         f"of this task share [{lo:g}, {hi:g}], trapezoid integral divided by the range; mean over seeds.",
         "³ per seed, the first logged step whose return ≥ threshold; median over seeds (a seed that never "
         "reaches it counts as never); (k/n): k of n seeds reached it.",
-        f"⁴ mean over seeds of each run's last `{FPS_TAG}`.  ⁵ largest step logged by any seed.",
+        f"⁴ mean over seeds of each run's last `{FPS_TAG}`.  ⁵ largest step logged by any seed.  ⁶ mean over seeds "
+        f"of the wall-clock seconds from a run's first event to its last `{FPS_TAG}` (the training, without the "
+        "final evaluation; a resumed run's pause counts).",
     ]
     notes = [n for r in rows for n in r.notes]
     return "\n".join(lines + (["", *("Note: " + n for n in notes)] if notes else []))
