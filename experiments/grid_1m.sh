@@ -8,8 +8,8 @@
 #   WORKERS=2 bash experiments/grid_1m.sh
 #
 # The grid spans sessions: rerunning skips finished runs (done.json) and sets unfinished ones aside before
-# running them again, so an interrupted grid continues where it stopped. The reports need every run of a
-# task finished. Exit status: 2 for bad arguments, else the grids' (0 all runs succeeded, 1 some failed).
+# running them again, so an interrupted grid continues where it stopped. Half-way, a report of what has
+# finished: python -m rlgeom.compare experiments/results/grid_1m --tag eval/mean_reward --skip-incomplete Exit status: 2 for bad arguments, else the grids' (0 all runs succeeded, 1 some failed).
 set -u
 cd "$(dirname "$0")/.."
 

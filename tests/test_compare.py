@@ -245,6 +245,23 @@ def test_wall_time_column_is_the_training_span(tmp_path):
     assert "| 60 |" in table_markdown([row], "rollout/ep_rew_mean", "bootstrap", reps=200)
 
 
+def test_skip_incomplete_leaves_out_and_lists_unfinished_runs(tmp_path, capsys):
+    """A grid half-way: the runs without their final evaluation's tag are refused by default, and left out
+    (named in report.md) with --skip-incomplete."""
+    for k in range(3):
+        run_dir = tmp_path / "Toy-v0" / "ppo" / f"seed{k}"
+        write_run(run_dir, [0, 100, 200], [1.0, 2.0, 3.0 + k], fps=10)
+        if k < 2:
+            write_run(run_dir, [200], [5.0 + k], tag="eval/mean_reward")
+    code, err = run_main([tmp_path, "--out", tmp_path / "a", "--tag", "eval/mean_reward", "--reps", "200"], capsys)
+    assert code == 2 and "seed2" in err and "eval/mean_reward" in err
+    code, _ = run_main([tmp_path, "--out", tmp_path / "b", "--tag", "eval/mean_reward", "--reps", "200",
+                        "--skip-incomplete"], capsys)
+    report = (tmp_path / "b" / "report.md").read_text()
+    assert code == 0 and "2 runs" in report and "Left out" in report and "Toy-v0 / ppo / seed 2" in report
+    assert "| ppo | 2 | 5.50" in (tmp_path / "b" / "Toy-v0.md").read_text()
+
+
 def test_unidentifiable_run(tmp_path):
     write_run(tmp_path / "just" / "a" / "folder", [0], [1.0])
     with pytest.raises(CompareError, match="cannot tell"):

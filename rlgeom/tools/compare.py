@@ -440,14 +440,20 @@ def check_threshold_tasks(thresholds: dict, tasks) -> None:
 
 
 def write_report(logdir, out=None, thresholds: dict | None = None, tag: str = RETURN_TAG, ci: str = "bootstrap",
-                 ranges: dict | None = None, reps: int = REPS) -> list[Path]:
-    """Write plots, per-task markdown and report.md for a log directory; returns the paths written."""
+                 ranges: dict | None = None, reps: int = REPS, skip_incomplete: bool = False) -> list[Path]:
+    """Write plots, per-task markdown and report.md for a log directory; returns the paths written.
+    `skip_incomplete`: leave out (and list) the runs that lack the return tag, e.g. a grid's unfinished
+    runs before their final evaluation, instead of refusing the directory."""
     from rlgeom.tools.aggregate import RETURN_RANGES
 
     _require_rliable()
     logdir = Path(logdir)
     out = Path(out) if out is not None else logdir / "report"
     runs = load_runs(logdir)
+    left_out = [r for r in runs if tag not in r.scalars] if skip_incomplete else []
+    runs = [r for r in runs if tag in r.scalars] if skip_incomplete else runs
+    if not runs:
+        raise CompareError(f"no run in {logdir} logs {tag!r} yet; nothing to compare")
     thresholds, ranges = thresholds or {}, ranges or {}
     check_threshold_tasks({**thresholds, **ranges}, {r.task for r in runs})
     tables = summarize(runs, thresholds, tag, ci, ranges, reps)
@@ -466,6 +472,9 @@ def write_report(logdir, out=None, thresholds: dict | None = None, tag: str = RE
     aggregate, paths = across_tasks(grouped, tables, tag, ranges, styles, out, reps)
     written += paths
     header = f"# rlgeom comparison report\n\nLog directory: `{logdir}`; {len(runs)} runs, {len(tables)} tasks.\n"
+    if left_out:
+        header += (f"\nLeft out, without `{tag}` yet (--skip-incomplete): "
+                   + ", ".join(f"{r.task} / {r.agent} / seed {r.seed}" for r in left_out) + ".\n")
     (out / "report.md").write_text("\n".join([header, aggregate, *sections]))
     return written + [out / "report.md"]
 
@@ -600,6 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ci", choices=CI_METHODS, default="bootstrap",
                    help="95%% interval of the mean: percentile bootstrap (default) or Student-t")
     p.add_argument("--reps", type=int, default=REPS, help=f"bootstrap resamples (default {REPS})")
+    p.add_argument("--skip-incomplete", action="store_true",
+                   help="leave out (and list) runs without the return tag, e.g. a grid's unfinished runs")
     return p
 
 
@@ -610,7 +621,7 @@ def main(argv=None) -> int:
         if args.reps < 100:
             raise CompareError(f"--reps must be at least 100 for a 95% interval, got {args.reps}")
         paths = write_report(args.logdir, args.out, parse_thresholds(args.threshold), args.tag, args.ci,
-                             parse_ranges(args.return_range), args.reps)
+                             parse_ranges(args.return_range), args.reps, args.skip_incomplete)
     except CompareError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
