@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rlgeom.data.buffer import reverse_linear_scan
 from rlgeom.training import distributed
 
 
@@ -74,12 +75,14 @@ class RewardScaler(nn.Module):
     def scale_rollout(self, rewards: torch.Tensor, dones: torch.Tensor) -> torch.Tensor:
         if self._discounted is None or self._discounted.shape != rewards.shape[1:]:
             self._discounted = torch.zeros_like(rewards[0])
-        seen = torch.empty_like(rewards)
         keep = (~dones).to(rewards.dtype)  # a finished episode's return restarts from 0
-        # rows as views made once, three kernels per step (the loop runs T times per rollout)
-        for reward, seen_now, keep_now in zip(rewards.unbind(0), seen.unbind(0), keep.unbind(0)):
-            torch.mul(self._discounted, self.gamma, out=seen_now).add_(reward)  # G ← γ G + r
-            self._discounted = seen_now * keep_now
+        # G_t = r_t + γ keep_{t-1} G_{t-1}, G_{-1} the return carried from the last rollout: the same linear
+        # recurrence as GAE's, forward in time, so its scan over the time-reversed rollout
+        start = rewards.clone()
+        start[0] += self.gamma * self._discounted
+        carry = torch.cat([torch.zeros_like(keep[:1]), self.gamma * keep[:-1]])
+        seen = reverse_linear_scan(start.flip(0), carry.flip(0)).flip(0)
+        self._discounted = seen[-1] * keep[-1]
         self.return_stats.update(seen.reshape(-1))
         std = torch.sqrt(self.return_stats.var + self.eps).to(rewards.dtype)
         return torch.clamp(rewards / std, -self.clip, self.clip)
