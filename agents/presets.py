@@ -39,6 +39,11 @@ ZOO_MUJOCO_NET = {"log_std_init": -2.0, "ortho_init": False, "activation_fn": "r
                   "net_arch": {"pi": [256, 256], "vf": [256, 256]}}
 
 
+PPO_PAPER_MUJOCO = ("the PPO paper's MuJoCo settings (SB3 PPO defaults: 2048 steps, 10 epochs of 64, lr 3e-4) + "
+                    "normalize, as rl-zoo ppo.yml's mujoco defaults and CleanRL's ppo_continuous_action; the zoo's "
+                    "v3 entry fails on v5 (experiments/RESULTS_grid_1m.md)")
+
+
 def _p(n_envs, timesteps, hyperparameters, source, policy="MlpPolicy", policy_kwargs=None):
     return {"n_envs": n_envs, "timesteps": int(timesteps), "policy": policy,
             "policy_kwargs": policy_kwargs or {}, "hyperparameters": hyperparameters, "source": source}
@@ -62,18 +67,17 @@ PRESETS: dict[str, dict[str, dict]] = {
             "ent_coef": 0.00429, "clip_range": 0.1, "n_epochs": 10, "gae_lambda": 0.9, "max_grad_norm": 5.0,
             "vf_coef": 0.19}, "rl-zoo ppo.yml MountainCarContinuous-v0 (without gSDE; n_steps 256, not 8)",
             policy_kwargs={"log_std_init": -3.29, "ortho_init": False}),
-        "Hopper-v5": _p(1, 1e6, {
-            **NORMALIZE, "batch_size": 32, "n_steps": 512, "gamma": 0.999, "learning_rate": 9.80828e-05,
-            "ent_coef": 0.00229519, "clip_range": 0.2, "n_epochs": 5, "gae_lambda": 0.99, "max_grad_norm": 0.7,
-            "vf_coef": 0.835671}, "rl-zoo ppo.yml Hopper-v3", policy_kwargs=ZOO_MUJOCO_NET),
+        # Hopper and Walker2d: the PPO paper's MuJoCo settings, not the zoo's tuned v3 entries. On v5 the
+        # zoo's Hopper entry (γ 0.999) stands still at the time limit (return ≈ 1000) on 5 of 5 runs, SB3's and
+        # rlgeom's alike, its critic's explained variance negative for most of training (the zoo's own report:
+        # rl-baselines3-zoo#376); its Walker2d entry let σ collapse from 0.135 to 0.026 with the return flat at
+        # ~550 on its one finished run (experiments/RESULTS_grid_1m.md, "PPO presets").
+        "Hopper-v5": _p(1, 1e6, {**NORMALIZE}, PPO_PAPER_MUJOCO),
         "HalfCheetah-v5": _p(1, 1e6, {
             **NORMALIZE, "batch_size": 64, "n_steps": 512, "gamma": 0.98, "learning_rate": 2.0633e-05,
             "ent_coef": 0.000401762, "clip_range": 0.1, "n_epochs": 20, "gae_lambda": 0.92, "max_grad_norm": 0.8,
             "vf_coef": 0.58096}, "rl-zoo ppo.yml HalfCheetah-v3", policy_kwargs=ZOO_MUJOCO_NET),
-        "Walker2d-v5": _p(1, 1e6, {
-            **NORMALIZE, "batch_size": 32, "n_steps": 512, "gamma": 0.99, "learning_rate": 5.05041e-05,
-            "ent_coef": 0.000585045, "clip_range": 0.1, "n_epochs": 20, "gae_lambda": 0.95, "max_grad_norm": 1.0,
-            "vf_coef": 0.871923}, "rl-zoo ppo.yml Walker2d-v3", policy_kwargs=ZOO_MUJOCO_NET),
+        "Walker2d-v5": _p(1, 1e6, {**NORMALIZE}, PPO_PAPER_MUJOCO),
         "mujoco": _p(1, 1e6, {**NORMALIZE}, "rl-zoo ppo.yml mujoco defaults (normalize, SB3 PPO defaults)"),
         "atari": _p(8, 1e7, {
             "n_steps": 128, "n_epochs": 4, "batch_size": 256, "vf_coef": 0.5, "ent_coef": 0.01,
