@@ -290,3 +290,31 @@ def test_set_aside_and_failed_runs_are_not_seeds(tmp_path):
             w.add_scalar("rollout/ep_rew_mean", 1.0, 1)
     (tmp_path / "T-v0/ppo/seed2/error.log").write_text("Traceback ...")
     assert [p.name for p in find_run_dirs(tmp_path)] == ["seed0"]
+
+
+def test_grid_summary_table(tmp_path, capsys):
+    """experiments/grid_1m_table.py (the README's 1M table) from done.json files: mean and IQM per cell,
+    P(rlgeom run > peer run) against a plain count over the pairs, unfinished runs left out."""
+    import importlib.util
+
+    path = REPO / "experiments" / "grid_1m_table.py"
+    spec = importlib.util.spec_from_file_location("grid_1m_table", path)
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    trpo, peer = [100.0, 400.0, 300.0, 200.0, 1000.0], [250.0, 300.0, 50.0]
+    for agent, returns in (("trpo", trpo), ("sb3contrib-trpo", peer)):
+        for seed, value in enumerate(returns):
+            run = tmp_path / "Hopper-v5" / agent / f"seed{seed}"
+            run.mkdir(parents=True)
+            (run / "done.json").write_text(json.dumps({"status": "done", "seed": seed, "eval_return": value,
+                                                       "wall_s": 10.0, "fps": 100.0}))
+    (tmp_path / "Hopper-v5" / "trpo" / "seed5").mkdir()  # an unfinished run: no done.json
+    assert table.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    # mean 400; IQM drops one run from each end of five: (200 + 300 + 400) / 3 = 300
+    assert "| rlgeom TRPO | 400 / 300 (5) | — | — |" in out
+    wins = sum((x > y) + 0.5 * (x == y) for x in trpo for y in peer) / (len(trpo) * len(peer))
+    assert f"| rlgeom TRPO | sb3-contrib TRPO | {wins:.2f} (5×3) | — | — |" in out
+    with pytest.raises(SystemExit) as exit_:
+        table.main([str(tmp_path / "missing")])
+    assert exit_.value.code == 2

@@ -1,0 +1,107 @@
+"""The 1M grid's summary table (issue 16), from the runs' done.json files: per task and agent, the final
+deterministic evaluation of every finished seed, its mean and IQM, wall time and FPS; then, per task, the
+probability that each rlgeom agent's run beats its peer's. Markdown on stdout, for the README and
+experiments/RESULTS_grid_1m.md. The full report (rliable intervals, curves) is rlgeom.compare's:
+
+    python experiments/grid_1m_table.py experiments/results/grid_1m
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from rliable.metrics import probability_of_improvement
+
+from rlgeom.tools.compare import SEED_STATISTICS
+
+TASKS = ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5")
+AGENTS = ("trpo", "ppo", "acktr", "npg", "vpg", "sb3contrib-trpo", "sb3-ppo", "sb3-a2c")
+LABELS = {"trpo": "rlgeom TRPO", "ppo": "rlgeom PPO", "acktr": "rlgeom ACKTR", "npg": "rlgeom NPG",
+          "vpg": "rlgeom VPG", "sb3contrib-trpo": "sb3-contrib TRPO", "sb3-ppo": "SB3 PPO", "sb3-a2c": "SB3 A2C"}
+#: the issue's pairs: each rlgeom agent against the peer it is judged by
+PEERS = {"trpo": "sb3contrib-trpo", "ppo": "sb3-ppo", "acktr": "sb3-a2c", "vpg": "sb3-a2c"}
+
+
+def iqm(x: np.ndarray) -> float:
+    """The interquartile mean, as rlgeom.compare's tables compute it."""
+    return float(SEED_STATISTICS["iqm"](x))
+
+
+def prob_improvement(x: np.ndarray, y: np.ndarray) -> float:
+    """P(a run of X scores higher than a run of Y), over all pairs, ties counting one half: rliable's, on one task."""
+    return float(probability_of_improvement(x[:, None], y[:, None]))
+
+
+def finished_runs(logdir: Path) -> dict[tuple[str, str], list[dict]]:
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for done in sorted(logdir.glob("*/*/seed*/done.json")):
+        record = json.loads(done.read_text())
+        if record.get("status") == "done":
+            runs.setdefault((done.parts[-4], done.parts[-3]), []).append(record)
+    for records in runs.values():
+        records.sort(key=lambda r: r["seed"])
+    return runs
+
+
+def cell(records: list[dict]) -> str:
+    returns = np.array([r["eval_return"] for r in records])
+    return f"{returns.mean():.0f} / {iqm(returns):.0f} ({len(returns)})"
+
+
+def returns_table(runs) -> list[str]:
+    lines = ["| agent | " + " | ".join(TASKS) + " |", "|---" * (len(TASKS) + 1) + "|"]
+    for agent in AGENTS:
+        cells = [cell(runs[(task, agent)]) if (task, agent) in runs else "—" for task in TASKS]
+        lines.append(f"| {LABELS[agent]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def seeds_table(runs) -> list[str]:
+    lines = ["| task | agent | eval return per seed | wall s per run | FPS |", "|---|---|---|---|---|"]
+    for task in TASKS:
+        for agent in AGENTS:
+            records = runs.get((task, agent))
+            if records:
+                seeds = ", ".join(f"{r['eval_return']:.0f}" for r in records)
+                walls = ", ".join(f"{r['wall_s']:.0f}" for r in records)
+                fps = np.mean([r["fps"] for r in records])
+                lines.append(f"| {task} | {LABELS[agent]} | {seeds} | {walls} | {fps:.0f} |")
+    return lines
+
+
+def improvement_table(runs) -> list[str]:
+    lines = ["| rlgeom agent | peer | " + " | ".join(TASKS) + " |", "|---|---" + "|---" * len(TASKS) + "|"]
+    for agent, peer in PEERS.items():
+        cells = []
+        for task in TASKS:
+            if (task, agent) in runs and (task, peer) in runs:
+                x = np.array([r["eval_return"] for r in runs[(task, agent)]])
+                y = np.array([r["eval_return"] for r in runs[(task, peer)]])
+                cells.append(f"{prob_improvement(x, y):.2f} ({len(x)}×{len(y)})")
+            else:
+                cells.append("—")
+        lines.append(f"| {LABELS[agent]} | {LABELS[peer]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("logdir", type=Path, help="the grid's log directory (experiments/results/grid_1m)")
+    args = parser.parse_args(argv)
+    if not args.logdir.is_dir():
+        parser.error(f"{args.logdir} is not a directory")
+    runs = finished_runs(args.logdir)
+    print("Final deterministic evaluation (10 episodes) at 1M steps: mean / IQM (finished seeds)\n")
+    print("\n".join(returns_table(runs)))
+    print("\nP(the rlgeom agent's run beats its peer's), over all seed pairs (rlgeom seeds × peer seeds)\n")
+    print("\n".join(improvement_table(runs)))
+    print("\nPer seed (seeds 0, 1, 2, …), wall time of each run (two runs at a time on the 2 vCPUs), mean FPS\n")
+    print("\n".join(seeds_table(runs)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
