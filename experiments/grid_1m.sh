@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Issue 16: the 1M-step table. VPG, NPG, TRPO, PPO and ACKTR with the CLI presets, beside sb3-contrib TRPO,
-# SB3 PPO and SB3 A2C with RL-Zoo settings (SB3 PPO takes rlgeom PPO's preset: the zoo's, except on Hopper and
-# Walker2d, where the zoo's v3 entries fail on v5 and both take the PPO paper's settings), on Hopper-v5, HalfCheetah-v5 and Walker2d-v5 at 1M environment
-# steps: 5 seeds for TRPO, PPO, ACKTR and sb3-contrib TRPO, 3 for VPG, NPG, SB3 PPO and SB3 A2C; each run
-# ends with a deterministic evaluation of 10 episodes. Then two comparison reports: the training-return curves, and
-# the final evaluations (rliable IQM with bootstrap intervals, probability of improvement); and the summary
-# table (experiments/grid_1m_table.py).
+# SB3 PPO and SB3 A2C with RL-Zoo settings (SB3 PPO takes rlgeom PPO's preset: the zoo's, except on Hopper
+# and Walker2d, where the zoo's v3 entries fail on v5 and both take the PPO paper's settings), on Hopper-v5,
+# HalfCheetah-v5 and Walker2d-v5 at 1M environment steps: 5 seeds for TRPO, PPO, ACKTR and sb3-contrib TRPO,
+# 3 for VPG, NPG, SB3 PPO and SB3 A2C; each run ends with a deterministic evaluation of 10 episodes. Then two
+# comparison reports, the training-return curves and the final evaluations (rliable IQM with bootstrap
+# intervals, probability of improvement), and the summary table (experiments/grid_1m_table.py).
 #
 #   WORKERS=2 bash experiments/grid_1m.sh
 #
