@@ -93,6 +93,14 @@ def test_grid_reports_failure_and_rerun_skips(grid, capsys):
     aside = sorted(p for p in bad.parent.iterdir() if p.name.startswith("seed0.incomplete-"))
     assert len(aside) == 1 and (aside[0] / "error.log").is_file()  # the failed run's dir kept, moved aside
     assert (bad / "error.log").is_file()  # ... and the run tried again
+    assert "another preset" not in out
+
+    # a run finished under a preset that has since changed is kept, and named
+    done["preset_source"] = "an older preset"
+    (good / "done.json").write_text(json.dumps(done))
+    code, out, _ = run_cli(argv, capsys)
+    assert "finished with another preset ('an older preset'" in out and "CartPole-v1" in out
+    assert json.loads((good / "done.json").read_text())["preset_source"] == "an older preset"  # not rerun
 
 
 def test_sb3_baseline_lands_in_the_same_logdir_and_report_works(grid, capsys):

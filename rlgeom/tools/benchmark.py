@@ -688,6 +688,15 @@ def format_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def warn_if_preset_changed(spec: dict, done: dict) -> None:
+    """A finished run is kept as it is, but a table that mixes presets should say so: name the run whose
+    preset (by its source) is no longer the one this grid would start it from."""
+    then, now = done.get("preset_source"), algo_preset(spec["algo"], spec["env"])["source"]
+    if then is not None and then != now:
+        print(f"{_label(spec)}: finished with another preset ({then!r}; now {now!r}): kept; move "
+              f"{spec['run_dir']} aside to run it again with the current one", flush=True)
+
+
 def run_grid(args) -> int:
     """The whole grid: plan, skip finished runs, run the rest in parallel, print the summary."""
     launcher = getattr(args, "launcher", "local")
@@ -705,6 +714,7 @@ def run_grid(args) -> int:
         if done is not None:
             records[i] = {**done, "algo": spec["algo"], "env": spec["env"], "seed": spec["seed"],
                           "status": "skipped (done)"}
+            warn_if_preset_changed(spec, done)
             continue
         moved = set_aside(spec["run_dir"])
         if moved is not None:
