@@ -95,12 +95,21 @@ def test_grid_reports_failure_and_rerun_skips(grid, capsys):
     assert (bad / "error.log").is_file()  # ... and the run tried again
     assert "another preset" not in out
 
-    # a run finished under a preset that has since changed is kept, and named
+    from agents.presets import preset
+
+    assert done["preset"] == {k: v for k, v in preset("ppo", "CartPole-v1").items() if k != "source"}
+    # a run finished under a preset that has since changed is kept, and named: by the values it recorded ...
+    done["preset"]["hyperparameters"]["n_epochs"] = 99
+    (good / "done.json").write_text(json.dumps(done))
+    code, out, _ = run_cli(argv, capsys)
+    assert "ppo on CartPole-v1 (seed 0): finished with another preset" in out
+    assert json.loads((good / "done.json").read_text())["preset"]["hyperparameters"]["n_epochs"] == 99  # not rerun
+    # ... or, where done.json predates that record, by the preset's source
+    del done["preset"]
     done["preset_source"] = "an older preset"
     (good / "done.json").write_text(json.dumps(done))
     code, out, _ = run_cli(argv, capsys)
-    assert "finished with another preset ('an older preset'" in out and "CartPole-v1" in out
-    assert json.loads((good / "done.json").read_text())["preset_source"] == "an older preset"  # not rerun
+    assert "finished with another preset (then: 'an older preset'" in out
 
 
 def test_sb3_baseline_lands_in_the_same_logdir_and_report_works(grid, capsys):

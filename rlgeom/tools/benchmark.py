@@ -417,7 +417,7 @@ def run_in_worker(spec: dict) -> dict:
     start = time.perf_counter()
     base = {"algo": spec["algo"], "env": spec["env"], "seed": spec["seed"], "run_dir": spec["run_dir"],
             "worker": f"{socket.gethostname()}:{os.getpid()}",  # where it ran (a node of a Ray cluster, say)
-            "code": code_identity()}
+            "code": code_identity(), "preset": preset_values(spec["algo"], spec["env"])}
     try:
         import torch
 
@@ -688,13 +688,25 @@ def format_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def preset_values(algo: str, env_id: str) -> dict:
+    """What a run starts from, without the prose of its source: n_envs, budget, policy and its kwargs,
+    hyperparameters (recorded in done.json, so a resume can tell whether the preset has changed since)."""
+    return {k: v for k, v in algo_preset(algo, env_id).items() if k != "source"}
+
+
 def warn_if_preset_changed(spec: dict, done: dict) -> None:
     """A finished run is kept as it is, but a table that mixes presets should say so: name the run whose
-    preset (by its source) is no longer the one this grid would start it from."""
-    then, now = done.get("preset_source"), algo_preset(spec["algo"], spec["env"])["source"]
-    if then is not None and then != now:
-        print(f"{_label(spec)}: finished with another preset ({then!r}; now {now!r}): kept; move "
-              f"{spec['run_dir']} aside to run it again with the current one", flush=True)
+    preset is no longer the one this grid would start it from (by its values where done.json has them,
+    else by its source)."""
+    current = algo_preset(spec["algo"], spec["env"])
+    if "preset" in done:
+        changed = done["preset"] != json.loads(json.dumps(preset_values(spec["algo"], spec["env"])))
+    else:
+        changed = done.get("preset_source") not in (None, current["source"])
+    if changed:
+        print(f"{_label(spec)}: finished with another preset (then: {done.get('preset_source')!r}; now: "
+              f"{current['source']!r}): kept; move {spec['run_dir']} aside to run it again with the current "
+              f"one", flush=True)
 
 
 def run_grid(args) -> int:
