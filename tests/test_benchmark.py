@@ -97,6 +97,7 @@ def test_grid_reports_failure_and_rerun_skips(grid, capsys):
 
     from agents.presets import preset
 
+    original = (good / "done.json").read_text()  # restored below: later tests share this log directory
     assert done["preset"] == {k: v for k, v in preset("ppo", "CartPole-v1").items() if k != "source"}
     # a run finished under a preset that has since changed is kept, and named: by the values it recorded ...
     done["preset"]["hyperparameters"]["n_epochs"] = 99
@@ -110,6 +111,7 @@ def test_grid_reports_failure_and_rerun_skips(grid, capsys):
     (good / "done.json").write_text(json.dumps(done))
     code, out, _ = run_cli(argv, capsys)
     assert "finished with another preset (then: 'an older preset'" in out
+    (good / "done.json").write_text(original)
 
 
 def test_sb3_baseline_lands_in_the_same_logdir_and_report_works(grid, capsys):
