@@ -9,13 +9,13 @@ experiments/RESULTS_grid_1m.md. The full report (rliable intervals, curves) is r
 from __future__ import annotations
 
 import argparse
-import json
-import re
 from pathlib import Path
 
 import numpy as np
 from rliable.metrics import probability_of_improvement
 
+from rlgeom.persistence.runlogs import find_run_dirs
+from rlgeom.tools.benchmark import read_done
 from rlgeom.tools.compare import SEED_STATISTICS
 
 TASKS = ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5")
@@ -37,13 +37,14 @@ def prob_improvement(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def finished_runs(logdir: Path) -> dict[tuple[str, str], list[dict]]:
+    """{(task, agent): done.json records, by seed} of the runs rlgeom.compare counts as seeds (runs set aside
+    as unfinished or failed are not) that have finished."""
     runs: dict[tuple[str, str], list[dict]] = {}
-    for done in sorted(logdir.glob("*/*/seed*/done.json")):
-        if not re.fullmatch(r"seed\d+", done.parent.name):  # a run set aside (seed0.incomplete-…) or renamed
-            continue
-        record = json.loads(done.read_text())
-        if record.get("status") == "done":
-            runs.setdefault((done.parts[-4], done.parts[-3]), []).append(record)
+    for run_dir in find_run_dirs(logdir):
+        record = read_done(str(run_dir))
+        if record is not None and record.get("status") == "done":
+            task, agent = run_dir.relative_to(logdir).parts[:2]
+            runs.setdefault((task, agent), []).append(record)
     for records in runs.values():
         records.sort(key=lambda r: r["seed"])
     return runs

@@ -308,7 +308,15 @@ def test_grid_summary_table(tmp_path, capsys):
             run.mkdir(parents=True)
             (run / "done.json").write_text(json.dumps({"status": "done", "seed": seed, "eval_return": value,
                                                        "wall_s": 10.0, "fps": 100.0}))
-    (tmp_path / "Hopper-v5" / "trpo" / "seed5").mkdir()  # an unfinished run: no done.json
+            (run / "events.out.tfevents.0.test").write_bytes(b"")  # a run directory, as rlgeom.compare finds them
+    unfinished = tmp_path / "Hopper-v5" / "trpo" / "seed5"  # an unfinished run: no done.json
+    unfinished.mkdir()
+    (unfinished / "events.out.tfevents.0.test").write_bytes(b"")
+    aside = tmp_path / "Hopper-v5" / "trpo" / "seed0.incomplete-20261203-000000"  # set aside, even with a done.json
+    aside.mkdir()
+    (aside / "events.out.tfevents.0.test").write_bytes(b"")
+    (aside / "done.json").write_text(json.dumps({"status": "done", "seed": 0, "eval_return": 1e6, "wall_s": 1.0,
+                                                 "fps": 1.0}))
     assert table.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     # mean 400; IQM drops one run from each end of five: (200 + 300 + 400) / 3 = 300

@@ -699,7 +699,7 @@ def warn_if_preset_changed(spec: dict, done: dict) -> None:
     preset is no longer the one this grid would start it from (by its values where done.json has them,
     else by its source)."""
     current = algo_preset(spec["algo"], spec["env"])
-    if "preset" in done:
+    if "preset" in done:  # compared as done.json holds it (JSON: tuples are lists there)
         changed = done["preset"] != json.loads(json.dumps(preset_values(spec["algo"], spec["env"])))
     else:
         changed = done.get("preset_source") not in (None, current["source"])
