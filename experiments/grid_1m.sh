@@ -4,8 +4,9 @@
 # and Walker2d, where the zoo's v3 entries fail on v5 and both take the PPO paper's settings), on Hopper-v5,
 # HalfCheetah-v5 and Walker2d-v5 at 1M environment steps: 5 seeds for TRPO, PPO, ACKTR and sb3-contrib TRPO,
 # 3 for VPG, NPG, SB3 PPO and SB3 A2C (10 for TRPO and sb3-contrib TRPO on HalfCheetah, see below); each run
-# ends with a deterministic evaluation of 10 episodes. Then two comparison reports, the training-return curves and the final evaluations (rliable IQM with bootstrap
-# intervals, probability of improvement), and the summary table (experiments/grid_1m_table.py).
+# ends with a deterministic evaluation of 10 episodes. Then two comparison reports, the training-return
+# curves and the final evaluations (rliable IQM with bootstrap intervals, probability of improvement), and
+# the summary table (experiments/grid_1m_table.py).
 #
 #   WORKERS=2 bash experiments/grid_1m.sh
 #
