@@ -126,9 +126,9 @@ def sigma_share(seed: int, timesteps: int, out: str, hyperparameters: list[str])
     def recorded(self, group, steps, scale_fisher):
         total = quadratic_form(self, group, steps, scale_fisher)
         if scale_fisher is not None and any(p is self._scale_param for p in group):
-            step = steps[self._scale_param]
-            shares.append(float((scale_fisher * step.pow(2)).sum() / total))
-            sigma_steps.append(float(step.abs().mean()))
+            weights_only = quadratic_form(self, group, steps, None)  # the K-FAC blocks without log σ's
+            shares.append(float((total - weights_only) / total))
+            sigma_steps.append(float(steps[self._scale_param].abs().mean()))
         return total
 
     acktr.ACKTR._quadratic_form = recorded
