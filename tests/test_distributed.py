@@ -197,3 +197,27 @@ def test_a_hanging_rank_ends_the_run_with_a_clear_error_within_the_timeout(tmp_p
         env=env, cwd=REPO, capture_output=True, text=True, timeout=100)
     assert result.returncode != 0
     assert "lost its peers" in result.stderr and "--resume latest" in result.stderr, result.stderr[-3000:]
+
+
+COLLECTIVES_THEN_EXIT = """
+import torch
+from rlgeom.training import distributed
+
+assert distributed.init_from_environment(torch.device("cpu"))
+tensor = torch.ones(1000)
+for _ in range(20):
+    tensor = distributed.mean(tensor)
+"""
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
+def test_ranks_that_joined_the_group_leave_it_at_exit_and_exit_cleanly(tmp_path):
+    # Without destroying the group, gloo's threads meet interpreter teardown and abort a rank ("terminate
+    # called without an active exception"): measured here on 2/3 of 4-rank runs; all 4 runs clean by chance ≈ 1 %.
+    script = tmp_path / "collectives.py"
+    script.write_text(COLLECTIVES_THEN_EXIT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+    for attempt in range(4):
+        result = subprocess.run(["torchrun", "--nproc-per-node", "4", "--master-port", "29519", str(script)],
+                                env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, f"run {attempt}: {result.stderr[-2000:]}"

@@ -22,11 +22,14 @@ minibatch of world_size × batch_size whose rows are drawn per rank: the same up
 Outside torch.distributed (or with one process) every function here returns its input: a plain run
 pays nothing. torchrun sets RANK / WORLD_SIZE / MASTER_ADDR; `init_from_environment` joins the group
 (gloo on the CPU, NCCL on CUDA) with a timeout, so a rank that dies or hangs ends the run with an
-error instead of a hang.
+error instead of a hang. The group it joins it also leaves, at exit (`leave`): gloo's worker threads
+left running into interpreter teardown abort the process ("terminate called without an active
+exception", pytorch/pytorch#190489), which torchrun reports as a failed run.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 
@@ -70,7 +73,16 @@ def init_from_environment(device: torch.device, timeout_s: float = DEFAULT_TIMEO
         # NCCL takes one rank per GPU; several ranks sharing a GPU all-reduce its tensors through gloo
         backend = "nccl" if local_world <= gpus else "gloo"
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    atexit.register(leave)  # after the user's code, on every rank, however the run ends
     return True
+
+
+def leave() -> None:
+    """Destroy the process group `init_from_environment` joined (a local act, not a collective: a rank
+    may leave while rank 0 still evaluates); nothing when there is none. A group the caller created
+    is the caller's to destroy."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def mean(tensor: torch.Tensor) -> torch.Tensor:
