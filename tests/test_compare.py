@@ -1,5 +1,6 @@
 """rlgeom.tools.compare on a synthetic TensorBoard log directory with known linear curves."""
 
+import itertools
 import json
 import os
 import re
@@ -301,7 +302,7 @@ def test_grid_summary_table(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("grid_1m_table", path)
     table = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(table)
-    trpo, peer = [100.0, 400.0, 300.0, 200.0, 1000.0], [250.0, 300.0, 50.0]
+    trpo, peer = [100.0, 400.0, 300.0, 200.0, 1000.0], [250.0, 350.0, 50.0]  # no ties: scipy's exact p
     for agent, returns in (("trpo", trpo), ("sb3contrib-trpo", peer)):
         for seed, value in enumerate(returns):
             run = tmp_path / "Hopper-v5" / agent / f"seed{seed}"
@@ -322,7 +323,12 @@ def test_grid_summary_table(tmp_path, capsys):
     # mean 400; IQM drops one run from each end of five: (200 + 300 + 400) / 3 = 300
     assert "| rlgeom TRPO | 400 / 300 (5) | — | — |" in out
     wins = sum((x > y) + 0.5 * (x == y) for x in trpo for y in peer) / (len(trpo) * len(peer))
-    assert f"| rlgeom TRPO | sb3-contrib TRPO | {wins:.2f} (5×3) | — | — |" in out
+    # p: the exact two-sided permutation test, over every way of splitting the 8 returns into 5 and 3
+    pooled, u = trpo + peer, wins * len(trpo) * len(peer)
+    splits = [sum(x > y for x in [pooled[i] for i in chosen] for y in [pooled[i] for i in range(8) if i not in chosen])
+              for chosen in itertools.combinations(range(8), 5)]
+    p = np.mean([abs(s - 7.5) >= abs(u - 7.5) for s in splits])
+    assert f"| rlgeom TRPO | sb3-contrib TRPO | {wins:.2f} (5×3, p {p:.2f}) | — | — |" in out
     with pytest.raises(SystemExit) as exit_:
         table.main([str(tmp_path / "missing")])
     assert exit_.value.code == 2
