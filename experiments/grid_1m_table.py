@@ -1,7 +1,8 @@
 """The 1M grid's summary table (issue 16), from the runs' done.json files: per task and agent, the final
 deterministic evaluation of every finished seed, its mean and IQM, wall time and FPS; then, per task, the
 probability that each rlgeom agent's run beats its peer's, with its Mann–Whitney p. Markdown on stdout,
-for the README and experiments/RESULTS_grid_1m.md. The full report (rliable intervals, curves) is rlgeom.compare's:
+for the README and experiments/RESULTS_grid_1m.md. The full report (rliable intervals, curves) is
+rlgeom.compare's:
 
     python experiments/grid_1m_table.py experiments/results/grid_1m
 """

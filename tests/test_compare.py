@@ -323,11 +323,12 @@ def test_grid_summary_table(tmp_path, capsys):
     # mean 400; IQM drops one run from each end of five: (200 + 300 + 400) / 3 = 300
     assert "| rlgeom TRPO | 400 / 300 (5) | — | — |" in out
     wins = sum((x > y) + 0.5 * (x == y) for x in trpo for y in peer) / (len(trpo) * len(peer))
-    # p: the exact two-sided permutation test, over every way of splitting the 8 returns into 5 and 3
-    pooled, u = trpo + peer, wins * len(trpo) * len(peer)
-    splits = [sum(x > y for x in [pooled[i] for i in chosen] for y in [pooled[i] for i in range(8) if i not in chosen])
-              for chosen in itertools.combinations(range(8), 5)]
-    p = np.mean([abs(s - 7.5) >= abs(u - 7.5) for s in splits])
+    # p: the exact two-sided permutation test, over every way of splitting the pooled returns into 5 and 3
+    pooled, pairs = trpo + peer, len(trpo) * len(peer)
+    u, centre = wins * pairs, pairs / 2
+    splits = [sum(pooled[i] > pooled[j] for i in chosen for j in range(len(pooled)) if j not in chosen)
+              for chosen in itertools.combinations(range(len(pooled)), len(trpo))]
+    p = np.mean([abs(s - centre) >= abs(u - centre) for s in splits])
     assert f"| rlgeom TRPO | sb3-contrib TRPO | {wins:.2f} (5×3, p {p:.2f}) | — | — |" in out
     with pytest.raises(SystemExit) as exit_:
         table.main([str(tmp_path / "missing")])

@@ -78,9 +78,9 @@ def init_from_environment(device: torch.device, timeout_s: float = DEFAULT_TIMEO
 
 
 def leave() -> None:
-    """Destroy the process group `init_from_environment` joined (a local act, not a collective: a rank
-    may leave while rank 0 still evaluates); nothing when there is none. A group the caller created
-    is the caller's to destroy."""
+    """Destroy the process group (a local act, not a collective: a rank may leave while rank 0 still
+    evaluates); nothing when there is none. Registered at exit only by `init_from_environment` when it
+    created the group: a group the caller created is the caller's to destroy."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
