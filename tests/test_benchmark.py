@@ -93,7 +93,16 @@ def test_grid_reports_failure_and_rerun_skips(grid, capsys):
     aside = sorted(p for p in bad.parent.iterdir() if p.name.startswith("seed0.incomplete-"))
     assert len(aside) == 1 and (aside[0] / "error.log").is_file()  # the failed run's dir kept, moved aside
     assert (bad / "error.log").is_file()  # ... and the run tried again
-    assert "another preset" not in out
+    assert "another preset" not in out and "other overrides" not in out
+
+    # the command's overrides are recorded beside the preset; a resume under other ones keeps the run and names it
+    assert done["overrides"] == {"hp": {"n_steps": "32", "batch_size": "32", "n_epochs": "1"}, "n_envs": None,
+                                 "policy_kwargs": None}
+    other = [a if a != "n_epochs=1" else "n_epochs=2" for a in argv]
+    code, out, _ = run_cli(other, capsys)
+    assert "ppo on CartPole-v1 (seed 0): finished with other overrides than this command's" in out
+    assert "'n_epochs': '1'" in out and "'n_epochs': '2'" in out
+    assert (good / "done.json").stat().st_mtime_ns == stamp  # kept, not rerun
 
     from agents.presets import preset
 

@@ -417,7 +417,8 @@ def run_in_worker(spec: dict) -> dict:
     start = time.perf_counter()
     base = {"algo": spec["algo"], "env": spec["env"], "seed": spec["seed"], "run_dir": spec["run_dir"],
             "worker": f"{socket.gethostname()}:{os.getpid()}",  # where it ran (a node of a Ray cluster, say)
-            "code": code_identity(), "preset": preset_values(spec["algo"], spec["env"])}
+            "code": code_identity(), "preset": preset_values(spec["algo"], spec["env"]),
+            "overrides": command_overrides(spec)}
     try:
         import torch
 
@@ -694,6 +695,27 @@ def preset_values(algo: str, env_id: str) -> dict:
     return {k: v for k, v in algo_preset(algo, env_id).items() if k != "source"}
 
 
+def command_overrides(spec: dict) -> dict:
+    """What the grid's command set on top of the preset (--hp pairs this agent takes, --n-envs,
+    --policy-kwargs), recorded in done.json beside the preset: a run trained with --hp reads as such, and a
+    resume under other overrides can name it."""
+    return {"hp": {key.strip(): value.strip() for key, _, value in (pair.partition("=") for pair in spec["hp"])},
+            "n_envs": spec["n_envs"],
+            "policy_kwargs": json.loads(spec["policy_kwargs"]) if spec["policy_kwargs"] else None}
+
+
+def warn_if_overrides_changed(spec: dict, done: dict) -> None:
+    """A finished run is kept (skipping it is what the resume promises), but one trained under other
+    command-line overrides than this grid's must not pass silently for this grid's: name it. done.json
+    files older than this record carry none and are not judged."""
+    if "overrides" not in done:
+        return
+    now = json.loads(json.dumps(command_overrides(spec)))
+    if done["overrides"] != now:
+        print(f"{_label(spec)}: finished with other overrides than this command's (then: {done['overrides']}; "
+              f"now: {now}): kept; move {spec['run_dir']} aside to run it again with these", flush=True)
+
+
 def warn_if_preset_changed(spec: dict, done: dict) -> None:
     """A finished run is kept as it is, but a table that mixes presets should say so: name the run whose
     preset is no longer the one this grid would start it from (by its values where done.json has them,
@@ -727,6 +749,7 @@ def run_grid(args) -> int:
             records[i] = {**done, "algo": spec["algo"], "env": spec["env"], "seed": spec["seed"],
                           "status": "skipped (done)"}
             warn_if_preset_changed(spec, done)
+            warn_if_overrides_changed(spec, done)
             continue
         moved = set_aside(spec["run_dir"])
         if moved is not None:
