@@ -83,6 +83,7 @@ class PPO(OnPolicyAgent):
         step_losses, step_log_ratios, step_grad_norms = [], [], []
         family = self.policy.family
         for epoch in range(cfg.n_epochs):
+            epoch_start = len(step_log_ratios)
             for batch in buffer.minibatches(cfg.batch_size, self.generator, cfg.normalize_advantage):
                 out = self.policy.outputs(batch.obs)
                 log_probs, entropy = family.log_prob(out.dist_params, batch.actions), family.entropy(out.dist_params)
@@ -103,12 +104,16 @@ class PPO(OnPolicyAgent):
             if stopped_early:
                 break
         with torch.no_grad():  # minibatches of equal size (batch_size divides the rollout): the mean of their means
-            log_ratios = torch.cat(step_log_ratios)
-            approx_kl = distributed.mean(approximate_kl(log_ratios))
+            log_ratios, losses = torch.cat(step_log_ratios), torch.stack(step_losses)
+            # what SB3 logs under these names: the policy, value and entropy losses averaged over every
+            # minibatch, the total loss of the last one, approx_kl over the last epoch's minibatches (how far
+            # the policy is from π_old as the update ends), clip_fraction over every epoch's
+            approx_kl = distributed.mean(approximate_kl(torch.cat(step_log_ratios[epoch_start:])))
             clip_fraction = ((log_ratios.exp() - 1).abs() > eps).float().mean()
-            means = torch.cat([torch.stack(step_losses).mean(0), torch.stack([approx_kl, clip_fraction])])
-        guard_finite(loss=means, gradient_norm=torch.stack(step_grad_norms) if step_grad_norms else None)
-        stats = {f"train/{k}": v for k, v in zip(STAT_NAMES, means.tolist())}
+            reported = torch.cat([losses[:, :3].mean(0), losses[-1, 3:], torch.stack([approx_kl, clip_fraction])])
+        guard_finite(loss=torch.cat([reported, losses[:, 3]]),
+                     gradient_norm=torch.stack(step_grad_norms) if step_grad_norms else None)
+        stats = {f"train/{k}": v for k, v in zip(STAT_NAMES, reported.tolist())}
         stats.update({
             "train/learning_rate": lr, "train/clip_range": eps, "train/n_epochs_done": epoch + (not stopped_early),
             "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()).item(),

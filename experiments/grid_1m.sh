@@ -30,7 +30,7 @@ main=$?
 [ "$main" -eq 2 ] && exit 2
 # HalfCheetah's TRPO cells get seeds 5-9 on both sides: with 5 seeds each, rlgeom 2562 against sb3-contrib
 # 3500 (P 0.24) cannot be told from the task's bimodality (RESULTS_grid_1m.md), and the two updates agree to
-# float rounding on the same data (tests/test_sb3_contrib_equivalence.py): ten seeds per side say more.
+# float rounding on the same data (tests/test_peer_equivalence.py): ten seeds per side say more.
 # They run before the VPG/NPG/SB3 cells: the TRPO question is the one the table was started for.
 python -m rlgeom.train --algo trpo,sb3contrib:trpo --seeds 5,6,7,8,9 --env HalfCheetah-v5 --timesteps 1000000 \
     --eval-episodes 10 --workers "$WORKERS" --logdir "$LOGDIR"

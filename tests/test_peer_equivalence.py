@@ -1,11 +1,14 @@
-"""rlgeom's TRPO against sb3-contrib's, an independent implementation of the same algorithm.
+"""rlgeom's TRPO against sb3-contrib's, and its PPO against SB3's: independent implementations of the same
+algorithms.
 
 From the same weights, on the same rollouts, both must compute the same advantages, the same policy
-step (sb3-contrib averages the KL over the action dimensions as well as the batch, so its target_kl and
-cg_damping are rlgeom's divided by the action dimension k) and the same critic fit: one update, and a
-short stretch of training in which rlgeom collects every rollout and sb3-contrib is fed the same data.
+step and the same critic fit: one update, and a short stretch of training in which rlgeom collects every
+rollout and the peer is fed the same data. (sb3-contrib averages TRPO's KL over the action dimensions as
+well as the batch, so its target_kl and cg_damping are rlgeom's divided by the action dimension k.)
 HalfCheetah-v5 with a 40-step time limit: k = 6 and time-limit truncations inside every rollout, the
-case where both libraries bootstrap from the value of the final observation.
+case where both libraries bootstrap from the value of the final observation. PPO runs with one minibatch
+per epoch, so the two libraries' shuffles do not matter, and with the written-out derivatives on and off:
+the fast path must give SB3's update too.
 """
 
 import numpy as np
@@ -18,10 +21,13 @@ sb3_contrib = pytest.importorskip("sb3_contrib")
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 from stable_baselines3.common.logger import configure  # noqa: E402
 
-from agents import TRPO  # noqa: E402
+from stable_baselines3 import PPO as SB3PPO  # noqa: E402
+
+from agents import PPO, TRPO  # noqa: E402
 
 TASK, K, N_ENVS, N_STEPS, TIME_LIMIT = "HalfCheetah-v5", 6, 2, 64, 40
 TARGET_KL, DAMPING, CRITIC_LR = 0.02, 0.1, 1e-3
+PPO_EPOCHS, PPO_LR = 5, 3e-3  # a step large enough that the ratio clips
 
 # sb3-contrib parameter name -> a function giving rlgeom's tensor of the same role
 PAIRS = {
@@ -41,6 +47,17 @@ PAIRS = {
 }
 
 
+def same_start(agent, peer):
+    """The peer's starting weights copied into rlgeom's agent; the peer's own env only gives the spaces."""
+    peer.set_logger(configure(None, []))  # every rollout comes from rlgeom
+    with torch.no_grad():
+        state = peer.policy.state_dict()
+        for name, ours in PAIRS.items():
+            ours(agent.policy).copy_(state[name])
+    agent._reset_env()
+    return agent, peer
+
+
 def make_pair(batch_size: int):
     agent = TRPO("MlpPolicy", TASK, n_envs=N_ENVS, seed=0, device="cpu", env_kwargs={"max_episode_steps": TIME_LIMIT},
                  n_steps=N_STEPS, batch_size=batch_size, max_kl=TARGET_KL * K, cg_damping=DAMPING * K,
@@ -50,13 +67,17 @@ def make_pair(batch_size: int):
         cg_max_steps=15, n_critic_updates=3, learning_rate=CRITIC_LR, seed=0, device="cpu",
         policy_kwargs={"optimizer_kwargs": {"eps": 1e-8}},  # rlgeom's critic Adam uses torch's default eps
     )
-    peer.set_logger(configure(None, []))  # its env only gives the spaces: every rollout comes from rlgeom
-    with torch.no_grad():  # the same starting weights
-        state = peer.policy.state_dict()
-        for name, ours in PAIRS.items():
-            ours(agent.policy).copy_(state[name])
-    agent._reset_env()
-    return agent, peer
+    return same_start(agent, peer)
+
+
+def make_ppo_pair(written_out_derivatives: bool):
+    """PPO with SB3's defaults on both sides (Adam eps 1e-5, clip 0.2, GAE 0.95, per-minibatch advantage
+    normalisation, gradient norm 0.5), one minibatch per epoch."""
+    common = dict(n_steps=N_STEPS, batch_size=N_STEPS * N_ENVS, n_epochs=PPO_EPOCHS, learning_rate=PPO_LR,
+                  seed=0, device="cpu")
+    agent = PPO("MlpPolicy", TASK, n_envs=N_ENVS, env_kwargs={"max_episode_steps": TIME_LIMIT},
+                written_out_derivatives=written_out_derivatives, **common)
+    return same_start(agent, SB3PPO("MlpPolicy", make_vec_env(TASK, n_envs=N_ENVS), **common))
 
 
 def feed(agent, peer) -> None:
@@ -110,6 +131,40 @@ def test_same_advantages_and_same_update_as_sb3_contrib():
 
 def test_same_parameters_as_sb3_contrib_over_a_stretch_of_training():
     agent, peer = make_pair(batch_size=N_STEPS * N_ENVS)
+    for _ in range(4):
+        collect(agent)
+        feed(agent, peer)
+        agent.update(agent.buffer, 1.0)
+        peer.train()
+    actor_diff, critic_diff = max_differences(agent, peer)
+    assert actor_diff < 1e-3 and critic_diff < 1e-3
+
+
+@pytest.mark.parametrize("written_out_derivatives", [True, False], ids=["written-out", "autograd"])
+def test_same_advantages_and_same_update_as_sb3_ppo(written_out_derivatives):
+    agent, peer = make_ppo_pair(written_out_derivatives)
+    collect(agent)
+    feed(agent, peer)
+    np.testing.assert_allclose(agent.buffer.advantages.numpy(), peer.rollout_buffer.advantages, rtol=1e-4, atol=1e-5)
+    before = {n: PAIRS[n](agent.policy).detach().clone() for n in PAIRS}
+    stats = agent.update(agent.buffer, 1.0)
+    peer.train()
+    moved = max((PAIRS[n](agent.policy) - before[n]).abs().max().item() for n in PAIRS)
+    actor_diff, critic_diff = max_differences(agent, peer)
+    assert stats["train/n_epochs_done"] == PPO_EPOCHS
+    assert moved > 0.5 * PPO_EPOCHS * PPO_LR  # Adam moved some weight by ~lr per epoch: agreement means something
+    assert actor_diff < 1e-3 * moved and critic_diff < 1e-3 * moved
+    # the statistics SB3 logs under the same names mean the same: clip_fraction over every epoch, approx_kl
+    # over the last one
+    logged = peer.logger.name_to_value
+    assert stats["train/clip_fraction"] > 0.05  # the clipped branch of the surrogate took part
+    for tag in ("train/clip_fraction", "train/approx_kl", "train/policy_gradient_loss", "train/value_loss",
+                "train/entropy_loss", "train/loss"):
+        np.testing.assert_allclose(stats[tag], logged[tag], rtol=1e-4, atol=1e-6, err_msg=tag)
+
+
+def test_same_parameters_as_sb3_ppo_over_a_stretch_of_training():
+    agent, peer = make_ppo_pair(written_out_derivatives=True)
     for _ in range(4):
         collect(agent)
         feed(agent, peer)
