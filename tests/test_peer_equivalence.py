@@ -18,10 +18,9 @@ import torch
 pytest.importorskip("mujoco")
 sb3_contrib = pytest.importorskip("sb3_contrib")
 
+from stable_baselines3 import PPO as SB3PPO  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 from stable_baselines3.common.logger import configure  # noqa: E402
-
-from stable_baselines3 import PPO as SB3PPO  # noqa: E402
 
 from agents import PPO, TRPO  # noqa: E402
 
@@ -29,7 +28,7 @@ TASK, K, N_ENVS, N_STEPS, TIME_LIMIT = "HalfCheetah-v5", 6, 2, 64, 40
 TARGET_KL, DAMPING, CRITIC_LR = 0.02, 0.1, 1e-3
 PPO_EPOCHS, PPO_LR = 5, 3e-3  # a step large enough that the ratio clips
 
-# sb3-contrib parameter name -> a function giving rlgeom's tensor of the same role
+# SB3 / sb3-contrib parameter name (their MlpPolicy) -> a function giving rlgeom's tensor of the same role
 PAIRS = {
     "mlp_extractor.policy_net.0.weight": lambda p: p.actor.body[0].weight,
     "mlp_extractor.policy_net.0.bias": lambda p: p.actor.body[0].bias,
@@ -113,8 +112,9 @@ def max_differences(agent, peer) -> tuple[float, float]:
     return actor, critic
 
 
-def test_same_advantages_and_same_update_as_sb3_contrib():
-    agent, peer = make_pair(batch_size=N_STEPS * N_ENVS)  # one critic minibatch: no shuffling difference
+def one_update(agent, peer):
+    """Each library's update on rlgeom's first rollout, after checking both computed the same advantages
+    and returns: (rlgeom's statistics, the largest parameter move, the largest actor and critic differences)."""
     collect(agent)
     feed(agent, peer)
     np.testing.assert_allclose(agent.buffer.advantages.numpy(), peer.rollout_buffer.advantages, rtol=1e-4, atol=1e-5)
@@ -122,40 +122,27 @@ def test_same_advantages_and_same_update_as_sb3_contrib():
     before = {n: PAIRS[n](agent.policy).detach().clone() for n in PAIRS}
     stats = agent.update(agent.buffer, 1.0)
     peer.train()
-    assert stats["geometry/line_search_accepted"] == 1.0
     moved = max((PAIRS[n](agent.policy) - before[n]).abs().max().item() for n in PAIRS)
-    actor_diff, critic_diff = max_differences(agent, peer)
+    return stats, moved, *max_differences(agent, peer)
+
+
+def test_same_advantages_and_same_update_as_sb3_contrib():
+    agent, peer = make_pair(batch_size=N_STEPS * N_ENVS)  # one critic minibatch: no shuffling difference
+    stats, moved, actor_diff, critic_diff = one_update(agent, peer)
+    assert stats["geometry/line_search_accepted"] == 1.0
     assert moved > 1e-2  # the update did something, so agreement below means something
     assert actor_diff < 1e-4 * moved and critic_diff < 1e-4 * moved
-
-
-def test_same_parameters_as_sb3_contrib_over_a_stretch_of_training():
-    agent, peer = make_pair(batch_size=N_STEPS * N_ENVS)
-    for _ in range(4):
-        collect(agent)
-        feed(agent, peer)
-        agent.update(agent.buffer, 1.0)
-        peer.train()
-    actor_diff, critic_diff = max_differences(agent, peer)
-    assert actor_diff < 1e-3 and critic_diff < 1e-3
 
 
 @pytest.mark.parametrize("written_out_derivatives", [True, False], ids=["written-out", "autograd"])
 def test_same_advantages_and_same_update_as_sb3_ppo(written_out_derivatives):
     agent, peer = make_ppo_pair(written_out_derivatives)
-    collect(agent)
-    feed(agent, peer)
-    np.testing.assert_allclose(agent.buffer.advantages.numpy(), peer.rollout_buffer.advantages, rtol=1e-4, atol=1e-5)
-    before = {n: PAIRS[n](agent.policy).detach().clone() for n in PAIRS}
-    stats = agent.update(agent.buffer, 1.0)
-    peer.train()
-    moved = max((PAIRS[n](agent.policy) - before[n]).abs().max().item() for n in PAIRS)
-    actor_diff, critic_diff = max_differences(agent, peer)
+    stats, moved, actor_diff, critic_diff = one_update(agent, peer)
     assert stats["train/n_epochs_done"] == PPO_EPOCHS
     assert moved > 0.5 * PPO_EPOCHS * PPO_LR  # Adam moved some weight by ~lr per epoch: agreement means something
     assert actor_diff < 1e-3 * moved and critic_diff < 1e-3 * moved
-    # the statistics SB3 logs under the same names mean the same: clip_fraction over every epoch, approx_kl
-    # over the last one
+    # the statistics SB3 logs under the same names mean the same: the losses over every minibatch (the
+    # total loss: the last one's), clip_fraction over every epoch, approx_kl over the last one
     logged = peer.logger.name_to_value
     assert stats["train/clip_fraction"] > 0.05  # the clipped branch of the surrogate took part
     for tag in ("train/clip_fraction", "train/approx_kl", "train/policy_gradient_loss", "train/value_loss",
@@ -163,9 +150,11 @@ def test_same_advantages_and_same_update_as_sb3_ppo(written_out_derivatives):
         np.testing.assert_allclose(stats[tag], logged[tag], rtol=1e-4, atol=1e-6, err_msg=tag)
 
 
-def test_same_parameters_as_sb3_ppo_over_a_stretch_of_training():
-    agent, peer = make_ppo_pair(written_out_derivatives=True)
-    for _ in range(4):
+@pytest.mark.parametrize("make", [lambda: make_pair(batch_size=N_STEPS * N_ENVS), lambda: make_ppo_pair(True)],
+                         ids=["trpo-sb3-contrib", "ppo-sb3"])
+def test_same_parameters_as_the_peer_over_a_stretch_of_training(make):
+    agent, peer = make()
+    for _ in range(4):  # rlgeom collects every rollout; both libraries update on it
         collect(agent)
         feed(agent, peer)
         agent.update(agent.buffer, 1.0)
