@@ -111,8 +111,7 @@ class PPO(OnPolicyAgent):
             approx_kl = distributed.mean(approximate_kl(torch.cat(step_log_ratios[epoch_start:])))
             clip_fraction = ((log_ratios.exp() - 1).abs() > eps).float().mean()
             reported = torch.cat([losses[:, :3].mean(0), losses[-1, 3:], torch.stack([approx_kl, clip_fraction])])
-        guard_finite(loss=torch.cat([reported, losses[:, 3]]),
-                     gradient_norm=torch.stack(step_grad_norms) if step_grad_norms else None)
+        guard_finite(loss=[losses, reported], gradient_norm=torch.stack(step_grad_norms) if step_grad_norms else None)
         stats = {f"train/{k}": v for k, v in zip(STAT_NAMES, reported.tolist())}
         stats.update({
             "train/learning_rate": lr, "train/clip_range": eps, "train/n_epochs_done": epoch + (not stopped_early),

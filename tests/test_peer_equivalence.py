@@ -80,7 +80,7 @@ def make_ppo_pair(written_out_derivatives: bool):
 
 
 def feed(agent, peer) -> None:
-    """Write rlgeom's collected rollout into sb3-contrib's buffer the way SB3's collect_rollouts would:
+    """Write rlgeom's collected rollout into the peer's buffer the way SB3's collect_rollouts would:
     a time-limit truncation adds γ·V(final observation) to the reward and then ends the episode."""
     buf, rb, gamma = agent.buffer, peer.rollout_buffer, agent.config.gamma
     rb.reset()
@@ -105,7 +105,7 @@ def collect(agent) -> None:
 
 
 def max_differences(agent, peer) -> tuple[float, float]:
-    """(largest |Δ| over the actor's parameters, over the critic's), rlgeom against sb3-contrib."""
+    """(largest |Δ| over the actor's parameters, over the critic's), rlgeom against the peer."""
     state = peer.policy.state_dict()
     actor = max((PAIRS[n](agent.policy) - state[n]).abs().max().item() for n in PAIRS if "value" not in n)
     critic = max((PAIRS[n](agent.policy) - state[n]).abs().max().item() for n in PAIRS if "value" in n)
