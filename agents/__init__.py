@@ -1,11 +1,8 @@
-"""rlgeom's agents with Stable-Baselines3's surface: `from agents import PPO`."""
+"""The public face `agents`: the same modules as `rlgeom.agents` (see rlgeom.public_names).
 
-from agents.acktr import ACKTR
-from agents.npg import NPG
-from agents.ppo import PPO
-from agents.trpo import TRPO
-from agents.vpg import VPG
+`from agents import ...` keeps working for users; rlgeom's own code imports only `rlgeom.agents`.
+"""
 
-AGENTS = {"vpg": VPG, "npg": NPG, "trpo": TRPO, "ppo": PPO, "acktr": ACKTR}
+from rlgeom.public_names import expose
 
-__all__ = ["VPG", "NPG", "TRPO", "PPO", "ACKTR", "AGENTS"]
+expose(__name__, "rlgeom.agents")

@@ -42,7 +42,7 @@ from collections import deque
 import numpy as np
 import torch
 
-import envs
+from rlgeom import envs
 from rlgeom import __version__, validation
 from rlgeom.persistence import checkpoint as ckpt
 from rlgeom.data.buffer import RolloutBuffer
@@ -52,13 +52,13 @@ from rlgeom.persistence.logger import RunLogger, run_directory
 from rlgeom.data.normalization import RewardScaler
 from rlgeom.models.policies import ActorCriticPolicy
 from rlgeom.persistence.serialization import policy_kwargs_to_json, spaces_equal
-from agents.checkpoints import Checkpoints
-from agents.config import OnPolicyConfig
-from agents.devices import resolve_device, set_global_seeds
-from agents.guard import RollbackGuard
-from agents.persistence import Persistence
-from agents.sb3_compat import SB3Compat, make_progress_bar, policy_std, step_locals, wrap_callback
-from envs.boundary import NonFiniteCounter, nonfinite_policy
+from rlgeom.agents.checkpoints import Checkpoints
+from rlgeom.agents.config import OnPolicyConfig
+from rlgeom.agents.devices import resolve_device, set_global_seeds
+from rlgeom.agents.guard import RollbackGuard
+from rlgeom.agents.persistence import Persistence
+from rlgeom.agents.sb3_compat import SB3Compat, make_progress_bar, policy_std, step_locals, wrap_callback
+from rlgeom.envs.boundary import NonFiniteCounter, nonfinite_policy
 
 
 class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC):

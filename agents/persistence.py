@@ -16,9 +16,9 @@ from rlgeom.persistence.serialization import (
     space_to_json, write_model,
 )
 from rlgeom.persistence.modelfile import EXTRA_STATE_BYTES, EXTRA_STATE_FACTOR, check_description, open_model
-from agents.devices import resolve_device, set_global_seeds
+from rlgeom.agents.devices import resolve_device, set_global_seeds
 from rlgeom.training import distributed
-from agents.sb3_compat import filter_description, hyperparameters_from_saved, hyperparameters_to_json
+from rlgeom.agents.sb3_compat import filter_description, hyperparameters_from_saved, hyperparameters_to_json
 
 #: constructor options saved with the model that are not hyperparameters of the algorithm
 AGENT_OPTIONS = ("nonfinite", "max_consecutive_skips", "geometry_every", "stats_window_size")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-import envs
+from rlgeom import envs
 from rlgeom.persistence.serialization import ModelFileError
 from rlgeom.training.schedules import is_unstored, schedule_to_json
 
@@ -73,7 +73,7 @@ class SB3Compat:
             return backend
         cached = self.__dict__.get("_sb3_view")
         if cached is None or cached.rlgeom_env is not self.env:
-            from agents.sb3_view import RlgeomVecEnvView
+            from rlgeom.agents.sb3_view import RlgeomVecEnvView
 
             cached = self._sb3_view = RlgeomVecEnvView(self.env)
         return cached

@@ -1,7 +1,8 @@
-"""Tasks for rlgeom behind one vectorised, torch-speaking interface (see envs.base)."""
+"""The public face `envs`: the same modules as `rlgeom.envs` (see rlgeom.public_names).
 
-from envs.base import StepResult, VecEnv
-from envs.boundary import NonFiniteEnvError
-from envs.make import make_vec_env
+`from envs import ...` keeps working for users; rlgeom's own code imports only `rlgeom.envs`.
+"""
 
-__all__ = ["VecEnv", "StepResult", "make_vec_env", "NonFiniteEnvError"]
+from rlgeom.public_names import expose
+
+expose(__name__, "rlgeom.envs")

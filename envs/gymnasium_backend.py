@@ -8,8 +8,8 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv as GymVectorEnv
 
-from envs.base import StepResult, VecEnv
-from envs.boundary import EpisodeTracker, ObservationPacker, check_finite, to_action_array, to_obs_tensor, to_tensor
+from rlgeom.envs.base import StepResult, VecEnv
+from rlgeom.envs.boundary import EpisodeTracker, ObservationPacker, check_finite, to_action_array, to_obs_tensor, to_tensor
 
 
 class GymnasiumVecEnv(VecEnv):

@@ -11,10 +11,10 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 from rlgeom import validation
-from envs.atari import atari_env_kwargs, atari_wrappers, is_atari_id, register_atari
-from envs.base import VecEnv
-from envs.gymnasium_backend import EpisodeInfoOnly, GymnasiumVecEnv
-from envs.sb3_backend import SB3VecEnvAdapter, is_sb3_vec_env
+from rlgeom.envs.atari import atari_env_kwargs, atari_wrappers, is_atari_id, register_atari
+from rlgeom.envs.base import VecEnv
+from rlgeom.envs.gymnasium_backend import EpisodeInfoOnly, GymnasiumVecEnv
+from rlgeom.envs.sb3_backend import SB3VecEnvAdapter, is_sb3_vec_env
 
 VECTORIZATION_MODES = ("sync", "async")
 TORCH_NATIVE_PREFIX = "torch/"
@@ -57,7 +57,7 @@ def make_vec_env(
 
 def _from_id(env_id: str, n_envs: int, device, vectorization: str, env_kwargs: dict) -> VecEnv:
     if env_id.startswith(TORCH_NATIVE_PREFIX):
-        from envs.torch_native import make_torch_native
+        from rlgeom.envs.torch_native import make_torch_native
 
         return make_torch_native(env_id, n_envs, device=device)
     wrappers = []

@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    from agents.config import parse_hp_value
+    from rlgeom.agents.config import parse_hp_value
 
     out = {}
     for pair in pairs:
@@ -82,7 +82,7 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def agent_class(algo: str):
-    from agents import AGENTS
+    from rlgeom.agents import AGENTS
 
     if algo not in AGENTS:
         raise UsageError(f"unknown algorithm {algo!r}; accepted: {', '.join(AGENTS)}")
@@ -91,8 +91,8 @@ def agent_class(algo: str):
 
 def run(args) -> dict:
     """Train one (algo, env, seed); returns the summary record."""
-    from agents.presets import DEFAULT_ENV, preset
-    from envs import make_vec_env
+    from rlgeom.agents.presets import DEFAULT_ENV, preset
+    from rlgeom.envs import make_vec_env
     from rlgeom.training import distributed
     from rlgeom.training.evaluation import evaluate
 
@@ -157,7 +157,7 @@ def run(args) -> dict:
 
 def resume_agent(args, cls, env_id: str, overrides: dict):
     """(agent loaded from the checkpoint --resume names, env id): the env id is --env, else the checkpoint's."""
-    from agents.presets import DEFAULT_ENV
+    from rlgeom.agents.presets import DEFAULT_ENV
     from rlgeom.persistence.checkpoint import find_run_checkpoint, latest_checkpoint
     from rlgeom.persistence.serialization import open_model
 
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from rlgeom.tools import benchmark
-    from envs.boundary import NonFiniteEnvError
+    from rlgeom.envs.boundary import NonFiniteEnvError
     from rlgeom.training.guards import TrainingDivergedError
     from rlgeom.persistence.outputs import OutputWriteError
     from rlgeom.persistence.serialization import ModelFileError
