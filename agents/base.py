@@ -54,6 +54,7 @@ from rlgeom.models.policies import ActorCriticPolicy
 from rlgeom.persistence.serialization import policy_kwargs_to_json, spaces_equal
 from agents.checkpoints import Checkpoints
 from agents.config import OnPolicyConfig
+from agents import devices
 from agents.devices import resolve_device, set_global_seeds
 from agents.guard import RollbackGuard
 from agents.persistence import Persistence
@@ -96,7 +97,8 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         self.max_consecutive_skips = validation.positive_int("max_consecutive_skips", max_consecutive_skips)
         # log rlgeom.geometry.spectrum.training_geometry every k updates (None: off)
         self.geometry_every = validation.positive_int("geometry_every", geometry_every, allow_none=True)
-        self.device = resolve_device(device)
+        # auto: the device estimated faster for this policy and env (agents.devices.choose_device)
+        self.device = resolve_device(device, lambda: devices.auto_device(env, n_envs, policy, policy_kwargs))
         # under torchrun: join the ranks (every rank steps its own envs; updates combine all ranks' batches)
         if distributed.init_from_environment(self.device) and self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (LOCAL_RANK)
@@ -306,6 +308,12 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             cfg.n_steps, self.n_envs, tuple(self._last_obs.shape[1:]), self._last_obs.dtype,
             self.policy.family.action_shape, self.policy.family.action_dtype, self.device,
         )
+
+    def env_on_device(self, env, n_envs: int = 1):
+        """`env` (an env id, gymnasium env, SB3 VecEnv or rlgeom VecEnv on any device) as rlgeom's VecEnv
+        whose tensors are on this agent's device: observations cross to it once per step, at the env
+        boundary, and actions cross back (envs.device); never a tensor on another device in the policy."""
+        return envs.make_vec_env(env, n_envs, device=self.device)
 
     def _env_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """The policy's actions as the env takes them (ActorCriticPolicy.env_actions)."""

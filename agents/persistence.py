@@ -95,7 +95,8 @@ class Persistence:
                 f"load it with {str(d.get('algo')).upper()}.load"
             )
         options = {k: overrides.pop(k) if k in overrides else d[k] for k in AGENT_OPTIONS if k in overrides or k in d}
-        device = resolve_device(device)  # an unavailable device is the caller's problem, not the file's
+        if device not in ("auto", None):  # "auto" is decided by the agent, for its policy and env
+            device = resolve_device(device)  # an unavailable device is the caller's problem, not the file's
         try:
             obs_space = space_from_json(d["observation_space"])
             act_space = space_from_json(d["action_space"])

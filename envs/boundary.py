@@ -64,19 +64,17 @@ def check_finite(x: np.ndarray, what: str, step: int, env_id: str | None) -> Non
         )
 
 
-def to_tensor(array, dtype, device: torch.device) -> torch.Tensor:
-    """A host array as a tensor of numpy `dtype` on `device`: converted by numpy (cheaper per call than
-    a torch cast at these sizes), shared with torch without a copy, moved only off the CPU."""
-    t = torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
-    return t if device.type == "cpu" else t.to(device, non_blocking=True)
+def to_tensor(array, dtype) -> torch.Tensor:
+    """A host array as a CPU tensor of numpy `dtype`: converted by numpy (cheaper per call than a torch
+    cast at these sizes), shared with torch without a copy. envs.device moves a step's tensors off the CPU."""
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
 
 
-def to_obs_tensor(obs: np.ndarray, device: torch.device) -> torch.Tensor:
+def to_obs_tensor(obs: np.ndarray) -> torch.Tensor:
     """uint8 images stay uint8; everything else becomes float32. Always a copy: a vector env may return
     its own observation buffer and overwrite it at the next step (gymnasium's `copy=False`, which the
     vector envs rlgeom builds from an id use: one copy here instead of gymnasium's deepcopy)."""
-    t = torch.from_numpy(np.array(obs, dtype=np.uint8 if obs.dtype == np.uint8 else np.float32, copy=True))
-    return t if device.type == "cpu" else t.to(device, non_blocking=True)
+    return torch.from_numpy(np.array(obs, dtype=np.uint8 if obs.dtype == np.uint8 else np.float32, copy=True))
 
 
 class ObservationPacker:

@@ -13,6 +13,7 @@ from gymnasium.vector import AutoresetMode
 from rlgeom import validation
 from envs.atari import atari_env_kwargs, atari_wrappers, is_atari_id, register_atari
 from envs.base import VecEnv
+from envs.device import on_device
 from envs.gymnasium_backend import EpisodeInfoOnly, GymnasiumVecEnv
 from envs.sb3_backend import SB3VecEnvAdapter, is_sb3_vec_env
 
@@ -24,17 +25,22 @@ def make_vec_env(
     env,
     n_envs: int = 1,
     seed: int | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     vectorization: str = "sync",
     env_kwargs: dict | None = None,
 ) -> VecEnv:
     """Build rlgeom's vectorised env from an env id, a gymnasium Env or VectorEnv, an SB3 VecEnv
-    (VecNormalize included) or an rlgeom VecEnv. `seed` is applied at the first reset."""
+    (VecNormalize included) or an rlgeom VecEnv. `seed` is applied at the first reset.
+
+    Every tensor the env gives is on `device` (an agent passes its own), and actions may come on it:
+    an rlgeom VecEnv on another device is seen through envs.device.OnDevice. None: an rlgeom VecEnv
+    stays where it is, anything else is built on the CPU."""
     validation.positive_int("n_envs", n_envs)
     if vectorization not in VECTORIZATION_MODES:
         raise ValueError(f"unknown vectorization {vectorization!r}; accepted: {', '.join(VECTORIZATION_MODES)}")
     if isinstance(env, VecEnv):
-        return env
+        return env if device is None else on_device(env, device)
+    device = torch.device("cpu") if device is None else device
     if isinstance(env, str):
         return _from_id(env, n_envs, device, vectorization, env_kwargs or {})
     if isinstance(env, gym.vector.VectorEnv):
@@ -61,15 +67,16 @@ def _from_id(env_id: str, n_envs: int, device, vectorization: str, env_kwargs: d
 
         return make_torch_native(env_id, n_envs, device=device)
     wrappers = []
-    route_mujoco_warnings_to_logging()
     if is_atari_id(env_id):
         register_atari()
         env_kwargs = {**atari_env_kwargs(env_id), **env_kwargs}
         wrappers = atari_wrappers()
     try:
-        gym.spec(env_id)
+        spec = gym.spec(env_id)
     except gym.error.Error as err:
         raise ValueError(f"unknown env id {env_id!r}: {err}") from None
+    if is_mujoco_spec(spec):  # only then: `import mujoco` fails outright where MUJOCO_GL names a missing backend
+        route_mujoco_warnings_to_logging()
     vec = gym.make_vec(
         env_id,
         num_envs=n_envs,
@@ -82,6 +89,13 @@ def _from_id(env_id: str, n_envs: int, device, vectorization: str, env_kwargs: d
         **env_kwargs,
     )
     return GymnasiumVecEnv(vec, device, env_id=env_id)
+
+
+def is_mujoco_spec(spec) -> bool:
+    """Whether a registered env is a MuJoCo task (gymnasium's, or any whose entry point names mujoco)."""
+    entry = spec.entry_point
+    name = entry if isinstance(entry, str) else f"{getattr(entry, '__module__', '')}.{getattr(entry, '__qualname__', '')}"
+    return "mujoco" in name.lower()
 
 
 def route_mujoco_warnings_to_logging() -> None:

@@ -39,7 +39,7 @@ def make_model(path, seed: int, net_arch=(8,), perturb: float = 0.0, steps: int 
         gen = torch.Generator().manual_seed(1000 + steps)
         with torch.no_grad():
             for p in agent.policy.actor.parameters():
-                p.add_(perturb * torch.randn(p.shape, generator=gen))
+                p.add_(perturb * torch.randn(p.shape, generator=gen).to(p.device))  # drawn on the CPU: same noise anywhere
     agent.num_timesteps = steps
     path = agent.save(path)
     agent.env.close()

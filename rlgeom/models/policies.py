@@ -417,6 +417,7 @@ class ActorCriticPolicy(nn.Module):
         return list(self.critic.parameters())
 
     def actor_inputs(self, obs: torch.Tensor) -> torch.Tensor:
+        check_device(obs, self.device)
         return self.obs_normalizer(obs)
 
     def dist_params(self, obs: torch.Tensor) -> torch.Tensor:
@@ -470,6 +471,7 @@ class ActorCriticPolicy(nn.Module):
         inference tensor: copy it (the rollout buffer does) before any autograd use.
         """
         plan = self._rollout_plan or self._make_rollout_plan()
+        check_device(obs, plan.device)
         x = plan.normalize(obs)
         if self.use_sde:
             return self._draw_sde(x, deterministic)
@@ -490,6 +492,7 @@ class ActorCriticPolicy(nn.Module):
         """(log π(actions|obs), V(obs)) without autograd, for a batch of a rollout's transitions: the
         family's one log-density and the critic, in one pass of both networks."""
         plan = self._rollout_plan or self._make_rollout_plan()
+        check_device(obs, plan.device)
         dist_params, values = plan.actor_and_critic(plan.normalize(obs))
         return self.family.log_prob(dist_params, actions), values.squeeze(-1)
 
@@ -582,6 +585,7 @@ class RolloutPlan:
 
     def __init__(self, policy: "ActorCriticPolicy"):
         self._policy = policy
+        self.device = policy.device
         self.normalize: Callable[[torch.Tensor], torch.Tensor] = policy.obs_normalizer.frozen()
 
     @cached_property
@@ -594,6 +598,13 @@ class RolloutPlan:
         policy = self._policy
         with torch.no_grad():
             return networks.paired_inference_function(policy.actor, policy.critic, policy.written_out_derivatives)
+
+
+def check_device(obs: torch.Tensor, device: torch.device) -> None:
+    """Observations must already be where the policy is: the env boundary moves them (envs.device), once."""
+    if obs.device != device:
+        raise ValueError(f"observations on {obs.device} given to a policy on {device}; move them to {device} first "
+                         "(an agent's env and evaluate() do: agent.env_on_device(env))")
 
 
 def activation_class(activation_fn) -> type[nn.Module]:

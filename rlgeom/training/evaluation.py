@@ -6,10 +6,12 @@ import numpy as np
 
 
 def evaluate(agent, env, n_episodes: int = 10, deterministic: bool = True, seed: int | None = None):
-    """(mean, std) of the returns of the first n_episodes finished episodes on `env` (a VecEnv).
+    """(mean, std) of the returns of the first n_episodes finished episodes on `env` (a VecEnv, on any
+    device: its observations reach the policy on the agent's).
 
     Episodes are counted per env so that short episodes do not dominate (as SB3's evaluate_policy).
     """
+    env = agent.env_on_device(env)  # its tensors on the agent's device, moved once per step (agents.base)
     n = env.num_envs
     targets = np.array([(n_episodes + i) // n for i in range(n)])
     counts = np.zeros(n, dtype=int)
