@@ -119,7 +119,7 @@ from agents.config import OnPolicyConfig, hp
 from agents.critic import explained_variance
 from rlgeom.geometry.fisher import kl_scale, policy_kl, predicted_kl
 from rlgeom.training import distributed
-from rlgeom.training.guards import SkippedUpdate, guard_finite
+from rlgeom.training.guards import SkippedUpdate, guard_finite, read_stats
 from rlgeom.geometry.kfac import KFACPreconditioner
 from rlgeom.training.schedules import schedule_value
 
@@ -306,9 +306,9 @@ class ACKTR(OnPolicyAgent):
     def _stats(self, lr, policy_loss, value_loss, entropy, buffer, kfac_stats, eta, quad, kl) -> dict:
         n = self.n_updates + 1  # this update included (the base counts it after update() returns)
         stats = {
-            "train/policy_gradient_loss": policy_loss.item(), "train/value_loss": value_loss.item(),
-            "train/entropy_loss": -entropy.item(), "train/learning_rate": lr,
-            "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()).item(),
+            "train/policy_gradient_loss": policy_loss, "train/value_loss": value_loss,
+            "train/entropy_loss": -entropy, "train/learning_rate": lr,
+            "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()),
             "geometry/eta": eta,
             "geometry/trust_region_bound": float(eta < 1.0),
             "geometry/trust_region_bound_fraction": self._updates_bound / n,
@@ -318,7 +318,7 @@ class ACKTR(OnPolicyAgent):
         }
         for key, value in kfac_stats.scalars().items():
             stats[f"geometry/kfac_{key}"] = value
-        return stats
+        return read_stats(stats)  # one host transfer for every statistic
 
     # ----------------------------------------------------------------- checkpoints
     def _extra_state(self) -> dict:

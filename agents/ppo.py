@@ -23,7 +23,7 @@ from agents.config import OnPolicyConfig, hp
 from agents.critic import explained_variance
 from rlgeom.geometry.fisher import approximate_kl
 from rlgeom.training import distributed
-from rlgeom.training.guards import guard_finite
+from rlgeom.training.guards import guard_finite, read_stats
 from rlgeom.training.optim import clip_gradient_norm, make_optimizer
 from rlgeom.training.schedules import schedule_value
 
@@ -115,9 +115,9 @@ class PPO(OnPolicyAgent):
         stats = {f"train/{k}": v for k, v in zip(STAT_NAMES, reported.tolist())}
         stats.update({
             "train/learning_rate": lr, "train/clip_range": eps, "train/n_epochs_done": epoch + (not stopped_early),
-            "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()).item(),
+            "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()),
         })
-        return stats
+        return read_stats(stats)  # the explained variance's host read
 
     def losses(self, batch, log_probs, entropy, values, eps: float):
         """PPO's loss on one minibatch: (policy, value, entropy, total loss, ratio, log-ratio)."""

@@ -210,3 +210,29 @@ def test_the_cuda_boundary_sends_a_step_through_one_pinned_buffer():
     buffers = env._transfer._buffers
     assert len(buffers) == 2 and buffers[0].host.is_pinned()
     assert dataclasses.is_dataclass(result)
+
+
+# ----------------------------------------------------------------------------- host syncs in an update
+def test_read_stats_reads_every_tensor_exactly():
+    from rlgeom.training.guards import read_stats
+
+    stats = {"a": torch.tensor(0.1), "b": torch.tensor(3, dtype=torch.int64), "c": 0.5, "d": 7}
+    out = read_stats(stats)
+    assert out == {"a": torch.tensor(0.1).item(), "b": 3.0, "c": 0.5, "d": 7}
+    assert all(not isinstance(v, torch.Tensor) for v in out.values())
+
+
+@pytest.mark.parametrize("algo", ["vpg", "npg", "trpo", "ppo", "acktr"])
+def test_every_update_statistic_is_a_host_number_read_without_item(algo, monkeypatch):
+    """A `.item()` per statistic would wait for a GPU once each: the statistics are read together."""
+    from agents import AGENTS
+
+    agent = AGENTS[algo]("MlpPolicy", "CartPole-v1", n_envs=2, n_steps=16, seed=0, device="cpu",
+                         **({"batch_size": 32} if algo != "acktr" else {}))
+    agent.learn(32)
+    items, item = [], torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: items.append(1) or item(self))
+    stats = agent.update(agent.buffer, 0.5)
+    assert items == []
+    assert stats and all(isinstance(v, (int, float)) for v in stats.values()), \
+        {k: type(v).__name__ for k, v in stats.items()}

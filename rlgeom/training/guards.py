@@ -55,4 +55,14 @@ def guard_finite(**named) -> None:
         raise SkippedUpdate(bad)
 
 
-__all__ = ["SkippedUpdate", "TrainingDivergedError", "guard_finite"]
+def read_stats(stats: dict) -> dict:
+    """An update's statistics as Python numbers, the tensors among them read in one host transfer
+    (a `.item()` each would wait for the device once per statistic)."""
+    keys = [k for k, v in stats.items() if isinstance(v, torch.Tensor)]
+    if not keys:
+        return dict(stats)
+    values = torch.stack([stats[k].detach().reshape(()).double() for k in keys]).tolist()  # float32 → float64: exact
+    return {**stats, **dict(zip(keys, values))}
+
+
+__all__ = ["SkippedUpdate", "TrainingDivergedError", "guard_finite", "read_stats"]
