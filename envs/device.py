@@ -162,10 +162,11 @@ def on_device(env: VecEnv, device: torch.device | str) -> VecEnv:
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
-    """cuda and cuda:0 are one device when the current device is 0."""
-    if a.type != b.type:
-        return False
-    if a.type != "cuda" or a.index == b.index:
-        return a.index == b.index or a.type == "cpu"
-    current = torch.cuda.current_device() if torch.cuda.is_available() else 0
-    return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+    """cuda and cuda:N are one device when N is the current one; cpu is cpu."""
+    return a.type == b.type and _index(a) == _index(b)
+
+
+def _index(device: torch.device) -> int:
+    if device.index is not None:
+        return device.index
+    return torch.cuda.current_device() if device.type == "cuda" and torch.cuda.is_available() else 0

@@ -48,7 +48,7 @@ echo "pytest exit $?" | tee "$OUT/pytest.exit"; tail -3 "$OUT/pytest.log"
 
 stamp "bench_gpu"
 if [ $QUICK = 1 ]; then
-  BENCH=(--n-envs 256 --budget-s 3 --eval-every 2 --throughput-updates 10 --gym-steps 1024) BIG=1024
+  BENCH=(--n-envs 256 --budget-s 3 --eval-every 2 --throughput-updates 10 --gym-steps 1024) BIG=256
 else
   BENCH=(--budget-s 40 --gym-steps 8192) BIG=65536
 fi

@@ -35,10 +35,10 @@ def timed(model, steps: int, device: str, rollout: int) -> float:
     """Steps per second of one learn(steps) after a one-rollout warm-up."""
     model.learn(rollout)
     sync(torch.device(device))
-    start = time.perf_counter()
-    model.learn(steps, reset_num_timesteps=False)
+    start, done = time.perf_counter(), model.num_timesteps
+    model.learn(steps, reset_num_timesteps=False)  # whole rollouts: at least `steps`
     sync(torch.device(device))
-    return steps / (time.perf_counter() - start)
+    return (model.num_timesteps - done) / (time.perf_counter() - start)
 
 
 def measure(task: str, algo: str, device: str, steps: int, seed: int) -> dict:
