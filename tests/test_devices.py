@@ -236,21 +236,3 @@ def test_every_update_statistic_is_a_host_number_read_without_item(algo, monkeyp
     assert items == []
     assert stats and all(isinstance(v, (int, float)) for v in stats.values()), \
         {k: type(v).__name__ for k, v in stats.items()}
-
-
-@pytest.mark.cuda
-def test_a_host_env_step_on_cuda_waits_only_for_its_actions():
-    """Per step on a Gymnasium env: the observations go up in one pinned non-blocking copy and the actions come
-    down through a pinned buffer with one explicit stream sync; nothing else may synchronise."""
-    model = PPO("MlpPolicy", "CartPole-v1", n_envs=8, n_steps=16, batch_size=64, seed=0, device="cuda")
-    model.learn(8 * 16)  # warm-up: allocations, pinned buffers, cuBLAS handles
-    model.buffer.reset()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(model.config.n_steps):
-            actions = model.policy.draw(model._last_obs)
-            step = model.env.step(model._env_actions(actions))
-            model.buffer.add(model._last_obs, actions, model._last_episode_starts, step)
-            model._last_obs, model._last_episode_starts = step.obs, step.done
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
