@@ -69,7 +69,8 @@ def auto_device(env, n_envs: int, policy: str, policy_kwargs: dict | None) -> to
     )
     if cuda and reason not in _SAID:
         _SAID.add(reason)
-        warnings.warn(f"device='auto' chose {device.type}: {reason}", DeviceChoice, stacklevel=3)
+        # stacklevel: the user's line that built the agent
+        warnings.warn(f"device='auto' chose {device.type}: {reason}", DeviceChoice, stacklevel=5)
     return device
 
 

@@ -50,7 +50,8 @@ class GymnasiumVecEnv(VecEnv):
 
     def step(self, actions: torch.Tensor) -> StepResult:
         self._t += 1
-        obs, reward, terminated, truncated, info = self._env.step(to_action_array(self._transfer.actions_to_host(actions), self._discrete))
+        actions = to_action_array(self._transfer.actions_to_host(actions), self._discrete)
+        obs, reward, terminated, truncated, info = self._env.step(actions)
         obs = self._pack.batch(obs)
         done = terminated | truncated
         final_obs = obs

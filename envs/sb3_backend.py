@@ -51,7 +51,8 @@ class SB3VecEnvAdapter(VecEnv):
 
     def step(self, actions: torch.Tensor) -> StepResult:
         self._t += 1
-        obs, reward, done, infos = self._env.step(to_action_array(self._transfer.actions_to_host(actions), self._discrete))
+        obs, reward, done, infos = self._env.step(
+            to_action_array(self._transfer.actions_to_host(actions), self._discrete))
         obs = self._pack.batch(obs)
         truncated = np.array([bool(i.get("TimeLimit.truncated", False)) for i in infos]) & done
         terminated = done & ~truncated

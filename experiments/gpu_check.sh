@@ -41,7 +41,7 @@ stamp "pytest on $DEVICE"
 if [ $QUICK = 1 ]; then
   RLGEOM_TEST_DEVICE=$DEVICE timeout 300 $PY -m pytest -q -p no:cacheprovider -rfEs tests/test_devices.py > "$OUT/pytest.log" 2>&1
 else
-  RLGEOM_TEST_DEVICE=$DEVICE timeout 140 $PY -m pytest -q -p no:cacheprovider -n 14 --timeout 120 -rfE tests \
+  RLGEOM_TEST_DEVICE=$DEVICE timeout 150 $PY -m pytest -q -p no:cacheprovider -n 14 --timeout 120 -rfE tests \
     --ignore=tests/test_compare.py --ignore=tests/test_ray_grid.py > "$OUT/pytest.log" 2>&1
 fi
 echo "pytest exit $?" | tee "$OUT/pytest.exit"; tail -3 "$OUT/pytest.log"
@@ -52,12 +52,12 @@ if [ $QUICK = 1 ]; then
 else
   BENCH=(--budget-s 40 --gym-steps 8192) BIG=65536
 fi
-timeout 120 $PY experiments/bench_gpu.py --device "$DEVICE" "${BENCH[@]}" --out "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log" | tail -12
-timeout 60 $PY experiments/bench_gpu.py --device "$DEVICE" --n-envs $BIG --sections throughput --algos ppo trpo \
+timeout 110 $PY experiments/bench_gpu.py --device "$DEVICE" "${BENCH[@]}" --out "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log" | tail -12
+timeout 45 $PY experiments/bench_gpu.py --device "$DEVICE" --n-envs $BIG --sections throughput --algos ppo trpo \
   --throughput-updates 10 --out "$OUT/bench_gpu_$BIG.json" 2>&1 | tail -3
 
 stamp "8-env table"
-timeout 180 $PY experiments/gpu_table.py --device "$DEVICE" $([ $QUICK = 1 ] && echo --quick) --out "$OUT/table.json" 2>&1 \
+timeout 150 $PY experiments/gpu_table.py --device "$DEVICE" $([ $QUICK = 1 ] && echo --quick) --out "$OUT/table.json" 2>&1 \
   | tee "$OUT/table.log" | tail -6
 
 stamp "end"
