@@ -187,14 +187,13 @@ def test_cartpole_builds_where_mujoco_cannot_be_imported(tmp_path, monkeypatch):
         make_vec_env("Hopper-v5", 1)
 
 
-# ----------------------------------------------------------------------------- on a GPU
-@pytest.mark.cuda
-def test_a_cpu_env_trains_and_evaluates_an_agent_on_cuda():
+# ----------------------------------------------------------------------------- on the test device, on a GPU
+def test_a_cpu_env_trains_and_evaluates_an_agent_on_the_test_device(agent_device):
     env = make_vec_env("CartPole-v1", 4, seed=0)  # built on the CPU, before the agent
-    agent = PPO("MlpPolicy", env, n_steps=16, batch_size=32, seed=0, device="cuda")
-    assert agent.env.device.type == "cuda"
+    agent = PPO("MlpPolicy", env, n_steps=16, batch_size=32, seed=0, device=agent_device)
+    assert agent.env.device == agent_device
     agent.learn(128)
-    assert agent.buffer.obs.device.type == "cuda"
+    assert agent.buffer.obs.device.type == agent_device.type
     mean, _ = evaluate(agent, make_vec_env("CartPole-v1", 1), 2, seed=0)
     assert mean > 0
     actions, _ = agent.predict(np.zeros((3, 4), dtype=np.float32))
