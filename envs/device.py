@@ -139,7 +139,9 @@ class OnDevice(VecEnv):
         if self._host is not None:
             return self._host.step(self.env.step(self._host.actions_to_host(actions)))
         result = self.env.step(actions.to(self.env.device))
-        return StepResult(**{name: getattr(result, name).to(self.device, non_blocking=True) for name in FIELDS})
+        # non-blocking only towards an accelerator: a copy to the host must be complete before the host reads it
+        async_copy = self.device.type != "cpu"
+        return StepResult(**{name: getattr(result, name).to(self.device, non_blocking=async_copy) for name in FIELDS})
 
     def close(self) -> None:
         self.env.close()
