@@ -111,11 +111,12 @@ def test_a_checkpoint_naming_another_folder_neither_writes_nor_deletes_there(tmp
 
 
 def test_pruning_removes_only_the_checkpoints_this_run_wrote(tmp_path):
-    foreign = [ckpt.checkpoint_path(tmp_path, s) for s in (1, 10_000)]
-    for path in foreign:
+    _agent().learn(2 * 32, checkpoint_every=32, checkpoint_dir=tmp_path)
+    for path in [ckpt.checkpoint_path(tmp_path, s) for s in (1, 10_000)]:  # copied in later by hand
         open(path, "wb").write(b"another run's")
-    _agent().learn(5 * 32, checkpoint_every=32, checkpoint_dir=tmp_path, keep_checkpoints=2)
-    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [1, 128, 160, 10_000]
+    resumed = PPO.load(ckpt.checkpoint_path(tmp_path, 64), env="CartPole-v1")  # its folder: it holds its own file
+    resumed.learn(3 * 32, reset_num_timesteps=False, checkpoint_every=32, keep_checkpoints=2)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [1, 32, 128, 160, 10_000]
 
 
 # ----------------------------------------------------------------------------- 2. two writers
@@ -275,10 +276,10 @@ def test_a_save_path_that_fails_after_training_falls_back_to_the_run_directory(t
     target = tmp_path / "models" / "final"
     real = outputs.write_atomically
 
-    def write(path, data):
+    def write(path, data, resume_from=None):
         if path.startswith(str(target)):  # the disk filled up during training
             raise outputs.write_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
-        return real(path, data)
+        return real(path, data, resume_from)
 
     monkeypatch.setattr("rlgeom.persistence.serialization.write_atomically", write)
     code, err = _cli([*CLI_SMALL, "--timesteps", "64", "--logdir", str(tmp_path / "logs"), "--save", str(target)], capsys)

@@ -126,6 +126,12 @@ def run(args) -> dict:
             tensorboard_log=logdir, verbose=args.verbose, vectorization=args.vectorization,
             policy_kwargs=policy_kwargs, **options, **hyperparameters,
         )
+    if args.save is not None and args.resume is not None:  # the resumed run's own folder is its to write in
+        from rlgeom.persistence.outputs import check_outside_other_runs
+        from rlgeom.persistence.serialization import model_path
+
+        check_outside_other_runs(os.path.dirname(os.path.abspath(model_path(args.save))), "model file (--save)",
+                                 agent._run_dir)
     every = args.checkpoint_every if args.checkpoint_every is not None else agent._checkpoint_every
     remaining = timesteps - agent.num_timesteps
     start, start_steps = time.perf_counter(), agent.num_timesteps  # after --resume: this part only
@@ -181,13 +187,16 @@ def resume_agent(args, cls, env_id: str, overrides: dict):
 
 
 def _inside(path: str | None, folder: str) -> bool:
-    return path is not None and os.path.commonpath([os.path.abspath(path), os.path.abspath(folder)]) == os.path.abspath(folder)
+    """Whether `path` lies in `folder`, symlinks resolved (a link in a new --logdir to another run's folder is not
+    inside it: that run is left untouched)."""
+    return path is not None and os.path.commonpath([os.path.realpath(path), os.path.realpath(folder)]) == os.path.realpath(folder)
 
 
 def check_run_args(args) -> None:
     """Values argparse lets through that would crash later or be silently replaced, and output folders
     that cannot be written: all refused before anything is built or trained."""
-    from rlgeom.persistence.outputs import check_writable_file, ensure_writable_dir
+    from rlgeom.persistence.checkpoint import check_checkpoint_dir
+    from rlgeom.persistence.outputs import check_outside_other_runs, check_writable_file, ensure_writable_dir
 
     if args.env is not None and not args.env.strip():
         raise UsageError("--env is empty; give an env id such as CartPole-v1 (or leave --env out for CartPole-v1)")
@@ -196,12 +205,17 @@ def check_run_args(args) -> None:
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be a positive integer, got {value}")
     if args.resume is None or args.logdir is not None:
+        check_outside_other_runs(args.logdir or DEFAULT_LOGDIR, "log directory (--logdir)")
         ensure_writable_dir(args.logdir or DEFAULT_LOGDIR, "log directory (--logdir)")
     if args.checkpoint_dir is not None:
+        if args.resume is None:  # a new run owns no checkpoint yet (a resumed one is checked once it is loaded)
+            check_checkpoint_dir(args.checkpoint_dir, None, set())
         ensure_writable_dir(args.checkpoint_dir, "checkpoint directory (--checkpoint-dir)")
     if args.save is not None:
         from rlgeom.persistence.serialization import model_path
 
+        if args.resume is None:
+            check_outside_other_runs(os.path.dirname(os.path.abspath(model_path(args.save))), "model file (--save)")
         check_writable_file(model_path(args.save), "model file (--save)")
 
 
