@@ -203,3 +203,31 @@ def test_ctrl_c_to_a_grids_parent_alone_stops_it_launches_nothing_and_a_rerun_fi
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "unfinished run directory moved aside" in rerun.stdout
     assert (tmp_path / "CartPole-v1" / "ppo" / "seed0" / "done.json").is_file()
+
+
+# ----------------------------------------------------------------------------- neighbours: other signals
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_stops_a_run_with_its_status_and_it_resumes(signum, tmp_path, capsys):
+    run = subprocess.Popen([sys.executable, "-m", "rlgeom.train", *CLI_SMALL, "--timesteps", "10000000",
+                            "--checkpoint-every", "64", "--logdir", str(tmp_path)], env=ENV, cwd=REPO,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    checkpoints = tmp_path / "CartPole-v1" / "ppo" / "seed0" / "checkpoints"
+    try:
+        deadline = time.time() + 120
+        while not ckpt.list_checkpoints(checkpoints):
+            assert run.poll() is None and time.time() < deadline
+            time.sleep(0.1)
+        start = time.perf_counter()
+        run.send_signal(signum)
+        _, err = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 128 + signum and f"interrupted by {signal.Signals(signum).name}" in err, err
+    assert "Traceback" not in err and time.perf_counter() - start < 10
+    assert not [n for n in os.listdir(checkpoints) if ".tmp" in n]  # no temporary left, even mid-write
+    last = ckpt.list_checkpoints(checkpoints)[-1][0]
+    code, err = _cli([*CLI_SMALL, "--timesteps", str(last + 32), "--resume", "latest", "--logdir", str(tmp_path)], capsys)
+    assert code == 0 and PPO.load(checkpoints.parent / "model.safetensors").num_timesteps == last + 32

@@ -118,6 +118,9 @@ def write_atomically(path: str, data: bytes, resume_from: str | None = None) -> 
     except OSError as err:
         _remove_quietly(tmp)
         raise write_error(path, err, resume_from=resume_from) from None
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM): no temporary is left behind either
+        _remove_quietly(tmp)
+        raise
     return path
 
 

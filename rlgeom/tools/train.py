@@ -7,9 +7,11 @@ hyperparameter of the agent's config (`--help-hp` lists them with their document
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
+import signal
 import sys
 import time
 
@@ -272,6 +274,29 @@ def lost_peers(err: RuntimeError) -> bool:
         word in str(err) for word in ("gloo", "NCCL", "Connection closed", "Connection reset", "Timed out"))
 
 
+@contextlib.contextmanager
+def termination_signals_interrupt():
+    """While a run trains, SIGTERM and SIGHUP (a scheduler's stop, a closed terminal) stop it as Ctrl-C does: a
+    KeyboardInterrupt carrying the signal, so no temporary file is left, the run's lock is released and the exit
+    status says which signal (128 + its number), instead of Python's silent default death. The previous
+    handlers come back afterwards (main may be called from a program). Main thread only."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -292,16 +317,18 @@ def main(argv=None) -> int:
             print_help(args)
             return 0
         benchmark.import_gym_packages(args.gym_packages)
-        summary = run(args)
+        with termination_signals_interrupt():
+            summary = run(args)
     except (UsageError, ValueError, TypeError, ModelFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (TrainingDivergedError, NonFiniteEnvError, OutputWriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        signum = err.args[0] if err.args and isinstance(err.args[0], int) else signal.SIGINT
+        print(f"interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
     except RuntimeError as err:  # under torchrun: another rank died or a collective timed out
         if not lost_peers(err):
             raise
