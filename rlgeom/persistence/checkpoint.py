@@ -8,10 +8,12 @@ Nested state (a torch optimizer's `state_dict()`, a K-FAC `state_dict()`, RNG st
 dicts and tensors are accepted: there is no way to smuggle an object (or code) into a checkpoint.
 
 Checkpoints of a run live in one directory as `checkpoint_<steps>.safetensors` (zero-padded, so
-names sort by step); a temporary file being written has another name (`....safetensors.tmp<pid>-<random>`)
+names sort by step); a temporary file being written has another name (`....safetensors.tmp<pid>-<random>-<host>`)
 and is never listed, so a process killed mid-write leaves at most a stray temporary (removed by the
 next process that locks the folder) and the previous checkpoints intact. `latest_checkpoint` picks the
 newest complete one. A run prunes only the checkpoints it wrote itself (and the one it resumed from).
+A checkpoint folder belongs to one run (`check_checkpoint_dir`): a run writes only into a folder that holds
+no checkpoint, or one that holds a file it wrote or resumed from, and never inside another run's directory.
 """
 
 from __future__ import annotations

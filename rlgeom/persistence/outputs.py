@@ -10,6 +10,9 @@ errors that say which folder is the problem (issue 17, items 1-3).
   at once, not at the first checkpoint.
 - A failed write (ENOSPC, a folder made read-only meanwhile) removes its partial temporary file and
   raises `OutputWriteError` (`DiskFullError` for a full disk); whatever was written before stays.
+- Whose folder (issue 30): a run writes only into folders it created or that hold its own files, never
+  inside another run's directory (one with run.json; symlinks resolved); a temporary name never passes
+  NAME_MAX, and the temporaries of writers killed mid-save are removed by the next save to that path.
 """
 
 from __future__ import annotations
