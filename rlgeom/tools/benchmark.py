@@ -735,6 +735,8 @@ def _run_pool(specs: list[dict], workers: int, on_result) -> None:
 def _execute(specs: list[dict], workers: int, on_record) -> None:
     """Run specs in a pool; a worker that dies takes its pool down, so the runs it took with it are
     retried one at a time in pools of their own (which tells the crashing run from the bystanders)."""
+    from rlgeom.persistence.outputs import OutputError
+
     crashed: list[dict] = []
 
     def first_try(spec: dict, future) -> None:
@@ -754,8 +756,18 @@ def _execute(specs: list[dict], workers: int, on_record) -> None:
 
     _run_pool(specs, workers, first_try)
     for spec in crashed:
-        prepare_run_dir(spec["run_dir"])
+        try:
+            prepare_run_dir(spec["run_dir"])
+        except OutputError as err:  # taken meanwhile by another process: left alone
+            on_record(not_started(spec, err))
+            continue
         _run_pool([spec], 1, retry)
+
+
+def not_started(spec: dict, err: Exception) -> dict:
+    """The record of a run the grid did not start because its run directory is another process's."""
+    return {"algo": spec["algo"], "env": spec["env"], "seed": spec["seed"], "run_dir": spec["run_dir"],
+            "status": "failed", "error": str(err), "log": "(none: the run was not started)"}
 
 
 def format_table(records: list[dict]) -> str:
@@ -840,8 +852,7 @@ def run_grid(args) -> int:
         try:
             moved = prepare_run_dir(spec["run_dir"])
         except OutputError as err:  # a live run of another grid or process: left alone, not started
-            records[i] = {"algo": spec["algo"], "env": spec["env"], "seed": spec["seed"], "run_dir": spec["run_dir"],
-                          "status": "failed", "error": str(err), "log": "(none: the run was not started)"}
+            records[i] = not_started(spec, err)
             continue
         if moved is not None:
             print(f"{_label(spec)}: unfinished run directory moved aside to {moved}", flush=True)
