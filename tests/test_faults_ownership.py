@@ -95,6 +95,19 @@ def test_a_logdir_or_tensorboard_log_inside_another_run_is_refused(other_run, tm
     assert _digests(other_run) == before
 
 
+def test_only_a_run_json_that_names_a_run_marks_a_run_directory(tmp_path):
+    from rlgeom.persistence.outputs import check_outside_other_runs, enclosing_run_dir
+
+    (tmp_path / "run.json").write_text('{"name": "another tool\'s file"}')
+    check_outside_other_runs(tmp_path / "logs", "log directory")  # not a run: no error
+    (tmp_path / "run.json").write_text('{"algo": "ppo", "env_id": "CartPole-v1", "seed": 3}')
+    link = tmp_path.parent / f"{tmp_path.name}-link"
+    os.symlink(tmp_path, link)
+    assert enclosing_run_dir(link / "a" / "b") == str(tmp_path)  # symlinks resolved
+    with pytest.raises(OutputError, match=r"of another run \(ppo on CartPole-v1, seed 3\)"):
+        check_outside_other_runs(link / "logs", "log directory")
+
+
 def test_save_onto_another_runs_model_is_refused_before_training(other_run, tmp_path, capsys):
     before = _digests(other_run)
     start = time.perf_counter()

@@ -233,11 +233,12 @@ def try_lock_fresh_directory(directory: str):
 
 # ----------------------------------------------------------------------------- whose folder
 def enclosing_run_dir(path) -> str | None:
-    """The run directory that holds `path` (`path` itself or its nearest ancestor with a run.json), symlinks
-    resolved; None when no run directory holds it."""
+    """The run directory that holds `path` (`path` itself or its nearest ancestor whose run.json names a run:
+    a JSON object with algo and env_id, as rlgeom and its grid write it), symlinks resolved; None when no run
+    directory holds it (another tool's run.json does not count)."""
     current = os.path.realpath(os.fspath(path))
     while True:
-        if os.path.isfile(os.path.join(current, RUN_INFO)):
+        if _run_info(current) is not None:
             return current
         parent = os.path.dirname(current)
         if parent == current:
@@ -245,15 +246,21 @@ def enclosing_run_dir(path) -> str | None:
         current = parent
 
 
-def describe_run(run_dir: str) -> str:
-    """'ppo on CartPole-v1, seed 0' from a run directory's run.json (what it holds of it)."""
+def _run_info(folder: str) -> dict | None:
+    path = os.path.join(folder, RUN_INFO)
+    if not os.path.isfile(path):
+        return None
     try:
-        with open(os.path.join(run_dir, RUN_INFO)) as f:
+        with open(path) as f:
             info = json.load(f)
     except (OSError, ValueError):
-        info = None
-    if not isinstance(info, dict):
-        return "its run.json unreadable"
+        return None
+    return info if isinstance(info, dict) and {"algo", "env_id"} <= set(info) else None
+
+
+def describe_run(run_dir: str) -> str:
+    """'ppo on CartPole-v1, seed 0' from a run directory's run.json."""
+    info = _run_info(run_dir) or {}
     return f"{info.get('algo', '?')} on {info.get('env_id', '?')}, seed {info.get('seed', '?')}"
 
 
