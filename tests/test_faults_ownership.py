@@ -92,6 +92,9 @@ def test_a_logdir_or_tensorboard_log_inside_another_run_is_refused(other_run, tm
     assert code == 2 and f"lies inside the run directory {other_run} of another run" in err
     with pytest.raises(OutputError, match="lies inside the run directory"):
         PPO("MlpPolicy", "CartPole-v1", seed=0, device="cpu", tensorboard_log=str(other_run), **SMALL).learn(32)
+    code, err = _cli(["--algo", "ppo,vpg", "--env", "CartPole-v1", "--timesteps", "64", "--logdir", str(other_run)],
+                     capsys)  # a grid: refused before any run starts
+    assert code == 2 and "lies inside the run directory" in err
     assert _digests(other_run) == before
 
 

@@ -300,6 +300,12 @@ def plan(args) -> list[dict]:
         if getattr(args, option.lstrip("-").replace("-", "_"), None) is not None:
             raise GridUsageError(f"{option} applies to one run; in a grid, checkpoints go to each run's directory "
                                  "and a rerun skips finished runs and restarts unfinished ones")
+    from rlgeom.persistence.outputs import OutputError, check_outside_other_runs
+
+    try:  # before any run starts, as a single run refuses it
+        check_outside_other_runs(args.logdir, "log directory (--logdir)")
+    except OutputError as err:
+        raise GridUsageError(str(err)) from None
     if args.timesteps is not None and args.timesteps < 1:
         raise GridUsageError(f"--timesteps must be positive, got {args.timesteps}")
     if args.max_timesteps is not None and args.max_timesteps < 1:
