@@ -227,6 +227,8 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             self.num_timesteps = 0
             self.n_updates = 0
             self._last_checkpoint_step = None
+        if distributed.is_main():  # a folder of another run's checkpoints is refused before this run makes any
+            self._check_checkpoint_owner(checkpoint_dir, new_run=reset_num_timesteps)
         self._open_run(tb_log_name or self.algo, new_run=reset_num_timesteps or self._run_dir is None)
         self._target_timesteps = self.num_timesteps + int(total_timesteps)
         if distributed.is_main():

@@ -7,10 +7,13 @@ other state (a K-FAC preconditioner, running statistics) round-trips through `_e
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from rlgeom import __version__
 from rlgeom.persistence import checkpoint as ckpt
+from rlgeom.persistence import outputs
 from rlgeom.persistence.serialization import (
     ModelFileError, is_file_object, model_path, policy_kwargs_from_json, policy_kwargs_to_json, space_from_json,
     space_to_json, write_model,
@@ -73,8 +76,11 @@ class Persistence:
         # under torchrun rank 0 writes the one model; no collective here, since a callback may save on rank 0 only
         if not distributed.is_main():
             return getattr(path, "name", repr(path)) if is_file_object(path) else model_path(path)
+        if not is_file_object(path):  # a live run's folder is not written into (it would overwrite this file)
+            outputs.check_not_in_use(os.path.dirname(os.path.abspath(model_path(path))), "model file")
         tensors, description = self._model_state()
-        return write_model(path, tensors, filter_description(description, exclude, include))
+        return write_model(path, tensors, filter_description(description, exclude, include),
+                           resume_from=ckpt.resumable(self._checkpoint_dir))
 
     @classmethod
     def load(cls, path, env=None, device="auto", custom_objects: dict | None = None, print_system_info: bool = False,

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -226,6 +227,22 @@ def test_cli_unreadable_file_and_bad_threshold(tmp_path, capsys, logdir):
     assert code == 2 and "TASK=VALUE" in err
     code, err = run_main([logdir, "--out", tmp_path / "o", "--threshold", "Nope-v0=1"], capsys)
     assert code == 2 and "Nope-v0" in err and "CartPole-v1" in err
+
+
+def test_cli_out_onto_a_file_or_an_unwritable_place_and_absurd_reps_are_clear_errors(tmp_path, capsys, logdir):
+    """Issue 30, item 18: exit 2 with the reason, no traceback, and the file given as --out left as it was."""
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine")
+    for out, message in ((existing, "is an existing file; give a folder"),
+                         (existing / "sub", "cannot be written: a part of the path is a file")):
+        code, err = run_main([logdir, "--out", out], capsys)
+        assert code == 2 and message in err and "Traceback" not in err, err
+    assert existing.read_text() == "mine"
+    for reps in ("99999999999", "99", "-1"):
+        start = time.perf_counter()
+        code, err = run_main([logdir, "--out", tmp_path / "o", "--reps", reps], capsys)
+        assert code == 2 and "--reps must be from 100 (for a 95% interval) to 50,000" in err and "Traceback" not in err
+        assert time.perf_counter() - start < 5 and not (tmp_path / "o").exists()
 
 
 def test_wall_clock_axis(tmp_path):

@@ -16,10 +16,12 @@ file object, and every size must be checked before anything is allocated.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import stat
 
 import torch
 
@@ -93,10 +95,11 @@ class ModelFile:
         if digest.hexdigest() != self.metadata["tensors_sha256"]:
             raise ModelFileError(f"{self.name}: checksum mismatch: the tensor data was modified or corrupted")
 
+    @contextlib.contextmanager
     def _open(self):
-        if isinstance(self.source, str):
-            return open(self.source, "rb")
-        return _Borrowed(self.source)
+        with _read_errors(self.name), (open(self.source, "rb") if isinstance(self.source, str)
+                                       else _Borrowed(self.source)) as f:
+            yield f
 
 
 class _Borrowed:
@@ -122,15 +125,40 @@ def open_model(path) -> ModelFile:
             path.seek(start)
         except (OSError, AttributeError, ValueError) as err:
             raise ModelFileError(f"{name}: a model file object must be open, binary and seekable: {err}") from None
-        with _Borrowed(path) as f:
+        with _Borrowed(path) as f, _read_errors(name):
             entries, metadata, header_len = _read_header(f, size, name)
         return ModelFile(path, name, size, entries, metadata, start + 8 + header_len)
     name = model_path(path) if not os.path.exists(os.fspath(path)) else os.fspath(path)
-    if not os.path.isfile(name):
-        raise ModelFileError(f"{name}: no such model file")
-    with open(name, "rb") as f:
-        entries, metadata, header_len = _read_header(f, os.fstat(f.fileno()).st_size, name)
-    return ModelFile(name, name, os.path.getsize(name), entries, metadata, 8 + header_len)
+    _check_regular_file(name)
+    with _read_errors(name), open(name, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        entries, metadata, header_len = _read_header(f, size, name)
+    return ModelFile(name, name, size, entries, metadata, 8 + header_len)
+
+
+def _check_regular_file(name: str) -> None:
+    """A model file is a regular file: a folder, a device, a pipe or a socket is refused before it is opened
+    (opening a pipe would wait for a writer forever)."""
+    try:
+        mode = os.stat(name).st_mode
+    except FileNotFoundError:
+        raise ModelFileError(f"{name}: no such model file") from None
+    except OSError as err:
+        raise ModelFileError(f"{name}: cannot read it: {err.strerror or err}") from None
+    if stat.S_ISDIR(mode):
+        raise ModelFileError(f"{name}: is a folder, not a model file")
+    if not stat.S_ISREG(mode):
+        raise ModelFileError(f"{name}: is not a regular file (a device, pipe or socket); a model file is a regular "
+                             "file written by save() or save_checkpoint()")
+
+
+@contextlib.contextmanager
+def _read_errors(name: str):
+    """An OSError while reading (EIO from /proc/self/mem, a failing disk) as the ModelFileError naming the file."""
+    try:
+        yield
+    except OSError as err:
+        raise ModelFileError(f"{name}: cannot be read as a model file: {err.strerror or err}") from None
 
 
 def _read_header(f, size: int, name: str) -> tuple[dict, dict, int]:

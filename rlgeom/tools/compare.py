@@ -13,6 +13,7 @@ tasks (rlgeom.tools.aggregate, with rliable): ``aggregate_metrics``, ``performan
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ CI_METHODS = ("bootstrap", "t")
 #: and 2000 for profiles; its probability of improvement runs a Mann-Whitney test per resample, so 1000 keeps a
 #: small report within about ten seconds)
 REPS = 1000
+#: the fewest resamples for a 95% interval, and the most --reps takes (rliable's default for its aggregates)
+MIN_REPS, MAX_REPS = 100, 50_000
 FIGURE_FORMATS = ("png", "pdf")
 
 
@@ -450,6 +453,7 @@ def write_report(logdir, out=None, thresholds: dict | None = None, tag: str = RE
     logdir = Path(logdir)
     out = Path(out) if out is not None else logdir / "report"
     runs = load_runs(logdir)
+    check_out_dir(out)  # before any statistic is computed or figure drawn
     left_out = [r for r in runs if tag not in r.scalars] if skip_incomplete else []
     runs = [r for r in runs if tag in r.scalars] if skip_incomplete else runs
     if not runs:
@@ -595,6 +599,20 @@ def parse_thresholds(items: list[str]) -> dict[str, float]:
     return out
 
 
+def check_out_dir(out) -> None:
+    """--out must be a folder that can be made and written (not an existing file): refused before any run is read."""
+    if out is None:
+        return
+    from rlgeom.persistence.outputs import OutputError, ensure_writable_dir
+
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CompareError(f"--out {out} is an existing file; give a folder for the report (it is created if missing)")
+    try:
+        ensure_writable_dir(out, "report folder (--out)")
+    except OutputError as err:
+        raise CompareError(str(err)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
     p = argparse.ArgumentParser(prog="python -m rlgeom.compare", description=__doc__.splitlines()[0])
@@ -618,8 +636,9 @@ def main(argv=None) -> int:
     """CLI entry point: 0 on success, 2 with 'error: ...' on stderr for bad input."""
     args = build_parser().parse_args(argv)
     try:
-        if args.reps < 100:
-            raise CompareError(f"--reps must be at least 100 for a 95% interval, got {args.reps}")
+        if not MIN_REPS <= args.reps <= MAX_REPS:
+            raise CompareError(f"--reps must be from {MIN_REPS} (for a 95% interval) to {MAX_REPS:,} (rliable's default "
+                               f"for its aggregates; more takes hours and gigabytes), got {args.reps}")
         paths = write_report(args.logdir, args.out, parse_thresholds(args.threshold), args.tag, args.ci,
                              parse_ranges(args.return_range), args.reps, args.skip_incomplete)
     except CompareError as exc:

@@ -7,9 +7,11 @@ hyperparameter of the agent's config (`--help-hp` lists them with their document
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
+import signal
 import sys
 import time
 
@@ -126,6 +128,12 @@ def run(args) -> dict:
             tensorboard_log=logdir, verbose=args.verbose, vectorization=args.vectorization,
             policy_kwargs=policy_kwargs, **options, **hyperparameters,
         )
+    if args.save is not None and args.resume is not None:  # the resumed run's own folder is its to write in
+        from rlgeom.persistence.outputs import check_outside_other_runs
+        from rlgeom.persistence.serialization import model_path
+
+        check_outside_other_runs(os.path.dirname(os.path.abspath(model_path(args.save))), "model file (--save)",
+                                 agent._run_dir)
     every = args.checkpoint_every if args.checkpoint_every is not None else agent._checkpoint_every
     remaining = timesteps - agent.num_timesteps
     start, start_steps = time.perf_counter(), agent.num_timesteps  # after --resume: this part only
@@ -181,13 +189,16 @@ def resume_agent(args, cls, env_id: str, overrides: dict):
 
 
 def _inside(path: str | None, folder: str) -> bool:
-    return path is not None and os.path.commonpath([os.path.abspath(path), os.path.abspath(folder)]) == os.path.abspath(folder)
+    """Whether `path` lies in `folder`, symlinks resolved (a link in a new --logdir to another run's folder is not
+    inside it: that run is left untouched)."""
+    return path is not None and os.path.commonpath([os.path.realpath(path), os.path.realpath(folder)]) == os.path.realpath(folder)
 
 
 def check_run_args(args) -> None:
     """Values argparse lets through that would crash later or be silently replaced, and output folders
     that cannot be written: all refused before anything is built or trained."""
-    from rlgeom.persistence.outputs import check_writable_file, ensure_writable_dir
+    from rlgeom.persistence.checkpoint import check_checkpoint_dir
+    from rlgeom.persistence.outputs import check_outside_other_runs, check_writable_file, ensure_writable_dir
 
     if args.env is not None and not args.env.strip():
         raise UsageError("--env is empty; give an env id such as CartPole-v1 (or leave --env out for CartPole-v1)")
@@ -196,12 +207,17 @@ def check_run_args(args) -> None:
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be a positive integer, got {value}")
     if args.resume is None or args.logdir is not None:
+        check_outside_other_runs(args.logdir or DEFAULT_LOGDIR, "log directory (--logdir)")
         ensure_writable_dir(args.logdir or DEFAULT_LOGDIR, "log directory (--logdir)")
     if args.checkpoint_dir is not None:
+        if args.resume is None:  # a new run owns no checkpoint yet (a resumed one is checked once it is loaded)
+            check_checkpoint_dir(args.checkpoint_dir, None, set())
         ensure_writable_dir(args.checkpoint_dir, "checkpoint directory (--checkpoint-dir)")
     if args.save is not None:
         from rlgeom.persistence.serialization import model_path
 
+        if args.resume is None:
+            check_outside_other_runs(os.path.dirname(os.path.abspath(model_path(args.save))), "model file (--save)")
         check_writable_file(model_path(args.save), "model file (--save)")
 
 
@@ -258,6 +274,29 @@ def lost_peers(err: RuntimeError) -> bool:
         word in str(err) for word in ("gloo", "NCCL", "Connection closed", "Connection reset", "Timed out"))
 
 
+@contextlib.contextmanager
+def termination_signals_interrupt():
+    """While a run trains, SIGTERM and SIGHUP (a scheduler's stop, a closed terminal) stop it as Ctrl-C does: a
+    KeyboardInterrupt carrying the signal, so no temporary file is left, the run's lock is released and the exit
+    status says which signal (128 + its number), instead of Python's silent default death. The previous
+    handlers come back afterwards (main may be called from a program). Main thread only."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -278,16 +317,18 @@ def main(argv=None) -> int:
             print_help(args)
             return 0
         benchmark.import_gym_packages(args.gym_packages)
-        summary = run(args)
+        with termination_signals_interrupt():
+            summary = run(args)
     except (UsageError, ValueError, TypeError, ModelFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (TrainingDivergedError, NonFiniteEnvError, OutputWriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        signum = err.args[0] if err.args and isinstance(err.args[0], int) else signal.SIGINT
+        print(f"interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
     except RuntimeError as err:  # under torchrun: another rank died or a collective timed out
         if not lost_peers(err):
             raise
