@@ -15,6 +15,7 @@ from envs.atari import atari_env_kwargs, atari_wrappers, is_atari_id, register_a
 from envs.base import VecEnv
 from envs.gymnasium_backend import EpisodeInfoOnly, GymnasiumVecEnv
 from envs.sb3_backend import SB3VecEnvAdapter, is_sb3_vec_env
+from envs.warp_mujoco import WARP_PREFIX
 
 VECTORIZATION_MODES = ("sync", "async")
 TORCH_NATIVE_PREFIX = "torch/"
@@ -60,6 +61,10 @@ def _from_id(env_id: str, n_envs: int, device, vectorization: str, env_kwargs: d
         from envs.torch_native import make_torch_native
 
         return make_torch_native(env_id, n_envs, device=device)
+    if env_id.startswith(WARP_PREFIX):
+        from envs.warp_mujoco import make_warp_mujoco
+
+        return make_warp_mujoco(env_id, n_envs, device=device)
     wrappers = []
     route_mujoco_warnings_to_logging()
     if is_atari_id(env_id):
