@@ -83,6 +83,7 @@ class WarpMujocoVecEnv(TorchNativeVecEnv):
             mujoco.mj_forward(mj_model, mj_data)
             self._model = mjw.put_model(mj_model)
             self._data = mjw.put_data(mj_model, mj_data, nworld=num_envs)
+        wp.synchronize_device(self._wp_device)  # the copies above ran on Warp's stream; torch reads the buffers next
         # zero-copy torch views of the Warp buffers (same memory, updated in place)
         self._qpos = wp.to_torch(self._data.qpos)
         self._qvel = wp.to_torch(self._data.qvel)
@@ -111,7 +112,7 @@ class WarpMujocoVecEnv(TorchNativeVecEnv):
             self._physics_steps()
             with wp.ScopedCapture() as capture:
                 self._physics_steps()
-        self._warmstart.zero_()
+        wp.synchronize_device(self._wp_device)
         return capture.graph
 
     def _simulate(self) -> None:

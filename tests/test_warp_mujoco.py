@@ -54,6 +54,16 @@ def test_task_numbers_are_gymnasiums_defaults(gym_id):
     assert defaults.get("terminate_when_unhealthy", task.healthy_reward is not None) is (task.healthy_reward is not None)
 
 
+@pytest.mark.parametrize("algo", ["ppo", "trpo", "npg", "vpg"])
+def test_warp_presets_keep_four_minibatches_for_any_n_envs(algo):
+    from agents.presets import preset
+
+    assert preset(algo, "warp/Hopper-v5")["hyperparameters"]["batch_size"] == 4096 * 24 // 4
+    assert preset(algo, "warp/Hopper-v5", n_envs=64)["hyperparameters"]["batch_size"] == 64 * 24 // 4
+    assert preset(algo, "warp/Walker2d-v5", n_envs=2, overrides={"n_steps": 4})["hyperparameters"]["batch_size"] == 2
+    assert preset(algo, "Hopper-v5", n_envs=64) == preset(algo, "Hopper-v5")  # other ids: as before
+
+
 def test_missing_mujoco_warp_names_the_extra(monkeypatch):
     from envs import make_vec_env
 
