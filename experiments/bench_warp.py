@@ -1,5 +1,6 @@
 """Issue 31's figures for warp/Hopper-v5 (MuJoCo Warp), one section per flag; results as one JSON.
 
+    python experiments/bench_warp.py equivalence --states 256 --out /tmp/equivalence.json
     python experiments/bench_warp.py env --worlds 1 64 1024 --seconds 20 --out /tmp/env.json      # CPU figures
     python experiments/bench_warp.py transfer --model PATH --episodes 10 --out /tmp/transfer.json
     python experiments/bench_warp.py agents --device cuda --worlds 4096 65536 --out $OUT/agents.json  # GPU
@@ -9,6 +10,7 @@ env: environment steps per second (worlds × vector steps / s) of warp/Hopper-v5
   (SyncVectorEnv), both through rlgeom's make_vec_env (torch tensors in and out, as an agent sees them),
   same world counts, uniform random actions, one vector step of warm-up each, then --seconds of stepping;
   the two backends alternate per count, so they share the machine's load.
+equivalence: the largest differences of one step from Gymnasium's, per task, over --states random states.
 transfer: one saved model evaluated deterministically on Gymnasium's Hopper-v5 with SB3's evaluate_policy
   and on warp/Hopper-v5 (rlgeom's evaluate, one world per episode); their ratio is the transfer figure.
 agents: end-to-end steps per second (env + agent) of learn() for PPO, TRPO, ACKTR with the warp/ presets
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -82,10 +85,11 @@ def section_transfer(args) -> dict:
     model = AGENTS[args.algo].load(args.model, device=args.device)
     gym_mean, gym_std = evaluate_policy(model, Monitor(gymnasium.make(TASK)), n_eval_episodes=args.episodes,
                                         deterministic=True)
-    warp_env = make_vec_env(WARP_TASK, args.episodes, seed=args.seed, device=model.device)
-    warp_mean, warp_std = evaluate(model, warp_env, args.episodes, deterministic=True, seed=args.seed)
-    out = {"model": args.model, "episodes": args.episodes, "gymnasium_mean": gym_mean, "gymnasium_std": gym_std,
-           "warp_mean": warp_mean, "warp_std": warp_std, "gymnasium_over_warp": gym_mean / warp_mean}
+    out = {"model": args.model, "episodes": args.episodes, "gymnasium_mean": gym_mean, "gymnasium_std": gym_std}
+    if args.warp_side:  # off: the CLI's own end-of-run evaluation on warp/ (one world per episode) is the other side
+        warp_env = make_vec_env(WARP_TASK, args.episodes, seed=args.seed, device=model.device)
+        warp_mean, warp_std = evaluate(model, warp_env, args.episodes, deterministic=True, seed=args.seed)
+        out.update(warp_mean=warp_mean, warp_std=warp_std, gymnasium_over_warp=gym_mean / warp_mean)
     print(json.dumps(out), flush=True)
     return {"transfer": out}
 
@@ -148,7 +152,41 @@ def section_solve(args) -> dict:
     return {"solve": rows}
 
 
-SECTIONS = {"env": section_env, "transfer": section_transfer, "agents": section_agents, "solve": section_solve}
+def section_equivalence(args) -> dict:
+    """Largest differences of one warp/ step from Gymnasium's, over --states random states and actions per task
+    (tests/test_warp_mujoco.py's sampler and Gymnasium harness), near the reset distribution and far from it."""
+    import gymnasium
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+    from test_warp_mujoco import gymnasium_one_step, random_states
+
+    from envs.warp_mujoco import make_warp_mujoco
+
+    rows = []
+    for gym_id in args.tasks:
+        env, gym = make_warp_mujoco("warp/" + gym_id, args.states, seed=0), gymnasium.make(gym_id)
+        rng = np.random.default_rng(args.seed)
+        states = random_states(gym.unwrapped, rng, args.states)
+        actions = rng.uniform(-1.3, 1.3, (args.states, env.nu)).astype(np.float32)
+        env.reset(seed=0)
+        env.set_state(torch.as_tensor(states, dtype=torch.float32))
+        got = env.step(torch.as_tensor(actions))
+        obs, reward, terminated, truncated = gymnasium_one_step(gym, states, actions)
+        for part, rows_of in (("near", slice(0, args.states // 2)), ("far", slice(args.states // 2, None))):
+            d_obs = np.abs(got.final_obs.numpy()[rows_of] - obs[rows_of])
+            rows.append({"task": gym_id, "states": part, "n": len(obs[rows_of]),
+                         "obs_max_abs": float(d_obs.max()),
+                         "obs_max_rel": float((d_obs / np.maximum(np.abs(obs[rows_of]), 1.0)).max()),
+                         "reward_max_abs": float(np.abs(got.reward.numpy()[rows_of] - reward[rows_of]).max()),
+                         "terminated": int(terminated[rows_of].sum()),
+                         "terminated_mismatch": int((got.terminated.numpy()[rows_of] != terminated[rows_of]).sum()),
+                         "truncated_mismatch": int((got.truncated.numpy()[rows_of] != truncated[rows_of]).sum())})
+            print(json.dumps(rows[-1]), flush=True)
+        gym.close()
+    return {"equivalence": rows}
+
+
+SECTIONS = {"equivalence": section_equivalence, "env": section_env, "transfer": section_transfer, "agents": section_agents, "solve": section_solve}
 
 
 def main(argv=None) -> int:
@@ -161,6 +199,7 @@ def main(argv=None) -> int:
     p.add_argument("--algo", default="ppo", help="transfer: the saved model's agent")
     p.add_argument("--model", help="transfer: the saved model")
     p.add_argument("--episodes", type=int, default=10, help="transfer: evaluation episodes on each side")
+    p.add_argument("--no-warp-side", dest="warp_side", action="store_false", help="transfer: Gymnasium's side only")
     p.add_argument("--updates", type=int, default=10, help="agents: timed updates")
     p.add_argument("--solve-worlds", type=int, default=4096)
     p.add_argument("--eval-every", type=int, default=10, help="solve: updates between evaluations")
@@ -168,6 +207,8 @@ def main(argv=None) -> int:
     p.add_argument("--target", type=float, default=3000.0)
     p.add_argument("--budget-s", type=float, default=600.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--states", type=int, default=256, help="equivalence: random states (worlds) per task")
+    p.add_argument("--tasks", nargs="+", default=["Hopper-v5", "Walker2d-v5", "HalfCheetah-v5", "Swimmer-v5"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)

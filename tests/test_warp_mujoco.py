@@ -24,9 +24,10 @@ GYM_CLASSES = {
     "Swimmer-v5": "gymnasium.envs.mujoco.swimmer_v5:SwimmerEnv",
 }
 N_WORLDS = 16
-# float32 physics (Warp) against float64 (CPU MuJoCo), one env step of 4-5 physics steps from the same state;
-# the largest differences measured are in experiments/RESULTS_warp.md
-OBS_ATOL, OBS_RTOL = 5e-4, 1e-4
+# float32 physics (Warp) against float64 (CPU MuJoCo), one env step of 4-5 physics steps from the same state.
+# Largest differences measured over 256 states per task (experiments/RESULTS_warp.md): observations 5.4e-4
+# absolute / 1.3e-4 relative (HalfCheetah, far from the reset pose; contact solves), rewards 5.9e-5; about 2x here
+OBS_ATOL, OBS_RTOL = 1e-3, 2e-4
 REWARD_ATOL = 1e-4
 
 
@@ -108,6 +109,16 @@ def random_states(gym, rng, n):
     return np.concatenate([qpos, qvel], axis=1).astype(np.float32).astype(np.float64)
 
 
+def gymnasium_one_step(gym, states, actions):
+    """Gymnasium's (obs, reward, terminated, truncated) of one step from each state (reset, then set_state)."""
+    nq, rows = gym.unwrapped.model.nq, []
+    for i, (state, action) in enumerate(zip(states, actions)):
+        gym.reset(seed=i)
+        gym.unwrapped.set_state(state[:nq], state[nq:])
+        rows.append(gym.step(action)[:4])
+    return tuple(np.array(x) for x in zip(*rows))
+
+
 @pytest.mark.parametrize("gym_id", sorted(TASKS))
 def test_one_step_equals_gymnasium(gym_id, warp_env):
     """From the same state and action, one step gives Gymnasium's observation, reward, terminated, truncated."""
@@ -119,13 +130,7 @@ def test_one_step_equals_gymnasium(gym_id, warp_env):
     env.reset(seed=0)
     env.set_state(torch.as_tensor(states, dtype=torch.float32))
     got = env.step(torch.as_tensor(actions))
-    nq = env.nq
-    expected = []
-    for i in range(N_WORLDS):
-        gym.reset(seed=i)
-        gym.unwrapped.set_state(states[i, :nq], states[i, nq:])
-        expected.append(gym.step(actions[i])[:4])
-    obs, reward, terminated, truncated = (np.array(x) for x in zip(*expected))
+    obs, reward, terminated, truncated = gymnasium_one_step(gym, states, actions)
     np.testing.assert_allclose(got.final_obs.numpy(), obs, atol=OBS_ATOL, rtol=OBS_RTOL)
     np.testing.assert_allclose(got.reward.numpy(), reward, atol=REWARD_ATOL, rtol=0)
     assert got.terminated.tolist() == terminated.tolist() and got.truncated.tolist() == truncated.tolist()
