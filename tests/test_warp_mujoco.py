@@ -83,9 +83,15 @@ def test_unknown_warp_id_lists_the_accepted_ones():
 # ------------------------------------------------------------------------------ with MuJoCo Warp
 @pytest.fixture(scope="module")
 def warp_env():
-    """One env per task for the module (each construction loads Warp's kernels)."""
+    """One env per task for the module (each construction loads Warp's kernels), compiled at -O0: on the CPU a
+    step is launch-bound, so -O0 runs about as fast as Warp's -O2 and compiles in about half the time
+    (experiments/RESULTS_warp.md §3)."""
     pytest.importorskip("mujoco_warp")
+    import warp
+
     from envs.warp_mujoco import make_warp_mujoco
+
+    level, warp.config.optimization_level = warp.config.optimization_level, 0
 
     made = {}
 
@@ -97,6 +103,7 @@ def warp_env():
     yield get
     for env in made.values():
         env.close()
+    warp.config.optimization_level = level
 
 
 def random_states(gym, rng, n):
