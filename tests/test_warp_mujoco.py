@@ -65,6 +65,14 @@ def test_warp_presets_keep_four_minibatches_for_any_n_envs(algo):
     assert preset(algo, "Hopper-v5", n_envs=64) == preset(algo, "Hopper-v5")  # other ids: as before
 
 
+def test_help_hp_shows_the_minibatch_size_the_run_uses(capsys):
+    from rlgeom.tools.train import main
+
+    assert main(["--algo", "ppo", "--env", "warp/Hopper-v5", "--n-envs", "64", "--hp", "n_steps=8", "--help-hp"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["batch_size"])
+    assert line.split()[1:3] == [str(64 * 8 // 4), "preset"]
+
+
 def test_missing_mujoco_warp_names_the_extra(monkeypatch):
     from envs import make_vec_env
 
