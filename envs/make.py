@@ -16,6 +16,7 @@ from envs.base import VecEnv
 from envs.device import on_device
 from envs.gymnasium_backend import EpisodeInfoOnly, GymnasiumVecEnv
 from envs.sb3_backend import SB3VecEnvAdapter, is_sb3_vec_env
+from envs.warp_mujoco import WARP_PREFIX
 
 VECTORIZATION_MODES = ("sync", "async")
 TORCH_NATIVE_PREFIX = "torch/"
@@ -66,6 +67,10 @@ def _from_id(env_id: str, n_envs: int, device, vectorization: str, env_kwargs: d
         from envs.torch_native import make_torch_native
 
         return make_torch_native(env_id, n_envs, device=device)
+    if env_id.startswith(WARP_PREFIX):
+        from envs.warp_mujoco import make_warp_mujoco
+
+        return make_warp_mujoco(env_id, n_envs, device=device)
     wrappers = []
     if is_atari_id(env_id):
         register_atari()

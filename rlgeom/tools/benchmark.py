@@ -229,7 +229,7 @@ def check_hyperparameters(algo: str, env_id: str, hp: list[str], n_envs: int | N
     from agents import AGENTS
     from rlgeom.tools.train import parse_overrides
 
-    cfg = algo_preset(algo, env_id)
+    cfg = algo_preset(algo, env_id, n_envs=n_envs, overrides=parse_overrides(hp))
     n_envs = n_envs or cfg["n_envs"]
 
     def problem(hyperparameters: dict) -> str | None:
@@ -272,15 +272,16 @@ def run_dir_for(logdir: str, env_id: str, algo: str, seed: int) -> str:
     return os.path.join(logdir, env_id.replace("/", "-"), algo_dirname(algo), f"seed{seed}")
 
 
-def algo_preset(algo: str, env_id: str) -> dict:
-    """The preset a run starts from: agents.presets for rlgeom agents and SB3's PPO/TRPO, A2C_PRESETS for A2C."""
+def algo_preset(algo: str, env_id: str, n_envs: int | None = None, overrides: dict | None = None) -> dict:
+    """The preset a run starts from: agents.presets for rlgeom agents and SB3's PPO/TRPO, A2C_PRESETS for A2C
+    (n_envs and the --hp overrides size a preset's minibatches where it names their number: warp/ ids)."""
     from agents.presets import preset, task_family
 
     key = SB3_ALGOS[algo][2] if algo in SB3_ALGOS else algo
     if key == "a2c":
         entry = A2C_PRESETS.get(env_id) or A2C_PRESETS.get(task_family(env_id) or "") or A2C_PRESETS["default"]
         return json.loads(json.dumps(entry))
-    return preset(key, env_id)
+    return preset(key, env_id, n_envs=n_envs, overrides=overrides)
 
 
 def budget(args, algo: str, env_id: str) -> int:

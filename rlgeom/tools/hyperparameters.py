@@ -12,11 +12,12 @@ import inspect
 import json
 
 
-def resolved_hyperparameters(algo: str, env_id: str, overrides: dict) -> tuple[list[tuple[str, object, str, str]], dict]:
+def resolved_hyperparameters(algo: str, env_id: str, overrides: dict,
+                             n_envs: int | None = None) -> tuple[list[tuple[str, object, str, str]], dict]:
     """([(name, value, origin, help)], preset) for one agent on one task; ValueError for an unknown --hp name."""
     from rlgeom.tools.benchmark import algo_preset, accepted_hyperparameters
 
-    preset = algo_preset(algo, env_id)
+    preset = algo_preset(algo, env_id, n_envs=n_envs, overrides=overrides)
     fields = _fields(algo)
     unknown = sorted(set(overrides) - accepted_hyperparameters(algo))
     if unknown:
@@ -50,7 +51,7 @@ def run_settings(preset: dict, args) -> list[tuple[str, object, str, str]]:
 
 
 def format_help(algo: str, env_id: str, overrides: dict, args) -> str:
-    rows, preset = resolved_hyperparameters(algo, env_id, overrides)
+    rows, preset = resolved_hyperparameters(algo, env_id, overrides, n_envs=args.n_envs)
     settings = run_settings(preset, args)
     every = rows + settings
     width = max(len(name) for name, *_ in every)

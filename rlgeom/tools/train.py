@@ -102,8 +102,9 @@ def run(args) -> dict:
     check_run_args(args)
     logdir = args.logdir or DEFAULT_LOGDIR
     env_id = args.env or DEFAULT_ENV
-    cfg = preset(args.algo, env_id)
-    hyperparameters = {**cfg["hyperparameters"], **parse_overrides(args.hp)}
+    overrides = parse_overrides(args.hp)
+    cfg = preset(args.algo, env_id, n_envs=args.n_envs, overrides=overrides)
+    hyperparameters = {**cfg["hyperparameters"], **overrides}
     policy_kwargs = {**cfg["policy_kwargs"], **parse_policy_kwargs(args.policy_kwargs)}
     threads = args.threads if args.threads is not None else (1 if cfg["policy"] == "MlpPolicy" else None)
     if threads is not None:
@@ -119,7 +120,7 @@ def run(args) -> dict:
                                  ("geometry_every", args.geometry_every))
                if v is not None}
     if args.resume is not None:
-        agent, env_id = resume_agent(args, cls, env_id, {**parse_overrides(args.hp), **options})
+        agent, env_id = resume_agent(args, cls, env_id, {**overrides, **options})
         if args.timesteps is None and agent._target_timesteps:
             timesteps = agent._target_timesteps
     else:
@@ -147,7 +148,9 @@ def run(args) -> dict:
                                    agent._run_dir or logdir)
     mean = std = float("nan")
     if distributed.is_main():  # under torchrun rank 0 evaluates, logs and reports
-        eval_env = make_vec_env(env_id, 1, device=agent.device)
+        # a GPU-batched simulator runs every evaluation episode at once, one world each (one kernel launch per
+        # physics step either way); other envs evaluate in one env, as before
+        eval_env = make_vec_env(env_id, args.eval_episodes if env_id.startswith("warp/") else 1, device=agent.device)
         mean, std = evaluate(agent, eval_env, args.eval_episodes, deterministic=True, seed=args.seed + 10_000)
         eval_env.close()
     agent.env.close()
@@ -302,6 +305,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from rlgeom.tools import benchmark
     from envs.boundary import NonFiniteEnvError
+    from envs.warp_mujoco import MissingExtraError
     from rlgeom.training.guards import TrainingDivergedError
     from rlgeom.persistence.outputs import OutputWriteError
     from rlgeom.persistence.serialization import ModelFileError
@@ -319,7 +323,7 @@ def main(argv=None) -> int:
         benchmark.import_gym_packages(args.gym_packages)
         with termination_signals_interrupt():
             summary = run(args)
-    except (UsageError, ValueError, TypeError, ModelFileError) as err:
+    except (UsageError, ValueError, TypeError, ModelFileError, MissingExtraError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (TrainingDivergedError, NonFiniteEnvError, OutputWriteError) as err:
