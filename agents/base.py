@@ -122,6 +122,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         self.config.validate(self.n_envs)
         self.policy = self._make_policy().to(self.device)
         self.policy.written_out_derivatives = self.config.written_out_derivatives
+        self._check_rollout_memory()
         if distributed.active():  # one start on every rank; then each rank samples its own actions
             distributed.broadcast_module(self.policy)
             if seed is not None:
@@ -196,6 +197,15 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         self.env, self.n_envs = new, new.num_envs
         self.env_id = new.env_id or self.env_id
         self.config.validate(self.n_envs)
+        self._check_rollout_memory()
+
+    def _check_rollout_memory(self) -> None:
+        """Refuse, before anything is allocated, a rollout buffer larger than the memory available (its
+        observations as the env boundary stores them: uint8 images, Dicts packed into rows, else float32)."""
+        layout, space = self.policy.dict_layout, self.observation_space
+        shape, dtype = ((layout.width,), layout.dtype) if layout is not None else (tuple(space.shape or ()), space.dtype)
+        RolloutBuffer.check_fits(self.config.n_steps, self.n_envs, shape, torch.uint8 if dtype == np.uint8 else torch.float32,
+                                 self.policy.family.action_shape, self.policy.family.action_dtype, self.device)
 
     # ----------------------------------------------------------------- training
     def learn(

@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_overrides(pairs: list[str]) -> dict:
+def parse_overrides(pairs: list[str], config=None) -> dict:
+    """--hp KEY=VALUE pairs; with the agent's Config class each value is parsed and checked as its field's
+    type (UsageError naming the field, what it accepts and the value)."""
     from agents.config import parse_hp_value
 
     out = {}
@@ -77,7 +79,14 @@ def parse_overrides(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UsageError(f"--hp expects KEY=VALUE pairs, got {pair!r}")
-        out[key.strip()] = parse_hp_value(value.strip())
+        key = key.strip()
+        if config is not None and key in config.__dataclass_fields__:
+            try:
+                out[key] = config.parse_cli_value(key, value.strip())
+            except ValueError as err:
+                raise UsageError(f"--hp {err}") from None
+        else:
+            out[key] = parse_hp_value(value.strip())
     return out
 
 
@@ -101,7 +110,8 @@ def run(args) -> dict:
     logdir = args.logdir or DEFAULT_LOGDIR
     env_id = args.env or DEFAULT_ENV
     cfg = preset(args.algo, env_id)
-    hyperparameters = {**cfg["hyperparameters"], **parse_overrides(args.hp)}
+    overrides = parse_overrides(args.hp, cls.Config)
+    hyperparameters = {**cfg["hyperparameters"], **overrides}
     policy_kwargs = {**cfg["policy_kwargs"], **parse_policy_kwargs(args.policy_kwargs)}
     threads = args.threads if args.threads is not None else (1 if cfg["policy"] == "MlpPolicy" else None)
     if threads is not None:
@@ -117,7 +127,7 @@ def run(args) -> dict:
                                  ("geometry_every", args.geometry_every))
                if v is not None}
     if args.resume is not None:
-        agent, env_id = resume_agent(args, cls, env_id, {**parse_overrides(args.hp), **options})
+        agent, env_id = resume_agent(args, cls, env_id, {**overrides, **options})
         if args.timesteps is None and agent._target_timesteps:
             timesteps = agent._target_timesteps
     else:
