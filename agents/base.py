@@ -248,7 +248,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         steps_per_rollout = self.n_envs * self.config.n_steps * distributed.world_size()
         bar = make_progress_bar(total_timesteps, steps_per_rollout) if progress_bar and distributed.is_main() else None
         start_time, start_steps = time.perf_counter(), self.num_timesteps
-        iteration = 0
+        iteration, updates_before, skips_before = 0, self.n_updates, self.skipped_updates
         while self.num_timesteps < self._target_timesteps:
             self._check_policy_finite()
             with nonfinite_policy(self._nonfinite):
@@ -268,6 +268,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                 self._log(stats, start_time, start_steps, iteration)
             if self._checkpoint_every and self.num_timesteps - (self._last_checkpoint_step or 0) >= self._checkpoint_every:
                 self._checkpoint()
+        self._check_some_update_applied(updates_before, skips_before)
         if self._checkpoint_every and self._last_checkpoint_step != self.num_timesteps:
             self._checkpoint()
         if bar is not None:

@@ -1,8 +1,9 @@
 """The rollback guard of every agent: `update()` runs under it, and a non-finite loss, gradient,
 Fisher product or parameter puts the parameters, optimisers and agent state back as they were.
 
-A skip is counted in `train/skipped_updates`; after `max_consecutive_skips` in a row a final
-checkpoint is written and TrainingDivergedError raised. Agents raise `SkippedUpdate` through
+A skip is reported as it happens (SkippedUpdateWarning) and counted in `train/skipped_updates`; after
+`max_consecutive_skips` in a row, or when every update of a learn() call was skipped, a final checkpoint
+is written and TrainingDivergedError raised. Agents raise `SkippedUpdate` through
 `rlgeom.training.guards.guard_finite(name=tensor, ...)` before their parameters move.
 """
 
@@ -10,12 +11,17 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
+import warnings
 
 import torch
 
 from rlgeom.training import distributed
-from rlgeom.training.guards import SkippedUpdate, TrainingDivergedError, guard_finite
+from rlgeom.training.guards import SkippedUpdate, SkippedUpdateWarning, TrainingDivergedError, guard_finite
+
+
+#: the name a skip gives when the rollout's returns or advantages are not finite
+ROLLOUT_OVERFLOW = ("returns / advantages of the rollout (the rewards' discounted sums overflow float32: scale the "
+                    "rewards, e.g. normalize_reward=True)")
 
 
 class RollbackGuard:
@@ -27,6 +33,8 @@ class RollbackGuard:
         snapshot = self._training_snapshot()
         try:
             try:
+                # finite rewards whose discounted sums overflow float32 (3e38 each) make every loss NaN: named here
+                guard_finite(**{ROLLOUT_OVERFLOW: [self.buffer.returns, self.buffer.advantages]})
                 stats = self.update(self.buffer, progress_remaining)
                 guard_finite(parameters=list(self.policy.parameters()))
             except SkippedUpdate:
@@ -38,8 +46,11 @@ class RollbackGuard:
             self._restore_training_snapshot(snapshot)
             self.skipped_updates += 1
             self._consecutive_skips += 1
-            if self.verbose:
-                print(f"step {self.num_timesteps}: update skipped ({skip})", file=sys.stderr)
+            self._last_skip = skip
+            if distributed.is_main():  # reported as it happens, whatever the verbosity (and in train/skipped_updates)
+                warnings.warn(f"step {self.num_timesteps}: update skipped ({skip}); the parameters stay as they were "
+                              f"({self._consecutive_skips} in a row, training stops at {self.max_consecutive_skips})",
+                              SkippedUpdateWarning, stacklevel=2)
             if self._consecutive_skips >= self.max_consecutive_skips:
                 self._stop_diverged(skip)
             stats = {}
@@ -62,7 +73,15 @@ class RollbackGuard:
             optimizer.load_state_dict(snapshot["optimizers"][name])
         self._load_extra_state(snapshot["extra"])
 
-    def _stop_diverged(self, skip: SkippedUpdate) -> None:
+    def _check_some_update_applied(self, updates_before: int, skips_before: int) -> None:
+        """At the end of learn(): a call whose every update was skipped did not train; it stops as a divergence
+        does (final checkpoint, TrainingDivergedError naming the cause) rather than return as if it had."""
+        skipped = self.skipped_updates - skips_before
+        if self.n_updates == updates_before and skipped > 0:
+            self._stop_diverged(self._last_skip, f"every update of this learn() call ({skipped}) was skipped")
+
+    def _stop_diverged(self, skip: SkippedUpdate, what: str | None = None) -> None:
+        what = what or f"{self.max_consecutive_skips} consecutive updates were skipped"
         self._consecutive_skips = 0  # a run resumed from the final checkpoint starts counting afresh
         directory = self._checkpoint_dir or (os.path.join(self._run_dir, "checkpoints") if self._run_dir else None)
         saved = self._write_checkpoint(directory) if directory and distributed.is_main() else None
@@ -71,8 +90,8 @@ class RollbackGuard:
         where = (f"final checkpoint: {saved}" if saved else
                  "no checkpoint written (pass checkpoint_dir= to learn() or tensorboard_log= to the agent)")
         raise TrainingDivergedError(
-            f"training stopped at step {self.num_timesteps}: {self.max_consecutive_skips} consecutive updates were "
-            f"skipped because of non-finite {', '.join(skip.names)}; the parameters are those of the last good "
+            f"training stopped at step {self.num_timesteps}: {what} because of non-finite {', '.join(skip.names)}; "
+            f"the parameters are those of the last good "
             f"update ({where}). Try a smaller learning rate or step size (max_kl, kl_clip), observation/reward "
             "normalisation, or check the environment's observations and rewards"
         )

@@ -15,7 +15,10 @@ from rlgeom.persistence.serialization import (
     ModelFileError, is_file_object, model_path, policy_kwargs_from_json, policy_kwargs_to_json, space_from_json,
     space_to_json, write_model,
 )
-from rlgeom.persistence.modelfile import EXTRA_STATE_BYTES, EXTRA_STATE_FACTOR, check_description, open_model
+from rlgeom.persistence.statecheck import check_json_state, check_tensors
+from rlgeom.persistence.modelfile import (
+    EXTRA_STATE_BYTES, EXTRA_STATE_FACTOR, check_description, check_envs_to_build, open_model,
+)
 from agents.devices import resolve_device, set_global_seeds
 from rlgeom.training import distributed
 from agents.sb3_compat import filter_description, hyperparameters_from_saved, hyperparameters_to_json
@@ -89,6 +92,8 @@ class Persistence:
         model = open_model(path)  # the header only: checked against the description before any tensor is read
         d = model.description
         check_description(model)
+        check_envs_to_build(model, env)
+        check_json_state(str(path), d)  # optimiser settings, K-FAC counters: before anything is built
         if d.get("algo") != cls.algo:
             raise ModelFileError(
                 f"{path}: holds a {str(d.get('algo')).upper()} model, not {cls.algo.upper()}; "
@@ -146,7 +151,9 @@ class Persistence:
         (built from the checked description) plus a bounded multiple for optimiser and agent state."""
         policy_bytes = sum(v.numel() * v.element_size() for v in self.policy.state_dict().values())
         model.check_tensor_budget(EXTRA_STATE_FACTOR * policy_bytes + EXTRA_STATE_BYTES, "this model")
-        return model.tensors()
+        tensors = model.tensors()
+        check_tensors(model.name, tensors)  # every saved state, not only the weights, within its range
+        return tensors
 
     def _load_tensors(self, path, tensors: dict[str, torch.Tensor]) -> None:
         policy_state = {k[len("policy."):]: v for k, v in tensors.items() if k.startswith("policy.")}

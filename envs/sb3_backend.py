@@ -45,6 +45,7 @@ class SB3VecEnvAdapter(VecEnv):
             self._env.seed(seed)
         obs = self._pack.batch(self._env.reset())
         self._episodes.reset()
+        check_finite(obs, "observation", self._t, self.env_id)  # as the gymnasium backend's reset
         return to_obs_tensor(obs, self.device)
 
     def step(self, actions: torch.Tensor) -> StepResult:

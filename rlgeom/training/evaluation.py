@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
+
+from envs.boundary import nonfinite_policy
 
 
 def evaluate(agent, env, n_episodes: int = 10, deterministic: bool = True, seed: int | None = None):
@@ -10,6 +14,12 @@ def evaluate(agent, env, n_episodes: int = 10, deterministic: bool = True, seed:
 
     Episodes are counted per env so that short episodes do not dominate (as SB3's evaluate_policy).
     """
+    counter = getattr(agent, "_nonfinite", None)  # the agent's nonfinite option holds for evaluation too
+    with nonfinite_policy(counter) if counter is not None else contextlib.nullcontext():
+        return _episodes(agent, env, n_episodes, deterministic, seed)
+
+
+def _episodes(agent, env, n_episodes: int, deterministic: bool, seed: int | None):
     n = env.num_envs
     targets = np.array([(n_episodes + i) // n for i in range(n)])
     counts = np.zeros(n, dtype=int)
