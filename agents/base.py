@@ -132,6 +132,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         self.num_timesteps = 0
         self.n_updates = 0
         self.skipped_updates, self._consecutive_skips = 0, 0
+        self.untrained_reason: str | None = None  # set by learn() when every one of its updates was skipped
         self._target_timesteps = 0
         self._checkpoint_dir: str | None = None
         self._checkpoint_every: int | None = None

@@ -2,8 +2,9 @@
 Fisher product or parameter puts the parameters, optimisers and agent state back as they were.
 
 A skip is reported as it happens (SkippedUpdateWarning) and counted in `train/skipped_updates`; after
-`max_consecutive_skips` in a row, or when every update of a learn() call was skipped, a final checkpoint
-is written and TrainingDivergedError raised. Agents raise `SkippedUpdate` through
+`max_consecutive_skips` in a row a final checkpoint is written and TrainingDivergedError raised. A learn()
+call whose every update was skipped ends with a SkippedUpdateWarning and `untrained_reason` set (the CLI
+then exits 1). Agents raise `SkippedUpdate` through
 `rlgeom.training.guards.guard_finite(name=tensor, ...)` before their parameters move.
 """
 
@@ -74,14 +75,18 @@ class RollbackGuard:
         self._load_extra_state(snapshot["extra"])
 
     def _check_some_update_applied(self, updates_before: int, skips_before: int) -> None:
-        """At the end of learn(): a call whose every update was skipped did not train; it stops as a divergence
-        does (final checkpoint, TrainingDivergedError naming the cause) rather than return as if it had."""
+        """At the end of learn(): a call whose every update was skipped did not train. The API warns (a skip
+        is a warning until max_consecutive_skips in a row; learn() in short pieces may see one alone) and
+        keeps the reason in `untrained_reason`, which the CLI turns into exit status 1."""
         skipped = self.skipped_updates - skips_before
+        self.untrained_reason = None
         if self.n_updates == updates_before and skipped > 0:
-            self._stop_diverged(self._last_skip, f"every update of this learn() call ({skipped}) was skipped")
+            self.untrained_reason = (f"every update of this learn() call ({skipped}) was skipped because of non-finite "
+                                     f"{', '.join(self._last_skip.names)}: the model did not train")
+            if distributed.is_main():
+                warnings.warn(self.untrained_reason, SkippedUpdateWarning, stacklevel=3)
 
-    def _stop_diverged(self, skip: SkippedUpdate, what: str | None = None) -> None:
-        what = what or f"{self.max_consecutive_skips} consecutive updates were skipped"
+    def _stop_diverged(self, skip: SkippedUpdate) -> None:
         self._consecutive_skips = 0  # a run resumed from the final checkpoint starts counting afresh
         directory = self._checkpoint_dir or (os.path.join(self._run_dir, "checkpoints") if self._run_dir else None)
         saved = self._write_checkpoint(directory) if directory and distributed.is_main() else None
@@ -90,8 +95,8 @@ class RollbackGuard:
         where = (f"final checkpoint: {saved}" if saved else
                  "no checkpoint written (pass checkpoint_dir= to learn() or tensorboard_log= to the agent)")
         raise TrainingDivergedError(
-            f"training stopped at step {self.num_timesteps}: {what} because of non-finite {', '.join(skip.names)}; "
-            f"the parameters are those of the last good "
+            f"training stopped at step {self.num_timesteps}: {self.max_consecutive_skips} consecutive updates were "
+            f"skipped because of non-finite {', '.join(skip.names)}; the parameters are those of the last good "
             f"update ({where}). Try a smaller learning rate or step size (max_kl, kl_clip), observation/reward "
             "normalisation, or check the environment's observations and rewards"
         )

@@ -104,6 +104,7 @@ def run(args) -> dict:
     from envs import make_vec_env
     from rlgeom.training import distributed
     from rlgeom.training.evaluation import evaluate
+    from rlgeom.training.guards import TrainingDivergedError
 
     cls = agent_class(args.algo)
     check_run_args(args)
@@ -144,6 +145,9 @@ def run(args) -> dict:
             remaining, progress_bar=not args.no_progress, reset_num_timesteps=args.resume is None,
             checkpoint_every=every, checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep_checkpoints,
         )
+        if agent.untrained_reason:  # not exit 0 as if it had trained (the warnings named each skip)
+            raise TrainingDivergedError(f"{agent.untrained_reason}, so it is not saved as the run's model. Try observation/reward "
+                                        "normalisation, or check the environment's observations and rewards")
     wall = time.perf_counter() - start
     save_path = save_with_fallback(agent.save, args.save or os.path.join(agent._run_dir or logdir, "model"),
                                    agent._run_dir or logdir)
