@@ -195,6 +195,8 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                 raise ValueError(f"the new env's {what} space {got} differs from the model's {have}")
         if force_reset or new.num_envs != self.n_envs:
             self._last_obs = None
+        if new.num_envs != self.n_envs:  # a checkpoint's env state is that of its own number of envs
+            self._pending_env_state = None
         self.env, self.n_envs = new, new.num_envs
         self.env_id = new.env_id or self.env_id
         self.config.validate(self.n_envs)
@@ -255,7 +257,9 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             with nonfinite_policy(self._nonfinite):
                 if not self.collect_rollout(callback):
                     break
-            progress_remaining = 1.0 - self.num_timesteps / self._target_timesteps
+            # at most 0: the last rollout may pass the target, and a linear schedule must not go below its end
+            # (a negative learning rate would ascend the loss)
+            progress_remaining = max(0.0, 1.0 - self.num_timesteps / self._target_timesteps)
             stats = self._guarded_update(progress_remaining)
             if self.geometry_every and self.n_updates % self.geometry_every == 0:
                 from rlgeom.geometry.spectrum import training_geometry  # scipy is imported only when asked for

@@ -107,13 +107,15 @@ class Persistence:
             hyperparameters = {**hyperparameters_from_saved(d["hyperparameters"], custom_objects, str(path)), **overrides}
             policy_kwargs = policy_kwargs_from_json(d.get("policy_kwargs") or {}, custom_objects, str(path))
             agent = cls(
-                d["policy"], None, policy_kwargs=policy_kwargs, n_envs=d.get("n_envs", 1),
+                d["policy"], None, policy_kwargs=policy_kwargs, n_envs=_n_envs(env, d),
                 seed=d.get("seed"), device=device, _spaces=(obs_space, act_space), **options, **hyperparameters,
             )
         except ModelFileError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise ModelFileError(f"{path}: the model description is incomplete or inconsistent: {err}") from None
+            what = ("does not load with the hyperparameters given (" + ", ".join(sorted(overrides)) + ")"
+                    if overrides else "the model description is incomplete or inconsistent")
+            raise ModelFileError(f"{path}: {what}: {err}") from None
         tensors = agent._read_tensors(model)
         agent._load_tensors(path, tensors)
         if "extra_state" in d:
@@ -178,6 +180,14 @@ class Persistence:
             raise ModelFileError(f"{path}: non-finite (NaN or inf) values in {', '.join(nonfinite[:4])}; "
                                  "rlgeom never loads or resumes from such weights")
         self.policy.load_state_dict(policy_state)
+
+
+def _n_envs(env, description: dict) -> int:
+    """The number of envs the loaded model is built for: an env object's own (as SB3's load takes the VecEnv
+    it is given), else the saved one (an env id is built with it)."""
+    if env is not None and not isinstance(env, str):
+        return int(getattr(env, "num_envs", 1))
+    return description.get("n_envs", 1)
 
 
 def _state_aliases(module: torch.nn.Module) -> dict[str, str]:

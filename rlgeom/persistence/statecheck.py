@@ -75,7 +75,9 @@ def _walk(name: str, value, path: str, in_param_groups: bool) -> None:
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
             raise ModelFileError(f"{name}: the saved state entry {path} is {value!r}, not a finite number")
-        if in_param_groups and value < 0:
+        # lr is exempt from the sign rule: it is set from the schedule before every step, and checkpoints written
+        # before learn() clamped the progress at 0 may hold a slightly negative one from an overshooting last rollout
+        if in_param_groups and value < 0 and _entry(path) != "lr":
             raise ModelFileError(f"{name}: the optimiser setting {path} is {value!r}; accepted: >= 0")
         if _entry(path) in COUNTERS and (not isinstance(value, int) or value < 0):
             raise ModelFileError(f"{name}: the counter {path} is {value!r}; accepted: a non-negative integer")

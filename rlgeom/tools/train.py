@@ -146,8 +146,8 @@ def run(args) -> dict:
             checkpoint_every=every, checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep_checkpoints,
         )
         if agent.untrained_reason:  # not exit 0 as if it had trained (the warnings named each skip)
-            raise TrainingDivergedError(f"{agent.untrained_reason}, so it is not saved as the run's model. Try observation/reward "
-                                        "normalisation, or check the environment's observations and rewards")
+            raise TrainingDivergedError(f"{agent.untrained_reason}, so it is not saved as the run's model. Try "
+                                        "observation/reward normalisation, or check the env's observations and rewards")
     wall = time.perf_counter() - start
     save_path = save_with_fallback(agent.save, args.save or os.path.join(agent._run_dir or logdir, "model"),
                                    agent._run_dir or logdir)
@@ -183,7 +183,7 @@ def resume_agent(args, cls, env_id: str, overrides: dict):
         path = latest_checkpoint(args.resume)
     description = open_model(path).description
     env_id = args.env or description.get("env_id") or DEFAULT_ENV
-    agent = cls.load(path, env=env_id, device=args.device, **overrides)
+    agent = load_to_resume(cls, path, env_id, description.get("n_envs", 1), args, overrides)
     agent.verbose = args.verbose
     if args.logdir is not None and not _inside(agent._run_dir, args.logdir):
         # a new --logdir: the resumed run logs and checkpoints there, leaving the original run untouched
@@ -192,6 +192,28 @@ def resume_agent(args, cls, env_id: str, overrides: dict):
         agent.tensorboard_log = args.logdir or DEFAULT_LOGDIR
     print(f"resuming {path} at step {agent.num_timesteps}", file=sys.stderr)
     return agent, env_id
+
+
+def load_to_resume(cls, path: str, env_id: str, saved_envs: int, args, overrides: dict):
+    """The checkpoint's agent on `env_id`, with the checkpoint's number of envs, or --n-envs when it names
+    another: as SB3's load(path, env=a VecEnv of that size) does. The rollouts then differ from the
+    uninterrupted run's (stderr says so), and a batch_size that no longer divides n_steps * n_envs is refused
+    (exit 2) before training."""
+    from agents.devices import resolve_device
+    from envs import make_vec_env
+
+    if args.n_envs is None or args.n_envs == saved_envs:
+        return cls.load(path, env=env_id, device=args.device, **overrides)
+    env = make_vec_env(env_id, args.n_envs, device=resolve_device(args.device), vectorization=args.vectorization)
+    try:
+        agent = cls.load(path, env=env, device=args.device, **overrides)
+    except BaseException:
+        env.close()
+        raise
+    print(f"rlgeom: resuming with --n-envs {args.n_envs} instead of the checkpoint's {saved_envs}: the run continues "
+          "with its weights, optimiser and statistics, but its rollouts differ from an uninterrupted run's",
+          file=sys.stderr)
+    return agent
 
 
 def _inside(path: str | None, folder: str) -> bool:
