@@ -121,11 +121,38 @@ def test_the_api_refuses_a_hyperparameter_of_the_wrong_type(kwargs, message):
         PPO("MlpPolicy", "CartPole-v1", **kwargs)
 
 
-def test_the_cli_parses_bools_as_words_and_refuses_other_values(tmp_path):
-    code, out, _ = _cli(["--help-hp", "--algo", "ppo", "--hp", "normalize_advantage=No", "use_sde=off"], tmp_path)
-    assert code == 0
-    row = next(line for line in out.splitlines() if line.strip().startswith("normalize_advantage"))
-    assert "False" in row and "--hp" in row and "'No'" not in row
+def _main(argv, capsys) -> tuple[int, str]:
+    """The CLI's main() in this process (the quick cases; each CLI-named case also runs as a real process)."""
+    from rlgeom.tools.train import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured.out + captured.err
+
+
+@pytest.mark.parametrize("pair, value", [("normalize_advantage=No", "False"), ("normalize_advantage=YES", "True"),
+                                         ("use_sde=off", "False"), ("normalize_reward=1", "True")])
+def test_the_cli_parses_bool_words(pair, value, capsys):
+    code, out = _main(["--help-hp", "--algo", "ppo", "--hp", pair], capsys)
+    name = pair.partition("=")[0]
+    row = next(line for line in out.splitlines() if line.strip().startswith(name + " "))
+    assert code == 0 and row.split()[1:3] == [value, "--hp"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--help-hp", "--algo", "ppo", "--hp", "normalize_advantage=maybe"], "normalize_advantage must be true or false"),
+    (["--help-hp", "--algo", "trpo", "--hp", "max_kl=abc"], "max_kl must be a number, got 'abc'"),
+    (["--help-hp", "--algo", "acktr", "--hp", "update_inverse_every=2.5"], "update_inverse_every must be an integer"),
+    (["--algo", "ppo", "--hp", "target_kl=none-ish"], "target_kl must be a number or None"),
+])
+def test_the_cli_refuses_a_value_its_field_cannot_take(argv, message, capsys, tmp_path):
+    code, out = _main([*argv, "--logdir", str(tmp_path)], capsys)
+    assert code == 2 and message in out
+
+
+@pytest.mark.slow
+def test_the_cli_process_refuses_a_bad_bool_and_a_bad_float_with_exit_2(tmp_path):
     code, out, _ = _cli(["--help-hp", "--algo", "ppo", "--hp", "normalize_advantage=maybe"], tmp_path)
     assert code == 2 and "normalize_advantage must be true or false" in out and "yes, no" in out
     code, out, _ = _cli(["--help-hp", "--algo", "trpo", "--hp", "max_kl=abc"], tmp_path)
@@ -133,10 +160,20 @@ def test_the_cli_parses_bools_as_words_and_refuses_other_values(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 3, 5. sizes from a flag or a file
-def test_a_huge_n_steps_is_refused_at_once_on_the_cli_and_in_a_model_file(tmp_path):
+@pytest.mark.slow
+def test_a_huge_n_steps_on_the_cli_is_refused_at_once(tmp_path):
     code, out, seconds = _cli(["--algo", "ppo", "--hp", "n_steps=99999999999999", "--logdir", "runs"], tmp_path)
     assert code == 2 and "n_steps * n_envs" in out and "accepted: at most" in out
     assert seconds < 60  # listing the divisors took minutes
+
+
+def test_a_huge_n_steps_is_refused_at_once_in_the_api_and_in_a_model_file(tmp_path):
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="transitions per rollout"):
+        PPO("MlpPolicy", "CartPole-v1", n_steps=99999999999999, batch_size=64)
+    with pytest.raises(ValueError, match="batch_size=64 does not divide"):  # within the bound: its divisors, at once
+        PPO("MlpPolicy", "CartPole-v1", n_steps=2**34 + 1, batch_size=64)
+    assert time.perf_counter() - start < 5
     path = PPO("MlpPolicy", "CartPole-v1", **SMALL).save(tmp_path / "model")
     edited = _rewrite(path, tmp_path / "huge.safetensors",
                       description=lambda d: d["hyperparameters"].update(n_steps=99999999999999))
@@ -156,6 +193,21 @@ def test_a_batch_size_check_on_a_large_prime_rollout_is_instant():
     assert time.perf_counter() - start < 1
 
 
+def test_a_rollout_buffer_larger_than_memory_is_refused_in_the_api(monkeypatch):
+    from rlgeom.data import buffer
+
+    sizes = (100, 3, (4,), torch.float32, (), torch.int64, torch.device("cpu"))
+    real = buffer.RolloutBuffer(*sizes)  # the estimate is the bytes a real buffer of these sizes holds
+    assert buffer.RolloutBuffer.check_fits(*sizes) == sum(
+        t.numel() * t.element_size() for t in vars(real).values() if isinstance(t, torch.Tensor))
+    monkeypatch.setattr(buffer, "available_memory", lambda device: (2**20, "this test's machine"))
+    with pytest.raises(ValueError, match=r"n_steps=65,536 x n_envs=1 asks for a rollout buffer of [\d,]+ "
+                                         r"bytes .* this test's machine has 1,048,576 bytes"):
+        PPO("MlpPolicy", "CartPole-v1", n_steps=2**16, batch_size=64)
+    PPO("MlpPolicy", "CartPole-v1", n_steps=2**10, batch_size=64)  # about 78 KB: fits
+
+
+@pytest.mark.slow
 def test_a_rollout_buffer_larger_than_memory_is_refused_before_allocating(tmp_path):
     code, out, _ = _cli(["--algo", "ppo", "--n-envs", "1", "--hp", "n_steps=1099511627776", "batch_size=64",
                          "--logdir", "runs"], tmp_path)
@@ -249,6 +301,13 @@ JSON_CASES = {
                           .update(eps=-1e-5), "param_groups.0.eps"),
     "Adam betas NaN": ("ppo", lambda d: d["checkpoint"]["state"]["optimizers"]["optimizer"]["param_groups"][0]
                        .update(betas=[float("nan"), 0.999]), "betas"),
+    "ACKTR lr multiplier 0": ("acktr", lambda d: d["extra_state"].update(lr_multiplier=0.0), "lr_multiplier"),
+    "ACKTR trust-region count -1": ("acktr", lambda d: d["extra_state"].update(trust_region_bound=-1),
+                                    "trust_region_bound"),
+    "a bool hyperparameter stored as 'no'": ("ppo", lambda d: d["hyperparameters"].update(normalize_advantage="no"),
+                                             "normalize_advantage must be True or False"),
+    "a schedule starting below 0": ("ppo", lambda d: d["hyperparameters"].update(
+        learning_rate={"kind": "linear", "start": -1.0, "end": 0.0}), "learning_rate must be > 0"),
 }
 
 
@@ -259,6 +318,14 @@ def test_a_saved_setting_or_counter_out_of_its_range_is_refused_naming_it(case, 
     edited = _rewrite(checkpoints[algo], tmp_path / "edited.safetensors", description=edit)
     with pytest.raises(ModelFileError, match=named.replace(".", r"\.")):
         cls.load(edited, env="CartPole-v1")
+
+
+def test_set_parameters_checks_the_statistics_a_state_dict_carries():
+    agent = PPO("MlpPolicy", "CartPole-v1", normalize_observations=True, **SMALL)
+    params = agent.get_parameters()
+    params["policy"]["obs_normalizer.var"] = torch.full_like(params["policy"]["obs_normalizer.var"], -1.0)
+    with pytest.raises(ValueError, match="'obs_normalizer.var' is never negative"):
+        agent.set_parameters(params)
 
 
 def test_valid_checkpoints_still_load_and_resume(checkpoints):
@@ -289,6 +356,7 @@ WRITER = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_load_while_another_process_resaves_the_same_path(tmp_path):
     path = PPO("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32).save(tmp_path / "model")
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
@@ -322,6 +390,7 @@ def test_the_header_and_tensors_come_from_one_open_file(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 8. resume with another --n-envs
+@pytest.mark.slow
 def test_resume_with_another_n_envs_honours_it_or_refuses_clearly(tmp_path):
     run = ["--algo", "ppo", "--env", "CartPole-v1", "--hp", "n_steps=16", "batch_size=16", "n_epochs=1",
            "--no-progress", "--eval-episodes", "1", "--logdir", "runs", "--checkpoint-every", "128"]
@@ -337,12 +406,29 @@ def test_resume_with_another_n_envs_honours_it_or_refuses_clearly(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 9. every update skipped
-def test_an_env_reward_of_3e38_is_reported_and_the_cli_does_not_exit_0(hostile, tmp_path):
+def test_an_env_reward_of_3e38_is_reported_as_each_update_is_skipped(hostile, tmp_path):
     with pytest.warns(SkippedUpdateWarning, match="update skipped .*returns / advantages of the rollout"):
-        agent = PPO("MlpPolicy", "HugeReward-v0", **SMALL)
+        agent = PPO("MlpPolicy", "HugeReward-v0", tensorboard_log=str(tmp_path), **SMALL)
         agent.learn(64)
     assert agent.n_updates == 0 and agent.skipped_updates == 2
     assert "every update of this learn() call (2) was skipped" in agent.untrained_reason
+    agent.logger.close()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(agent._run_dir)
+    events.Reload()
+    assert [e.value for e in events.Scalars("train/skipped_updates")] == [1, 2]
+
+
+def test_the_cli_does_not_exit_0_when_every_update_was_skipped(hostile, tmp_path, capsys):
+    code, out = _main(["--algo", "ppo", "--env", "HugeReward-v0", "--n-envs", "1", "--timesteps", "64", "--hp",
+                       "n_steps=32", "batch_size=32", "--no-progress", "--eval-episodes", "1", "--logdir",
+                       str(tmp_path)], capsys)
+    assert code == 1 and "every update of this learn() call (2) was skipped" in out
+
+
+@pytest.mark.slow
+def test_an_env_reward_of_3e38_makes_the_cli_process_exit_1_naming_the_cause(hostile, tmp_path):
     code, out, _ = _cli(["--algo", "ppo", "--env", "HugeReward-v0", "--gym-packages", "hostile_envs", "--n-envs", "1",
                          "--timesteps", "64", "--hp", "n_steps=32", "batch_size=32", "--no-progress",
                          "--eval-episodes", "1", "--logdir", "runs"], tmp_path, extra_path=hostile)
@@ -378,6 +464,7 @@ def test_overflowing_float64_observations_count_as_non_finite(hostile):
     assert agent.n_updates == 2 and agent._nonfinite.counts["observation"] > 0
 
 
+@pytest.mark.slow
 def test_nonfinite_sanitize_holds_for_the_final_evaluation_too(hostile, tmp_path):
     code, out, _ = _cli(["--algo", "acktr", "--env", "OverflowObs-v0", "--gym-packages", "hostile_envs",
                          "--nonfinite", "sanitize", "--n-envs", "1", "--timesteps", "64", "--hp", "n_steps=16",

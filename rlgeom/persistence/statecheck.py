@@ -19,12 +19,13 @@ from rlgeom.persistence.serialization import ModelFileError
 #: state entries (the last part of a tensor's name) that are never negative: variances, counts, Adam's second
 #: moments and step counts, K-FAC's eigenvalues (clamped at 0 when computed)
 NON_NEGATIVE = frozenset({"var", "count", "exp_avg_sq", "max_exp_avg_sq", "step", "d_A", "d_G"})
-#: entries that are > 0: K-FAC's π (the ratio of the factors' mean eigenvalues)
-POSITIVE = frozenset({"pi"})
+#: entries that are > 0: K-FAC's π (the ratio of the factors' mean eigenvalues), ACKTR's adaptive learning-rate
+#: multiplier (0 would stop learning, a negative one ascend the loss)
+POSITIVE = frozenset({"pi", "lr_multiplier"})
 #: K-FAC's Kronecker factors: covariances, so symmetric with a non-negative diagonal
 COVARIANCES = frozenset({"A", "G"})
-#: K-FAC's counters, in its JSON state: non-negative integers
-COUNTERS = frozenset({"statistics_calls", "statistics_updates", "steps", "inverse_updates"})
+#: counters in the JSON state (K-FAC's, ACKTR's trust-region count): non-negative integers
+COUNTERS = frozenset({"statistics_calls", "statistics_updates", "steps", "inverse_updates", "trust_region_bound"})
 
 
 def _entry(key: str) -> str:
@@ -81,6 +82,8 @@ def _walk(name: str, value, path: str, in_param_groups: bool) -> None:
             raise ModelFileError(f"{name}: the optimiser setting {path} is {value!r}; accepted: >= 0")
         if _entry(path) in COUNTERS and (not isinstance(value, int) or value < 0):
             raise ModelFileError(f"{name}: the counter {path} is {value!r}; accepted: a non-negative integer")
+        if _entry(path) in POSITIVE and not value > 0:
+            raise ModelFileError(f"{name}: the saved state entry {path} is {value!r}; accepted: a number > 0")
         return
     if isinstance(value, dict):
         for key, item in value.items():
