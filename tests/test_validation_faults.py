@@ -115,6 +115,7 @@ def _rewrite(src, dst, tensors=None, description=None) -> str:
     (dict(n_steps=64.0), "n_steps must be an integer, got 64.0"),
     (dict(gamma="0.9"), "gamma must be a number, got '0.9'"),
     (dict(target_kl="0.01"), "target_kl must be a number or None"),
+    (dict(ent_coef=float("inf")), "ent_coef must be >= 0 (and finite), got inf"),  # found probing: every loss inf
 ])
 def test_the_api_refuses_a_hyperparameter_of_the_wrong_type(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -268,6 +269,9 @@ STATE_CASES = {
     "observation normaliser variance -1": ("ppo", _set("policy.obs_normalizer.var", -1.0), "obs_normalizer.var"),
     "observation normaliser count -5": ("ppo", _set("policy.obs_normalizer.count", -5.0), "obs_normalizer.count"),
     "observation normaliser mean NaN": ("ppo", _set("policy.obs_normalizer.mean", float("nan")), "obs_normalizer.mean"),
+    # found probing: finite in float64, inf in the float32 the policy uses (every observation normalised to 0)
+    "observation normaliser variance 1e300": ("ppo", _set("policy.obs_normalizer.var", 1e300), "obs_normalizer.var"),
+    "reward scaler variance 1e300": ("ppo", _set("extra/reward_scaler/return_stats.var", 1e300), "return_stats.var"),
     "Adam exp_avg NaN": ("ppo", _set_first("exp_avg", float("nan")), "exp_avg"),
     "Adam exp_avg_sq negative": ("ppo", _set_first("exp_avg_sq", -1.0), "exp_avg_sq"),
     "Adam step negative": ("ppo", _set_first("/step", -3.0), "step"),
@@ -497,6 +501,23 @@ def test_predict_takes_integer_and_float64_observations_within_float32(cartpole)
     a, _ = cartpole.predict(np.array([1, 0, 0, 0], dtype=np.int64))
     b, _ = cartpole.predict(np.array([1.0, 0, 0, 0]))
     assert a == b
+
+
+@pytest.mark.parametrize("space, observation, message", [
+    (spaces.Discrete(5), 7, "takes whole numbers from 0 to 4; got values from 7 to 7"),
+    (spaces.Discrete(5), -1, "from -1 to -1"),
+    (spaces.Discrete(5), 2.5, "not all whole numbers"),
+    (spaces.Discrete(3, start=-1), np.array([2, 3]), "from -1 to 1; got values from 2 to 3"),
+    (spaces.MultiDiscrete([3, 4]), np.array([5, 9]), r"per entry: \[0 0\] to \[2 3\]"),
+    (spaces.MultiBinary(3), np.array([0, 2, 1]), "from 0 to 1; got values from 0 to 2"),
+])
+def test_predict_refuses_a_category_outside_its_space(space, observation, message):
+    """Found while probing: out of range, a Discrete observation failed inside torch's one_hot (a raw
+    RuntimeError); 2.5 was truncated to 2 and acted on."""
+    policy = ActorCriticPolicy(space, spaces.Discrete(2), "MlpPolicy")
+    with pytest.raises(ValueError, match=message):
+        policy.predict(observation)
+    policy.predict(np.asarray(space.sample()))
 
 
 @pytest.fixture(scope="module")

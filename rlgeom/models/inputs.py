@@ -6,12 +6,14 @@ The env boundary (envs.boundary) stores uint8 image spaces as uint8 and everythi
 - for a uint8 space (images): whole numbers in [0, 255]. numpy's cast would wrap 300 to 44 and turn a float
   image scaled to [0, 1) into zeros; SB3 casts without a check (its preprocess_obs then divides by 255), so
   rlgeom refuses instead of guessing a scale;
-- for every other space: finite after the cast to float32 (float64 1e300 becomes inf there).
+- for every other space: finite after the cast to float32 (float64 1e300 becomes inf there), and for the
+  spaces the policy one-hot encodes (Discrete, MultiDiscrete, MultiBinary) whole numbers within the space.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from gymnasium import spaces
 
 #: dtype kinds that are numbers: bool, signed and unsigned integers, floats
 NUMERIC_KINDS = "biuf"
@@ -37,7 +39,30 @@ def checked_observation(value, space, what: str = "observation") -> np.ndarray:
     if not np.isfinite(out).all():
         raise ValueError(f"{what} contains NaN or inf, or numbers beyond float32's range (about ±3.4e38, which "
                          "become inf in the cast the policy takes); rlgeom acts only on finite observations")
+    _check_categories(arr, space, what)
     return out
+
+
+def _check_categories(arr: np.ndarray, space, what: str) -> None:
+    """Discrete, MultiDiscrete and MultiBinary observations are one-hot encoded by the policy: each value a
+    whole number within the space (2.5 would be truncated, 7 of a Discrete(5) fail inside torch's one_hot)."""
+    if isinstance(space, spaces.Discrete):
+        low, high = np.int64(space.start), np.int64(space.start + space.n - 1)
+    elif isinstance(space, spaces.MultiDiscrete):
+        low, high = space.start, space.start + space.nvec - 1
+    elif isinstance(space, spaces.MultiBinary):
+        low, high = 0, 1
+    else:
+        return
+    shape = tuple(space.shape)
+    if shape and arr.shape[arr.ndim - len(shape):] != shape:
+        return  # the shape check names the problem
+    whole = arr.dtype.kind in "biu" or bool((arr == np.round(arr)).all())
+    if not whole or bool((arr < low).any() or (arr > high).any()):
+        per_entry = f" (per entry: {low} to {high})" if np.ndim(low) else ""
+        raise ValueError(f"{what}: this model's observation space is {space}, which takes whole numbers from "
+                         f"{np.min(low)} to {np.max(high)}{per_entry}; got values from {arr.min()} to {arr.max()}"
+                         f"{'' if whole else ' (not all whole numbers)'}")
 
 
 def _uint8(arr: np.ndarray, what: str) -> np.ndarray:

@@ -28,6 +28,11 @@ COVARIANCES = frozenset({"A", "G"})
 COUNTERS = frozenset({"statistics_calls", "statistics_updates", "steps", "inverse_updates", "trust_region_bound"})
 
 
+#: the largest float32: a float64 statistic beyond it is inf where the policy uses it (rsqrt(var) becomes 0, so
+#: every observation normalises to 0)
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def _entry(key: str) -> str:
     return key.replace("/", ".").rsplit(".", 1)[-1]
 
@@ -40,6 +45,8 @@ def check_tensors(name: str, tensors: dict[str, torch.Tensor]) -> None:
         if not bool(torch.isfinite(t).all()):
             raise ModelFileError(f"{name}: non-finite (NaN or inf) values in the saved tensor {key!r}; rlgeom never "
                                  "loads or resumes from such state")
+        if t.dtype == torch.float64 and bool((t.abs() > FLOAT32_MAX).any()):  # statistics kept in float64
+            _fail(name, key, "is used in float32 by the policy, beyond whose range (±3.4e38) it lies", t.abs().max())
         entry = _entry(key)
         if entry in NON_NEGATIVE and bool((t < 0).any()):
             _fail(name, key, "is never negative", t.min())
