@@ -206,9 +206,13 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         """Refuse, before anything is allocated, a rollout buffer larger than the memory available (its
         observations as the env boundary stores them: uint8 images, Dicts packed into rows, else float32)."""
         layout, space = self.policy.dict_layout, self.observation_space
-        shape, dtype = ((layout.width,), layout.dtype) if layout is not None else (tuple(space.shape or ()), space.dtype)
-        RolloutBuffer.check_fits(self.config.n_steps, self.n_envs, shape, torch.uint8 if dtype == np.uint8 else torch.float32,
-                                 self.policy.family.action_shape, self.policy.family.action_dtype, self.device)
+        if layout is not None:
+            shape, dtype = (layout.width,), layout.dtype
+        else:
+            shape, dtype = tuple(space.shape or ()), space.dtype
+        obs_dtype = torch.uint8 if dtype == np.uint8 else torch.float32
+        RolloutBuffer.check_fits(self.config.n_steps, self.n_envs, shape, obs_dtype, self.policy.family.action_shape,
+                                 self.policy.family.action_dtype, self.device)
 
     # ----------------------------------------------------------------- training
     def learn(

@@ -111,7 +111,7 @@ def _rewrite(src, dst, tensors=None, description=None) -> str:
 # ----------------------------------------------------------------------------- 21. types of hyperparameters
 @pytest.mark.parametrize("kwargs, message", [
     (dict(normalize_advantage="no"), "normalize_advantage must be True or False, got 'no'"),
-    (dict(use_sde=1), "use_sde must be True or False, got 1"),
+    (dict(normalize_observations=1), "normalize_observations must be True or False, got 1"),
     (dict(n_steps=64.0), "n_steps must be an integer, got 64.0"),
     (dict(gamma="0.9"), "gamma must be a number, got '0.9'"),
     (dict(target_kl="0.01"), "target_kl must be a number or None"),
@@ -214,7 +214,8 @@ def test_a_rollout_buffer_larger_than_memory_is_refused_before_allocating(tmp_pa
                          "--logdir", "runs"], tmp_path)
     assert code == 2
     assert "asks for a rollout buffer of" in out and "bytes" in out and "available" in out
-    code, out, _ = _cli(["--algo", "ppo", "--hp", "n_steps=1099511627776", "batch_size=64", "--logdir", "runs"], tmp_path)
+    code, out, _ = _cli(["--algo", "ppo", "--hp", "n_steps=1099511627776", "batch_size=64", "--logdir", "runs"],
+                        tmp_path)
     assert code == 2 and "transitions per rollout" in out  # 8 envs: beyond the bound on n_steps * n_envs
 
 
@@ -310,8 +311,6 @@ JSON_CASES = {
                                     "trust_region_bound"),
     "a bool hyperparameter stored as 'no'": ("ppo", lambda d: d["hyperparameters"].update(normalize_advantage="no"),
                                              "normalize_advantage must be True or False"),
-    "a schedule starting below 0": ("ppo", lambda d: d["hyperparameters"].update(
-        learning_rate={"kind": "linear", "start": -1.0, "end": 0.0}), "learning_rate must be > 0"),
 }
 
 
@@ -454,7 +453,8 @@ def test_a_run_without_skips_warns_nothing():
 def test_acktr_on_observations_of_3e38_skips_naming_the_overflow_instead_of_a_runtime_error(hostile):
     agent = ACKTR("MlpPolicy", "HugeObs-v0", n_steps=16, max_consecutive_skips=2)
     with pytest.warns(SkippedUpdateWarning, match="K-FAC statistics of .*actor.body.0"), \
-            pytest.raises(TrainingDivergedError, match="2 consecutive updates were skipped because of non-finite K-FAC"):
+            pytest.raises(TrainingDivergedError, match="2 consecutive updates were skipped because of non-finite "
+                                                       "K-FAC"):
         agent.learn(64)
 
 
@@ -489,7 +489,6 @@ def cartpole():
     (np.array(["a", "b", "c", "d"]), "dtype <U1"),
     ({"obs": np.zeros(4)}, "is a dict"),
     ([[0.0, 0.0], [0.0]], "not a rectangular array"),
-    (np.zeros(5), r"shape \(5,\) does not match"),
     (np.array([1 + 1j, 0, 0, 0]), "complex"),
 ])
 def test_predict_refuses_what_is_not_a_finite_observation(cartpole, observation, message):
