@@ -153,6 +153,11 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         """What happens to NaN/inf from the env: "raise" or "sanitize" (saved with the model)."""
         return self._nonfinite.mode
 
+    def nonfinite_scope(self):
+        """A context in which the env backends apply this agent's `nonfinite` option (learn() steps its envs
+        in one; rlgeom.training.evaluation.evaluate enters it for an evaluation env)."""
+        return nonfinite_policy(self._nonfinite)
+
     # ----------------------------------------------------------------- construction
     def _make_policy(self) -> ActorCriticPolicy:
         kwargs = dict(self.policy_kwargs)

@@ -20,6 +20,7 @@ from rlgeom.persistence.modelfile import (
     EXTRA_STATE_BYTES, EXTRA_STATE_FACTOR, check_description, check_envs_to_build, open_model,
 )
 from agents.devices import resolve_device, set_global_seeds
+from envs.make import TORCH_NATIVE_PREFIX
 from rlgeom.training import distributed
 from agents.sb3_compat import filter_description, hyperparameters_from_saved, hyperparameters_to_json
 
@@ -92,7 +93,7 @@ class Persistence:
         model = open_model(path)  # the header only: checked against the description before any tensor is read
         d = model.description
         check_description(model)
-        check_envs_to_build(model, env)
+        check_envs_to_build(model, env, TORCH_NATIVE_PREFIX)
         check_json_state(str(path), d)  # optimiser settings, K-FAC counters: before anything is built
         if d.get("algo") != cls.algo:
             raise ModelFileError(

@@ -266,13 +266,12 @@ MAX_ENVS = 2**16
 MAX_ENVS_FROM_ID = 1024
 
 
-def check_envs_to_build(model: ModelFile, env) -> None:
+def check_envs_to_build(model: ModelFile, env, batched_prefix: str) -> None:
     """Refuse, before any env is built, a file whose n_envs would build more than MAX_ENVS_FROM_ID
-    gymnasium envs from the env id `env` (a VecEnv the caller built has its own count)."""
-    from envs.make import TORCH_NATIVE_PREFIX
-
+    gymnasium envs from the env id `env` (a VecEnv the caller built has its own count; an id starting with
+    `batched_prefix`, a torch-native env, is one batched simulator)."""
     n_envs = model.description.get("n_envs", 1)
-    if isinstance(env, str) and not env.startswith(TORCH_NATIVE_PREFIX) and n_envs > MAX_ENVS_FROM_ID:
+    if isinstance(env, str) and not env.startswith(batched_prefix) and n_envs > MAX_ENVS_FROM_ID:
         raise ModelFileError(
             f"{model.name}: the description's n_envs={n_envs} would build {n_envs} {env} envs in this process; "
             f"accepted: at most {MAX_ENVS_FROM_ID} from an env id (more: build the vector env, e.g. "

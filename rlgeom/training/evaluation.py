@@ -6,16 +6,14 @@ import contextlib
 
 import numpy as np
 
-from envs.boundary import nonfinite_policy
-
 
 def evaluate(agent, env, n_episodes: int = 10, deterministic: bool = True, seed: int | None = None):
     """(mean, std) of the returns of the first n_episodes finished episodes on `env` (a VecEnv).
 
     Episodes are counted per env so that short episodes do not dominate (as SB3's evaluate_policy).
     """
-    counter = getattr(agent, "_nonfinite", None)  # the agent's nonfinite option holds for evaluation too
-    with nonfinite_policy(counter) if counter is not None else contextlib.nullcontext():
+    scope = getattr(agent, "nonfinite_scope", None)  # the agent's nonfinite option holds for evaluation too
+    with scope() if scope is not None else contextlib.nullcontext():
         return _episodes(agent, env, n_episodes, deterministic, seed)
 
 
