@@ -85,7 +85,7 @@ class OnPolicyConfig:
         """Every field against its annotation (bool, int, float, str, Literal, Optional; schedules, the fields
         that also take a dict, are checked by their own rule): ValueError naming the field, the accepted type
         and the value. A string is never a bool: 'no' would be truthy."""
-        hints = _type_hints(type(self))
+        hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             check_type(f.name, getattr(self, f.name), hints[f.name])
 
@@ -93,7 +93,7 @@ class OnPolicyConfig:
     def parse_cli_value(cls, name: str, text: str):
         """A --hp value as this field's type takes it: a bool field also takes true/false, yes/no, on/off and
         1/0 (any case); every other value is a literal (parse_hp_value) checked against the field's type."""
-        hint = _type_hints(cls).get(name)
+        hint = typing.get_type_hints(cls).get(name)
         if hint is not None and _accepts(hint, bool):
             word = text.strip().lower()
             if word not in BOOL_WORDS:
@@ -115,10 +115,6 @@ class OnPolicyConfig:
 MAX_ROLLOUT_STEPS = 2**40
 #: what a bool hyperparameter takes on the command line (case-insensitive)
 BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}
-
-
-def _type_hints(cls) -> dict:
-    return typing.get_type_hints(cls)
 
 
 def _members(hint) -> tuple:
