@@ -168,6 +168,15 @@ class ACKTRConfig(OnPolicyConfig):
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
 
 
+def _kfac_failure(stats) -> str:
+    """What a failed K-FAC step names in the skip: the layers whose statistics overflowed (their inputs or
+    output gradients square to inf in float32: observations beyond about 1e19 do), or whose step was not finite."""
+    if stats.rejected_statistics:
+        return (f"K-FAC statistics of {', '.join(stats.rejected_statistics)} (their inputs or gradients square to "
+                "inf: observations or rewards too large for float32; normalise them)")
+    return f"K-FAC step ({', '.join(stats.nonfinite_layers)})"
+
+
 def _in_half_open(cfg, name: str) -> None:
     c.in_range(cfg, name, 0.0, 1.0, high_open=True)
 
@@ -232,6 +241,8 @@ class ACKTR(OnPolicyAgent):
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.policy.parameters(), cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf)
         kfac_stats = self.kfac.step()
+        if not kfac_stats.finite:  # a skip before anything uses the step (a rejected layer has no factors)
+            raise SkippedUpdate([_kfac_failure(kfac_stats)])
         scale_fisher = self._precondition_scale(cfg.damping)
         # trust region: η = min(1, √(2 kl_clip / ΔᵀF̂Δ)) for the full step Δ = -lr (F̂ + λI)⁻¹ g,
         # per trust-region group: one joint group, or the actor's and the critic's (trust_region="per_network")
@@ -239,8 +250,6 @@ class ACKTR(OnPolicyAgent):
         quads = [self._quadratic_form(group, steps, scale_fisher) for group in self._trust_region_groups]
         etas = [kl_scale(q, cfg.kl_clip, clip=True) for q in quads]
         # non-finite guard, before the parameters move (a skip restores the K-FAC state too)
-        if not kfac_stats.finite:
-            raise SkippedUpdate([f"K-FAC step ({', '.join(kfac_stats.nonfinite_layers)})"])
         guard_finite(loss=loss, grad_norm=grad_norm, quadratic_form=quads,
                      natural_gradient=[p.grad for p in self.policy.parameters()])
         for group, eta in zip(self._trust_region_groups, etas):

@@ -124,6 +124,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         self.config.validate(self.n_envs)
         self.policy = self._make_policy().to(self.device)
         self.policy.written_out_derivatives = self.config.written_out_derivatives
+        self._check_rollout_memory()
         if distributed.active():  # one start on every rank; then each rank samples its own actions
             distributed.broadcast_module(self.policy)
             if seed is not None:
@@ -133,6 +134,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         self.num_timesteps = 0
         self.n_updates = 0
         self.skipped_updates, self._consecutive_skips = 0, 0
+        self.untrained_reason: str | None = None  # set by learn() when every one of its updates was skipped
         self._target_timesteps = 0
         self._checkpoint_dir: str | None = None
         self._checkpoint_every: int | None = None
@@ -152,6 +154,11 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
     def nonfinite(self) -> str:
         """What happens to NaN/inf from the env: "raise" or "sanitize" (saved with the model)."""
         return self._nonfinite.mode
+
+    def nonfinite_scope(self):
+        """A context in which the env backends apply this agent's `nonfinite` option (learn() steps its envs
+        in one; rlgeom.training.evaluation.evaluate enters it for an evaluation env)."""
+        return nonfinite_policy(self._nonfinite)
 
     # ----------------------------------------------------------------- construction
     def _make_policy(self) -> ActorCriticPolicy:
@@ -195,9 +202,24 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                 raise ValueError(f"the new env's {what} space {got} differs from the model's {have}")
         if force_reset or new.num_envs != self.n_envs:
             self._last_obs = None
+        if new.num_envs != self.n_envs:  # a checkpoint's env state is that of its own number of envs
+            self._pending_env_state = None
         self.env, self.n_envs = new, new.num_envs
         self.env_id = new.env_id or self.env_id
         self.config.validate(self.n_envs)
+        self._check_rollout_memory()
+
+    def _check_rollout_memory(self) -> None:
+        """Refuse, before anything is allocated, a rollout buffer larger than the memory available (its
+        observations as the env boundary stores them: uint8 images, Dicts packed into rows, else float32)."""
+        layout, space = self.policy.dict_layout, self.observation_space
+        if layout is not None:
+            shape, dtype = (layout.width,), layout.dtype
+        else:
+            shape, dtype = tuple(space.shape or ()), space.dtype
+        obs_dtype = torch.uint8 if dtype == np.uint8 else torch.float32
+        RolloutBuffer.check_fits(self.config.n_steps, self.n_envs, shape, obs_dtype, self.policy.family.action_shape,
+                                 self.policy.family.action_dtype, self.device)
 
     # ----------------------------------------------------------------- training
     def learn(
@@ -242,13 +264,15 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         steps_per_rollout = self.n_envs * self.config.n_steps * distributed.world_size()
         bar = make_progress_bar(total_timesteps, steps_per_rollout) if progress_bar and distributed.is_main() else None
         start_time, start_steps = time.perf_counter(), self.num_timesteps
-        iteration = 0
+        iteration, updates_before, skips_before = 0, self.n_updates, self.skipped_updates
         while self.num_timesteps < self._target_timesteps:
             self._check_policy_finite()
             with nonfinite_policy(self._nonfinite):
                 if not self.collect_rollout(callback):
                     break
-            progress_remaining = 1.0 - self.num_timesteps / self._target_timesteps
+            # at most 0: the last rollout may pass the target, and a linear schedule must not go below its end
+            # (a negative learning rate would ascend the loss)
+            progress_remaining = max(0.0, 1.0 - self.num_timesteps / self._target_timesteps)
             stats = self._guarded_update(progress_remaining)
             if self.geometry_every and self.n_updates % self.geometry_every == 0:
                 from rlgeom.geometry.spectrum import training_geometry  # scipy is imported only when asked for
@@ -262,6 +286,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                 self._log(stats, start_time, start_steps, iteration)
             if self._checkpoint_every and self.num_timesteps - (self._last_checkpoint_step or 0) >= self._checkpoint_every:
                 self._checkpoint()
+        self._check_some_update_applied(updates_before, skips_before)
         if self._checkpoint_every and self._last_checkpoint_step != self.num_timesteps:
             self._checkpoint()
         if bar is not None:

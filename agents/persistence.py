@@ -18,8 +18,12 @@ from rlgeom.persistence.serialization import (
     ModelFileError, is_file_object, model_path, policy_kwargs_from_json, policy_kwargs_to_json, space_from_json,
     space_to_json, write_model,
 )
-from rlgeom.persistence.modelfile import EXTRA_STATE_BYTES, EXTRA_STATE_FACTOR, check_description, open_model
+from rlgeom.persistence.statecheck import check_json_state, check_tensors
+from rlgeom.persistence.modelfile import (
+    EXTRA_STATE_BYTES, EXTRA_STATE_FACTOR, check_description, check_envs_to_build, open_model,
+)
 from agents.devices import resolve_device, set_global_seeds
+from envs.make import TORCH_NATIVE_PREFIX
 from rlgeom.training import distributed
 from agents.sb3_compat import filter_description, hyperparameters_from_saved, hyperparameters_to_json
 
@@ -95,6 +99,8 @@ class Persistence:
         model = open_model(path)  # the header only: checked against the description before any tensor is read
         d = model.description
         check_description(model)
+        check_envs_to_build(model, env, TORCH_NATIVE_PREFIX)
+        check_json_state(str(path), d)  # optimiser settings, K-FAC counters: before anything is built
         if d.get("algo") != cls.algo:
             raise ModelFileError(
                 f"{path}: holds a {str(d.get('algo')).upper()} model, not {cls.algo.upper()}; "
@@ -109,13 +115,15 @@ class Persistence:
             hyperparameters = {**hyperparameters_from_saved(d["hyperparameters"], custom_objects, str(path)), **overrides}
             policy_kwargs = policy_kwargs_from_json(d.get("policy_kwargs") or {}, custom_objects, str(path))
             agent = cls(
-                d["policy"], None, policy_kwargs=policy_kwargs, n_envs=d.get("n_envs", 1),
+                d["policy"], None, policy_kwargs=policy_kwargs, n_envs=_n_envs(env, d),
                 seed=d.get("seed"), device=device, _spaces=(obs_space, act_space), **options, **hyperparameters,
             )
         except ModelFileError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise ModelFileError(f"{path}: the model description is incomplete or inconsistent: {err}") from None
+            what = ("does not load with the hyperparameters given (" + ", ".join(sorted(overrides)) + ")"
+                    if overrides else "the model description is incomplete or inconsistent")
+            raise ModelFileError(f"{path}: {what}: {err}") from None
         tensors = agent._read_tensors(model)
         agent._load_tensors(path, tensors)
         if "extra_state" in d:
@@ -153,7 +161,9 @@ class Persistence:
         (built from the checked description) plus a bounded multiple for optimiser and agent state."""
         policy_bytes = sum(v.numel() * v.element_size() for v in self.policy.state_dict().values())
         model.check_tensor_budget(EXTRA_STATE_FACTOR * policy_bytes + EXTRA_STATE_BYTES, "this model")
-        return model.tensors()
+        tensors = model.tensors()
+        check_tensors(model.name, tensors)  # every saved state, not only the weights, within its range
+        return tensors
 
     def _load_tensors(self, path, tensors: dict[str, torch.Tensor]) -> None:
         policy_state = {k[len("policy."):]: v for k, v in tensors.items() if k.startswith("policy.")}
@@ -178,6 +188,14 @@ class Persistence:
             raise ModelFileError(f"{path}: non-finite (NaN or inf) values in {', '.join(nonfinite[:4])}; "
                                  "rlgeom never loads or resumes from such weights")
         self.policy.load_state_dict(policy_state)
+
+
+def _n_envs(env, description: dict) -> int:
+    """The number of envs the loaded model is built for: an env object's own (as SB3's load takes the VecEnv
+    it is given), else the saved one (an env id is built with it)."""
+    if env is not None and not isinstance(env, str):
+        return int(getattr(env, "num_envs", 1))
+    return description.get("n_envs", 1)
 
 
 def _state_aliases(module: torch.nn.Module) -> dict[str, str]:

@@ -46,6 +46,12 @@ class SB3Compat:
             params = load_path_or_dict
             if "policy" not in params:
                 raise ValueError(f"set_parameters needs a 'policy' entry (as get_parameters gives); got {sorted(params)}")
+            import torch
+
+            from rlgeom.persistence.statecheck import check_tensors
+
+            # the statistics a state dict carries (normaliser variance, counts) checked as a file's are
+            check_tensors("set_parameters", {k: v for k, v in params["policy"].items() if isinstance(v, torch.Tensor)})
             result = self.policy.load_state_dict(params["policy"], strict=exact_match)
             for name, optimizer in self._optimizers().items():
                 if name in params:

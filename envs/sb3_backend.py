@@ -47,6 +47,7 @@ class SB3VecEnvAdapter(VecEnv):
             self._env.seed(seed)
         obs = self._pack.batch(self._env.reset())
         self._episodes.reset()
+        check_finite(obs, "observation", self._t, self.env_id)  # as the gymnasium backend's reset
         return self._transfer.tensor(to_obs_tensor(obs))
 
     def step(self, actions: torch.Tensor) -> StepResult:

@@ -39,6 +39,7 @@ from torch import nn
 from rlgeom import validation
 from rlgeom.models.distributions import ActionDistribution, DiagGaussianFamily, family_for_space
 from rlgeom.models import networks
+from rlgeom.models.inputs import checked_observation
 from rlgeom.models.mlp_backprop import PlainMLP
 from rlgeom.models.sde import StateDependentScale
 from rlgeom.data.dict_obs import layout_for
@@ -531,15 +532,11 @@ class ActorCriticPolicy(nn.Module):
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
         """SB3's policy.predict: (actions as the env takes them, state) for one observation or a batch
         (numpy; a Dict observation as a dict of arrays, batched along their first dimension)."""
+        # checked and cast as the env boundary stores them: uint8 for uint8 Boxes (images) and image-only Dicts,
+        # float32 for everything else (rlgeom.models.inputs)
         obs, batched = self._observation_rows(observation)
-        if np.issubdtype(obs.dtype, np.floating) and not np.isfinite(obs).all():
-            raise ValueError("observation contains NaN or inf; rlgeom acts only on finite observations")
-        # the space decides the dtype, as at the env boundary: uint8 for uint8 Boxes (images) and image-only
-        # Dicts, float32 for everything else
-        stored = self.dict_layout.dtype if self.dict_layout is not None else getattr(self.observation_space, "dtype", None)
         with torch.no_grad():
-            tensor = torch.as_tensor(obs.astype(np.uint8 if stored == np.uint8 else np.float32, copy=False),
-                                     device=self.device)
+            tensor = torch.as_tensor(obs, device=self.device)
             actions = self.env_actions(self.draw(tensor, deterministic)).cpu().numpy()
         return (actions if batched else actions[0]), state
 
@@ -550,10 +547,12 @@ class ActorCriticPolicy(nn.Module):
             if not isinstance(observation, dict):
                 raise ValueError(f"this model takes Dict observations (a dict with keys "
                                  f"{[e.key for e in layout.entries]}), got {type(observation).__name__}")
+            observation = {key: checked_observation(value, layout.space.spaces.get(key), f"observation[{key!r}]")
+                           for key, value in observation.items()}
             n = layout.batch_size(observation)
             rows = layout.pack(observation, batched=True) if n is not None else layout.pack(observation, batched=False)[None]
             return rows, n is not None
-        obs = np.asarray(observation)
+        obs = checked_observation(observation, self.observation_space)  # numbers only, before shapes are compared
         shape = tuple(self.observation_space.shape)
         if obs.shape == shape:
             return obs[None], False

@@ -195,7 +195,8 @@ def latest_checkpoint(path: str) -> str:
         )
     for _, candidate in reversed(candidates):
         try:
-            open_model(candidate).verify()  # header and checksum, streamed: bounded memory whatever the file
+            with open_model(candidate) as model:
+                model.verify()  # header and checksum, streamed: bounded memory whatever the file
         except ModelFileError as err:
             print(f"rlgeom: skipping unreadable checkpoint: {err}", file=sys.stderr)
             continue

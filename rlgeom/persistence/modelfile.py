@@ -42,8 +42,11 @@ _CHUNK = 16 * 2**20  # bytes per read when streaming a checksum
 class ModelFile:
     """The checked header of a model file; tensors are read only when asked for."""
 
-    def __init__(self, source, name: str, size: int, entries: dict, metadata: dict, data_start: int):
+    def __init__(self, source, name: str, size: int, entries: dict, metadata: dict, data_start: int, opened=None):
         self.source, self.name, self.size = source, name, size
+        # the file the header was read from, kept open: a writer replaces the path by rename, so this one open
+        # file still shows the version whose header was checked (reopening the path could show the next one)
+        self._file = opened
         self.entries = entries  # name -> (torch dtype, shape tuple, begin, end), begin/end relative to data_start
         self.metadata, self._data_start = metadata, data_start
         self.description = _description(metadata, name)
@@ -97,9 +100,31 @@ class ModelFile:
 
     @contextlib.contextmanager
     def _open(self):
-        with _read_errors(self.name), (open(self.source, "rb") if isinstance(self.source, str)
-                                       else _Borrowed(self.source)) as f:
-            yield f
+        with _read_errors(self.name):
+            if self._file is not None:
+                source = _Borrowed(self._file)
+            elif isinstance(self.source, str):  # after close(): the path as it is now
+                source = open(self.source, "rb")
+            else:
+                source = _Borrowed(self.source)
+            with source as f:
+                yield f
+
+    def close(self) -> None:
+        """Close the file the header was read from (a caller's file object is never closed)."""
+        opened, self._file = self._file, None
+        if opened is not None:
+            opened.close()
+
+    def __enter__(self) -> "ModelFile":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
+    def __del__(self):
+        self.close()
 
 
 class _Borrowed:
@@ -130,10 +155,15 @@ def open_model(path) -> ModelFile:
         return ModelFile(path, name, size, entries, metadata, start + 8 + header_len)
     name = model_path(path) if not os.path.exists(os.fspath(path)) else os.fspath(path)
     _check_regular_file(name)
-    with _read_errors(name), open(name, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        entries, metadata, header_len = _read_header(f, size, name)
-    return ModelFile(name, name, size, entries, metadata, 8 + header_len)
+    with _read_errors(name):
+        f = open(name, "rb")
+        try:  # header and tensors from this one open file (ModelFile keeps it)
+            size = os.fstat(f.fileno()).st_size
+            entries, metadata, header_len = _read_header(f, size, name)
+        except BaseException:
+            f.close()
+            raise
+    return ModelFile(name, name, size, entries, metadata, 8 + header_len, opened=f)
 
 
 def _check_regular_file(name: str) -> None:
@@ -262,6 +292,22 @@ __all__ = ["MAX_HEADER_BYTES", "DTYPES", "ModelFile", "open_model", "digest_tens
 # ----------------------------------------------------------------------------- the description
 #: the most envs a model file may ask load() to build (a corrupted or hostile count must not start millions)
 MAX_ENVS = 2**16
+#: the most envs load(path, env="<gymnasium id>") builds from a file's n_envs: each is a separate simulator in
+#: this process (a Hopper takes about 1 MB), so 65536 of them would take about 70 GB; torch-native envs are
+#: batched tensors and take up to MAX_ENVS. More: build the vector env and pass it as env=.
+MAX_ENVS_FROM_ID = 1024
+
+
+def check_envs_to_build(model: ModelFile, env, batched_prefix: str) -> None:
+    """Refuse, before any env is built, a file whose n_envs would build more than MAX_ENVS_FROM_ID
+    gymnasium envs from the env id `env` (a VecEnv the caller built has its own count; an id starting with
+    `batched_prefix`, a torch-native env, is one batched simulator)."""
+    n_envs = model.description.get("n_envs", 1)
+    if isinstance(env, str) and not env.startswith(batched_prefix) and n_envs > MAX_ENVS_FROM_ID:
+        raise ModelFileError(
+            f"{model.name}: the description's n_envs={n_envs} would build {n_envs} {env} envs in this process; "
+            f"accepted: at most {MAX_ENVS_FROM_ID} from an env id (more: build the vector env, e.g. "
+            f"envs.make_vec_env({env!r}, n), and pass it as env=)")
 #: the most elements a saved observation or action space may have (a 4096 x 4096 image is 2**24)
 MAX_SPACE_ELEMENTS = 2**26
 #: tensors beyond the policy's own (optimiser moments, K-FAC factors and their eigenbases, RNG states) may

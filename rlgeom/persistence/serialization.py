@@ -160,8 +160,8 @@ def read_model(path: str, device: torch.device | str = "cpu") -> tuple[dict[str,
     """(tensors, description) of a saved model (a path or an open binary file object); ModelFileError on
     any problem with the file. The header is checked before any tensor is read
     (rlgeom.persistence.modelfile, which `load` uses to compare it with the model first)."""
-    model = open_model(path)
-    return model.tensors(device), model.description
+    with open_model(path) as model:
+        return model.tensors(device), model.description
 
 
 def open_model(path):

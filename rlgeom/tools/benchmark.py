@@ -232,15 +232,17 @@ def check_hyperparameters(algo: str, env_id: str, hp: list[str], n_envs: int | N
     cfg = algo_preset(algo, env_id, n_envs=n_envs, overrides=parse_overrides(hp))
     n_envs = n_envs or cfg["n_envs"]
 
-    def problem(hyperparameters: dict) -> str | None:
-        try:
-            AGENTS[algo].Config.build(hyperparameters).validate(n_envs)
+    config = AGENTS[algo].Config
+
+    def problem(hyperparameters: dict, pairs: list[str] = ()) -> str | None:
+        try:  # the --hp values parsed as the run will parse them (each checked against its field's type)
+            config.build({**hyperparameters, **parse_overrides(list(pairs), config)}).validate(n_envs)
         except (ValueError, TypeError) as err:
             return str(err)
         return None
 
     if problem(cfg["hyperparameters"]) is None:
-        err = problem({**cfg["hyperparameters"], **parse_overrides(hp)})
+        err = problem(cfg["hyperparameters"], hp)
         if err is not None:
             raise GridUsageError(f"{algo} on {env_id} with --hp {' '.join(hp)}: {err}")
 

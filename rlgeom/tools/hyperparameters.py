@@ -85,6 +85,17 @@ def _fields(algo: str) -> dict[str, tuple[object, str]]:
             for name in SB3_HYPERPARAMETERS[algo]}
 
 
+def _config_class(algo: str):
+    """rlgeom's Config dataclass for `algo` (its --hp values are checked against its field types); None for SB3's."""
+    from rlgeom.tools.benchmark import SB3_ALGOS
+
+    if algo in SB3_ALGOS:
+        return None
+    from rlgeom.tools.train import agent_class
+
+    return agent_class(algo).Config
+
+
 def _show(value) -> str:
     return json.dumps(value) if isinstance(value, (dict, list)) else repr(value)
 
@@ -98,7 +109,6 @@ def print_help(args) -> None:
     import_gym_packages(args.gym_packages)
     algos = split_list(args.algo, "--algo")
     check_algos(algos)
-    overrides = parse_overrides(args.hp)
-    tables = [format_help(algo, env_id, overrides, args)
+    tables = [format_help(algo, env_id, parse_overrides(args.hp, _config_class(algo)), args)
               for algo in algos for env_id in split_list(args.env or DEFAULT_ENV, "--env")]
     print("\n\n".join(tables))

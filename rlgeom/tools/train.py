@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_overrides(pairs: list[str]) -> dict:
+def parse_overrides(pairs: list[str], config=None) -> dict:
+    """--hp KEY=VALUE pairs; with the agent's Config class each value is parsed and checked as its field's
+    type (UsageError naming the field, what it accepts and the value)."""
     from agents.config import parse_hp_value
 
     out = {}
@@ -79,7 +81,14 @@ def parse_overrides(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UsageError(f"--hp expects KEY=VALUE pairs, got {pair!r}")
-        out[key.strip()] = parse_hp_value(value.strip())
+        key = key.strip()
+        if config is not None and key in config.__dataclass_fields__:
+            try:
+                out[key] = config.parse_cli_value(key, value.strip())
+            except ValueError as err:
+                raise UsageError(f"--hp {err}") from None
+        else:
+            out[key] = parse_hp_value(value.strip())
     return out
 
 
@@ -97,12 +106,13 @@ def run(args) -> dict:
     from envs import make_vec_env
     from rlgeom.training import distributed
     from rlgeom.training.evaluation import evaluate
+    from rlgeom.training.guards import TrainingDivergedError
 
     cls = agent_class(args.algo)
     check_run_args(args)
     logdir = args.logdir or DEFAULT_LOGDIR
     env_id = args.env or DEFAULT_ENV
-    overrides = parse_overrides(args.hp)
+    overrides = parse_overrides(args.hp, cls.Config)
     cfg = preset(args.algo, env_id, n_envs=args.n_envs, overrides=overrides)
     hyperparameters = {**cfg["hyperparameters"], **overrides}
     policy_kwargs = {**cfg["policy_kwargs"], **parse_policy_kwargs(args.policy_kwargs)}
@@ -143,6 +153,9 @@ def run(args) -> dict:
             remaining, progress_bar=not args.no_progress, reset_num_timesteps=args.resume is None,
             checkpoint_every=every, checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep_checkpoints,
         )
+        if agent.untrained_reason:  # not exit 0 as if it had trained (the warnings named each skip)
+            raise TrainingDivergedError(f"{agent.untrained_reason}, so it is not saved as the run's model. Try "
+                                        "observation/reward normalisation, or check the env's observations and rewards")
     wall = time.perf_counter() - start
     save_path = save_with_fallback(agent.save, args.save or os.path.join(agent._run_dir or logdir, "model"),
                                    agent._run_dir or logdir)
@@ -180,7 +193,7 @@ def resume_agent(args, cls, env_id: str, overrides: dict):
         path = latest_checkpoint(args.resume)
     description = open_model(path).description
     env_id = args.env or description.get("env_id") or DEFAULT_ENV
-    agent = cls.load(path, env=env_id, device=args.device, **overrides)
+    agent = load_to_resume(cls, path, env_id, description.get("n_envs", 1), args, overrides)
     agent.verbose = args.verbose
     if args.logdir is not None and not _inside(agent._run_dir, args.logdir):
         # a new --logdir: the resumed run logs and checkpoints there, leaving the original run untouched
@@ -189,6 +202,28 @@ def resume_agent(args, cls, env_id: str, overrides: dict):
         agent.tensorboard_log = args.logdir or DEFAULT_LOGDIR
     print(f"resuming {path} at step {agent.num_timesteps}", file=sys.stderr)
     return agent, env_id
+
+
+def load_to_resume(cls, path: str, env_id: str, saved_envs: int, args, overrides: dict):
+    """The checkpoint's agent on `env_id`, with the checkpoint's number of envs, or --n-envs when it names
+    another: as SB3's load(path, env=a VecEnv of that size) does. The rollouts then differ from the
+    uninterrupted run's (stderr says so), and a batch_size that no longer divides n_steps * n_envs is refused
+    (exit 2) before training."""
+    from agents.devices import resolve_device
+    from envs import make_vec_env
+
+    if args.n_envs is None or args.n_envs == saved_envs:
+        return cls.load(path, env=env_id, device=args.device, **overrides)
+    env = make_vec_env(env_id, args.n_envs, device=resolve_device(args.device), vectorization=args.vectorization)
+    try:
+        agent = cls.load(path, env=env, device=args.device, **overrides)
+    except BaseException:
+        env.close()
+        raise
+    print(f"rlgeom: resuming with --n-envs {args.n_envs} instead of the checkpoint's {saved_envs}: the run continues "
+          "with its weights, optimiser and statistics, but its rollouts differ from an uninterrupted run's",
+          file=sys.stderr)
+    return agent
 
 
 def _inside(path: str | None, folder: str) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 
@@ -12,6 +14,12 @@ def evaluate(agent, env, n_episodes: int = 10, deterministic: bool = True, seed:
     Episodes are counted per env so that short episodes do not dominate (as SB3's evaluate_policy).
     """
     env = agent.env_on_device(env)  # its tensors on the agent's device, moved once per step (agents.base)
+    scope = getattr(agent, "nonfinite_scope", None)  # the agent's nonfinite option holds for evaluation too
+    with scope() if scope is not None else contextlib.nullcontext():
+        return _episodes(agent, env, n_episodes, deterministic, seed)
+
+
+def _episodes(agent, env, n_episodes: int, deterministic: bool, seed: int | None):
     n = env.num_envs
     targets = np.array([(n_episodes + i) // n for i in range(n)])
     counts = np.zeros(n, dtype=int)

@@ -21,6 +21,10 @@ class SkippedUpdate(ArithmeticError):
         super().__init__(f"non-finite {', '.join(self.names)}")
 
 
+class SkippedUpdateWarning(RuntimeWarning):
+    """An update was skipped (non-finite values): its parameters, optimiser and agent state were put back."""
+
+
 class NonFinitePolicyError(RuntimeError):
     """The policy's parameters hold NaN or inf before a rollout (set from outside training: the update
     itself never leaves them so), so its actions would be NaN."""
@@ -65,4 +69,4 @@ def read_stats(stats: dict) -> dict:
     return {**stats, **dict(zip(keys, values))}
 
 
-__all__ = ["SkippedUpdate", "TrainingDivergedError", "guard_finite", "read_stats"]
+__all__ = ["SkippedUpdate", "SkippedUpdateWarning", "TrainingDivergedError", "guard_finite", "read_stats"]
