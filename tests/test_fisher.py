@@ -19,14 +19,12 @@ from rlgeom.models.distributions import BernoulliFamily, CategoricalFamily, Diag
 from rlgeom.models.networks import written_out_applies
 from rlgeom.geometry.fisher import (
     PolicyFisher,
-    assign_flat_parameters,
     backtracking_line_search,
     conjugate_gradient,
-    flat_gradient,
-    flat_parameters,
     kl_scale,
     natural_step,
 )
+from rlgeom.models.parameters import assign_flat_parameters, flat_gradient, flat_parameters
 
 DTYPE = torch.float64
 BATCH = 8
