@@ -272,3 +272,14 @@ def test_cnn_and_custom_modules_take_autograd():
     assert not networks.written_out_applies(cnn.actor, x)
     custom = nn.Sequential(nn.Linear(5, 3))
     assert not networks.written_out_applies(custom, torch.zeros(2, 5))
+
+
+def test_a_network_the_loss_does_not_use_gets_no_gradient():
+    """Actor and critic are one written-out node; a loss on the actor's output alone leaves the critic's
+    gradients as autograd leaves them: untouched (None)."""
+    torch.manual_seed(0)
+    policy = _policy(spaces.Discrete(3))
+    out = policy.outputs(torch.randn(6, 5))
+    out.backward(out.dist_params.square().sum())
+    assert all(p.grad is None for p in policy.critic.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.actor.parameters())

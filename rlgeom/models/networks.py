@@ -131,39 +131,54 @@ def _with_tail(out: torch.Tensor, tail_value: torch.Tensor) -> torch.Tensor:
 
 
 class WrittenOutMLP(torch.autograd.Function):
-    """y = mlp(x) by PlainMLP's forward, with PlainMLP's gradients as its backward: one graph node in
-    place of a node per layer. `apply(mlp, x, *mlp.parameters())`."""
+    """(mlp(x) for mlp in mlps) by PlainMLP's forward, with PlainMLP's gradients as the backward: ONE graph node
+    for all the networks on one input (PPO's actor and critic) in place of a node per layer.
+    `apply(mlps, x, *params)`, params being every mlp's `parameters()` in turn; returns a tuple of outputs."""
 
     @staticmethod
-    def forward(ctx, mlp: PlainMLP, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        out, inputs = mlp.forward(x)
-        ctx.mlp, ctx.inputs = mlp, inputs
+    def forward(ctx, mlps: tuple[PlainMLP, ...], x: torch.Tensor, *params: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        results = [mlp.forward(x) for mlp in mlps]
+        ctx.mlps, ctx.inputs = mlps, [inputs for _, inputs in results]
         ctx.save_for_backward(x, *params)  # autograd's check that nothing changed them in place before backward
-        return out
+        ctx.set_materialize_grads(False)  # an output the loss does not use gives its parameters no gradient
+        return tuple(out for out, _ in results)
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
+    def backward(ctx, *grad_outputs: torch.Tensor | None):
         x, *params = ctx.saved_tensors
         needs_x, needs = ctx.needs_input_grad[1], ctx.needs_input_grad[2:]
+        used = [(k, g) for k, g in enumerate(grad_outputs) if g is not None]
         if torch.is_grad_enabled():  # create_graph=True: differentiate the layers' own graph, so it can be again
             wanted = [t for t, n in zip([x, *params], (needs_x, *needs)) if n]
-            found = iter(torch.autograd.grad(ctx.mlp.module_forward(x), wanted, grad_output, create_graph=True,
-                                             allow_unused=True))
+            outs = [ctx.mlps[k].module_forward(x) for k, _ in used]
+            found = iter(torch.autograd.grad(outs, wanted, [g for _, g in used], create_graph=True, allow_unused=True))
             return (None, *(next(found) if n else None for n in (needs_x, *needs)))
-        grads, grad_x = ctx.mlp.gradients(ctx.inputs, grad_output, input_gradient=needs_x)
+        grads: list[torch.Tensor | None] = []
+        grad_x = None
+        for k, mlp in enumerate(ctx.mlps):
+            if grad_outputs[k] is None:
+                grads += [None] * (2 * len(mlp.linears))
+                continue
+            mine, mine_x = mlp.gradients(ctx.inputs[k], grad_outputs[k], input_gradient=needs_x)
+            grads += mine
+            grad_x = mine_x if grad_x is None else grad_x + mine_x
         return (None, grad_x, *(g if n else None for g, n in zip(grads, needs)))
 
 
-def differentiable_outputs(module: nn.Module, x: torch.Tensor, written_out: bool = True) -> torch.Tensor:
-    """y = module(x) on autograd's graph, ready for any loss: the module itself, or where the written-out
-    form applies, the MLP as one `WrittenOutMLP` node (and a state-independent tail, a handful of
-    elements, on autograd's graph as it is). `loss.backward()` then fills every parameter's `.grad`."""
-    form = _written_out(module, x, written_out)
-    if form is None:
-        return module(x)
-    mlp, tail = form
-    out = WrittenOutMLP.apply(mlp, x, *mlp.parameters())
-    return out if tail is None else _with_tail(out, tail())
+def differentiable_outputs(modules: Sequence[nn.Module], x: torch.Tensor, written_out: bool = True) -> list[torch.Tensor]:
+    """[module(x) for module in modules] on autograd's graph, ready for any loss: each module itself, or for
+    those where the written-out form applies, their MLPs as one `WrittenOutMLP` node (and a state-independent
+    tail, a handful of elements, on autograd's graph as it is). `loss.backward()` then fills every
+    parameter's `.grad`."""
+    forms = [_written_out(module, x, written_out) for module in modules]
+    fast = [k for k, form in enumerate(forms) if form is not None]
+    outputs = [module(x) if form is None else None for module, form in zip(modules, forms)]
+    if fast:
+        mlps = tuple(forms[k][0] for k in fast)
+        for k, out in zip(fast, WrittenOutMLP.apply(mlps, x, *(p for mlp in mlps for p in mlp.parameters()))):
+            tail = forms[k][1]
+            outputs[k] = out if tail is None else _with_tail(out, tail())
+    return outputs
 
 
 # ---------------------------------------------------------------------------------------------

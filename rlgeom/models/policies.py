@@ -442,8 +442,10 @@ class ActorCriticPolicy(nn.Module):
         if self.share_features_extractor and actor and critic:
             h = self.actor.features(x)
             return PolicyOutputs(self.actor.from_features(h), self.critic.from_features(h).squeeze(-1))
-        dist_params = networks.differentiable_outputs(self.actor, x, written_out) if actor else None
-        values = networks.differentiable_outputs(self.critic, x, written_out).squeeze(-1) if critic else None
+        wanted = [m for m, on in ((self.actor, actor), (self.critic, critic)) if on]
+        outs = iter(networks.differentiable_outputs(wanted, x, written_out))  # one written-out node for both
+        dist_params = next(outs) if actor else None
+        values = next(outs).squeeze(-1) if critic else None
         return PolicyOutputs(dist_params, values)
 
     def forward(self, obs: torch.Tensor, deterministic: bool = False):
