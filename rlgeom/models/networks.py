@@ -15,8 +15,8 @@ MLP (`written_out_form()`, see below): rlgeom.models.mlp_backprop.PlainMLP's for
 few matrix products per layer and no per-layer graph nodes, about twice as fast per minibatch on a CPU.
 For losses the written-out forward and backward are ONE node of autograd's graph (`WrittenOutMLP`, a
 torch.autograd.Function): autograd differentiates the loss down to the network's outputs, the node
-carries ∂L/∂y through the network, and autograd accumulates ∂L/∂θ into `.grad` (running gradient hooks,
-skipping frozen parameters). So any loss a user builds on the outputs backpropagates exactly as through
+carries ∂L/∂y through the network, and autograd accumulates ∂L/∂θ into `.grad` (running gradient hooks;
+a network with a frozen parameter takes its modules). So any loss a user builds on the outputs backpropagates exactly as through
 the modules; a double backward (create_graph=True) recomputes the layers on autograd's graph. Everything
 else (CNNs, features extractors, any custom module) takes autograd and torch.func: `differentiable_outputs`
 is then just `f(x)`, and `linearise` builds y's pullback once with torch.func.vjp and J v as the
