@@ -219,8 +219,8 @@ class ACKTR(OnPolicyAgent):
         for group in self.optimizer.param_groups:
             group["lr"] = self._sgd_step_size(lr)
         batch = buffer.full_batch(cfg.normalize_advantage)
-        # every layer called once (K-FAC's hooks keep the policy on autograd; a shared torso sees both heads)
-        out = self.policy.outputs(batch.obs)
+        # every layer called once as a module, so that K-FAC's hooks see it (a shared torso sees both heads)
+        out = self.policy.outputs(batch.obs, written_out=False)
         dist_params, values = out.dist_params, out.values
         # A2C's loss
         policy_loss = -(family.log_prob(dist_params, batch.actions) * batch.advantages).mean()

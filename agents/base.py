@@ -36,6 +36,7 @@ What an agent author hooks into (reliability: checkpoints, resume, numerical gua
 from __future__ import annotations
 
 import abc
+import functools
 import time
 from collections import deque
 
@@ -48,6 +49,7 @@ from rlgeom.persistence import checkpoint as ckpt
 from rlgeom.data.buffer import RolloutBuffer
 from rlgeom.training import distributed
 from rlgeom.training.guards import NonFinitePolicyError, SkippedUpdate, TrainingDivergedError, guard_finite
+from rlgeom.training.threads import learning_threads
 from rlgeom.persistence.logger import RunLogger, run_directory
 from rlgeom.data.normalization import RewardScaler
 from rlgeom.models.policies import ActorCriticPolicy
@@ -60,6 +62,19 @@ from agents.guard import RollbackGuard
 from agents.persistence import Persistence
 from agents.sb3_compat import SB3Compat, make_progress_bar, policy_std, step_locals, wrap_callback
 from envs.boundary import NonFiniteCounter, nonfinite_policy
+
+
+def _in_learning_threads(learn):
+    """Run `learn` with the CPU thread count of rlgeom.training.threads (the agent's `threads`, the user's
+    torch.set_num_threads, else measured for the policy), restoring the previous count afterwards."""
+    @functools.wraps(learn)
+    def wrapped(self, *args, **kwargs):
+        batch = getattr(self.config, "batch_size", None) or self.config.n_steps * self.n_envs
+        say = print if self.verbose >= 1 else (lambda message: None)
+        with learning_threads(self.policy, self.n_envs, self.config.n_steps, batch, self.threads, say) as chosen:
+            self.threads_used = chosen
+            return learn(self, *args, **kwargs)
+    return wrapped
 
 
 class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC):
@@ -89,6 +104,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         max_consecutive_skips: int = 5,
         geometry_every: int | None = None,
         stats_window_size: int = 100,
+        threads: int | None = None,
         _spaces=None,
         **hyperparameters,
     ):
@@ -97,6 +113,10 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         self.max_consecutive_skips = validation.positive_int("max_consecutive_skips", max_consecutive_skips)
         # log rlgeom.geometry.spectrum.training_geometry every k updates (None: off)
         self.geometry_every = validation.positive_int("geometry_every", geometry_every, allow_none=True)
+        # intra-op CPU threads while learning (None: the user's torch.set_num_threads, else measured; see
+        # rlgeom.training.threads); `threads_used` is what the last learn() ran with
+        self.threads = validation.positive_int("threads", threads, allow_none=True)
+        self.threads_used: int | None = None
         # auto: the device estimated faster for this policy and env (agents.devices.choose_device)
         self.device = resolve_device(device, lambda: devices.auto_device(env, n_envs, policy, policy_kwargs))
         # under torchrun: join the ranks (every rank steps its own envs; updates combine all ranks' batches)
@@ -222,6 +242,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                                  self.policy.family.action_dtype, self.device)
 
     # ----------------------------------------------------------------- training
+    @_in_learning_threads
     def learn(
         self,
         total_timesteps: int,

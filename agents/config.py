@@ -42,8 +42,8 @@ class OnPolicyConfig:
     sde_sample_freq: int = hp(-1, "gSDE: draw new exploration matrices every k steps (-1: only at each rollout's start)")
     written_out_derivatives: bool = hp(
         True, "plain-MLP networks run their forward, backward and Jacobian products written out "
-        "(rlgeom.models.networks; the same numbers as autograd, about 2x faster per minibatch on a CPU), and Adam "
-        "calls its fused kernel directly (rlgeom.training.optim); False: autograd and Adam.step")
+        "(rlgeom.models.networks: one autograd node per network, the same numbers as autograd, faster per minibatch "
+        "on a CPU); False: every layer called as a module (what forward hooks on its layers need)")
 
     def validate(self, n_envs: int) -> None:
         """Raise ValueError naming the first impossible value and what is accepted."""

@@ -14,9 +14,8 @@ from agents.base import OnPolicyAgent
 from agents.config import OnPolicyConfig, hp
 from agents.critic import critic_optimizer, explained_variance, fit_value_function
 from rlgeom.data.buffer import Batch
-from rlgeom.geometry.fisher import (
-    FVP_METHODS, NaturalStep, PolicyFisher, flat_gradient, natural_step, predicted_kl, surrogate_advantage,
-)
+from rlgeom.geometry.fisher import FVP_METHODS, NaturalStep, PolicyFisher, natural_step, predicted_kl, surrogate_advantage
+from rlgeom.models.parameters import flat_gradient
 from rlgeom.training import distributed
 from rlgeom.training.guards import guard_finite, read_stats
 from rlgeom.training.schedules import schedule_value

@@ -67,8 +67,7 @@ class PPO(OnPolicyAgent):
         lr = schedule_value(self.config.learning_rate, 1.0)
         # SB3's policy optimiser: Adam with eps 1e-5 unless policy_kwargs name another (one fused step by default)
         self.optimizer = make_optimizer(self.policy.parameters(), lr, self.policy.optimizer_class,
-                                        self.policy.optimizer_kwargs, default_eps=1e-5,
-                                        direct_kernel=self.config.written_out_derivatives)
+                                        self.policy.optimizer_kwargs, default_eps=1e-5)
 
     def update(self, buffer, progress_remaining: float) -> dict:
         cfg = self.config

@@ -56,8 +56,7 @@ class VPG(OnPolicyAgent):
     def _setup(self) -> None:
         cfg = self.config
         self.actor_optimizer = make_optimizer(self.policy.actor_parameters(), schedule_value(cfg.learning_rate, 1),
-                                              self.policy.optimizer_class, self.policy.optimizer_kwargs,
-                                              direct_kernel=cfg.written_out_derivatives)
+                                              self.policy.optimizer_class, self.policy.optimizer_kwargs)
         self.critic_optimizer = critic_optimizer(self.policy, cfg.vf_learning_rate)
 
     def update(self, buffer, progress_remaining: float) -> dict:

@@ -173,12 +173,17 @@ class RolloutBuffer:
         rows = self._row_views.get(t)
         if rows is None:  # made once per row and kept: indexing nine tensors costs more than the copy
             rows = self._row_views[t] = [x[t] for x in self._row_sources]
-        # one multi-tensor copy instead of nine indexed assignments (the per-step cost on small tasks)
-        torch._foreach_copy_(
-            rows,
-            [obs, actions.reshape(self.actions.shape[1:]), episode_starts, step.reward, step.terminated, step.done,
-             step.final_obs, step.episode_return, step.episode_length],
-        )
+        sources = [obs, actions.reshape(self.actions.shape[1:]), episode_starts, step.reward, step.terminated, step.done,
+                   step.final_obs, step.episode_return, step.episode_length]
+        # Private torch, kept for a measured reason: one multi-tensor copy took 29-36 µs per step against 60-69 µs
+        # for nine copy_ calls (CPU, one thread, a loaded 2-core machine, 2026-12-04), ~15% of a CartPole PPO
+        # step. Without it (a torch release that drops it) the public loop runs; tests/test_buffer.py runs both.
+        foreach_copy = getattr(torch, "_foreach_copy_", None)
+        if foreach_copy is not None:
+            foreach_copy(rows, sources)
+        else:
+            for row, source in zip(rows, sources):
+                row.copy_(source)
         self.pos += 1
 
     def evaluate_policy_terms(self, policy_terms) -> None:

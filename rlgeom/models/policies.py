@@ -286,16 +286,15 @@ def _cached_plain_mlp(network: nn.Module) -> PlainMLP | None:
 
 @dataclass
 class PolicyOutputs:
-    """A minibatch's distribution parameters [B, P] and values [B], ready for a loss; `backward(loss)`
-    puts ∂loss/∂θ into the parameters' `.grad` (autograd, or the written-out MLP backward: see
-    rlgeom.models.networks)."""
+    """A minibatch's distribution parameters [B, P] and values [B] on autograd's graph, ready for any
+    loss (the plain-MLP part may be one written-out node: see rlgeom.models.networks); `backward(loss)`
+    is `loss.backward()`, which puts ∂loss/∂θ into the parameters' `.grad`."""
 
     dist_params: torch.Tensor | None
     values: torch.Tensor | None
-    pushes: tuple
 
     def backward(self, loss: torch.Tensor, retain_graph: bool = False) -> None:
-        networks.backward(loss, *self.pushes, retain_graph=retain_graph)
+        loss.backward(retain_graph=retain_graph)
 
 
 class ActorCriticPolicy(nn.Module):
@@ -430,28 +429,26 @@ class ActorCriticPolicy(nn.Module):
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(self.actor_inputs(obs)).squeeze(-1)
 
-    def outputs(self, obs: torch.Tensor, actor: bool = True, critic: bool = True) -> PolicyOutputs:
+    def outputs(self, obs: torch.Tensor, actor: bool = True, critic: bool = True,
+                written_out: bool | None = None) -> PolicyOutputs:
         """Distribution parameters and values of a minibatch for a loss, and its backward: the one
         differentiable evaluation every update uses (PPO's joint loss, a critic regression, ACKTR).
 
         With a shared features extractor the features are computed once for both heads, so that the
         torso's gradient (and K-FAC's statistics) see the sum of the actor's and the critic's.
-        Plain MLPs take rlgeom.models.networks' written-out derivatives when `written_out_derivatives` is on.
+        Plain MLPs take rlgeom.models.networks' written-out derivatives when `written_out_derivatives` is on
+        (`written_out` overrides it for this call: False calls every layer as a module, as K-FAC's hooks need).
         """
+        written_out = self.written_out_derivatives if written_out is None else written_out
         x = self.actor_inputs(obs)
         if self.share_features_extractor and actor and critic:
             h = self.actor.features(x)
-            return PolicyOutputs(self.actor.from_features(h), self.critic.from_features(h).squeeze(-1), ())
-        dist_params = values = None
-        pushes = []
-        if actor:
-            dist_params, push = networks.differentiable_outputs(self.actor, x, self.written_out_derivatives)
-            pushes.append(push)
-        if critic:
-            values, push = networks.differentiable_outputs(self.critic, x, self.written_out_derivatives)
-            values = values.squeeze(-1)
-            pushes.append(push)
-        return PolicyOutputs(dist_params, values, tuple(pushes))
+            return PolicyOutputs(self.actor.from_features(h), self.critic.from_features(h).squeeze(-1))
+        wanted = [m for m, on in ((self.actor, actor), (self.critic, critic)) if on]
+        outs = iter(networks.differentiable_outputs(wanted, x, written_out))  # one written-out node for both
+        dist_params = next(outs) if actor else None
+        values = next(outs).squeeze(-1) if critic else None
+        return PolicyOutputs(dist_params, values)
 
     def forward(self, obs: torch.Tensor, deterministic: bool = False):
         """(actions, values, log_probs) for a batch of raw observations."""

@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: 1 for MlpPolicy, whose small matmuls only pay thread "
-                        "overhead with more; torch's default for CnnPolicy)")
+                        "overhead with more; for other policies learn() measures 1 against torch's default and "
+                        "takes the faster)")
     p.add_argument("--logdir", default=None, help=f"TensorBoard root (one run dir per task/agent/seed; default: "
                    f"{DEFAULT_LOGDIR}, or with --resume the resumed run's own folder)")
     p.add_argument("--save", default=None, help="model path (default: <run dir>/model.safetensors)")
@@ -145,6 +146,8 @@ def run(args) -> dict:
 
         check_outside_other_runs(os.path.dirname(os.path.abspath(model_path(args.save))), "model file (--save)",
                                  agent._run_dir)
+    if args.threads is not None:
+        agent.threads = threads  # obeyed even where it equals torch's default
     every = args.checkpoint_every if args.checkpoint_every is not None else agent._checkpoint_every
     remaining = timesteps - agent.num_timesteps
     start, start_steps = time.perf_counter(), agent.num_timesteps  # after --resume: this part only
