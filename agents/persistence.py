@@ -13,7 +13,7 @@ from rlgeom import __version__
 from rlgeom.persistence import checkpoint as ckpt
 from rlgeom.persistence.serialization import (
     ModelFileError, is_file_object, model_path, policy_kwargs_from_json, policy_kwargs_to_json, space_from_json,
-    space_to_json, write_model,
+    space_to_json, state_aliases, write_model,
 )
 from rlgeom.persistence.modelfile import EXTRA_STATE_BYTES, EXTRA_STATE_FACTOR, check_description, open_model
 from agents.devices import resolve_device, set_global_seeds
@@ -49,7 +49,7 @@ class Persistence:
             self.reward_scaler._discounted = running.to(self.device).clone() if running is not None else None
 
     def _model_state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        aliases = _state_aliases(self.policy)  # a shared features extractor is stored once
+        aliases = state_aliases(self.policy)  # a shared features extractor is stored once
         tensors = {f"policy.{k}": v for k, v in self.policy.state_dict().items() if k not in aliases}
         extra, extra_skeleton = ckpt.pack_state("extra", self._extra_state())
         tensors.update(extra)
@@ -150,7 +150,7 @@ class Persistence:
 
     def _load_tensors(self, path, tensors: dict[str, torch.Tensor]) -> None:
         policy_state = {k[len("policy."):]: v for k, v in tensors.items() if k.startswith("policy.")}
-        for alias, original in _state_aliases(self.policy).items():  # stored once, under its first name
+        for alias, original in state_aliases(self.policy).items():  # stored once, under its first name
             if alias not in policy_state and original in policy_state:
                 policy_state[alias] = policy_state[original]
         expected = self.policy.state_dict()
@@ -171,16 +171,3 @@ class Persistence:
             raise ModelFileError(f"{path}: non-finite (NaN or inf) values in {', '.join(nonfinite[:4])}; "
                                  "rlgeom never loads or resumes from such weights")
         self.policy.load_state_dict(policy_state)
-
-
-def _state_aliases(module: torch.nn.Module) -> dict[str, str]:
-    """{key: first key} for state-dict entries that are the same tensor as an earlier entry (a features
-    extractor shared by actor and critic appears under both names; safetensors stores a tensor once)."""
-    first: dict[int, str] = {}
-    aliases = {}
-    for key, tensor in module.state_dict(keep_vars=True).items():
-        if id(tensor) in first:
-            aliases[key] = first[id(tensor)]
-        else:
-            first[id(tensor)] = key
-    return aliases

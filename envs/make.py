@@ -13,7 +13,7 @@ from gymnasium.vector import AutoresetMode
 from rlgeom import validation
 from envs.atari import atari_env_kwargs, atari_wrappers, is_atari_id, register_atari
 from envs.base import VecEnv
-from envs.gymnasium_backend import EpisodeInfoOnly, GymnasiumVecEnv
+from envs.gymnasium_backend import EpisodeInfoOnly, GymnasiumVecEnv, OptionalResetOptions
 from envs.sb3_backend import SB3VecEnvAdapter, is_sb3_vec_env
 
 VECTORIZATION_MODES = ("sync", "async")
@@ -45,6 +45,7 @@ def make_vec_env(
                 f"a single gymnasium.Env instance cannot be copied into n_envs={n_envs} envs; "
                 "pass the env id (or a gymnasium vector env) instead"
             )
+        env = OptionalResetOptions.wrap_if_needed(env)
         vec = gym.vector.SyncVectorEnv([lambda: env], autoreset_mode=AutoresetMode.SAME_STEP)
         return GymnasiumVecEnv(vec, device, env_id=_spec_id(env))
     if is_sb3_vec_env(env):
