@@ -48,7 +48,7 @@ from rlgeom.persistence import checkpoint as ckpt
 from rlgeom.data.buffer import RolloutBuffer
 from rlgeom.training import distributed
 from rlgeom.training.guards import NonFinitePolicyError, SkippedUpdate, TrainingDivergedError, guard_finite
-from rlgeom.persistence.logger import RunLogger, run_directory
+from rlgeom.persistence.logger import RunLogger, run_directory, sb3_run_directory
 from rlgeom.data.normalization import RewardScaler
 from rlgeom.models.policies import ActorCriticPolicy
 from rlgeom.persistence.serialization import policy_kwargs_to_json, spaces_equal
@@ -57,7 +57,7 @@ from agents.config import OnPolicyConfig
 from agents.devices import resolve_device, set_global_seeds
 from agents.guard import RollbackGuard
 from agents.persistence import Persistence
-from agents.sb3_compat import SB3Compat, make_progress_bar, policy_std, step_locals, wrap_callback
+from agents.sb3_compat import SB3Compat, make_progress_bar, policy_std, step_locals, warn_rounded_budget, wrap_callback
 from envs.boundary import NonFiniteCounter, nonfinite_policy
 
 
@@ -225,7 +225,8 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             self.num_timesteps = 0
             self.n_updates = 0
             self._last_checkpoint_step = None
-        self._open_run(tb_log_name or self.algo, new_run=reset_num_timesteps or self._run_dir is None)
+        self._open_run(tb_log_name or self.algo, new_run=reset_num_timesteps or self._run_dir is None and tb_log_name is None,
+                       sb3_layout=tb_log_name is not None)
         self._target_timesteps = self.num_timesteps + int(total_timesteps)
         if distributed.is_main():
             self._setup_checkpoints(checkpoint_every, checkpoint_dir, keep_checkpoints, new_run=reset_num_timesteps)
@@ -236,6 +237,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             callback.init_callback(self)
             callback.on_training_start(locals(), globals())
         steps_per_rollout = self.n_envs * self.config.n_steps * distributed.world_size()
+        warn_rounded_budget(total_timesteps, steps_per_rollout, self.n_envs, self.config.n_steps)
         bar = make_progress_bar(total_timesteps, steps_per_rollout) if progress_bar and distributed.is_main() else None
         start_time, start_steps = time.perf_counter(), self.num_timesteps
         iteration = 0
@@ -353,7 +355,12 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         return True
 
     # ----------------------------------------------------------------- logging
-    def _open_run(self, name: str, new_run: bool) -> None:
+    def _open_run(self, name: str, new_run: bool, sb3_layout: bool = False) -> None:
+        """Open the TensorBoard run learn() writes to. rlgeom's layout `<tensorboard_log>/<task>/<algo>/seed<k>`
+        by default; SB3's `<tensorboard_log>/<tb_log_name>_<N>` when learn() is given a tb_log_name
+        (rlgeom.persistence.logger.sb3_run_directory). A logger from set_logger() is kept as it is."""
+        if self.__dict__.get("_custom_logger"):
+            return
         if not distributed.is_main():  # rank 0 logs (the episodes of every rank)
             self.logger = RunLogger(None, 0)
             return
@@ -361,12 +368,16 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             # continuing (a loaded checkpoint): same run directory, nothing logged after this step is kept
             self.logger = ckpt.open_resumed_logger(self._run_dir, self.num_timesteps, self.verbose)
             return
-        if not new_run or self.tensorboard_log is None:
+        continuing = not new_run and self.logger.writer is not None
+        if continuing or self.tensorboard_log is None:
             if self.logger.writer is None and self.tensorboard_log is None:
                 self.logger = RunLogger(None, self.verbose)
             return
         self.logger.close()
-        self._run_dir = run_directory(self.tensorboard_log, self.env_id, name, self.seed)
+        if sb3_layout:  # SB3 continues its latest <name>_<N> when not resetting the step count (a loaded model)
+            self._run_dir = sb3_run_directory(self.tensorboard_log, name, new_run=new_run)
+        else:
+            self._run_dir = run_directory(self.tensorboard_log, self.env_id, name, self.seed)
         self.logger = RunLogger(self._run_dir, self.verbose)
         self.logger.write_run_info(
             {

@@ -21,7 +21,8 @@ from rlgeom.training import distributed
 from agents.sb3_compat import filter_description, hyperparameters_from_saved, hyperparameters_to_json
 
 #: constructor options saved with the model that are not hyperparameters of the algorithm
-AGENT_OPTIONS = ("nonfinite", "max_consecutive_skips", "geometry_every", "stats_window_size")
+AGENT_OPTIONS = ("nonfinite", "max_consecutive_skips", "geometry_every", "stats_window_size", "tensorboard_log",
+                 "verbose")
 
 
 class Persistence:
@@ -140,6 +141,15 @@ class Persistence:
                 set_global_seeds(branch)
                 agent.generator.manual_seed(branch)
         return agent
+
+    @classmethod
+    def load_sb3(cls, path, env=None, device="auto", **overrides):
+        """A Stable-Baselines3 `.zip` (PPO -> PPO, A2C -> VPG, sb3-contrib TRPO -> TRPO) as this agent: its
+        weights via torch.load(weights_only=True) and its JSON `data`, never its pickles (agents/sb3_import.py).
+        `env` is needed where SB3's JSON does not hold a space readably; `overrides` replace hyperparameters."""
+        from agents.sb3_import import load_sb3
+
+        return load_sb3(cls, path, env=env, device=device, **overrides)
 
     def _read_tensors(self, model) -> dict[str, torch.Tensor]:
         """The file's tensors, read only when they add up to no more than this model can use: its policy

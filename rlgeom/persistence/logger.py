@@ -37,6 +37,19 @@ def run_directory(root: str, env_id: str | None, name: str, seed: int | None) ->
         path = f"{base}_{k}"
 
 
+def sb3_run_directory(root: str, name: str, new_run: bool = True) -> str:
+    """SB3's run folder `<root>/<name>_<N>`: N one past the highest existing (SB3's get_latest_run_id), or
+    the highest itself when continuing a run (learn(reset_num_timesteps=False), as SB3 does)."""
+    import glob
+    import re
+
+    pattern = re.compile(re.escape(name) + r"_(\d+)$")
+    ids = [int(m.group(1)) for path in glob.glob(os.path.join(glob.escape(root), f"{glob.escape(name)}_*"))
+           if (m := pattern.match(os.path.basename(path))) and os.path.isdir(path)]
+    latest = max(ids, default=0)
+    return os.path.join(root, f"{name}_{latest + 1 if new_run or latest == 0 else latest}")
+
+
 #: run directories chosen by run_directory whose lock the RunLogger opened on them takes over
 _claimed: dict = {}
 

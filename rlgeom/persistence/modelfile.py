@@ -127,16 +127,32 @@ def open_model(path) -> ModelFile:
         return ModelFile(path, name, size, entries, metadata, start + 8 + header_len)
     name = model_path(path) if not os.path.exists(os.fspath(path)) else os.fspath(path)
     if not os.path.isfile(name):
+        zipped = os.fspath(path) + ".zip"  # SB3's load(path) finds path + ".zip"
+        if os.path.isfile(zipped):
+            raise ModelFileError(sb3_format_message(zipped))
         raise ModelFileError(f"{name}: no such model file")
     with open(name, "rb") as f:
         entries, metadata, header_len = _read_header(f, os.fstat(f.fileno()).st_size, name)
     return ModelFile(name, name, os.path.getsize(name), entries, metadata, 8 + header_len)
 
 
+#: the first bytes of a zip archive: Stable-Baselines3's model format
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def sb3_format_message(name: str) -> str:
+    return (f"{name}: a Stable-Baselines3 model (a zip of pickled data and PyTorch weights), not rlgeom's safetensors "
+            "format; rlgeom never unpickles it. Import its weights with the matching agent: PPO.load_sb3(path) "
+            "(A2C -> VPG.load_sb3, sb3-contrib TRPO -> TRPO.load_sb3), which reads policy.pth with "
+            "torch.load(weights_only=True) and the JSON 'data' only")
+
+
 def _read_header(f, size: int, name: str) -> tuple[dict, dict, int]:
     head = f.read(8)
     if isinstance(head, str):
         raise ModelFileError(f"{name}: a model file object must be opened in binary mode ('rb'), got text")
+    if head[:4] == ZIP_MAGIC:
+        raise ModelFileError(sb3_format_message(name))
     if len(head) < 8:
         raise ModelFileError(f"{name}: not a readable safetensors model file: shorter than its header (truncated?)")
     n = int.from_bytes(head, "little")

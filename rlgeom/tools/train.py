@@ -140,7 +140,8 @@ def run(args) -> dict:
     mean = std = float("nan")
     if distributed.is_main():  # under torchrun rank 0 evaluates, logs and reports
         eval_env = make_vec_env(env_id, 1, device=agent.device)
-        mean, std = evaluate(agent, eval_env, args.eval_episodes, deterministic=True, seed=args.seed + 10_000)
+        mean, std = evaluate(agent, eval_env, args.eval_episodes, deterministic=True, seed=args.seed + 10_000,
+                             progress_bar=not args.no_progress)
         eval_env.close()
     agent.env.close()
     summary = {
