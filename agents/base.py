@@ -130,6 +130,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         self.reward_scaler = RewardScaler(self.config.gamma) if self.config.normalize_reward else None
         self.num_timesteps = 0
         self.n_updates = 0
+        self.sb3_n_updates = 0  # train/n_updates as SB3 counts it (PPO: epochs; see _sb3_updates_counted)
         self.skipped_updates, self._consecutive_skips = 0, 0
         self._target_timesteps = 0
         self._checkpoint_dir: str | None = None
@@ -223,7 +224,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                 self._reset_env(resume=not reset_num_timesteps and self.num_timesteps > 0)
         if reset_num_timesteps:
             self.num_timesteps = 0
-            self.n_updates = 0
+            self.n_updates = self.sb3_n_updates = 0
             self._last_checkpoint_step = None
         self._open_run(tb_log_name or self.algo, new_run=reset_num_timesteps or self._run_dir is None and tb_log_name is None,
                        sb3_layout=tb_log_name is not None)
@@ -248,6 +249,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                     break
             progress_remaining = 1.0 - self.num_timesteps / self._target_timesteps
             stats = self._guarded_update(progress_remaining)
+            self._rollout_trained = True
             if self.geometry_every and self.n_updates % self.geometry_every == 0:
                 from rlgeom.geometry.spectrum import training_geometry  # scipy is imported only when asked for
 
@@ -267,6 +269,10 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         if callback is not None:
             callback.on_training_end()
         return self
+
+    def _sb3_updates_counted(self, stats: dict) -> int:
+        """How many of SB3's `_n_updates` one update counts: one per update (A2C, TRPO); PPO counts epochs."""
+        return 1
 
     def _checkpoint(self) -> None:
         if distributed.is_main():
@@ -317,6 +323,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         """Fill the buffer with n_steps vector steps; False if a callback asked to stop."""
         buffer = self.buffer
         buffer.reset()
+        self._rollout_trained = False  # model.rollout_buffer's layout (agents/sb3_buffer.py), as SB3's get() sets it
         if callback is not None:
             callback.on_rollout_start()
         self.policy.start_rollout()  # parameters are fixed until the update: inference functions built once
@@ -403,7 +410,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         std = policy_std(self.policy)
         if std is not None:
             log.record("train/std", std)
-        log.record("train/n_updates", self.n_updates)
+        log.record("train/n_updates", self.sb3_n_updates)
         if self._nonfinite.mode == "sanitize":
             log.record("rollout/nonfinite_sanitized", self._nonfinite.total)
         for key, value in stats.items():

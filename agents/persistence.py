@@ -60,7 +60,7 @@ class Persistence:
             "hyperparameters": hyperparameters_to_json(self.config),
             "observation_space": space_to_json(self.observation_space),
             "action_space": space_to_json(self.action_space),
-            "num_timesteps": self.num_timesteps, "n_updates": self.n_updates,
+            "num_timesteps": self.num_timesteps, "n_updates": self.n_updates, "sb3_n_updates": self.sb3_n_updates,
             "env_id": self.env_id, "n_envs": self.n_envs, "seed": self.seed,
             "extra_state": extra_skeleton,
             **{k: getattr(self, k) for k in AGENT_OPTIONS},
@@ -123,6 +123,7 @@ class Persistence:
             raise ModelFileError(f"{path}: the saved agent state does not fit {cls.__name__}: {err}") from None
         try:
             agent.num_timesteps, agent.n_updates = int(d.get("num_timesteps", 0)), int(d.get("n_updates", 0))
+            agent.sb3_n_updates = int(d.get("sb3_n_updates", agent.n_updates))
         except (TypeError, ValueError) as err:
             raise ModelFileError(f"{path}: bad step counters in the description: {err}") from None
         agent.env_id = d.get("env_id")

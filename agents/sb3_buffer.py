@@ -26,8 +26,15 @@ def _sb3_action_dim(space) -> int:
 class RolloutBufferView:
     """SB3's RolloutBuffer attributes over rlgeom's buffer (agents: `model.rollout_buffer`)."""
 
-    def __init__(self, buffer, observation_space, action_space, dict_layout, gamma: float, gae_lambda: float):
+    #: what SB3's RolloutBuffer.get() flattens once training starts (rewards and episode_starts it leaves)
+    FLATTENED = ("observations", "actions", "values", "log_probs", "advantages", "returns")
+
+    def __init__(self, buffer, observation_space, action_space, dict_layout, gamma: float, gae_lambda: float,
+                 generator_ready: bool = False):
         self._buffer, self._layout = buffer, dict_layout
+        #: SB3's flag: after the update (learn() returned) the FLATTENED fields are (n_envs * n_steps, ...),
+        #: env-major, as SB3's swap_and_flatten leaves them; at `_on_rollout_end` they are (n_steps, n_envs, ...)
+        self.generator_ready = generator_ready
         self.observation_space, self.action_space = observation_space, action_space
         self.buffer_size, self.n_envs = buffer.n_steps, buffer.n_envs
         self.gamma, self.gae_lambda = gamma, gae_lambda
@@ -39,6 +46,12 @@ class RolloutBufferView:
     @property
     def full(self) -> bool:
         return self._buffer.full
+
+    def __getattribute__(self, name: str):
+        value = object.__getattribute__(self, name)
+        if name in RolloutBufferView.FLATTENED and object.__getattribute__(self, "generator_ready"):
+            return _swap_and_flatten(value)
+        return value
 
     def size(self) -> int:
         return self.buffer_size if self.full else self.pos
@@ -60,8 +73,8 @@ class RolloutBufferView:
 
     @property
     def actions(self) -> np.ndarray:
-        """(n_steps, n_envs, action_dim) float32, as SB3 stores every action space's actions."""
-        actions = self._float(self._buffer.actions)
+        """(n_steps, n_envs, action_dim) in the action space's dtype, as SB3 stores them (Discrete: [..., 1])."""
+        actions = self._buffer.actions.detach().cpu().numpy().astype(self.action_space.dtype, copy=False)
         return actions.reshape(self.buffer_size, self.n_envs, _sb3_action_dim(self.action_space))
 
     @property
@@ -87,3 +100,11 @@ class RolloutBufferView:
     @property
     def episode_starts(self) -> np.ndarray:
         return self._float(self._buffer.episode_starts)
+
+
+def _swap_and_flatten(array):
+    """SB3's swap_and_flatten: (n_steps, n_envs, ...) -> (n_envs * n_steps, ...), a trailing 1 for scalars."""
+    if isinstance(array, dict):
+        return {k: _swap_and_flatten(v) for k, v in array.items()}
+    shape = array.shape if array.ndim >= 3 else (*array.shape, 1)
+    return array.swapaxes(0, 1).reshape(shape[0] * shape[1], *shape[2:])

@@ -61,7 +61,7 @@ class SB3Compat:
         from agents.sb3_buffer import RolloutBufferView
 
         return RolloutBufferView(buffer, self.observation_space, self.action_space, self.policy.dict_layout,
-                                 self.config.gamma, self.config.gae_lambda)
+                                 self.config.gamma, self.config.gae_lambda, self.__dict__.get("_rollout_trained", False))
 
     def get_parameters(self) -> dict:
         """SB3's form: {"policy": state dict, "<optimizer attribute>": its state dict, ...}."""

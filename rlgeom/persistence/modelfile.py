@@ -262,10 +262,14 @@ def check_description(model: ModelFile) -> None:
     integers in range, the envs and spaces are of sane sizes, and the network it describes is no larger
     than the policy tensors the file holds (so a billion-unit layer is never allocated)."""
     d, name = model.description, model.name
-    for key in ("num_timesteps", "n_updates"):
+    for key in ("num_timesteps", "n_updates", "sb3_n_updates"):
         if key in d and not _nat(d[key]):
             raise ModelFileError(f"{name}: bad step counters in the description: {key} must be a non-negative "
                                  f"integer, got {d[key]!r:.80}")
+    if not isinstance(d.get("tensorboard_log"), (str, type(None))) or not _nat(d.get("verbose", 0)):
+        raise ModelFileError(f"{name}: the model description is inconsistent: tensorboard_log must be a path or null "
+                             f"and verbose a non-negative integer, got {d.get('tensorboard_log')!r:.80}, "
+                             f"{d.get('verbose')!r:.80}")
     n_envs = d.get("n_envs", 1)
     if not _nat(n_envs) or not 1 <= n_envs <= MAX_ENVS:
         raise ModelFileError(f"{name}: the model description is inconsistent: n_envs must be an integer from 1 to "
