@@ -51,6 +51,7 @@ from rlgeom.training.guards import NonFinitePolicyError, SkippedUpdate, Training
 from rlgeom.persistence.logger import RunLogger, run_directory, sb3_run_directory
 from rlgeom.data.normalization import RewardScaler
 from rlgeom.models.policies import ActorCriticPolicy
+from rlgeom.models.sb3_policy import is_sb3_policy_class
 from rlgeom.persistence.serialization import policy_kwargs_to_json, spaces_equal
 from agents.checkpoints import Checkpoints
 from agents.config import OnPolicyConfig
@@ -166,6 +167,19 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                     "extractor; use policy_kwargs=dict(share_features_extractor=False)"
                 )
             kwargs["share_features_extractor"] = False
+        if is_sb3_policy_class(self.policy_name):  # SB3's custom-policy pattern (rlgeom/models/sb3_policy.py)
+            from agents.sb3_compat import as_float_schedule
+            from rlgeom.models.sb3_policy import policy_from_sb3_class
+
+            try:
+                return policy_from_sb3_class(
+                    self.policy_name, self.observation_space, self.action_space,
+                    as_float_schedule(getattr(self.config, "learning_rate", 3e-4)),
+                    normalize_observations=self.config.normalize_observations, use_sde=self.config.use_sde,
+                    needs_separate_networks=self.needs_separate_networks, **kwargs)
+            except TypeError as err:
+                raise ValueError(f"invalid policy_kwargs {self.policy_kwargs!r} for {self.policy_name.__name__}: "
+                                 f"{err}") from None
         try:
             return ActorCriticPolicy(
                 self.observation_space, self.action_space, self.policy_name,

@@ -12,7 +12,7 @@ import torch
 from rlgeom import __version__
 from rlgeom.persistence import checkpoint as ckpt
 from rlgeom.persistence.serialization import (
-    ModelFileError, is_file_object, model_path, policy_kwargs_from_json, policy_kwargs_to_json, space_from_json,
+    ModelFileError, class_from_json, class_to_json, is_file_object, model_path, policy_kwargs_from_json, policy_kwargs_to_json, space_from_json,
     space_to_json, state_aliases, write_model,
 )
 from rlgeom.persistence.modelfile import EXTRA_STATE_BYTES, EXTRA_STATE_FACTOR, check_description, open_model
@@ -55,7 +55,9 @@ class Persistence:
         extra, extra_skeleton = ckpt.pack_state("extra", self._extra_state())
         tensors.update(extra)
         description = {
-            "algo": self.algo, "rlgeom": __version__, "policy": self.policy_name,
+            "algo": self.algo, "rlgeom": __version__,
+            # a policy class (SB3's custom-policy pattern) is saved by name; load() takes it from custom_objects
+            "policy": class_to_json(self.policy_name) if isinstance(self.policy_name, type) else self.policy_name,
             "policy_kwargs": policy_kwargs_to_json(self.policy_kwargs),
             "hyperparameters": hyperparameters_to_json(self.config),
             "observation_space": space_to_json(self.observation_space),
@@ -102,8 +104,11 @@ class Persistence:
             act_space = space_from_json(d["action_space"])
             hyperparameters = {**hyperparameters_from_saved(d["hyperparameters"], custom_objects, str(path)), **overrides}
             policy_kwargs = policy_kwargs_from_json(d.get("policy_kwargs") or {}, custom_objects, str(path))
+            policy = d["policy"]
+            if isinstance(policy, dict):
+                policy = class_from_json(policy, "policy", custom_objects, str(path))
             agent = cls(
-                d["policy"], None, policy_kwargs=policy_kwargs, n_envs=d.get("n_envs", 1),
+                policy, None, policy_kwargs=policy_kwargs, n_envs=d.get("n_envs", 1),
                 seed=d.get("seed"), device=device, _spaces=(obs_space, act_space), **options, **hyperparameters,
             )
         except ModelFileError:

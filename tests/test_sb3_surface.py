@@ -389,3 +389,98 @@ def test_predict_names_the_gym_vecenv_mix_up():
     env = gym.make("CartPole-v1")
     with pytest.raises(ValueError, match=r"tuple \(observation, info\).*obs, info = env.reset\(\)"):
         model.predict(env.reset(seed=0))
+
+
+# ------------------------------------------------------------------ item 1: an SB3 ActorCriticPolicy subclass
+class CustomNetwork(torch.nn.Module):
+    """SB3's documented custom policy network (the 'Custom Policy' page of its docs)."""
+
+    def __init__(self, feature_dim, last_layer_dim_pi=16, last_layer_dim_vf=8):
+        super().__init__()
+        self.latent_dim_pi, self.latent_dim_vf = last_layer_dim_pi, last_layer_dim_vf
+        self.policy_net = torch.nn.Sequential(torch.nn.Linear(feature_dim, last_layer_dim_pi), torch.nn.ReLU())
+        self.value_net = torch.nn.Sequential(torch.nn.Linear(feature_dim, last_layer_dim_vf), torch.nn.ReLU())
+
+    def forward(self, features):
+        return self.forward_actor(features), self.forward_critic(features)
+
+    def forward_actor(self, features):
+        return self.policy_net(features)
+
+    def forward_critic(self, features):
+        return self.value_net(features)
+
+
+def custom_policy_class():
+    from stable_baselines3.common.policies import ActorCriticPolicy as SB3ActorCriticPolicy
+
+    class CustomActorCriticPolicy(SB3ActorCriticPolicy):
+        def __init__(self, *args, **kwargs):
+            kwargs["ortho_init"] = False
+            super().__init__(*args, **kwargs)
+
+        def _build_mlp_extractor(self):
+            self.mlp_extractor = CustomNetwork(self.features_dim)
+
+    return CustomActorCriticPolicy
+
+
+def test_an_sb3_policy_subclass_acts_as_sb3s_with_the_same_weights_and_says_its_path_once(tmp_path):
+    custom = custom_policy_class()
+    with pytest.warns(UserWarning, match="CustomActorCriticPolicy .*trains through autograd"):
+        ours = PPO(custom, "Pendulum-v1", **TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PPO(custom, "Pendulum-v1", **TINY)  # said once
+    theirs = sb3.PPO(custom, "Pendulum-v1", **TINY)
+    ours.policy.sb3_policy.load_state_dict(theirs.policy.state_dict())
+    obs = np.stack([theirs.observation_space.sample() for _ in range(16)])
+    np.testing.assert_allclose(ours.predict(obs, deterministic=True)[0], theirs.predict(obs, deterministic=True)[0],
+                               rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        np.testing.assert_allclose(ours.policy.predict_values(torch.as_tensor(obs)).numpy(),
+                                   theirs.policy.predict_values(torch.as_tensor(obs)).numpy(), rtol=1e-6, atol=1e-6)
+    path = ours.save(tmp_path / "custom")
+    with pytest.raises(ModelFileError, match="custom_objects=\\{'policy'"):
+        PPO.load(path)
+    loaded = PPO.load(path, custom_objects={"policy": custom})
+    np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], ours.predict(obs, deterministic=True)[0])
+
+
+@pytest.mark.parametrize("cls", [PPO, VPG, TRPO, "NPG", "ACKTR"])
+def test_every_agent_trains_an_sb3_policy_subclass(cls):
+    import agents
+
+    cls = getattr(agents, cls) if isinstance(cls, str) else cls
+    kw = dict(n_steps=32, seed=0, device="cpu", **({"batch_size": 32} if cls is not agents.ACKTR else {}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = cls(custom_policy_class(), "CartPole-v1", **kw)
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    model.learn(64)
+    moved = [not torch.equal(a, b) for a, b in zip(before, model.policy.parameters())]
+    assert len(moved) == 8 and all(moved)  # every SB3 module, actor and critic, was trained
+
+
+def test_an_sb3_policy_with_its_own_features_extractor_and_net_arch():
+    from stable_baselines3.common.policies import ActorCriticPolicy as SB3ActorCriticPolicy
+    from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+
+    class Extractor(BaseFeaturesExtractor):
+        def __init__(self, observation_space, features_dim=6):
+            super().__init__(observation_space, features_dim)
+            self.linear = torch.nn.Linear(observation_space.shape[0], features_dim)
+
+        def forward(self, obs):
+            return torch.tanh(self.linear(obs))
+
+    kwargs = dict(features_extractor_class=Extractor, net_arch=dict(pi=[8], vf=[4]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = PPO(SB3ActorCriticPolicy, "CartPole-v1", policy_kwargs=kwargs, **TINY)
+    theirs = sb3.PPO("MlpPolicy", "CartPole-v1", policy_kwargs=kwargs, **TINY)
+    ours.policy.sb3_policy.load_state_dict(theirs.policy.state_dict())
+    assert ours.policy.share_features_extractor == theirs.policy.share_features_extractor
+    obs = np.stack([theirs.observation_space.sample() for _ in range(16)])
+    np.testing.assert_array_equal(ours.predict(obs, deterministic=True)[0], theirs.predict(obs, deterministic=True)[0])
+    ours.learn(32)

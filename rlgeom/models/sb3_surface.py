@@ -185,6 +185,10 @@ class SB3PolicySurface:
         JSON (no pickle); `ActorCriticPolicy.load(path)` rebuilds it. Returns the path written."""
         from rlgeom.persistence.serialization import policy_kwargs_to_json, space_to_json, write_model
 
+        if hasattr(self, "sb3_policy_class"):
+            raise ValueError(f"policy.save() writes rlgeom's own policies; this one runs the SB3 class "
+                             f"{self.policy_name}: save the model (model.save(path)) and load it with "
+                             f"custom_objects={{'policy': {self.policy_name}}}")
         args = dict(self._init_args)
         description = {"kind": "policy", "policy": args.pop("policy"),
                        "observation_space": space_to_json(args.pop("observation_space")),

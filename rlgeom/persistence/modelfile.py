@@ -277,11 +277,11 @@ def check_description(model: ModelFile) -> None:
     if d.get("seed") is not None and not (_nat(d["seed"]) and d["seed"] < 2**63):
         raise ModelFileError(f"{name}: the model description is inconsistent: seed must be a non-negative integer "
                              f"or null, got {d['seed']!r:.80}")
-    for key, kind in (("algo", str), ("policy", str), ("hyperparameters", dict), ("observation_space", dict),
+    for key, kind in (("algo", str), ("policy", (str, dict)), ("hyperparameters", dict), ("observation_space", dict),
                       ("action_space", dict)):
         if not isinstance(d.get(key), kind):
             raise ModelFileError(f"{name}: the model description is incomplete or inconsistent: {key} must be a JSON "
-                                 f"{'string' if kind is str else 'object'}, got {d.get(key)!r:.80}")
+                                 f"{'string' if kind is str else 'object' if kind is dict else 'string or object'}, got {d.get(key)!r:.80}")
     if not isinstance(d.get("policy_kwargs") or {}, dict):
         raise ModelFileError(f"{name}: the model description is inconsistent: policy_kwargs must be a JSON object")
     bad = _non_finite(d["hyperparameters"])
