@@ -48,7 +48,7 @@ from rlgeom.persistence import checkpoint as ckpt
 from rlgeom.data.buffer import RolloutBuffer
 from rlgeom.training import distributed
 from rlgeom.training.guards import NonFinitePolicyError, SkippedUpdate, TrainingDivergedError, guard_finite
-from rlgeom.persistence.logger import RunLogger, run_directory, sb3_run_directory
+from rlgeom.persistence.logger import RunLogger, latest_run_directory, run_directory, sb3_run_directory
 from rlgeom.data.normalization import RewardScaler
 from rlgeom.models.policies import ActorCriticPolicy
 from rlgeom.models.sb3_policy import is_sb3_policy_class
@@ -240,8 +240,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             self.num_timesteps = 0
             self.n_updates = self.sb3_n_updates = 0
             self._last_checkpoint_step = None
-        self._open_run(tb_log_name or self.algo, new_run=reset_num_timesteps or self._run_dir is None and tb_log_name is None,
-                       sb3_layout=tb_log_name is not None)
+        self._open_run(tb_log_name or self.algo, new_run=reset_num_timesteps, sb3_layout=tb_log_name is not None)
         self._target_timesteps = self.num_timesteps + int(total_timesteps)
         if distributed.is_main():
             self._setup_checkpoints(checkpoint_every, checkpoint_dir, keep_checkpoints, new_run=reset_num_timesteps)
@@ -397,8 +396,9 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         self.logger.close()
         if sb3_layout:  # SB3 continues its latest <name>_<N> when not resetting the step count (a loaded model)
             self._run_dir = sb3_run_directory(self.tensorboard_log, name, new_run=new_run)
-        else:
-            self._run_dir = run_directory(self.tensorboard_log, self.env_id, name, self.seed)
+        else:  # continuing (reset_num_timesteps=False after load): the latest run of this task, agent and seed
+            latest = None if new_run else latest_run_directory(self.tensorboard_log, self.env_id, name, self.seed)
+            self._run_dir = latest or run_directory(self.tensorboard_log, self.env_id, name, self.seed)
         self.logger = RunLogger(self._run_dir, self.verbose)
         self.logger.write_run_info(
             {

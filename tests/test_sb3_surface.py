@@ -484,3 +484,16 @@ def test_an_sb3_policy_with_its_own_features_extractor_and_net_arch():
     obs = np.stack([theirs.observation_space.sample() for _ in range(16)])
     np.testing.assert_array_equal(ours.predict(obs, deterministic=True)[0], theirs.predict(obs, deterministic=True)[0])
     ours.learn(32)
+
+
+def test_a_loaded_model_continues_rlgeoms_run_folder_without_tb_log_name(tmp_path):
+    model = PPO("MlpPolicy", "CartPole-v1", tensorboard_log=str(tmp_path), **TINY)
+    model.learn(32)
+    run = model._run_dir
+    model.logger.close()
+    loaded = PPO.load(model.save(tmp_path / "model"), env="CartPole-v1")
+    loaded.learn(32, reset_num_timesteps=False)  # continues seed0, as SB3 continues its PPO_1
+    assert loaded._run_dir == run
+    loaded.logger.close()
+    loaded.learn(32)  # a new run beside it
+    assert loaded._run_dir == run + "_2"

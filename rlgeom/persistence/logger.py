@@ -25,8 +25,7 @@ def run_directory(root: str, env_id: str | None, name: str, seed: int | None) ->
     """A fresh run directory, locked for this process: `<root>/<task>/<name>/seed<k>`, or with a suffix
     when that one holds files or another process claimed it first (two runs started at once never share
     one). The RunLogger opened on it takes the lock over."""
-    task = (env_id or "unknown-env").replace("/", "-")
-    base = os.path.join(root, task, name, f"seed{seed}" if seed is not None else "run")
+    base = run_directory_base(root, env_id, name, seed)
     path, k = base, 1
     while True:
         lock = try_lock_fresh_directory(path)
@@ -35,6 +34,22 @@ def run_directory(root: str, env_id: str | None, name: str, seed: int | None) ->
             return path
         k += 1
         path = f"{base}_{k}"
+
+
+def run_directory_base(root: str, env_id: str | None, name: str, seed: int | None) -> str:
+    task = (env_id or "unknown-env").replace("/", "-")
+    return os.path.join(root, task, name, f"seed{seed}" if seed is not None else "run")
+
+
+def latest_run_directory(root: str, env_id: str | None, name: str, seed: int | None) -> str | None:
+    """The newest existing run directory run_directory() made for (task, name, seed), or None."""
+    base = run_directory_base(root, env_id, name, seed)
+    runs = [base] if os.path.isdir(base) else []
+    k = 2
+    while os.path.isdir(f"{base}_{k}"):
+        runs.append(f"{base}_{k}")
+        k += 1
+    return runs[-1] if runs else None
 
 
 def sb3_run_directory(root: str, name: str, new_run: bool = True) -> str:
