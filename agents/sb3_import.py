@@ -118,7 +118,10 @@ def _policy_kwargs(data: dict, weights: dict, policy_name: str) -> dict:
     if policy_name == "CnnPolicy":
         linear = next(v for k, v in weights.items() if k.endswith("features_extractor.linear.0.weight"))
         kwargs["features_dim"] = int(linear.shape[0])
-        kwargs["share_features_extractor"] = any(k.startswith("features_extractor.") for k in weights)
+        # SB3's state dict names the extractor three times (features_, pi_features_, vf_features_extractor); one
+        # shared extractor has equal tensors under all three, two separately initialised ones never do
+        vf = {k[len("vf_"):]: v for k, v in weights.items() if k.startswith("vf_features_extractor.")}
+        kwargs["share_features_extractor"] = all(torch.equal(v, weights.get(k, v + 1)) for k, v in vf.items())
         if isinstance(saved, dict) and str(saved.get("normalize_images", "True")) == "False":
             kwargs["normalize_images"] = False
     return kwargs

@@ -497,3 +497,25 @@ def test_a_loaded_model_continues_rlgeoms_run_folder_without_tb_log_name(tmp_pat
     loaded.logger.close()
     loaded.learn(32)  # a new run beside it
     assert loaded._run_dir == run + "_2"
+
+
+class ChannelFirstImage(ChannelLastImage):
+    observation_space = spaces.Box(0, 255, (3, 36, 36), np.uint8)
+    action_space = spaces.Discrete(3)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_an_sb3_cnn_policy_is_imported_with_the_same_actions_and_values(tmp_path, share):
+    theirs = sb3.PPO("CnnPolicy", ChannelFirstImage(), **TINY, policy_kwargs=dict(
+        share_features_extractor=share, features_extractor_kwargs=dict(features_dim=32)))
+    theirs.save(tmp_path / "cnn")
+    with pytest.raises(ModelFileError, match="bounds were written elided.*env="):  # SB3 elides an image's bounds
+        PPO.load_sb3(tmp_path / "cnn.zip")
+    ours = PPO.load_sb3(tmp_path / "cnn.zip", env=ChannelFirstImage(), device="cpu")
+    assert ours.policy.share_features_extractor == share
+    obs = np.stack([ChannelFirstImage.observation_space.sample() for _ in range(8)])
+    np.testing.assert_array_equal(ours.predict(obs, deterministic=True)[0], theirs.predict(obs, deterministic=True)[0])
+    with torch.no_grad():
+        np.testing.assert_allclose(ours.policy.predict_values(torch.as_tensor(obs)).numpy(),
+                                   theirs.policy.predict_values(theirs.policy.obs_to_tensor(obs)[0]).numpy(),
+                                   rtol=1e-5, atol=1e-5)
