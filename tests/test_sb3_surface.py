@@ -519,3 +519,16 @@ def test_an_sb3_cnn_policy_is_imported_with_the_same_actions_and_values(tmp_path
         np.testing.assert_allclose(ours.policy.predict_values(torch.as_tensor(obs)).numpy(),
                                    theirs.policy.predict_values(theirs.policy.obs_to_tensor(obs)[0]).numpy(),
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_an_sb3_policy_class_shows_its_own_modules_under_sb3s_names():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = PPO(custom_policy_class(), "CartPole-v1", **TINY)
+    theirs = sb3.PPO(custom_policy_class(), "CartPole-v1", **TINY)
+    p, q = ours.policy, theirs.policy
+    assert type(p.mlp_extractor) is type(q.mlp_extractor) is CustomNetwork
+    assert p.mlp_extractor.latent_dim_pi == q.mlp_extractor.latent_dim_pi and p.features_dim == q.features_dim
+    assert p.net_arch == {"pi": [16], "vf": [8]} and p.action_net is p.actor.head
+    rlgeom_own = PPO("MlpPolicy", "CartPole-v1", policy_kwargs=ARCH, **TINY).policy
+    assert rlgeom_own.features_dim == 4

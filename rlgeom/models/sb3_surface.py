@@ -127,13 +127,20 @@ class SB3PolicySurface:
         return {"pi": _linear_widths(self.actor.body), "vf": _linear_widths(self.critic.body)}
 
     @property
-    def mlp_extractor(self) -> MlpExtractorView:
+    def mlp_extractor(self) -> nn.Module:
+        sb3_policy = self.__dict__.get("sb3_policy")  # an SB3 policy class's own (rlgeom.models.sb3_policy)
+        if sb3_policy is not None:
+            return sb3_policy.mlp_extractor
         return MlpExtractorView(self.actor.body, self.critic.body, self.actor.head.in_features,
                                 self.critic.head.in_features)
 
     @property
     def features_dim(self) -> int:
-        return self.actor.body[0].in_features if len(self.actor.body) else self.actor.head.in_features
+        sb3_policy = self.__dict__.get("sb3_policy")
+        if sb3_policy is not None:
+            return sb3_policy.features_dim
+        first = next((m for m in self.actor.body.modules() if isinstance(m, nn.Linear)), self.actor.head)
+        return first.in_features
 
     # ------------------------------------------------------------------ SB3's methods
     def set_training_mode(self, mode: bool) -> None:
