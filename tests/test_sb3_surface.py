@@ -532,3 +532,15 @@ def test_an_sb3_policy_class_shows_its_own_modules_under_sb3s_names():
     assert p.net_arch == {"pi": [16], "vf": [8]} and p.action_net is p.actor.head
     rlgeom_own = PPO("MlpPolicy", "CartPole-v1", policy_kwargs=ARCH, **TINY).policy
     assert rlgeom_own.features_dim == 4
+
+
+def test_an_sb3_policy_class_overriding_forward_is_told_that_rlgeom_runs_its_modules():
+    base = custom_policy_class()
+
+    class ConstantValue(base):
+        def forward(self, obs, deterministic=False):
+            actions, values, log_prob = super().forward(obs, deterministic)
+            return actions, values * 0, log_prob
+
+    with pytest.warns(UserWarning, match="overrides forward, which rlgeom does not call"):
+        PPO(ConstantValue, "CartPole-v1", **TINY)

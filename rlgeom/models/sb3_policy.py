@@ -48,6 +48,16 @@ class _Latent(nn.Module):
 
 
 _announced: set = set()
+#: SB3 methods whose override changes what the policy computes, beyond its modules (rlgeom calls none of them)
+COMPUTING_METHODS = ("forward", "_predict", "evaluate_actions", "predict_values", "get_distribution",
+                     "extract_features", "_get_action_dist_from_latent")
+
+
+def unused_overrides(policy_class) -> list[str]:
+    from stable_baselines3.common.policies import ActorCriticPolicy as SB3ActorCriticPolicy
+
+    return [name for name in COMPUTING_METHODS
+            if getattr(policy_class, name, None) is not getattr(SB3ActorCriticPolicy, name, None)]
 
 
 def policy_from_sb3_class(policy_class, observation_space, action_space, lr_schedule, *, normalize_observations,
@@ -87,6 +97,10 @@ def policy_from_sb3_class(policy_class, observation_space, action_space, lr_sche
     object.__setattr__(policy, "sb3_policy", sb3_policy)  # SB3's view of the same modules (not registered twice)
     if policy_class not in _announced:
         _announced.add(policy_class)
+        unused = unused_overrides(policy_class)
         warnings.warn(f"{policy_class.__name__} (an SB3 policy class) trains through autograd; rlgeom's written-out "
-                      "MLP derivatives apply to its own MlpPolicy only", UserWarning, stacklevel=4)
+                      "MLP derivatives apply to its own MlpPolicy only"
+                      + (f". It overrides {', '.join(unused)}, which rlgeom does not call: it runs the policy's "
+                         "modules (features extractor, mlp_extractor, action_net, value_net, log_std)"
+                         if unused else ""), UserWarning, stacklevel=4)
     return policy
