@@ -50,9 +50,10 @@ from rlgeom.data.buffer import RolloutBuffer
 from rlgeom.training import distributed
 from rlgeom.training.guards import NonFinitePolicyError, SkippedUpdate, TrainingDivergedError, guard_finite
 from rlgeom.training.threads import learning_threads
-from rlgeom.persistence.logger import RunLogger, run_directory
+from rlgeom.persistence.logger import RunLogger, latest_run_directory, run_directory, sb3_run_directory
 from rlgeom.data.normalization import RewardScaler
 from rlgeom.models.policies import ActorCriticPolicy
+from rlgeom.models.sb3_policy import is_sb3_policy_class
 from rlgeom.persistence.serialization import policy_kwargs_to_json, spaces_equal
 from agents.checkpoints import Checkpoints
 from agents.config import OnPolicyConfig
@@ -60,7 +61,7 @@ from agents import devices
 from agents.devices import resolve_device, set_global_seeds
 from agents.guard import RollbackGuard
 from agents.persistence import Persistence
-from agents.sb3_compat import SB3Compat, make_progress_bar, policy_std, step_locals, wrap_callback
+from agents.sb3_compat import SB3Compat, make_progress_bar, policy_std, step_locals, warn_rounded_budget, wrap_callback
 from envs.boundary import NonFiniteCounter, nonfinite_policy
 
 
@@ -153,6 +154,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         self.reward_scaler = RewardScaler(self.config.gamma) if self.config.normalize_reward else None
         self.num_timesteps = 0
         self.n_updates = 0
+        self.sb3_n_updates = 0  # train/n_updates as SB3 counts it (PPO: epochs; see _sb3_updates_counted)
         self.skipped_updates, self._consecutive_skips = 0, 0
         self.untrained_reason: str | None = None  # set by learn() when every one of its updates was skipped
         self._target_timesteps = 0
@@ -194,6 +196,19 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                     "extractor; use policy_kwargs=dict(share_features_extractor=False)"
                 )
             kwargs["share_features_extractor"] = False
+        if is_sb3_policy_class(self.policy_name):  # SB3's custom-policy pattern (rlgeom/models/sb3_policy.py)
+            from agents.sb3_compat import as_float_schedule
+            from rlgeom.models.sb3_policy import policy_from_sb3_class
+
+            try:
+                return policy_from_sb3_class(
+                    self.policy_name, self.observation_space, self.action_space,
+                    as_float_schedule(getattr(self.config, "learning_rate", 3e-4)),
+                    normalize_observations=self.config.normalize_observations, use_sde=self.config.use_sde,
+                    needs_separate_networks=self.needs_separate_networks, **kwargs)
+            except TypeError as err:
+                raise ValueError(f"invalid policy_kwargs {self.policy_kwargs!r} for {self.policy_name.__name__}: "
+                                 f"{err}") from None
         try:
             return ActorCriticPolicy(
                 self.observation_space, self.action_space, self.policy_name,
@@ -268,11 +283,11 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                 self._reset_env(resume=not reset_num_timesteps and self.num_timesteps > 0)
         if reset_num_timesteps:
             self.num_timesteps = 0
-            self.n_updates = 0
+            self.n_updates = self.sb3_n_updates = 0
             self._last_checkpoint_step = None
         if distributed.is_main():  # a folder of another run's checkpoints is refused before this run makes any
             self._check_checkpoint_owner(checkpoint_dir, new_run=reset_num_timesteps)
-        self._open_run(tb_log_name or self.algo, new_run=reset_num_timesteps or self._run_dir is None)
+        self._open_run(tb_log_name or self.algo, new_run=reset_num_timesteps, sb3_layout=tb_log_name is not None)
         self._target_timesteps = self.num_timesteps + int(total_timesteps)
         if distributed.is_main():
             self._setup_checkpoints(checkpoint_every, checkpoint_dir, keep_checkpoints, new_run=reset_num_timesteps)
@@ -283,6 +298,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             callback.init_callback(self)
             callback.on_training_start(locals(), globals())
         steps_per_rollout = self.n_envs * self.config.n_steps * distributed.world_size()
+        warn_rounded_budget(total_timesteps, steps_per_rollout, self.n_envs, self.config.n_steps)
         bar = make_progress_bar(total_timesteps, steps_per_rollout) if progress_bar and distributed.is_main() else None
         start_time, start_steps = time.perf_counter(), self.num_timesteps
         iteration, updates_before, skips_before = 0, self.n_updates, self.skipped_updates
@@ -295,6 +311,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             # (a negative learning rate would ascend the loss)
             progress_remaining = max(0.0, 1.0 - self.num_timesteps / self._target_timesteps)
             stats = self._guarded_update(progress_remaining)
+            self._rollout_trained = True
             if self.geometry_every and self.n_updates % self.geometry_every == 0:
                 from rlgeom.geometry.spectrum import training_geometry  # scipy is imported only when asked for
 
@@ -315,6 +332,10 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         if callback is not None:
             callback.on_training_end()
         return self
+
+    def _sb3_updates_counted(self, stats: dict) -> int:
+        """How many of SB3's `_n_updates` one update counts: one per update (A2C, TRPO); PPO counts epochs."""
+        return 1
 
     def _checkpoint(self) -> None:
         if distributed.is_main():
@@ -371,6 +392,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         """Fill the buffer with n_steps vector steps; False if a callback asked to stop."""
         buffer = self.buffer
         buffer.reset()
+        self._rollout_trained = False  # model.rollout_buffer's layout (agents/sb3_buffer.py), as SB3's get() sets it
         if callback is not None:
             callback.on_rollout_start()
         self.policy.start_rollout()  # parameters are fixed until the update: inference functions built once
@@ -409,7 +431,12 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         return True
 
     # ----------------------------------------------------------------- logging
-    def _open_run(self, name: str, new_run: bool) -> None:
+    def _open_run(self, name: str, new_run: bool, sb3_layout: bool = False) -> None:
+        """Open the TensorBoard run learn() writes to. rlgeom's layout `<tensorboard_log>/<task>/<algo>/seed<k>`
+        by default; SB3's `<tensorboard_log>/<tb_log_name>_<N>` when learn() is given a tb_log_name
+        (rlgeom.persistence.logger.sb3_run_directory). A logger from set_logger() is kept as it is."""
+        if self.__dict__.get("_custom_logger"):
+            return
         if not distributed.is_main():  # rank 0 logs (the episodes of every rank)
             self.logger = RunLogger(None, 0)
             return
@@ -417,12 +444,17 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             # continuing (a loaded checkpoint): same run directory, nothing logged after this step is kept
             self.logger = ckpt.open_resumed_logger(self._run_dir, self.num_timesteps, self.verbose)
             return
-        if not new_run or self.tensorboard_log is None:
+        continuing = not new_run and self.logger.writer is not None
+        if continuing or self.tensorboard_log is None:
             if self.logger.writer is None and self.tensorboard_log is None:
                 self.logger = RunLogger(None, self.verbose)
             return
         self.logger.close()
-        self._run_dir = run_directory(self.tensorboard_log, self.env_id, name, self.seed)
+        if sb3_layout:  # SB3 continues its latest <name>_<N> when not resetting the step count (a loaded model)
+            self._run_dir = sb3_run_directory(self.tensorboard_log, name, new_run=new_run)
+        else:  # continuing (reset_num_timesteps=False after load): the latest run of this task, agent and seed
+            latest = None if new_run else latest_run_directory(self.tensorboard_log, self.env_id, name, self.seed)
+            self._run_dir = latest or run_directory(self.tensorboard_log, self.env_id, name, self.seed)
         self.logger = RunLogger(self._run_dir, self.verbose)
         self.logger.write_run_info(
             {
@@ -448,7 +480,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         std = policy_std(self.policy)
         if std is not None:
             log.record("train/std", std)
-        log.record("train/n_updates", self.n_updates)
+        log.record("train/n_updates", self.sb3_n_updates)
         if self._nonfinite.mode == "sanitize":
             log.record("rollout/nonfinite_sanitized", self._nonfinite.total)
         for key, value in stats.items():

@@ -57,6 +57,7 @@ class RollbackGuard:
             stats = {}
         else:
             self.n_updates += 1
+            self.sb3_n_updates += self._sb3_updates_counted(stats)
             self._consecutive_skips = 0
         stats["train/skipped_updates"] = self.skipped_updates
         return stats

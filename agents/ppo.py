@@ -69,6 +69,10 @@ class PPO(OnPolicyAgent):
         self.optimizer = make_optimizer(self.policy.parameters(), lr, self.policy.optimizer_class,
                                         self.policy.optimizer_kwargs, default_eps=1e-5)
 
+    def _sb3_updates_counted(self, stats: dict) -> int:
+        """SB3's PPO counts each epoch in train/n_updates (the epochs done, fewer when target_kl stops them)."""
+        return int(stats.get("train/n_epochs_done", self.config.n_epochs))
+
     def update(self, buffer, progress_remaining: float) -> dict:
         cfg = self.config
         lr = schedule_value(cfg.learning_rate, progress_remaining)

@@ -111,3 +111,24 @@ def _recorded_episodes(info: dict, done: np.ndarray):
     if not done.any() or "episode" not in final:
         return None
     return final["episode"]["r"], final["episode"]["l"], final["_episode"]
+
+
+class OptionalResetOptions(gym.Wrapper):
+    """An env whose `reset(seed=None)` takes no `options` (older gymnasium code): gymnasium's vector envs
+    always pass `options=`, SB3's DummyVecEnv only when given; this wrapper drops it when None, as SB3."""
+
+    @classmethod
+    def wrap_if_needed(cls, env: gym.Env) -> gym.Env:
+        import inspect
+
+        try:
+            parameters = inspect.signature(env.reset).parameters
+        except (TypeError, ValueError):  # a builtin or C-implemented reset: assume gymnasium's signature
+            return env
+        takes = "options" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+        return env if takes else cls(env)
+
+    def reset(self, *, seed=None, options=None):
+        if options is not None:
+            raise TypeError(f"{type(self.env).__name__}.reset() takes no options, but options={options!r} were given")
+        return self.env.reset(seed=seed)

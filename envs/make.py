@@ -14,7 +14,7 @@ from rlgeom import validation
 from envs.atari import atari_env_kwargs, atari_wrappers, is_atari_id, register_atari
 from envs.base import VecEnv
 from envs.device import on_device
-from envs.gymnasium_backend import EpisodeInfoOnly, GymnasiumVecEnv
+from envs.gymnasium_backend import EpisodeInfoOnly, GymnasiumVecEnv, OptionalResetOptions
 from envs.sb3_backend import SB3VecEnvAdapter, is_sb3_vec_env
 from envs.warp_mujoco import WARP_PREFIX
 
@@ -52,6 +52,7 @@ def make_vec_env(
                 f"a single gymnasium.Env instance cannot be copied into n_envs={n_envs} envs; "
                 "pass the env id (or a gymnasium vector env) instead"
             )
+        env = OptionalResetOptions.wrap_if_needed(env)
         vec = gym.vector.SyncVectorEnv([lambda: env], autoreset_mode=AutoresetMode.SAME_STEP)
         return GymnasiumVecEnv(vec, device, env_id=_spec_id(env))
     if is_sb3_vec_env(env):

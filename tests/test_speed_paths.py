@@ -49,7 +49,7 @@ def test_act_matches_the_distribution(action_space, kw):
         torch.testing.assert_close(log_probs, dist.log_prob(actions), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(values, policy.value(obs), rtol=1e-5, atol=1e-5)
         mode, _, _ = policy.act(obs, deterministic=True)
-        torch.testing.assert_close(mode, dist.mode)
+        torch.testing.assert_close(mode, dist.mode())
     # fused Adam moves parameters without bumping tensor versions: act() must read the live parameters
     opt = torch.optim.Adam(policy.parameters(), lr=0.1, fused=True)
     policy.value(obs).sum().backward()

@@ -42,6 +42,7 @@ from rlgeom.models import networks
 from rlgeom.models.inputs import checked_observation
 from rlgeom.models.mlp_backprop import PlainMLP
 from rlgeom.models.sde import StateDependentScale
+from rlgeom.models.sb3_surface import SB3PolicySurface, legacy_net_arch
 from rlgeom.data.dict_obs import layout_for
 from rlgeom.data.normalization import RunningNormalizer
 
@@ -297,7 +298,7 @@ class PolicyOutputs:
         loss.backward(retain_graph=retain_graph)
 
 
-class ActorCriticPolicy(nn.Module):
+class ActorCriticPolicy(SB3PolicySurface, nn.Module):
     """Separate actor and critic networks over optionally normalised observations."""
 
     def __init__(
@@ -323,7 +324,10 @@ class ActorCriticPolicy(nn.Module):
         optimizer_class: type[torch.optim.Optimizer] | None = None,
         optimizer_kwargs: dict | None = None,
     ):
+        init_args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
+        self._init_args = init_args  # what policy.save() writes (rlgeom.models.sb3_surface)
+        net_arch = legacy_net_arch(net_arch)
         if policy not in POLICY_NAMES:
             raise ValueError(f"unknown policy {policy!r}; accepted: {', '.join(POLICY_NAMES)}")
         act = activation_class(activation_fn)
@@ -338,7 +342,9 @@ class ActorCriticPolicy(nn.Module):
         self._register_action_bounds(action_space)
         Preprocess(observation_space)  # refuses an unsupported space, naming the accepted ones
         image, dict_obs = is_image_space(observation_space), isinstance(observation_space, spaces.Dict)
-        if policy == "CnnPolicy" and not image and features_extractor_class is None:
+        # as SB3: with normalize_images=False a float Box of 3 dimensions is an image the user already scaled
+        prescaled = not normalize_images and isinstance(observation_space, spaces.Box) and len(observation_space.shape) == 3
+        if policy == "CnnPolicy" and not image and not prescaled and features_extractor_class is None:
             raise ValueError(f"CnnPolicy needs uint8 image observations ([C, H, W] or [H, W, C]), got "
                              f"{observation_space}; use MlpPolicy or pass a features_extractor_class")
         if dict_obs != (policy == "MultiInputPolicy"):
@@ -422,9 +428,6 @@ class ActorCriticPolicy(nn.Module):
 
     def dist_params(self, obs: torch.Tensor) -> torch.Tensor:
         return self.actor(self.actor_inputs(obs))
-
-    def get_distribution(self, obs: torch.Tensor):
-        return self.family.distribution(self.dist_params(obs))
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(self.actor_inputs(obs)).squeeze(-1)
@@ -535,10 +538,16 @@ class ActorCriticPolicy(nn.Module):
         with torch.no_grad():
             tensor = torch.as_tensor(obs, device=self.device)
             actions = self.env_actions(self.draw(tensor, deterministic)).cpu().numpy()
+        if isinstance(self.action_space, spaces.Box):  # the space's dtype, as SB3 returns (float64 Box: float64)
+            actions = actions.astype(self.action_space.dtype, copy=False)
         return (actions if batched else actions[0]), state
 
     def _observation_rows(self, observation) -> tuple[np.ndarray, bool]:
         """(observations as the policy takes them [N, ...], whether the caller passed a batch)."""
+        if isinstance(observation, tuple) and len(observation) == 2 and isinstance(observation[1], dict):
+            raise ValueError("predict() got a tuple (observation, info): gymnasium's env.reset() returns "
+                             "(obs, info), SB3's VecEnv.reset() returns obs alone; pass obs, e.g. "
+                             "obs, info = env.reset(); model.predict(obs)")
         layout = self.dict_layout
         if layout is not None:
             if not isinstance(observation, dict):
@@ -555,6 +564,10 @@ class ActorCriticPolicy(nn.Module):
             return obs[None], False
         if obs.shape[1:] == shape:
             return obs, True
+        if channels_last(self.observation_space) and obs.shape[-3:] == (shape[2], shape[0], shape[1]):
+            # channel-first images, as SB3's VecTransposeImage (model.get_env()) hands them out
+            obs = np.moveaxis(obs, -3, -1)
+            return (obs, True) if obs.ndim == 4 else (obs[None], False)
         raise ValueError(
             f"observation of shape {obs.shape} does not match the model's observation space {shape} "
             f"(accepted: {shape} or (n_envs, {', '.join(map(str, shape))}))"

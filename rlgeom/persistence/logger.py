@@ -27,8 +27,7 @@ def run_directory(root: str, env_id: str | None, name: str, seed: int | None) ->
     when that one holds files or another process claimed it first (two runs started at once never share
     one). The RunLogger opened on it takes the lock over."""
     check_outside_other_runs(root, "log directory (tensorboard_log / --logdir)")
-    task = (env_id or "unknown-env").replace("/", "-")
-    base = os.path.join(root, task, name, f"seed{seed}" if seed is not None else "run")
+    base = run_directory_base(root, env_id, name, seed)
     path, k = base, 1
     while True:
         if os.path.abspath(path) in _claimed:  # claimed for this run beforehand (a grid's worker)
@@ -39,6 +38,35 @@ def run_directory(root: str, env_id: str | None, name: str, seed: int | None) ->
             return path
         k += 1
         path = f"{base}_{k}"
+
+
+def run_directory_base(root: str, env_id: str | None, name: str, seed: int | None) -> str:
+    task = (env_id or "unknown-env").replace("/", "-")
+    return os.path.join(root, task, name, f"seed{seed}" if seed is not None else "run")
+
+
+def latest_run_directory(root: str, env_id: str | None, name: str, seed: int | None) -> str | None:
+    """The newest existing run directory run_directory() made for (task, name, seed), or None."""
+    base = run_directory_base(root, env_id, name, seed)
+    runs = [base] if os.path.isdir(base) else []
+    k = 2
+    while os.path.isdir(f"{base}_{k}"):
+        runs.append(f"{base}_{k}")
+        k += 1
+    return runs[-1] if runs else None
+
+
+def sb3_run_directory(root: str, name: str, new_run: bool = True) -> str:
+    """SB3's run folder `<root>/<name>_<N>`: N one past the highest existing (SB3's get_latest_run_id), or
+    the highest itself when continuing a run (learn(reset_num_timesteps=False), as SB3 does)."""
+    import glob
+    import re
+
+    pattern = re.compile(re.escape(name) + r"_(\d+)$")
+    ids = [int(m.group(1)) for path in glob.glob(os.path.join(glob.escape(root), f"{glob.escape(name)}_*"))
+           if (m := pattern.match(os.path.basename(path))) and os.path.isdir(path)]
+    latest = max(ids, default=0)
+    return os.path.join(root, f"{name}_{latest + 1 if new_run or latest == 0 else latest}")
 
 
 #: run directories chosen by run_directory whose lock the RunLogger opened on them takes over

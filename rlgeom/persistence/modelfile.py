@@ -154,6 +154,9 @@ def open_model(path) -> ModelFile:
             entries, metadata, header_len = _read_header(f, size, name)
         return ModelFile(path, name, size, entries, metadata, start + 8 + header_len)
     name = model_path(path) if not os.path.exists(os.fspath(path)) else os.fspath(path)
+    zipped = os.fspath(path) + ".zip"  # SB3's load(path) finds path + ".zip"
+    if not os.path.exists(name) and os.path.isfile(zipped):
+        raise ModelFileError(sb3_format_message(zipped))
     _check_regular_file(name)
     with _read_errors(name):
         f = open(name, "rb")
@@ -191,10 +194,23 @@ def _read_errors(name: str):
         raise ModelFileError(f"{name}: cannot be read as a model file: {err.strerror or err}") from None
 
 
+#: the first bytes of a zip archive: Stable-Baselines3's model format
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def sb3_format_message(name: str) -> str:
+    return (f"{name}: a Stable-Baselines3 model (a zip of pickled data and PyTorch weights), not rlgeom's safetensors "
+            "format; rlgeom never unpickles it. Import its weights with the matching agent: PPO.load_sb3(path) "
+            "(A2C -> VPG.load_sb3, sb3-contrib TRPO -> TRPO.load_sb3), which reads policy.pth with "
+            "torch.load(weights_only=True) and the JSON 'data' only")
+
+
 def _read_header(f, size: int, name: str) -> tuple[dict, dict, int]:
     head = f.read(8)
     if isinstance(head, str):
         raise ModelFileError(f"{name}: a model file object must be opened in binary mode ('rb'), got text")
+    if head[:4] == ZIP_MAGIC:
+        raise ModelFileError(sb3_format_message(name))
     if len(head) < 8:
         raise ModelFileError(f"{name}: not a readable safetensors model file: shorter than its header (truncated?)")
     n = int.from_bytes(head, "little")
@@ -320,10 +336,14 @@ def check_description(model: ModelFile) -> None:
     integers in range, the envs and spaces are of sane sizes, and the network it describes is no larger
     than the policy tensors the file holds (so a billion-unit layer is never allocated)."""
     d, name = model.description, model.name
-    for key in ("num_timesteps", "n_updates"):
+    for key in ("num_timesteps", "n_updates", "sb3_n_updates"):
         if key in d and not _nat(d[key]):
             raise ModelFileError(f"{name}: bad step counters in the description: {key} must be a non-negative "
                                  f"integer, got {d[key]!r:.80}")
+    if not isinstance(d.get("tensorboard_log"), (str, type(None))) or not _nat(d.get("verbose", 0)):
+        raise ModelFileError(f"{name}: the model description is inconsistent: tensorboard_log must be a path or null "
+                             f"and verbose a non-negative integer, got {d.get('tensorboard_log')!r:.80}, "
+                             f"{d.get('verbose')!r:.80}")
     n_envs = d.get("n_envs", 1)
     if not _nat(n_envs) or not 1 <= n_envs <= MAX_ENVS:
         raise ModelFileError(f"{name}: the model description is inconsistent: n_envs must be an integer from 1 to "
@@ -331,11 +351,11 @@ def check_description(model: ModelFile) -> None:
     if d.get("seed") is not None and not (_nat(d["seed"]) and d["seed"] < 2**63):
         raise ModelFileError(f"{name}: the model description is inconsistent: seed must be a non-negative integer "
                              f"or null, got {d['seed']!r:.80}")
-    for key, kind in (("algo", str), ("policy", str), ("hyperparameters", dict), ("observation_space", dict),
+    for key, kind in (("algo", str), ("policy", (str, dict)), ("hyperparameters", dict), ("observation_space", dict),
                       ("action_space", dict)):
         if not isinstance(d.get(key), kind):
             raise ModelFileError(f"{name}: the model description is incomplete or inconsistent: {key} must be a JSON "
-                                 f"{'string' if kind is str else 'object'}, got {d.get(key)!r:.80}")
+                                 f"{'string' if kind is str else 'object' if kind is dict else 'string or object'}, got {d.get(key)!r:.80}")
     if not isinstance(d.get("policy_kwargs") or {}, dict):
         raise ModelFileError(f"{name}: the model description is inconsistent: policy_kwargs must be a JSON object")
     bad = _non_finite(d["hyperparameters"])

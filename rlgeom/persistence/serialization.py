@@ -176,3 +176,16 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     from rlgeom.persistence.modelfile import digest_tensors
 
     return digest_tensors(tensors)
+
+
+def state_aliases(module: torch.nn.Module) -> dict[str, str]:
+    """{key: first key} for state-dict entries that are the same tensor as an earlier entry (a features
+    extractor shared by actor and critic appears under both names; safetensors stores a tensor once)."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for key, tensor in module.state_dict(keep_vars=True).items():
+        if id(tensor) in first:
+            aliases[key] = first[id(tensor)]
+        else:
+            first[id(tensor)] = key
+    return aliases

@@ -167,7 +167,8 @@ def run(args) -> dict:
         # a GPU-batched simulator runs every evaluation episode at once, one world each (one kernel launch per
         # physics step either way); other envs evaluate in one env, as before
         eval_env = make_vec_env(env_id, args.eval_episodes if env_id.startswith("warp/") else 1, device=agent.device)
-        mean, std = evaluate(agent, eval_env, args.eval_episodes, deterministic=True, seed=args.seed + 10_000)
+        mean, std = evaluate(agent, eval_env, args.eval_episodes, deterministic=True, seed=args.seed + 10_000,
+                             progress_bar=not args.no_progress)
         eval_env.close()
     agent.env.close()
     summary = {
