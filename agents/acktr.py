@@ -93,6 +93,17 @@ form, so the scale moves in the same metric as the rest of the policy (a plain g
 with momentum 0.9 would not be bounded by the KL budget). The cross-layer blocks of the Fisher are
 ignored as K-FAC ignores them between layers.
 
+`log_std_step`: where that exact step meets the trust region. "actor_trust_region" (default) puts
+Δ_logσᵀ F_raw Δ_logσ into the actor's (or the joint) ΔᵀF̂Δ, so log σ's step is scaled by the same η
+as the weights'. On MuJoCo that η is set by the weights: in directions where the factors' eigenvalues
+are far below the damping λ, (A ⊗ G + λI)⁻¹ amplifies the gradient ~1/λ, and log σ's exact block
+(2 + λ) took a median 0.23 % of the actor's quadratic form (experiments/RESULTS_grid_1m.md, "ACKTR on
+MuJoCo"); σ stayed at 0.96–0.99 for 1M steps. "own_trust_region" gives log σ's step an η of its own,
+min(1, √(2 kl_clip / Δ_logσᵀ F_raw Δ_logσ)), a group beside the actor's weights (and the critic's, under
+"per_network"): its KL budget is no longer the weights' leftovers. For reference, openai/baselines'
+KfacOptimizer gives a variable without factors (acktr_cont's logstd) its raw gradient, unpreconditioned,
+counted with lr²·gᵀg in the one clip; kfac-pytorch leaves unregistered parameters to the base optimiser.
+
 A shared feature extractor (CnnPolicy's NatureCNN) is called once per update, so its factors see the
 *sum* of the actor's and the critic's output gradients: the Fisher of the joint model (a categorical
 policy and a unit-variance Gaussian value head on the same torso), as in baselines' single network.
@@ -125,6 +136,7 @@ from rlgeom.training.schedules import schedule_value
 
 
 TRUST_REGIONS = ("joint", "per_network")
+LOG_STD_STEPS = ("actor_trust_region", "own_trust_region")
 
 
 @dataclass
@@ -138,6 +150,8 @@ class ACKTRConfig(OnPolicyConfig):
     momentum: float = hp(0.9, "SGD momentum, in [0, 1)")
     kl_clip: float = hp(0.001, "trust region: the step is scaled by min(1, sqrt(2 kl_clip / ΔᵀF̂Δ)); > 0")
     trust_region: str = hp("joint", "joint (one η for actor + critic, the paper's) or per_network (one η each)")
+    log_std_step: str = hp("actor_trust_region", "log σ's natural-gradient step (exact Fisher block) shares the "
+                                                 "actor's η (actor_trust_region) or takes its own (own_trust_region)")
     ent_coef: float = hp(0.01, "entropy bonus coefficient c_e")
     vf_coef: float = hp(0.5, "value loss coefficient c_v")
     max_grad_norm: float | None = hp(0.5, "clip the gradient's global norm before preconditioning (None: off)")
@@ -157,6 +171,8 @@ class ACKTRConfig(OnPolicyConfig):
         c.positive(self, "target_kl", allow_none=True)
         if self.trust_region not in TRUST_REGIONS:
             raise ValueError(f"trust_region must be one of {', '.join(TRUST_REGIONS)}, got {self.trust_region!r}")
+        if self.log_std_step not in LOG_STD_STEPS:
+            raise ValueError(f"log_std_step must be one of {', '.join(LOG_STD_STEPS)}, got {self.log_std_step!r}")
         c.positive(self, "damping")
         c.non_negative(self, "ent_coef")
         c.non_negative(self, "vf_coef")
@@ -199,9 +215,15 @@ class ACKTR(OnPolicyAgent):
             raise ValueError("trust_region='per_network' needs separate actor and critic networks, but this "
                              "policy shares its feature extractor (CnnPolicy's default); use trust_region='joint' "
                              "or policy_kwargs=dict(share_features_extractor=False)")
-        self._trust_region_groups = (  # the policy's group first
-            [list(self.policy.parameters())] if cfg.trust_region == "joint"
-            else [self.policy.actor_parameters(), self.policy.critic_parameters()])
+        groups = {"policy": list(self.policy.parameters())} if cfg.trust_region == "joint" else {
+            "policy": self.policy.actor_parameters(), "critic": self.policy.critic_parameters()}
+        if cfg.log_std_step == "own_trust_region":
+            if self._scale_param is None:
+                raise ValueError("log_std_step='own_trust_region' needs a Gaussian policy with a state-independent "
+                                 "scale (log σ); this policy has none: use log_std_step='actor_trust_region'")
+            groups = {name: [p for p in group if p is not self._scale_param] for name, group in groups.items()}
+            groups["log_std"] = [self._scale_param]
+        self._trust_region_groups = groups  # the policy's group first
 
     def update(self, buffer, progress_remaining: float) -> dict:
         cfg, family = self.config, self.policy.family
@@ -232,18 +254,18 @@ class ACKTR(OnPolicyAgent):
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.policy.parameters(), cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf)
         kfac_stats = self.kfac.step()
-        scale_fisher = self._precondition_scale(cfg.damping)
+        scale_fisher = self._precondition_scale(cfg.damping, dist_params)
         # trust region: η = min(1, √(2 kl_clip / ΔᵀF̂Δ)) for the full step Δ = -lr (F̂ + λI)⁻¹ g,
         # per trust-region group: one joint group, or the actor's and the critic's (trust_region="per_network")
         steps = {p: -lr * p.grad for p in self.policy.parameters() if p.grad is not None}
-        quads = [self._quadratic_form(group, steps, scale_fisher) for group in self._trust_region_groups]
+        quads = [self._quadratic_form(group, steps, scale_fisher) for group in self._trust_region_groups.values()]
         etas = [kl_scale(q, cfg.kl_clip, clip=True) for q in quads]
         # non-finite guard, before the parameters move (a skip restores the K-FAC state too)
         if not kfac_stats.finite:
             raise SkippedUpdate([f"K-FAC step ({', '.join(kfac_stats.nonfinite_layers)})"])
         guard_finite(loss=loss, grad_norm=grad_norm, quadratic_form=quads,
                      natural_gradient=[p.grad for p in self.policy.parameters()])
-        for group, eta in zip(self._trust_region_groups, etas):
+        for group, eta in zip(self._trust_region_groups.values(), etas):
             for p in group:
                 if p.grad is not None:
                     p.grad.mul_(eta)
@@ -251,17 +273,20 @@ class ACKTR(OnPolicyAgent):
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             kl = distributed.mean(policy_kl(family, dist_params.detach(), self.policy.dist_params(batch.obs)).mean())
-        # the policy's group comes first; a separate critic's η and ΔᵀF̂Δ are reported beside it
+        # the policy's group comes first; a separate critic's and log σ's η and ΔᵀF̂Δ are reported beside it
         reported = torch.stack([*quads, *etas, kl]).tolist()  # one host sync
         n = len(quads)
         quad_value, eta_value, kl_value = reported[0], reported[n], reported[-1]
-        critic = {"geometry/eta_critic": reported[n + 1], "geometry/quadratic_form_critic": reported[1]} if n == 2 else {}
+        others = {}
+        for i, name in enumerate(list(self._trust_region_groups)[1:], start=1):
+            others[f"geometry/eta_{name}"] = reported[n + i]
+            others[f"geometry/quadratic_form_{name}"] = reported[i]
         self._updates_bound += eta_value < 1.0
         stats = self._stats(lr, policy_loss, value_loss, entropy, buffer, kfac_stats, eta_value, quad_value, kl_value)
         if cfg.target_kl is not None:
             stats["geometry/lr_multiplier"] = self._lr_multiplier  # the one this update used, as train/learning_rate
             self._adapt_learning_rate(kl_value, scheduled_lr)
-        return {**stats, **critic}
+        return {**stats, **others}
 
     # ----------------------------------------------------------------- pieces of the update
     @torch.no_grad()
@@ -288,18 +313,23 @@ class ACKTR(OnPolicyAgent):
         """lr (1 - m): momentum then averages the clipped steps instead of summing them (baselines)."""
         return lr * (1.0 - self.config.momentum)
 
-    def _precondition_scale(self, damping: float) -> torch.Tensor | None:
+    def _precondition_scale(self, damping: float, dist_params: torch.Tensor) -> torch.Tensor | None:
         """(F_raw + λ)⁻¹ on the Gaussian scale's gradient; returns the exact diagonal F_raw (or None).
 
-        F_raw = 2·(∂ log σ/∂raw)²: the (log σ, log σ) block of the Gaussian's Fisher diag(1/σ², 2),
-        state-independent, pulled back to the stored parameterisation (log σ, σ or σ²).
+        F_raw = F_logσ·(∂ log σ/∂raw)²: the (log σ, log σ) block of the Gaussian's Fisher diag(1/σ², 2)
+        (the family's `fisher_product`, so 2), state-independent, pulled back to the stored
+        parameterisation (log σ, σ or σ²).
         """
         raw = self._scale_param
         if raw is None or raw.grad is None:
             return None
         with torch.enable_grad():
             dlogstd = torch.autograd.grad(self.policy.actor.scale().sum(), raw)[0]  # elementwise map
-        fisher = 2.0 * dlogstd.pow(2)
+        family = self.policy.family
+        mean_part, log_std_part = family.split(dist_params[:1].detach())
+        unit = torch.cat([torch.zeros_like(mean_part), torch.ones_like(log_std_part)], dim=-1)
+        fisher_log_std = family.split(family.fisher_product(dist_params[:1].detach(), unit))[1][0]
+        fisher = fisher_log_std * dlogstd.pow(2)
         raw.grad.div_(fisher + damping)
         return fisher
 
