@@ -333,3 +333,35 @@ def test_grid_summary_table(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         table.main([str(tmp_path / "missing")])
     assert exit_.value.code == 2
+
+
+def test_a_seed_is_counted_once_and_its_repeat_named(tmp_path):
+    """seed0 and seed0_2 (a rerun of seed 0) are one seed, the rerun named and left out; a continuation in a
+    folder of its own (seed 1 resumed at step 600) is merged into seed 1's curve. Two seeds, with the warning
+    that two are too few for an interval."""
+    s = np.arange(0, 501, 100)
+    meta = {"env_id": "T-v0", "algo": "ppo"}
+    write_run(tmp_path / "T-v0" / "ppo" / "seed0", s, s / 100.0, meta={**meta, "seed": 0}, wall=1000.0 + s)
+    write_run(tmp_path / "T-v0" / "ppo" / "seed0_2", s, s / 10.0, meta={**meta, "seed": 0}, wall=5000.0 + s)
+    write_run(tmp_path / "T-v0" / "ppo" / "seed1", s, s / 100.0 + 1, meta={**meta, "seed": 1}, wall=1000.0 + s)
+    later = np.arange(600, 1001, 100)
+    write_run(tmp_path / "T-v0" / "ppo" / "seed1_resumed", later, later / 100.0 + 1, meta={**meta, "seed": 1},
+              wall=3000.0 + later)
+    row = summarize(load_runs(tmp_path), reps=200)["T-v0"][0]
+    assert row.seeds == 2
+    assert row.budget == 1000  # seed 1's merged curve runs to the continuation's end
+    from rlgeom.persistence.runlogs import Curve
+    from rlgeom.tools.compare import final_return
+
+    steps = np.arange(0, 1001, 100)
+    seed0 = final_return(Curve(s.astype(float), s / 100.0, 1000.0 + s))  # seed0's own curve, not its rerun's
+    seed1 = final_return(Curve(steps.astype(float), steps / 100.0 + 1, steps.astype(float)))  # 0..1000, merged
+    assert row.final_mean == pytest.approx((seed0 + seed1) / 2)
+    notes = " ".join(row.notes)
+    assert "seed 0 ran more than once" in notes and "seed0_2" in notes
+    assert "seed 1: 2 runs continue one another" in notes
+    assert "only 2 seeds" in notes
+    report = (tmp_path / "out" / "report.md")
+    write_report(tmp_path, tmp_path / "out", reps=200)
+    text = report.read_text()
+    assert "seed0_2" in text and "4 runs (2 once each seed is counted once)" in text

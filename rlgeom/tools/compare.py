@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from rlgeom.persistence.runlogs import CompareError, Curve, Run, load_runs
+from rlgeom.persistence.runlogs import CompareError, Curve, Run, load_runs, merge_curves
 
 __all__ = ["CompareError", "Run", "Row", "load_runs", "summarize", "write_report", "main"]
 
 RETURN_TAG = "rollout/ep_rew_mean"
 FPS_TAG = "time/fps"
 FINAL_FRACTION = 0.1
+MIN_SEEDS_FOR_INTERVAL = 3  # below this an interval is shown with a warning
 CONFIDENCE = 0.95
 BOOTSTRAP_SAMPLES = 2000
 MAX_PLOT_POINTS = 500
@@ -161,6 +162,45 @@ def group(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
     return out
 
 
+def one_run_per_seed(runs: list[Run]) -> tuple[list[Run], list[str]]:
+    """Runs with each (task, agent, seed) once, and a note naming every repeat.
+
+    Runs that share a seed are one seed, whatever their directories are called (`seed0` and `seed0_2`,
+    or a save/load continuation in a folder of its own). A run that starts beyond the first run's first
+    logged step continues it: their curves are merged into one (a step logged twice keeps its latest
+    value). A run that starts where the first did is a rerun: the first (by start time, then path) is
+    kept and the rerun left out, named in the note.
+    """
+    by_key: dict[tuple, list[Run]] = {}
+    for run in runs:
+        by_key.setdefault((run.task, run.agent, run.seed), []).append(run)
+    kept, notes = [], []
+    for (task, agent, seed), same in by_key.items():
+        same = sorted(same, key=lambda r: (r.start_time, str(r.path)))
+        first = same[0]
+        if len(same) == 1:
+            kept.append(first)
+            continue
+        start = _first_step(first)
+        continuations = [r for r in same[1:] if _first_step(r) > start]
+        reruns = [r for r in same[1:] if _first_step(r) <= start]
+        if continuations:
+            merged = {tag: merge_curves([r.scalars[tag] for r in [first, *continuations] if tag in r.scalars])
+                      for tag in set().union(*(r.scalars for r in [first, *continuations]))}
+            first = Run(first.path, task, agent, seed, merged, first.start_time)
+            notes.append(f"{task} / {agent} / seed {seed}: {len(continuations) + 1} runs continue one another "
+                         f"({', '.join(str(r.path) for r in [same[0], *continuations])}): one seed, curves merged.")
+        if reruns:
+            notes.append(f"{task} / {agent} / seed {seed} ran more than once: counted once ({same[0].path}); "
+                         f"left out as repeats of the same seed: {', '.join(str(r.path) for r in reruns)}.")
+        kept.append(first)
+    return kept, notes
+
+
+def _first_step(run: Run) -> float:
+    return min((float(c.steps[0]) for c in run.scalars.values() if len(c.steps)), default=0.0)
+
+
 def check_tags(task: str, runs: list[Run], tag: str) -> None:
     """CompareError when a run of the task lacks the return tag, or only some have time/fps."""
     for run in runs:
@@ -248,6 +288,9 @@ def agent_row(agent: str, runs: list[Run], tag: str, threshold, auc_range, ci: s
     )
     if len(runs) < 2:
         row.notes.append(f"{agent} has a single seed: no confidence band or interval.")
+    elif len(runs) < MIN_SEEDS_FOR_INTERVAL:
+        row.notes.append(f"{agent} has only {len(runs)} seeds: an interval from so few says little (the bootstrap's "
+                         f"can only span their values); run at least {MIN_SEEDS_FOR_INTERVAL}.")
     return row
 
 
@@ -260,6 +303,7 @@ def summarize(runs: list[Run], thresholds: dict | None = None, tag: str = RETURN
     if ci not in CI_METHODS:
         raise CompareError(f"unknown confidence interval {ci!r}; accepted: {', '.join(CI_METHODS)}")
     thresholds, ranges = thresholds or {}, {**RETURN_RANGES, **(ranges or {})}
+    runs, repeats = one_run_per_seed(runs)
     tables = {}
     for task, by_agent in group(runs).items():
         task_runs = [r for rs in by_agent.values() for r in rs]
@@ -268,6 +312,8 @@ def summarize(runs: list[Run], thresholds: dict | None = None, tag: str = RETURN
         auc_range = common_range([r.scalars[tag].steps for r in task_runs])
         tables[task] = [agent_row(a, rs, tag, threshold, auc_range, ci, ranges.get(task), reps)
                         for a, rs in by_agent.items()]
+        for row in tables[task]:
+            row.notes += [n for n in repeats if n.startswith(f"{task} / {row.agent} / ")]
     return tables
 
 
@@ -457,6 +503,8 @@ def write_report(logdir, out=None, thresholds: dict | None = None, tag: str = RE
     thresholds, ranges = thresholds or {}, ranges or {}
     check_threshold_tasks({**thresholds, **ranges}, {r.task for r in runs})
     tables = summarize(runs, thresholds, tag, ci, ranges, reps)
+    n_dirs = len(runs)
+    runs, repeats = one_run_per_seed(runs)
     ranges = {**RETURN_RANGES, **ranges}
     out.mkdir(parents=True, exist_ok=True)
     styles, grouped, written, sections = agent_styles(runs), group(runs), [], []
@@ -471,7 +519,10 @@ def write_report(logdir, out=None, thresholds: dict | None = None, tag: str = RE
         sections.append(task_section(task, rows, tag, ci, level="##", overridden=given, reps=reps))
     aggregate, paths = across_tasks(grouped, tables, tag, ranges, styles, out, reps)
     written += paths
-    header = f"# rlgeom comparison report\n\nLog directory: `{logdir}`; {len(runs)} runs, {len(tables)} tasks.\n"
+    counted = f" ({len(runs)} once each seed is counted once)" if n_dirs != len(runs) else ""
+    header = f"# rlgeom comparison report\n\nLog directory: `{logdir}`; {n_dirs} runs{counted}, {len(tables)} tasks.\n"
+    if repeats:
+        header += "\nSeeds counted once:\n" + "".join(f"- {n}\n" for n in repeats)
     if left_out:
         header += (f"\nLeft out, without `{tag}` yet (--skip-incomplete): "
                    + ", ".join(f"{r.task} / {r.agent} / seed {r.seed}" for r in left_out) + ".\n")
