@@ -93,14 +93,15 @@ form, so the scale moves in the same metric as the rest of the policy (a plain g
 with momentum 0.9 would not be bounded by the KL budget). The cross-layer blocks of the Fisher are
 ignored as K-FAC ignores them between layers.
 
-`log_std_step`: where that exact step meets the trust region. "actor_trust_region" (default) puts
-Δ_logσᵀ F_raw Δ_logσ into the actor's (or the joint) ΔᵀF̂Δ, so log σ's step is scaled by the same η
-as the weights'. On MuJoCo that η is set by the weights: in directions where the factors' eigenvalues
-are far below the damping λ, (A ⊗ G + λI)⁻¹ amplifies the gradient ~1/λ, and log σ's exact block
-(2 + λ) took a median 0.23 % of the actor's quadratic form (experiments/RESULTS_grid_1m.md, "ACKTR on
-MuJoCo"); σ stayed at 0.96–0.99 for 1M steps. "own_trust_region" gives log σ's step an η of its own,
-min(1, √(2 kl_clip / Δ_logσᵀ F_raw Δ_logσ)), a group beside the actor's weights (and the critic's, under
-"per_network"): its KL budget is no longer the weights' leftovers. For reference, openai/baselines'
+`log_std_step`: how that exact step is sized. "with_actor" (default) puts Δ_logσᵀ F_raw Δ_logσ into the
+actor's (or the joint) ΔᵀF̂Δ and gives it the actor's learning rate, so log σ's step is scaled by the
+weights' η and, with target_kl, by the multiplier that the measured KL sets. On MuJoCo with the preset
+both are set by the weights: K-FAC's damping λ amplifies their gradient ~1/λ in the directions where
+the factors' eigenvalues are far below λ, so most of the measured KL is the mean's, target_kl holds the
+lr at 0.13–0.67 × the scheduled 0.2, and σ moved from 1 to 0.96–0.99 in 1M steps (the trust region
+itself stops binding after the first updates: experiments/acktr/RESULTS.md §0.7). "own" gives log σ its
+own η, min(1, √(2 kl_clip / Δ_logσᵀ F_raw Δ_logσ)) (a group beside the actor's weights and, under
+"per_network", the critic's), and steps it at the scheduled lr, outside target_kl's adaptation. For reference, openai/baselines'
 KfacOptimizer gives a variable without factors (acktr_cont's logstd) its raw gradient, unpreconditioned,
 counted with lr²·gᵀg in the one clip; kfac-pytorch leaves unregistered parameters to the base optimiser.
 
@@ -136,7 +137,7 @@ from rlgeom.training.schedules import schedule_value
 
 
 TRUST_REGIONS = ("joint", "per_network")
-LOG_STD_STEPS = ("actor_trust_region", "own_trust_region")
+LOG_STD_STEPS = ("with_actor", "own")
 
 
 @dataclass
@@ -150,8 +151,9 @@ class ACKTRConfig(OnPolicyConfig):
     momentum: float = hp(0.9, "SGD momentum, in [0, 1)")
     kl_clip: float = hp(0.001, "trust region: the step is scaled by min(1, sqrt(2 kl_clip / ΔᵀF̂Δ)); > 0")
     trust_region: str = hp("joint", "joint (one η for actor + critic, the paper's) or per_network (one η each)")
-    log_std_step: str = hp("actor_trust_region", "log σ's natural-gradient step (exact Fisher block) shares the "
-                                                 "actor's η (actor_trust_region) or takes its own (own_trust_region)")
+    log_std_step: str = hp("with_actor", "log σ's natural-gradient step (exact Fisher block): the actor's η and lr "
+                                         "(with_actor) or its own η at the scheduled lr, without target_kl's "
+                                         "adaptation (own)")
     ent_coef: float = hp(0.01, "entropy bonus coefficient c_e")
     vf_coef: float = hp(0.5, "value loss coefficient c_v")
     max_grad_norm: float | None = hp(0.5, "clip the gradient's global norm before preconditioning (None: off)")
@@ -203,11 +205,17 @@ class ACKTR(OnPolicyAgent):
             self.policy, damping=cfg.damping, stat_decay=cfg.stat_decay,
             update_statistics_every=cfg.update_statistics_every, update_inverse_every=cfg.update_inverse_every,
         )
-        self.optimizer = torch.optim.SGD(
-            self.policy.parameters(), lr=self._sgd_step_size(schedule_value(cfg.learning_rate, 1.0)),
-            momentum=cfg.momentum)
         scale = self.policy.actor.scale
         self._scale_param = None if scale is None else scale.raw
+        if cfg.log_std_step == "own" and self._scale_param is None:
+            raise ValueError("log_std_step='own' needs a Gaussian policy with a state-independent scale (log σ); "
+                             "this policy has none: use log_std_step='with_actor'")
+        own = cfg.log_std_step == "own"
+        # log_std_step="own": log σ is the optimiser's second group, with its own step size
+        params = ([{"params": [p for p in self.policy.parameters() if p is not self._scale_param]},
+                   {"params": [self._scale_param]}] if own else self.policy.parameters())
+        self.optimizer = torch.optim.SGD(
+            params, lr=self._sgd_step_size(schedule_value(cfg.learning_rate, 1.0)), momentum=cfg.momentum)
         self._updates_bound = 0  # applied updates where the trust region shrank the policy's step (η < 1)
         self._lr_multiplier = 1.0  # target_kl's adaptation of the scheduled learning rate
         shared = {id(p) for p in self.policy.actor_parameters()} & {id(p) for p in self.policy.critic_parameters()}
@@ -217,10 +225,7 @@ class ACKTR(OnPolicyAgent):
                              "or policy_kwargs=dict(share_features_extractor=False)")
         groups = {"policy": list(self.policy.parameters())} if cfg.trust_region == "joint" else {
             "policy": self.policy.actor_parameters(), "critic": self.policy.critic_parameters()}
-        if cfg.log_std_step == "own_trust_region":
-            if self._scale_param is None:
-                raise ValueError("log_std_step='own_trust_region' needs a Gaussian policy with a state-independent "
-                                 "scale (log σ); this policy has none: use log_std_step='actor_trust_region'")
+        if own:
             groups = {name: [p for p in group if p is not self._scale_param] for name, group in groups.items()}
             groups["log_std"] = [self._scale_param]
         self._trust_region_groups = groups  # the policy's group first
@@ -229,8 +234,10 @@ class ACKTR(OnPolicyAgent):
         cfg, family = self.config, self.policy.family
         scheduled_lr = schedule_value(cfg.learning_rate, progress_remaining)
         lr = scheduled_lr * self._lr_multiplier
-        for group in self.optimizer.param_groups:
-            group["lr"] = self._sgd_step_size(lr)
+        # log_std_step="own": log σ steps at the scheduled lr, outside target_kl's adaptation
+        lrs = [lr, scheduled_lr][: len(self.optimizer.param_groups)]
+        for group, group_lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = self._sgd_step_size(group_lr)
         batch = buffer.full_batch(cfg.normalize_advantage)
         # every layer called once (K-FAC's hooks keep the policy on autograd; a shared torso sees both heads)
         out = self.policy.outputs(batch.obs)
@@ -257,7 +264,7 @@ class ACKTR(OnPolicyAgent):
         scale_fisher = self._precondition_scale(cfg.damping, dist_params)
         # trust region: η = min(1, √(2 kl_clip / ΔᵀF̂Δ)) for the full step Δ = -lr (F̂ + λI)⁻¹ g,
         # per trust-region group: one joint group, or the actor's and the critic's (trust_region="per_network")
-        steps = {p: -lr * p.grad for p in self.policy.parameters() if p.grad is not None}
+        steps = {p: -self._step_lr(p, lr, scheduled_lr) * p.grad for p in self.policy.parameters() if p.grad is not None}
         quads = [self._quadratic_form(group, steps, scale_fisher) for group in self._trust_region_groups.values()]
         etas = [kl_scale(q, cfg.kl_clip, clip=True) for q in quads]
         # non-finite guard, before the parameters move (a skip restores the K-FAC state too)
@@ -300,6 +307,10 @@ class ACKTR(OnPolicyAgent):
         if scale_fisher is not None and any(p is self._scale_param for p in group):
             quad = quad + (scale_fisher * steps[self._scale_param].pow(2)).sum()
         return quad
+
+    def _step_lr(self, p, lr: float, scheduled_lr: float) -> float:
+        """The lr of p's step: log σ's is the scheduled one under log_std_step="own", all others the adapted one."""
+        return scheduled_lr if p is self._scale_param and self.config.log_std_step == "own" else lr
 
     def _adapt_learning_rate(self, kl: float, scheduled: float) -> None:
         """baselines' acktr_cont rule: the next update's lr ÷1.5 if this one's KL > 2·target_kl, ×1.5 if

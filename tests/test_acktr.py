@@ -349,18 +349,20 @@ def log_std_fisher_by_jacobians(mean: torch.Tensor, log_std: torch.Tensor, sampl
     return fisher / mean.shape[0]
 
 
-@pytest.mark.parametrize("log_std_step", ["actor_trust_region", "own_trust_region"])
+@pytest.mark.parametrize("log_std_step", ["with_actor", "own"])
 def test_log_std_step_is_the_exact_natural_gradient_in_its_trust_region(log_std_step):
     """log σ's update against an independent computation: its gradient from per-sample Jacobians of
     torch.distributions' log-density, its Fisher block from per-sample Jacobians over sampled actions
     (≈ 2I) and exactly as the Hessian of torch's KL(π_old ‖ π) (= 2I); then Δ = −lr·η·(F + λI)⁻¹g with
-    η the actor's (actor_trust_region) or min(1, √(2 kl_clip / ΔᵀFΔ)) from log σ's own block
-    (own_trust_region), where a small kl_clip makes it bind."""
+    η and lr the actor's (with_actor) or η = min(1, √(2 kl_clip / ΔᵀFΔ)) from log σ's own block at the
+    scheduled lr (own), where a small kl_clip makes it bind; target_kl's multiplier (set to 0.1 here) scales
+    log σ's step under with_actor only."""
     lr, kl_clip, damping = 0.25, 1e-4, 1e-2
     agent = ACKTR("MlpPolicy", ReachEnv(), n_envs=1, n_steps=64, seed=3, device="cpu", momentum=0.0,
                   learning_rate=lr, kl_clip=kl_clip, damping=damping, ent_coef=0.0, max_grad_norm=None,
-                  trust_region="per_network", log_std_step=log_std_step)
+                  trust_region="per_network", log_std_step=log_std_step, target_kl=0.01)
     agent.policy.actor.scale.raw.data.fill_(-0.3)  # away from σ = 1
+    agent._lr_multiplier = 0.1  # as if target_kl had shrunk the actor's lr
     agent._reset_env()
     agent.collect_rollout()
     batch = agent.buffer.full_batch(False)
@@ -382,18 +384,18 @@ def test_log_std_step_is_the_exact_natural_gradient_in_its_trust_region(log_std_
     torch.testing.assert_close(log_std_fisher_by_jacobians(mean[:4], log_std, 20_000), exact, rtol=0, atol=0.1)
 
     step = -lr * torch.linalg.solve(exact + damping * torch.eye(3, dtype=torch.float64), g)
-    if log_std_step == "own_trust_region":
+    if log_std_step == "own":
         eta = min(1.0, math.sqrt(2 * kl_clip / float(step @ exact @ step)))
         assert eta < 1 and stats["geometry/eta_log_std"] == pytest.approx(eta, rel=1e-4)
         assert float(applied.double() @ exact @ applied.double()) == pytest.approx(2 * kl_clip, rel=1e-4)
     else:
-        eta = stats["geometry/eta"]  # the actor's, set by its weights as well
+        eta = stats["geometry/eta"] * 0.1  # the actor's η, set by its weights as well, and its adapted lr
         assert "geometry/eta_log_std" not in stats
     torch.testing.assert_close(applied.double(), eta * step, rtol=1e-4, atol=1e-9)
 
 
 def test_own_log_std_trust_region_needs_a_gaussian_scale():
-    with pytest.raises(ValueError, match="log_std_step='own_trust_region' needs a Gaussian policy"):
-        ACKTR("MlpPolicy", "CartPole-v1", n_steps=8, seed=0, device="cpu", log_std_step="own_trust_region")
-    with pytest.raises(ValueError, match="log_std_step must be one of actor_trust_region, own_trust_region"):
+    with pytest.raises(ValueError, match="log_std_step='own' needs a Gaussian policy"):
+        ACKTR("MlpPolicy", "CartPole-v1", n_steps=8, seed=0, device="cpu", log_std_step="own")
+    with pytest.raises(ValueError, match="log_std_step must be one of with_actor, own"):
         ACKTR("MlpPolicy", "Pendulum-v1", n_steps=8, seed=0, device="cpu", log_std_step="exact")

@@ -14,15 +14,15 @@ cd "$(dirname "$0")/../.."
 
 TASKS="${TASKS:-Hopper-v5 HalfCheetah-v5 Walker2d-v5}"
 SEEDS="${SEEDS:-100,101,102,103,104}"   # diagnostic seeds, not the grid's 0-4
-ARMS="${ARMS:-preset log-std-own-tr}"
+ARMS="${ARMS:-preset log-std-own}"
 TIMESTEPS="${TIMESTEPS:-300000}"
 LOGDIR="${LOGDIR:-experiments/results/acktr_arms_300k}"
 
 arm_hp() {  # the arm's --hp overrides on top of the preset
     case "$1" in
         preset) echo "" ;;
-        log-std-own-tr) echo "log_std_step=own_trust_region" ;;
-        *) echo "unknown arm $1 (preset, log-std-own-tr)" >&2; return 2 ;;
+        log-std-own) echo "log_std_step=own" ;;
+        *) echo "unknown arm $1 (preset, log-std-own)" >&2; return 2 ;;
     esac
 }
 
