@@ -330,6 +330,16 @@ def test_grid_summary_table(tmp_path, capsys):
               for chosen in itertools.combinations(range(len(pooled)), len(trpo))]
     p = np.mean([abs(s - centre) >= abs(u - centre) for s in splits])
     assert f"| rlgeom TRPO | sb3-contrib TRPO | {wins:.2f} (5×3, p {p:.2f}) | — | — |" in out
+    # the difference of means, +183 of the peer's 217: its bootstrap interval lies within what resampling can
+    # reach (every x seed against every y seed) and, with 3 and 5 seeds this spread, includes 0
+    diff, (low, high) = table.mean_difference(np.array(trpo), np.array(peer))
+    assert diff == pytest.approx(400 - 650 / 3)
+    assert min(trpo) - max(peer) <= low < diff < high <= max(trpo) - min(peer) and low < 0
+    gap = table.excluded_gap((low, high), 650 / 3)
+    assert f"| rlgeom TRPO | sb3-contrib TRPO | +183 (+85%) [{low:+.0f}, {high:+.0f}]; no difference detected, " \
+           f"gaps > {gap:.0%} excluded | — | — |" in out
+    # one value per side: the interval is the difference itself, and it excludes 0
+    assert table.difference_cell(np.full(3, 5.0), np.full(4, 4.0)) == "+1 (+25%) [+1, +1]; higher by +25% to +25%"
     with pytest.raises(SystemExit) as exit_:
         table.main([str(tmp_path / "missing")])
     assert exit_.value.code == 2
