@@ -375,3 +375,18 @@ def test_a_seed_is_counted_once_and_its_repeat_named(tmp_path):
     write_report(tmp_path, tmp_path / "out", reps=200)
     text = report.read_text()
     assert "seed0_2" in text and "4 runs (2 once each seed is counted once)" in text
+
+
+def test_plot_ranges_show_where_the_data_lie():
+    """The probability-of-improvement bar of P = 1.0 [1, 1] is drawn 0.02 wide inside [0, 1]; wide intervals
+    are drawn as they are. The performance profiles' τ run over the scores' range (to 0.32 when that is the
+    best score), not to a fixed 1.2."""
+    from rlgeom.tools.compare import profile_taus, visible_interval
+
+    assert visible_interval((1.0, 1.0)) == pytest.approx((0.98, 1.0))
+    assert visible_interval((0.0, 0.0)) == pytest.approx((0.0, 0.02))
+    assert visible_interval((0.5, 0.5)) == pytest.approx((0.49, 0.51))
+    assert visible_interval((0.2, 0.7)) == (0.2, 0.7)
+    taus = profile_taus({"a": np.array([[0.1, 0.32]]), "b": np.array([[0.05, 0.2]])})
+    assert taus[0] == 0.0 and taus[-1] == pytest.approx(0.32)
+    assert profile_taus({"a": np.array([[-0.5, 0.3]])})[0] == pytest.approx(-0.5)

@@ -407,7 +407,8 @@ def plot_agent(ax, runs: list[Run], tag: str, axis: str, ci: str, style: dict, b
     mean, lo, hi = mean_ci(resample(xs, ys, grid), ci)
     if bounds is not None:
         lo, hi = np.clip(lo, *bounds), np.clip(hi, *bounds)
-    ax.plot(grid, mean, **style, label=f"{runs[0].agent} ({n} seeds)")
+    few = f"; too few seeds for a {CONFIDENCE:.0%} band" if n < MIN_SEEDS_FOR_INTERVAL else ""
+    ax.plot(grid, mean, **style, label=f"{runs[0].agent} ({n} seeds{few})")
     ax.fill_between(grid, lo, hi, color=style["color"], alpha=0.15, linewidth=0)
     for edge in (lo, hi):
         ax.plot(grid, edge, color=style["color"], linewidth=0.6, alpha=0.6, linestyle=style["linestyle"])
@@ -550,7 +551,7 @@ def across_tasks(grouped, tables, tag: str, ranges: dict, styles, out: Path, rep
         return "## Across tasks\n\nNo task was run by every agent: no aggregate.\n", []
     points, intervals = agg.interval_estimates(scores, reps)
     probabilities, prob_intervals = agg.improvement_probabilities(scores, reps)
-    taus = np.linspace(0.0, 1.2, 61)
+    taus = profile_taus(scores)
     profiles, profile_cis = agg.performance_profiles(scores, taus, reps)
     paths = plot_aggregates(points, intervals, styles, out / "aggregate_metrics")
     paths += plot_profiles(profiles, profile_cis, taus, styles, out / "performance_profile")
@@ -561,6 +562,24 @@ def across_tasks(grouped, tables, tag: str, ranges: dict, styles, out: Path, rep
     if probabilities:
         figures.append("![probability of improvement](probability_of_improvement.png)")
     return text + "\n" + "\n".join(figures) + "\n", paths
+
+
+def profile_taus(scores: dict[str, np.ndarray], points: int = 61) -> np.ndarray:
+    """The performance profiles' thresholds τ over the range of the normalised scores (from 0, or below it
+    where a score is negative, to the highest score), so the x-axis shows where the runs lie."""
+    values = np.concatenate([np.ravel(m) for m in scores.values()])
+    low, high = min(0.0, float(values.min())), float(values.max())
+    return np.linspace(low, high if high > low else low + 1.0, points)
+
+
+def visible_interval(interval, width: float = 0.02) -> tuple[float, float]:
+    """An interval on [0, 1] drawn at least `width` wide (centred on it, kept inside [0, 1]): a bar of P = 1.0
+    [1, 1] would have no width and leave its row looking empty."""
+    low, high = (float(v) for v in np.ravel(interval))
+    if high - low >= width:
+        return low, high
+    start = min(max((low + high - width) / 2, 0.0), 1.0 - width)
+    return start, start + width
 
 
 def plot_aggregates(points, intervals, styles, stem: Path) -> list[Path]:
@@ -606,9 +625,13 @@ def plot_improvement(probabilities, intervals, stem: Path) -> list[Path]:
 
     fig = new_figure((6.0, 0.6 * len(probabilities) + 1.5))
     ax = fig.add_subplot()
-    plot_utils.plot_probability_of_improvement(probabilities, intervals, ax=ax, xticks=[0, 0.25, 0.5, 0.75, 1],
-                                               xlabel="P(X > Y): a run of X beats a run of Y on a task")
-    ax.set_xlim(0, 1)
+    shown = {pair: visible_interval(interval) for pair, interval in intervals.items()}
+    plot_utils.plot_probability_of_improvement(probabilities, shown, ax=ax, xticks=[0, 0.25, 0.5, 0.75, 1],
+                                               xlabel="P(X > Y): a run of X beats a run of Y on a task "
+                                                      "(◆: the estimate; bars at least 0.02 wide)")
+    for row, value in enumerate(probabilities.values()):
+        ax.plot(float(np.ravel(value)[0]), row, marker="D", color="k", markersize=5, zorder=3, clip_on=False)
+    ax.set_xlim(-0.02, 1.02)
     return save_figure(fig, stem)
 
 
