@@ -8,7 +8,7 @@
 # the arms side by side (so a stopped session leaves paired seeds), task after task, through the CLI's grid
 # (rlgeom.tools.benchmark): a finished run has done.json (final deterministic evaluation of 10 episodes, the
 # git commit, the preset and the overrides) and is skipped on a rerun; an unfinished one is set aside and run
-# again. The table: python experiments/acktr/arms_table.py
+# again. The table: python experiments/acktr/arms_table.py LOGDIR
 set -u
 cd "$(dirname "$0")/../.."
 
