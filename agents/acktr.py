@@ -47,6 +47,8 @@ Defaults and where they come from:
 | normalize_advantage    | False   | A2C/ACKTR do not normalise advantages (baselines, SB2, SB3 A2C) |
 | target_kl              | None    | off, as in the paper's Atari runs; baselines' continuous-control |
 |                        |         | ACKTR (acktr_cont) adapts its step size with desired_kl=0.002   |
+| log_std_step           | with_actor | log σ's exact natural-gradient step sized with the actor's;  |
+|                        |         | "own": its own η at the scheduled lr (issue 29; see below)      |
 
 Why lr·(1 − m): the trust region scales the *fresh* step only. SGD with momentum m and step size lr
 moves θ by the sum of the past clipped steps, up to 1/(1 − m) = 10 of them when they agree, so a KL
