@@ -235,3 +235,20 @@ def test_sb3contrib_trpo_gets_the_kl_radius_in_its_own_convention():
                                           spaces.Box(-1, 1, (3,)))
     assert converted["target_kl"] == pytest.approx(0.01) and converted["cg_damping"] == pytest.approx(0.1)
     assert sb3contrib_kl_convention({"target_kl": 0.02}, spaces.Discrete(2)) == {"target_kl": 0.02, "cg_damping": 0.1}
+
+
+def test_the_commit_is_always_recorded(monkeypatch):
+    """Outside a git checkout (git missing here), done.json's code names the commit from $RLGEOM_GIT_COMMIT,
+    or records None and says why; never leaves the key out."""
+    from rlgeom.tools import benchmark
+
+    def no_git(*args, **kwargs):
+        raise OSError("git: not found")
+
+    monkeypatch.setattr(benchmark.subprocess, "run", no_git)
+    monkeypatch.delenv("RLGEOM_GIT_COMMIT", raising=False)
+    identity = benchmark.code_identity()
+    assert identity["git_commit"] is None and "RLGEOM_GIT_COMMIT unset" in identity["git_commit_note"]
+    monkeypatch.setenv("RLGEOM_GIT_COMMIT", "0123abc")
+    identity = benchmark.code_identity()
+    assert identity["git_commit"] == "0123abc" and "git_commit_note" not in identity

@@ -432,8 +432,9 @@ def set_aside(run_dir: str) -> str | None:
 
 
 def code_identity() -> dict:
-    """What ran: rlgeom's version, its git commit when it runs from a checkout (and whether tracked files
-    differed from it), and the versions of the libraries a run's numbers depend on."""
+    """What ran: rlgeom's version, its git commit (and whether tracked files differed from it), and the
+    versions of the libraries a run's numbers depend on. `git_commit` is always recorded: the checkout's
+    HEAD, else $RLGEOM_GIT_COMMIT (for a tree exported from git), else None with `git_commit_note` saying why."""
     from importlib import metadata
 
     from rlgeom import __version__
@@ -449,8 +450,12 @@ def code_identity() -> dict:
         if top is not None and os.path.samefile(top, root):  # rlgeom's own checkout, not a repository around it
             identity["git_commit"] = git("rev-parse", "HEAD")
             identity["git_dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):  # no git here: the version alone
+    except (OSError, subprocess.SubprocessError):  # no git here: the fallbacks below
         pass
+    if not identity.get("git_commit"):
+        identity["git_commit"] = os.environ.get("RLGEOM_GIT_COMMIT") or None
+        if identity["git_commit"] is None:
+            identity["git_commit_note"] = "not run from a git checkout of rlgeom and RLGEOM_GIT_COMMIT unset"
     for name in ("torch", "gymnasium", "mujoco", "stable-baselines3", "sb3-contrib"):
         try:
             identity[name] = metadata.version(name)
