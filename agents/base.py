@@ -43,7 +43,7 @@ from collections import deque
 import numpy as np
 import torch
 
-import envs
+from rlgeom import envs
 from rlgeom import __version__, validation
 from rlgeom.persistence import checkpoint as ckpt
 from rlgeom.data.buffer import RolloutBuffer
@@ -55,14 +55,14 @@ from rlgeom.data.normalization import RewardScaler
 from rlgeom.models.policies import ActorCriticPolicy
 from rlgeom.models.sb3_policy import is_sb3_policy_class
 from rlgeom.persistence.serialization import policy_kwargs_to_json, spaces_equal
-from agents.checkpoints import Checkpoints
-from agents.config import OnPolicyConfig
-from agents import devices
-from agents.devices import resolve_device, set_global_seeds
-from agents.guard import RollbackGuard
-from agents.persistence import Persistence
-from agents.sb3_compat import SB3Compat, make_progress_bar, policy_std, step_locals, warn_rounded_budget, wrap_callback
-from envs.boundary import NonFiniteCounter, nonfinite_policy
+from rlgeom.agents.checkpoints import Checkpoints
+from rlgeom.agents.config import OnPolicyConfig
+from rlgeom.agents import devices
+from rlgeom.agents.devices import resolve_device, set_global_seeds
+from rlgeom.agents.guard import RollbackGuard
+from rlgeom.agents.persistence import Persistence
+from rlgeom.agents.sb3_compat import SB3Compat, make_progress_bar, policy_std, step_locals, warn_rounded_budget, wrap_callback
+from rlgeom.envs.boundary import NonFiniteCounter, nonfinite_policy
 
 
 def _in_learning_threads(learn):
@@ -197,7 +197,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                 )
             kwargs["share_features_extractor"] = False
         if is_sb3_policy_class(self.policy_name):  # SB3's custom-policy pattern (rlgeom/models/sb3_policy.py)
-            from agents.sb3_compat import as_float_schedule
+            from rlgeom.agents.sb3_compat import as_float_schedule
             from rlgeom.models.sb3_policy import policy_from_sb3_class
 
             try:

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import torch
 
-from agents import config as c
-from agents.base import OnPolicyAgent
-from agents.config import OnPolicyConfig, hp
-from agents.critic import critic_optimizer, explained_variance, fit_value_function
+from rlgeom.agents import config as c
+from rlgeom.agents.base import OnPolicyAgent
+from rlgeom.agents.config import OnPolicyConfig, hp
+from rlgeom.agents.critic import critic_optimizer, explained_variance, fit_value_function
 from rlgeom.data.buffer import Batch
 from rlgeom.geometry.fisher import FVP_METHODS, NaturalStep, PolicyFisher, natural_step, predicted_kl, surrogate_advantage
 from rlgeom.models.parameters import flat_gradient

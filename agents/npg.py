@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agents.natural import NaturalDirection, NaturalGradientAgent, NaturalGradientConfig
+from rlgeom.agents.natural import NaturalDirection, NaturalGradientAgent, NaturalGradientConfig
 from rlgeom.models.parameters import assign_flat_parameters, flat_parameters
 
 

@@ -22,10 +22,10 @@ from rlgeom.persistence.statecheck import check_json_state, check_tensors
 from rlgeom.persistence.modelfile import (
     EXTRA_STATE_BYTES, EXTRA_STATE_FACTOR, check_description, check_envs_to_build, open_model,
 )
-from agents.devices import resolve_device, set_global_seeds
-from envs.make import TORCH_NATIVE_PREFIX
+from rlgeom.agents.devices import resolve_device, set_global_seeds
+from rlgeom.envs.make import TORCH_NATIVE_PREFIX
 from rlgeom.training import distributed
-from agents.sb3_compat import filter_description, hyperparameters_from_saved, hyperparameters_to_json
+from rlgeom.agents.sb3_compat import filter_description, hyperparameters_from_saved, hyperparameters_to_json
 
 #: constructor options saved with the model that are not hyperparameters of the algorithm
 AGENT_OPTIONS = ("nonfinite", "max_consecutive_skips", "geometry_every", "stats_window_size", "tensorboard_log",
@@ -168,7 +168,7 @@ class Persistence:
         """A Stable-Baselines3 `.zip` (PPO -> PPO, A2C -> VPG, sb3-contrib TRPO -> TRPO) as this agent: its
         weights via torch.load(weights_only=True) and its JSON `data`, never its pickles (agents/sb3_import.py).
         `env` is needed where SB3's JSON does not hold a space readably; `overrides` replace hyperparameters."""
-        from agents.sb3_import import load_sb3
+        from rlgeom.agents.sb3_import import load_sb3
 
         return load_sb3(cls, path, env=env, device=device, **overrides)
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from agents import config as c
-from agents.base import OnPolicyAgent
-from agents.config import OnPolicyConfig, hp
-from agents.critic import explained_variance
+from rlgeom.agents import config as c
+from rlgeom.agents.base import OnPolicyAgent
+from rlgeom.agents.config import OnPolicyConfig, hp
+from rlgeom.agents.critic import explained_variance
 from rlgeom.geometry.fisher import approximate_kl
 from rlgeom.training import distributed
 from rlgeom.training.guards import guard_finite, read_stats

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-import envs
+from rlgeom import envs
 from rlgeom.persistence.serialization import ModelFileError
 from rlgeom.training.schedules import is_unstored, schedule_to_json
 
@@ -58,7 +58,7 @@ class SB3Compat:
         buffer = self.__dict__.get("buffer")
         if buffer is None:
             return None
-        from agents.sb3_buffer import RolloutBufferView
+        from rlgeom.agents.sb3_buffer import RolloutBufferView
 
         return RolloutBufferView(buffer, self.observation_space, self.action_space, self.policy.dict_layout,
                                  self.config.gamma, self.config.gae_lambda, self.__dict__.get("_rollout_trained", False))
@@ -108,7 +108,7 @@ class SB3Compat:
             return transposed_view(backend, self.observation_space)
         cached = self.__dict__.get("_sb3_view")
         if cached is None or cached.rlgeom_env is not self.env:
-            from agents.sb3_view import RlgeomVecEnvView
+            from rlgeom.agents.sb3_view import RlgeomVecEnvView
 
             cached = self._sb3_view = RlgeomVecEnvView(self.env)
         return transposed_view(cached, self.observation_space)

@@ -18,7 +18,7 @@ from gymnasium import spaces
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv as SB3VecEnv
 
-from agents.sb3_compat import StepInfos
+from rlgeom.agents.sb3_compat import StepInfos
 from rlgeom.data.dict_obs import layout_for
 
 

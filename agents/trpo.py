@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agents import config as c
-from agents.config import hp
-from agents.natural import NaturalDirection, NaturalGradientAgent, NaturalGradientConfig
+from rlgeom.agents import config as c
+from rlgeom.agents.config import hp
+from rlgeom.agents.natural import NaturalDirection, NaturalGradientAgent, NaturalGradientConfig
 from rlgeom.geometry.fisher import backtracking_line_search
 
 

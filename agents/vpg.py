@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from agents import config as c
-from agents.base import OnPolicyAgent
-from agents.config import OnPolicyConfig, hp
-from agents.critic import critic_optimizer, explained_variance, fit_value_function
+from rlgeom.agents import config as c
+from rlgeom.agents.base import OnPolicyAgent
+from rlgeom.agents.config import OnPolicyConfig, hp
+from rlgeom.agents.critic import critic_optimizer, explained_variance, fit_value_function
 from rlgeom.geometry.fisher import approximate_kl
 from rlgeom.training import distributed
 from rlgeom.training.guards import guard_finite, read_stats

@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from envs.base import StepResult, VecEnv
+from rlgeom.envs.base import StepResult, VecEnv
 
 #: StepResult's tensor fields, in the order they are packed
 FIELDS = tuple(f.name for f in dataclasses.fields(StepResult))

@@ -8,9 +8,9 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv as GymVectorEnv
 
-from envs.base import StepResult, VecEnv
-from envs.boundary import EpisodeTracker, ObservationPacker, check_finite, to_action_array, to_obs_tensor, to_tensor
-from envs.device import HostTransfer
+from rlgeom.envs.base import StepResult, VecEnv
+from rlgeom.envs.boundary import EpisodeTracker, ObservationPacker, check_finite, to_action_array, to_obs_tensor, to_tensor
+from rlgeom.envs.device import HostTransfer
 
 
 class GymnasiumVecEnv(VecEnv):

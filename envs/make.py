@@ -11,12 +11,12 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 from rlgeom import validation
-from envs.atari import atari_env_kwargs, atari_wrappers, is_atari_id, register_atari
-from envs.base import VecEnv
-from envs.device import on_device
-from envs.gymnasium_backend import EpisodeInfoOnly, GymnasiumVecEnv, OptionalResetOptions
-from envs.sb3_backend import SB3VecEnvAdapter, is_sb3_vec_env
-from envs.warp_mujoco import WARP_PREFIX
+from rlgeom.envs.atari import atari_env_kwargs, atari_wrappers, is_atari_id, register_atari
+from rlgeom.envs.base import VecEnv
+from rlgeom.envs.device import on_device
+from rlgeom.envs.gymnasium_backend import EpisodeInfoOnly, GymnasiumVecEnv, OptionalResetOptions
+from rlgeom.envs.sb3_backend import SB3VecEnvAdapter, is_sb3_vec_env
+from rlgeom.envs.warp_mujoco import WARP_PREFIX
 
 VECTORIZATION_MODES = ("sync", "async")
 TORCH_NATIVE_PREFIX = "torch/"
@@ -65,11 +65,11 @@ def make_vec_env(
 
 def _from_id(env_id: str, n_envs: int, device, vectorization: str, env_kwargs: dict) -> VecEnv:
     if env_id.startswith(TORCH_NATIVE_PREFIX):
-        from envs.torch_native import make_torch_native
+        from rlgeom.envs.torch_native import make_torch_native
 
         return make_torch_native(env_id, n_envs, device=device)
     if env_id.startswith(WARP_PREFIX):
-        from envs.warp_mujoco import make_warp_mujoco
+        from rlgeom.envs.warp_mujoco import make_warp_mujoco
 
         return make_warp_mujoco(env_id, n_envs, device=device)
     wrappers = []

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from envs.base import StepResult, VecEnv
-from envs.boundary import EpisodeTracker, ObservationPacker, check_finite, to_action_array, to_obs_tensor, to_tensor
-from envs.device import HostTransfer
+from rlgeom.envs.base import StepResult, VecEnv
+from rlgeom.envs.boundary import EpisodeTracker, ObservationPacker, check_finite, to_action_array, to_obs_tensor, to_tensor
+from rlgeom.envs.device import HostTransfer
 
 
 def is_sb3_vec_env(env) -> bool:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from envs.base import StepResult, VecEnv
+from rlgeom.envs.base import StepResult, VecEnv
 from rlgeom import validation
 
 __all__ = [

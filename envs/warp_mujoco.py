@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from envs.mujoco_tasks import TASKS, MujocoTask, gymnasium_asset
-from envs.torch_native import TorchNativeVecEnv
+from rlgeom.envs.mujoco_tasks import TASKS, MujocoTask, gymnasium_asset
+from rlgeom.envs.torch_native import TorchNativeVecEnv
 
 __all__ = ["WARP_PREFIX", "WARP_IDS", "WarpMujocoVecEnv", "make_warp_mujoco", "import_mujoco_warp", "MissingExtraError"]
 

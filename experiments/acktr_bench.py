@@ -26,10 +26,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 OUT = os.path.join(HERE, "acktr")
 
-from agents import ACKTR  # noqa: E402
-from agents.config import parse_hp_value  # noqa: E402
-from agents.presets import preset  # noqa: E402
-from envs import make_vec_env  # noqa: E402
+from rlgeom.agents import ACKTR  # noqa: E402
+from rlgeom.agents.config import parse_hp_value  # noqa: E402
+from rlgeom.agents.presets import preset  # noqa: E402
+from rlgeom.envs import make_vec_env  # noqa: E402
 from rlgeom.training.evaluation import evaluate  # noqa: E402
 
 

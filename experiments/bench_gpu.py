@@ -65,14 +65,14 @@ def sync(device: torch.device) -> None:
 
 
 def make_agent(algo: str, env_id: str, n_envs: int, device: str, seed: int, hp: dict):
-    from agents import AGENTS
+    from rlgeom.agents import AGENTS
 
     return AGENTS[algo]("MlpPolicy", env_id, n_envs=n_envs, seed=seed, device=device, **hp)
 
 
 def solve(args) -> dict:
     """PPO on torch/CartPole-v1 until a deterministic evaluation reaches 475, or out of budget."""
-    from envs import make_vec_env
+    from rlgeom.envs import make_vec_env
     from rlgeom.training.evaluation import evaluate
 
     hp = hyperparameters("ppo", args.n_envs)

@@ -123,7 +123,7 @@ class RLGeomEvaluator:
     """rlgeom.training.evaluation.evaluate on a separate single env (seeded at each evaluation)."""
 
     def __init__(self, env_id: str, seed: int):
-        from envs import make_vec_env
+        from rlgeom.envs import make_vec_env
 
         self.env, self.seed = make_vec_env(env_id, 1, device="cpu"), seed
 
@@ -183,8 +183,8 @@ def apply_overrides(cfg: dict, overrides: dict) -> dict:
 
 
 def run_rlgeom(algo, env_id, seed, timesteps, eval_every, overrides=None) -> dict:
-    from agents import AGENTS
-    from agents.presets import preset
+    from rlgeom.agents import AGENTS
+    from rlgeom.agents.presets import preset
 
     cfg = apply_overrides(preset(algo, env_id), overrides or {})
     agent = AGENTS[algo](cfg["policy"], env_id, n_envs=cfg["n_envs"], seed=seed, device="cpu",
@@ -214,7 +214,7 @@ def run_rlgeom(algo, env_id, seed, timesteps, eval_every, overrides=None) -> dic
 
 
 def run_sb3(algo, env_id, seed, timesteps, eval_every, overrides=None) -> dict:
-    from agents.presets import preset
+    from rlgeom.agents.presets import preset
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
 
@@ -263,7 +263,7 @@ def run_sb3(algo, env_id, seed, timesteps, eval_every, overrides=None) -> dict:
 
 
 def run_job(spec: str) -> dict:
-    from agents.config import parse_hp_value
+    from rlgeom.agents.config import parse_hp_value
 
     lib, algo, env_id, seed, timesteps, eval_every, *extra = spec.split(":")
     seed, timesteps, eval_every = int(seed), int(timesteps), int(eval_every)
@@ -297,7 +297,7 @@ def speed(steps_cartpole: int = 50_000, steps_hopper: int = 20_000, repeats: int
 
     rows = []
     for env_id, steps in (("CartPole-v1", steps_cartpole), ("Hopper-v5", steps_hopper)):
-        from agents.presets import preset
+        from rlgeom.agents.presets import preset
 
         n_envs = preset("ppo", env_id)["n_envs"]
         for rep in range(repeats):  # interleaved back to back: raw env, rlgeom, SB3

@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
     torch.set_num_threads(args.threads)
-    from agents import AGENTS
+    from rlgeom.agents import AGENTS
 
     algos = args.agents or list(AGENTS)
     records = []

@@ -15,7 +15,7 @@ import time
 import torch
 
 torch.set_num_threads(1)
-from agents import PPO, TRPO  # noqa: E402 (after the thread count, as a user script would)
+from rlgeom.agents import PPO, TRPO  # noqa: E402 (after the thread count, as a user script would)
 
 
 def main(out: str) -> None:

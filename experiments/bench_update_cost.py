@@ -72,8 +72,8 @@ def timeit_interleaved(fns: dict, reps: int, warmup: int = 3, setup=None) -> dic
 
 
 def bench_env(env_id: str, reps_fvp: int, reps_update: int) -> dict:
-    from agents.natural import natural_direction
-    from agents.trpo import TRPO
+    from rlgeom.agents.natural import natural_direction
+    from rlgeom.agents.trpo import TRPO
     from rlgeom.geometry.fisher import PolicyFisher
 
     out = {"env": env_id}
@@ -172,8 +172,8 @@ def same_step(env_id: str = "Hopper-v5") -> dict:
     from sb3_contrib import TRPO as SB3TRPO
     from torch.distributions import kl_divergence
 
-    from agents.natural import natural_direction
-    from agents.trpo import TRPO
+    from rlgeom.agents.natural import natural_direction
+    from rlgeom.agents.trpo import TRPO
     from rlgeom.data.buffer import Batch, normalize
     from rlgeom.geometry.fisher import backtracking_line_search
     from rlgeom.models.parameters import assign_flat_parameters, flat_parameters

@@ -44,7 +44,7 @@ def sync(device: torch.device) -> None:
 
 
 def env_speed(env_id: str, n: int, seconds: float, device: torch.device) -> dict:
-    from envs import make_vec_env
+    from rlgeom.envs import make_vec_env
 
     env = make_vec_env(env_id, n, seed=0, device=device)
     env.reset(seed=0)
@@ -78,8 +78,8 @@ def section_transfer(args) -> dict:
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.monitor import Monitor
 
-    from agents import AGENTS
-    from envs import make_vec_env
+    from rlgeom.agents import AGENTS
+    from rlgeom.envs import make_vec_env
     from rlgeom.training.evaluation import evaluate
 
     model = AGENTS[args.algo].load(args.model, device=args.device)
@@ -95,8 +95,8 @@ def section_transfer(args) -> dict:
 
 
 def make_agent(algo: str, n: int, device: str, seed: int = 0):
-    from agents import AGENTS
-    from agents.presets import preset
+    from rlgeom.agents import AGENTS
+    from rlgeom.agents.presets import preset
 
     cfg = preset(algo, WARP_TASK, n_envs=n)
     agent = AGENTS[algo](cfg["policy"], WARP_TASK, n_envs=n, seed=seed, device=device,
@@ -125,7 +125,7 @@ def section_agents(args) -> dict:
 
 
 def section_solve(args) -> dict:
-    from envs import make_vec_env
+    from rlgeom.envs import make_vec_env
     from rlgeom.training.evaluation import evaluate
 
     rows = []
@@ -160,7 +160,7 @@ def section_equivalence(args) -> dict:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
     from test_warp_mujoco import gymnasium_one_step, random_states
 
-    from envs.warp_mujoco import make_warp_mujoco
+    from rlgeom.envs.warp_mujoco import make_warp_mujoco
 
     rows = []
     for gym_id in args.tasks:

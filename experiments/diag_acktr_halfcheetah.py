@@ -49,8 +49,8 @@ ARMS = ("baseline", "critic-steps-25", "critic-steps-25-own-lr", "gae-0.97", "kl
 
 def patch_critic_steps(extra_steps: int, own_lr: bool) -> None:
     """After ACKTR's update, `extra_steps` K-FAC steps of the critic alone on the value loss of the same batch."""
-    import agents.acktr as acktr
-    from agents.critic import explained_variance
+    import rlgeom.agents.acktr as acktr
+    from rlgeom.agents.critic import explained_variance
     from rlgeom.geometry.fisher import kl_scale
     from rlgeom.training.schedules import schedule_value
 
@@ -117,7 +117,7 @@ def run(arm: str, seed: int, timesteps: int, out: str) -> int:
 
 def sigma_share(seed: int, timesteps: int, out: str, hyperparameters: list[str]) -> int:
     """The median share of log σ in the actor's ΔᵀF̂Δ and its median |Δ log σ| per fresh step, over the updates."""
-    import agents.acktr as acktr
+    import rlgeom.agents.acktr as acktr
     from rlgeom.train import main as train
 
     shares, sigma_steps = [], []

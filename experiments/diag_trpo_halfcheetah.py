@@ -72,8 +72,8 @@ def run(arm: str, seed: int, timesteps: int, task: str = TASK) -> dict:
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.vec_env import VecNormalize
 
-    from agents import NPG, TRPO
-    from agents.presets import preset
+    from rlgeom.agents import NPG, TRPO
+    from rlgeom.agents.presets import preset
 
     cfg = preset("trpo", task)
     hp = dict(cfg["hyperparameters"])
@@ -95,10 +95,10 @@ def run(arm: str, seed: int, timesteps: int, task: str = TASK) -> dict:
         if arm == "kl-hessian":
             hp["fisher_method"] = "kl_hessian"
         if arm == "critic-eps":  # NPG/TRPO build their critic optimiser through this name
-            import agents.natural
+            from rlgeom.agents import natural
             from rlgeom.training.optim import adam
 
-            agents.natural.critic_optimizer = lambda policy, lr: adam(policy.critic_parameters(), lr=lr, eps=1e-5)
+            natural.critic_optimizer = lambda policy, lr: adam(policy.critic_parameters(), lr=lr, eps=1e-5)
         if arm == "sb3-vecnormalize":
             hp.update(normalize_observations=False, normalize_reward=False)
             env = vec_normalize = VecNormalize(sb3_make_vec_env(task, n_envs=cfg["n_envs"], seed=seed), gamma=hp["gamma"])

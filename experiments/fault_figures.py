@@ -23,7 +23,7 @@ ENV = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPAT
 
 LOAD = """
 import json, resource, sys, time
-from agents import PPO
+from rlgeom.agents import PPO
 from rlgeom.persistence.serialization import ModelFileError
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
@@ -45,7 +45,7 @@ def _load_in_fresh_process(path: str) -> dict:
 
 def hostile_files(folder: str) -> dict:
     """A real checkpoint, then the same with a 4 GiB sparse tensor appended and with a 2e9-unit layer."""
-    from agents import PPO
+    from rlgeom.agents import PPO
     from rlgeom.persistence import checkpoint as ckpt
 
     agent = PPO("MlpPolicy", "CartPole-v1", seed=0, device="cpu", n_steps=32, batch_size=32, n_epochs=1)

@@ -84,9 +84,9 @@ def save_callback(directory: str, every: int):
 
 
 def train(algo: str, seed: int, args) -> dict:
-    from agents import AGENTS
-    from agents.presets import preset
-    from envs import make_vec_env
+    from rlgeom.agents import AGENTS
+    from rlgeom.agents.presets import preset
+    from rlgeom.envs import make_vec_env
     from rlgeom.training.evaluation import evaluate
 
     cfg = preset(algo, args.env)
@@ -321,7 +321,7 @@ def write_results(args, argv, runs, spectra, curves, lands, interps, skipped, pn
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    from agents import AGENTS
+    from rlgeom.agents import AGENTS
 
     torch.set_num_threads(1)
     start = time.perf_counter()

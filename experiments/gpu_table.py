@@ -42,7 +42,7 @@ def timed(model, steps: int, device: str, rollout: int) -> float:
 
 
 def measure(task: str, algo: str, device: str, steps: int, seed: int) -> dict:
-    from agents import AGENTS
+    from rlgeom.agents import AGENTS
     from bench_speed import hyperparameters, sb3_counterpart
 
     hp = hyperparameters(algo, N_ENVS)

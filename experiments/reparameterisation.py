@@ -132,7 +132,7 @@ def init_check(agents: list[str], seeds: list[int], vpg_hp: list[str] = ()) -> l
     import gymnasium as gym
     import torch
 
-    from agents import AGENTS as REGISTRY
+    from rlgeom.agents import AGENTS as REGISTRY
 
     rng = np.random.default_rng(123)
     space = gym.make(ENV).observation_space
@@ -185,7 +185,7 @@ def one_update_check(seeds: list[int], agents: list[str] = AGENTS, vpg_hp: list[
     the --vpg-hp configuration (its "override" column shows the preset's entries only)."""
     import torch
 
-    from agents import AGENTS as REGISTRY
+    from rlgeom.agents import AGENTS as REGISTRY
 
     rows = []
     for algo, override in ONE_UPDATE_CASES:

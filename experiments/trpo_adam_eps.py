@@ -14,8 +14,8 @@ import argparse
 
 import torch
 
-from agents import TRPO
-from agents.presets import preset
+from rlgeom.agents import TRPO
+from rlgeom.agents.presets import preset
 
 
 def build(task: str, eps: float) -> TRPO:

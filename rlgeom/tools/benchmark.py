@@ -159,7 +159,7 @@ def parse_seeds(text: str) -> list[int]:
 
 def check_algos(names: list[str]) -> None:
     """Every name is an rlgeom agent or a supported SB3 baseline whose library is installed."""
-    from agents import AGENTS
+    from rlgeom.agents import AGENTS
 
     for name in names:
         if name in AGENTS:
@@ -174,12 +174,12 @@ def check_algos(names: list[str]) -> None:
 
 def check_env(env_id: str, algos: list[str]) -> None:
     """The env id exists (no env is made); SB3 baselines take Gymnasium vector-observation ids only."""
-    from envs.atari import is_atari_id, register_atari
-    from envs.make import TORCH_NATIVE_PREFIX
+    from rlgeom.envs.atari import is_atari_id, register_atari
+    from rlgeom.envs.make import TORCH_NATIVE_PREFIX
 
     sb3 = [a for a in algos if a in SB3_ALGOS]
     if env_id.startswith(TORCH_NATIVE_PREFIX):
-        from envs.torch_native import TORCH_NATIVE_IDS
+        from rlgeom.envs.torch_native import TORCH_NATIVE_IDS
 
         if env_id not in TORCH_NATIVE_IDS:
             raise GridUsageError(f"unknown env id {env_id!r}; torch-native ids: {', '.join(TORCH_NATIVE_IDS)}")
@@ -226,7 +226,7 @@ def check_hyperparameters(algo: str, env_id: str, hp: list[str], n_envs: int | N
     """The --hp overrides leave the preset a valid config for the agent (as its constructor checks it).
 
     A preset that is invalid by itself is not the user's input: that run fails and is reported."""
-    from agents import AGENTS
+    from rlgeom.agents import AGENTS
     from rlgeom.tools.train import parse_overrides
 
     cfg = algo_preset(algo, env_id, n_envs=n_envs, overrides=parse_overrides(hp))
@@ -256,7 +256,7 @@ def accepted_hyperparameters(algo: str) -> set[str]:
     if algo in SB3_ALGOS:
         names = SB3_HYPERPARAMETERS[algo] | {"normalize_observations", "normalize_reward"}
         return names | set(SB3_RENAMES.get(algo, {}))
-    from agents import AGENTS
+    from rlgeom.agents import AGENTS
 
     return set(AGENTS[algo].Config.field_help())
 
@@ -277,7 +277,7 @@ def run_dir_for(logdir: str, env_id: str, algo: str, seed: int) -> str:
 def algo_preset(algo: str, env_id: str, n_envs: int | None = None, overrides: dict | None = None) -> dict:
     """The preset a run starts from: agents.presets for rlgeom agents and SB3's PPO/TRPO, A2C_PRESETS for A2C
     (n_envs and the --hp overrides size a preset's minibatches where it names their number: warp/ ids)."""
-    from agents.presets import preset, task_family
+    from rlgeom.agents.presets import preset, task_family
 
     key = SB3_ALGOS[algo][2] if algo in SB3_ALGOS else algo
     if key == "a2c":
@@ -588,7 +588,7 @@ def _train_sb3(spec: dict) -> dict:
     from stable_baselines3.common.logger import configure
     from stable_baselines3.common.vec_env import VecNormalize
 
-    from agents.config import parse_hp_value
+    from rlgeom.agents.config import parse_hp_value
 
     module, cls_name, _ = SB3_ALGOS[spec["algo"]]
     library = importlib.import_module(module)

@@ -102,7 +102,7 @@ def _show(value) -> str:
 
 def print_help(args) -> None:
     """--help-hp: one table per agent and task the command names (comma-separated lists allowed)."""
-    from agents.presets import DEFAULT_ENV
+    from rlgeom.agents.presets import DEFAULT_ENV
     from rlgeom.tools.benchmark import check_algos, import_gym_packages, split_list
     from rlgeom.tools.train import parse_overrides
 

@@ -80,7 +80,7 @@ class LandscapeError(ValueError):
 
 def load_agent(path: str, env=None, device: str = "cpu"):
     """(agent, description) of a saved model; the agent class comes from the file's "algo"."""
-    from agents import AGENTS
+    from rlgeom.agents import AGENTS
 
     _, description = read_model(path)
     algo = description.get("algo")
@@ -224,7 +224,7 @@ class FixedBatch:
 def collect_batch(agent, env_id: str, n_states: int, seed: int) -> FixedBatch:
     """About `n_states` transitions of `agent`'s stochastic policy on a fresh `env_id` env (its
     n_envs), with GAE from the agent's critic and γ, λ; advantages normalised. Global RNGs untouched."""
-    from envs import make_vec_env
+    from rlgeom.envs import make_vec_env
 
     env = make_vec_env(env_id, agent.n_envs, seed, agent.device)
     try:
@@ -358,7 +358,7 @@ _WORKER: dict = {}
 
 def _init_worker(model_path: str, env_id: str, origin, directions, n_episodes: int, seed: int) -> None:
     """Per worker process: load the model file once and make its evaluation env."""
-    from envs import make_vec_env
+    from rlgeom.envs import make_vec_env
 
     torch.set_num_threads(1)
     agent, _ = load_agent(model_path, device="cpu")

@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_overrides(pairs: list[str], config=None) -> dict:
     """--hp KEY=VALUE pairs; with the agent's Config class each value is parsed and checked as its field's
     type (UsageError naming the field, what it accepts and the value)."""
-    from agents.config import parse_hp_value
+    from rlgeom.agents.config import parse_hp_value
 
     out = {}
     for pair in pairs:
@@ -94,7 +94,7 @@ def parse_overrides(pairs: list[str], config=None) -> dict:
 
 
 def agent_class(algo: str):
-    from agents import AGENTS
+    from rlgeom.agents import AGENTS
 
     if algo not in AGENTS:
         raise UsageError(f"unknown algorithm {algo!r}; accepted: {', '.join(AGENTS)}")
@@ -103,8 +103,8 @@ def agent_class(algo: str):
 
 def run(args) -> dict:
     """Train one (algo, env, seed); returns the summary record."""
-    from agents.presets import DEFAULT_ENV, preset
-    from envs import make_vec_env
+    from rlgeom.agents.presets import DEFAULT_ENV, preset
+    from rlgeom.envs import make_vec_env
     from rlgeom.training import distributed
     from rlgeom.training.evaluation import evaluate
     from rlgeom.training.guards import TrainingDivergedError
@@ -185,7 +185,7 @@ def run(args) -> dict:
 
 def resume_agent(args, cls, env_id: str, overrides: dict):
     """(agent loaded from the checkpoint --resume names, env id): the env id is --env, else the checkpoint's."""
-    from agents.presets import DEFAULT_ENV
+    from rlgeom.agents.presets import DEFAULT_ENV
     from rlgeom.persistence.checkpoint import find_run_checkpoint, latest_checkpoint
     from rlgeom.persistence.serialization import open_model
 
@@ -213,8 +213,8 @@ def load_to_resume(cls, path: str, env_id: str, saved_envs: int, args, overrides
     another: as SB3's load(path, env=a VecEnv of that size) does. The rollouts then differ from the
     uninterrupted run's (stderr says so), and a batch_size that no longer divides n_steps * n_envs is refused
     (exit 2) before training."""
-    from agents.devices import resolve_device
-    from envs import make_vec_env
+    from rlgeom.agents.devices import resolve_device
+    from rlgeom.envs import make_vec_env
 
     if args.n_envs is None or args.n_envs == saved_envs:
         return cls.load(path, env=env_id, device=args.device, **overrides)
@@ -343,8 +343,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from rlgeom.tools import benchmark
-    from envs.boundary import NonFiniteEnvError
-    from envs.warp_mujoco import MissingExtraError
+    from rlgeom.envs.boundary import NonFiniteEnvError
+    from rlgeom.envs.warp_mujoco import MissingExtraError
     from rlgeom.training.guards import TrainingDivergedError
     from rlgeom.persistence.outputs import OutputWriteError
     from rlgeom.persistence.serialization import ModelFileError
