@@ -47,6 +47,8 @@ Defaults and where they come from:
 | normalize_advantage    | False   | A2C/ACKTR do not normalise advantages (baselines, SB2, SB3 A2C) |
 | target_kl              | None    | off, as in the paper's Atari runs; baselines' continuous-control |
 |                        |         | ACKTR (acktr_cont) adapts its step size with desired_kl=0.002   |
+| log_std_step           | with_actor | log σ's exact natural-gradient step sized with the actor's;  |
+|                        |         | "own": its own η at the scheduled lr (issue 29; see below)      |
 
 Why lr·(1 − m): the trust region scales the *fresh* step only. SGD with momentum m and step size lr
 moves θ by the sum of the past clipped steps, up to 1/(1 − m) = 10 of them when they agree, so a KL
@@ -93,6 +95,18 @@ form, so the scale moves in the same metric as the rest of the policy (a plain g
 with momentum 0.9 would not be bounded by the KL budget). The cross-layer blocks of the Fisher are
 ignored as K-FAC ignores them between layers.
 
+`log_std_step`: how that exact step is sized. "with_actor" (default) puts Δ_logσᵀ F_raw Δ_logσ into the
+actor's (or the joint) ΔᵀF̂Δ and gives it the actor's learning rate, so log σ's step is scaled by the
+weights' η and, with target_kl, by the multiplier that the measured KL sets. On MuJoCo with the preset
+both are set by the weights: K-FAC's damping λ amplifies their gradient ~1/λ in the directions where
+the factors' eigenvalues are far below λ, so most of the measured KL is the mean's, target_kl holds the
+lr at 0.13–0.67 × the scheduled 0.2, and σ moved from 1 to 0.96–0.99 in 1M steps (the trust region
+itself stops binding after the first updates: experiments/acktr/RESULTS.md §0.7). "own" gives log σ its
+own η, min(1, √(2 kl_clip / Δ_logσᵀ F_raw Δ_logσ)) (a group beside the actor's weights and, under
+"per_network", the critic's), and steps it at the scheduled lr, outside target_kl's adaptation. For reference, openai/baselines'
+KfacOptimizer gives a variable without factors (acktr_cont's logstd) its raw gradient, unpreconditioned,
+counted with lr²·gᵀg in the one clip; kfac-pytorch leaves unregistered parameters to the base optimiser.
+
 A shared feature extractor (CnnPolicy's NatureCNN) is called once per update, so its factors see the
 *sum* of the actor's and the critic's output gradients: the Fisher of the joint model (a categorical
 policy and a unit-variance Gaussian value head on the same torso), as in baselines' single network.
@@ -119,12 +133,13 @@ from rlgeom.agents.config import OnPolicyConfig, hp
 from rlgeom.agents.critic import explained_variance
 from rlgeom.geometry.fisher import kl_scale, policy_kl, predicted_kl
 from rlgeom.training import distributed
-from rlgeom.training.guards import SkippedUpdate, guard_finite
+from rlgeom.training.guards import SkippedUpdate, guard_finite, read_stats
 from rlgeom.geometry.kfac import KFACPreconditioner
 from rlgeom.training.schedules import schedule_value
 
 
 TRUST_REGIONS = ("joint", "per_network")
+LOG_STD_STEPS = ("with_actor", "own")
 
 
 @dataclass
@@ -138,6 +153,9 @@ class ACKTRConfig(OnPolicyConfig):
     momentum: float = hp(0.9, "SGD momentum, in [0, 1)")
     kl_clip: float = hp(0.001, "trust region: the step is scaled by min(1, sqrt(2 kl_clip / ΔᵀF̂Δ)); > 0")
     trust_region: str = hp("joint", "joint (one η for actor + critic, the paper's) or per_network (one η each)")
+    log_std_step: str = hp("with_actor", "log σ's natural-gradient step (exact Fisher block): the actor's η and lr "
+                                         "(with_actor) or its own η at the scheduled lr, without target_kl's "
+                                         "adaptation (own)")
     ent_coef: float = hp(0.01, "entropy bonus coefficient c_e")
     vf_coef: float = hp(0.5, "value loss coefficient c_v")
     max_grad_norm: float | None = hp(0.5, "clip the gradient's global norm before preconditioning (None: off)")
@@ -157,6 +175,8 @@ class ACKTRConfig(OnPolicyConfig):
         c.positive(self, "target_kl", allow_none=True)
         if self.trust_region not in TRUST_REGIONS:
             raise ValueError(f"trust_region must be one of {', '.join(TRUST_REGIONS)}, got {self.trust_region!r}")
+        if self.log_std_step not in LOG_STD_STEPS:
+            raise ValueError(f"log_std_step must be one of {', '.join(LOG_STD_STEPS)}, got {self.log_std_step!r}")
         c.positive(self, "damping")
         c.non_negative(self, "ent_coef")
         c.non_negative(self, "vf_coef")
@@ -166,6 +186,15 @@ class ACKTRConfig(OnPolicyConfig):
         for name in ("kl_clip", "damping"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
+
+
+def _kfac_failure(stats) -> str:
+    """What a failed K-FAC step names in the skip: the layers whose statistics overflowed (their inputs or
+    output gradients square to inf in float32: observations beyond about 1e19 do), or whose step was not finite."""
+    if stats.rejected_statistics:
+        return (f"K-FAC statistics of {', '.join(stats.rejected_statistics)} (their inputs or gradients square to "
+                "inf: observations or rewards too large for float32; normalise them)")
+    return f"K-FAC step ({', '.join(stats.nonfinite_layers)})"
 
 
 def _in_half_open(cfg, name: str) -> None:
@@ -187,11 +216,17 @@ class ACKTR(OnPolicyAgent):
             self.policy, damping=cfg.damping, stat_decay=cfg.stat_decay,
             update_statistics_every=cfg.update_statistics_every, update_inverse_every=cfg.update_inverse_every,
         )
-        self.optimizer = torch.optim.SGD(
-            self.policy.parameters(), lr=self._sgd_step_size(schedule_value(cfg.learning_rate, 1.0)),
-            momentum=cfg.momentum)
         scale = self.policy.actor.scale
         self._scale_param = None if scale is None else scale.raw
+        if cfg.log_std_step == "own" and self._scale_param is None:
+            raise ValueError("log_std_step='own' needs a Gaussian policy with a state-independent scale (log σ); "
+                             "this policy has none: use log_std_step='with_actor'")
+        own = cfg.log_std_step == "own"
+        # log_std_step="own": log σ is the optimiser's second group, with its own step size
+        params = ([{"params": [p for p in self.policy.parameters() if p is not self._scale_param]},
+                   {"params": [self._scale_param]}] if own else self.policy.parameters())
+        self.optimizer = torch.optim.SGD(
+            params, lr=self._sgd_step_size(schedule_value(cfg.learning_rate, 1.0)), momentum=cfg.momentum)
         self._updates_bound = 0  # applied updates where the trust region shrank the policy's step (η < 1)
         self._lr_multiplier = 1.0  # target_kl's adaptation of the scheduled learning rate
         shared = {id(p) for p in self.policy.actor_parameters()} & {id(p) for p in self.policy.critic_parameters()}
@@ -199,19 +234,24 @@ class ACKTR(OnPolicyAgent):
             raise ValueError("trust_region='per_network' needs separate actor and critic networks, but this "
                              "policy shares its feature extractor (CnnPolicy's default); use trust_region='joint' "
                              "or policy_kwargs=dict(share_features_extractor=False)")
-        self._trust_region_groups = (  # the policy's group first
-            [list(self.policy.parameters())] if cfg.trust_region == "joint"
-            else [self.policy.actor_parameters(), self.policy.critic_parameters()])
+        groups = {"policy": list(self.policy.parameters())} if cfg.trust_region == "joint" else {
+            "policy": self.policy.actor_parameters(), "critic": self.policy.critic_parameters()}
+        if own:
+            groups = {name: [p for p in group if p is not self._scale_param] for name, group in groups.items()}
+            groups["log_std"] = [self._scale_param]
+        self._trust_region_groups = groups  # the policy's group first
 
     def update(self, buffer, progress_remaining: float) -> dict:
         cfg, family = self.config, self.policy.family
         scheduled_lr = schedule_value(cfg.learning_rate, progress_remaining)
         lr = scheduled_lr * self._lr_multiplier
-        for group in self.optimizer.param_groups:
-            group["lr"] = self._sgd_step_size(lr)
+        # log_std_step="own": log σ steps at the scheduled lr, outside target_kl's adaptation
+        lrs = [lr, scheduled_lr][: len(self.optimizer.param_groups)]
+        for group, group_lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = self._sgd_step_size(group_lr)
         batch = buffer.full_batch(cfg.normalize_advantage)
-        # every layer called once (K-FAC's hooks keep the policy on autograd; a shared torso sees both heads)
-        out = self.policy.outputs(batch.obs)
+        # every layer called once as a module, so that K-FAC's hooks see it (a shared torso sees both heads)
+        out = self.policy.outputs(batch.obs, written_out=False)
         dist_params, values = out.dist_params, out.values
         # A2C's loss
         policy_loss = -(family.log_prob(dist_params, batch.actions) * batch.advantages).mean()
@@ -232,18 +272,18 @@ class ACKTR(OnPolicyAgent):
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.policy.parameters(), cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf)
         kfac_stats = self.kfac.step()
-        scale_fisher = self._precondition_scale(cfg.damping)
+        if not kfac_stats.finite:  # a skip before anything uses the step (a rejected layer has no factors)
+            raise SkippedUpdate([_kfac_failure(kfac_stats)])
+        scale_fisher = self._precondition_scale(cfg.damping, dist_params)
         # trust region: η = min(1, √(2 kl_clip / ΔᵀF̂Δ)) for the full step Δ = -lr (F̂ + λI)⁻¹ g,
         # per trust-region group: one joint group, or the actor's and the critic's (trust_region="per_network")
-        steps = {p: -lr * p.grad for p in self.policy.parameters() if p.grad is not None}
-        quads = [self._quadratic_form(group, steps, scale_fisher) for group in self._trust_region_groups]
+        steps = {p: -self._step_lr(p, lr, scheduled_lr) * p.grad for p in self.policy.parameters() if p.grad is not None}
+        quads = [self._quadratic_form(group, steps, scale_fisher) for group in self._trust_region_groups.values()]
         etas = [kl_scale(q, cfg.kl_clip, clip=True) for q in quads]
         # non-finite guard, before the parameters move (a skip restores the K-FAC state too)
-        if not kfac_stats.finite:
-            raise SkippedUpdate([f"K-FAC step ({', '.join(kfac_stats.nonfinite_layers)})"])
         guard_finite(loss=loss, grad_norm=grad_norm, quadratic_form=quads,
                      natural_gradient=[p.grad for p in self.policy.parameters()])
-        for group, eta in zip(self._trust_region_groups, etas):
+        for group, eta in zip(self._trust_region_groups.values(), etas):
             for p in group:
                 if p.grad is not None:
                     p.grad.mul_(eta)
@@ -251,17 +291,20 @@ class ACKTR(OnPolicyAgent):
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             kl = distributed.mean(policy_kl(family, dist_params.detach(), self.policy.dist_params(batch.obs)).mean())
-        # the policy's group comes first; a separate critic's η and ΔᵀF̂Δ are reported beside it
+        # the policy's group comes first; a separate critic's and log σ's η and ΔᵀF̂Δ are reported beside it
         reported = torch.stack([*quads, *etas, kl]).tolist()  # one host sync
         n = len(quads)
         quad_value, eta_value, kl_value = reported[0], reported[n], reported[-1]
-        critic = {"geometry/eta_critic": reported[n + 1], "geometry/quadratic_form_critic": reported[1]} if n == 2 else {}
+        others = {}
+        for i, name in enumerate(list(self._trust_region_groups)[1:], start=1):
+            others[f"geometry/eta_{name}"] = reported[n + i]
+            others[f"geometry/quadratic_form_{name}"] = reported[i]
         self._updates_bound += eta_value < 1.0
         stats = self._stats(lr, policy_loss, value_loss, entropy, buffer, kfac_stats, eta_value, quad_value, kl_value)
         if cfg.target_kl is not None:
             stats["geometry/lr_multiplier"] = self._lr_multiplier  # the one this update used, as train/learning_rate
             self._adapt_learning_rate(kl_value, scheduled_lr)
-        return {**stats, **critic}
+        return {**stats, **others}
 
     # ----------------------------------------------------------------- pieces of the update
     @torch.no_grad()
@@ -276,6 +319,10 @@ class ACKTR(OnPolicyAgent):
             quad = quad + (scale_fisher * steps[self._scale_param].pow(2)).sum()
         return quad
 
+    def _step_lr(self, p, lr: float, scheduled_lr: float) -> float:
+        """The lr of p's step: log σ's is the scheduled one under log_std_step="own", all others the adapted one."""
+        return scheduled_lr if p is self._scale_param and self.config.log_std_step == "own" else lr
+
     def _adapt_learning_rate(self, kl: float, scheduled: float) -> None:
         """baselines' acktr_cont rule: the next update's lr ÷1.5 if this one's KL > 2·target_kl, ×1.5 if
         KL < target_kl / 2, the adapted lr (`scheduled` × multiplier) kept within [1e-8, 1]."""
@@ -288,27 +335,32 @@ class ACKTR(OnPolicyAgent):
         """lr (1 - m): momentum then averages the clipped steps instead of summing them (baselines)."""
         return lr * (1.0 - self.config.momentum)
 
-    def _precondition_scale(self, damping: float) -> torch.Tensor | None:
+    def _precondition_scale(self, damping: float, dist_params: torch.Tensor) -> torch.Tensor | None:
         """(F_raw + λ)⁻¹ on the Gaussian scale's gradient; returns the exact diagonal F_raw (or None).
 
-        F_raw = 2·(∂ log σ/∂raw)²: the (log σ, log σ) block of the Gaussian's Fisher diag(1/σ², 2),
-        state-independent, pulled back to the stored parameterisation (log σ, σ or σ²).
+        F_raw = F_logσ·(∂ log σ/∂raw)²: the (log σ, log σ) block of the Gaussian's Fisher diag(1/σ², 2)
+        (the family's `fisher_product`, so 2), state-independent, pulled back to the stored
+        parameterisation (log σ, σ or σ²).
         """
         raw = self._scale_param
         if raw is None or raw.grad is None:
             return None
         with torch.enable_grad():
             dlogstd = torch.autograd.grad(self.policy.actor.scale().sum(), raw)[0]  # elementwise map
-        fisher = 2.0 * dlogstd.pow(2)
+        family = self.policy.family
+        mean_part, log_std_part = family.split(dist_params[:1].detach())
+        unit = torch.cat([torch.zeros_like(mean_part), torch.ones_like(log_std_part)], dim=-1)
+        fisher_log_std = family.split(family.fisher_product(dist_params[:1].detach(), unit))[1][0]
+        fisher = fisher_log_std * dlogstd.pow(2)
         raw.grad.div_(fisher + damping)
         return fisher
 
     def _stats(self, lr, policy_loss, value_loss, entropy, buffer, kfac_stats, eta, quad, kl) -> dict:
         n = self.n_updates + 1  # this update included (the base counts it after update() returns)
         stats = {
-            "train/policy_gradient_loss": policy_loss.item(), "train/value_loss": value_loss.item(),
-            "train/entropy_loss": -entropy.item(), "train/learning_rate": lr,
-            "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()).item(),
+            "train/policy_gradient_loss": policy_loss, "train/value_loss": value_loss,
+            "train/entropy_loss": -entropy, "train/learning_rate": lr,
+            "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()),
             "geometry/eta": eta,
             "geometry/trust_region_bound": float(eta < 1.0),
             "geometry/trust_region_bound_fraction": self._updates_bound / n,
@@ -318,7 +370,7 @@ class ACKTR(OnPolicyAgent):
         }
         for key, value in kfac_stats.scalars().items():
             stats[f"geometry/kfac_{key}"] = value
-        return stats
+        return read_stats(stats)  # one host transfer for every statistic
 
     # ----------------------------------------------------------------- checkpoints
     def _extra_state(self) -> dict:

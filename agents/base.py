@@ -36,6 +36,7 @@ What an agent author hooks into (reliability: checkpoints, resume, numerical gua
 from __future__ import annotations
 
 import abc
+import functools
 import time
 from collections import deque
 
@@ -48,17 +49,33 @@ from rlgeom.persistence import checkpoint as ckpt
 from rlgeom.data.buffer import RolloutBuffer
 from rlgeom.training import distributed
 from rlgeom.training.guards import NonFinitePolicyError, SkippedUpdate, TrainingDivergedError, guard_finite
-from rlgeom.persistence.logger import RunLogger, run_directory
+from rlgeom.training.threads import learning_threads
+from rlgeom.persistence.logger import RunLogger, latest_run_directory, run_directory, sb3_run_directory
 from rlgeom.data.normalization import RewardScaler
 from rlgeom.models.policies import ActorCriticPolicy
+from rlgeom.models.sb3_policy import is_sb3_policy_class
 from rlgeom.persistence.serialization import policy_kwargs_to_json, spaces_equal
 from rlgeom.agents.checkpoints import Checkpoints
 from rlgeom.agents.config import OnPolicyConfig
+from rlgeom.agents import devices
 from rlgeom.agents.devices import resolve_device, set_global_seeds
 from rlgeom.agents.guard import RollbackGuard
 from rlgeom.agents.persistence import Persistence
-from rlgeom.agents.sb3_compat import SB3Compat, make_progress_bar, policy_std, step_locals, wrap_callback
+from rlgeom.agents.sb3_compat import SB3Compat, make_progress_bar, policy_std, step_locals, warn_rounded_budget, wrap_callback
 from rlgeom.envs.boundary import NonFiniteCounter, nonfinite_policy
+
+
+def _in_learning_threads(learn):
+    """Run `learn` with the CPU thread count of rlgeom.training.threads (the agent's `threads`, the user's
+    torch.set_num_threads, else measured for the policy), restoring the previous count afterwards."""
+    @functools.wraps(learn)
+    def wrapped(self, *args, **kwargs):
+        batch = getattr(self.config, "batch_size", None) or self.config.n_steps * self.n_envs
+        say = print if self.verbose >= 1 else (lambda message: None)
+        with learning_threads(self.policy, self.n_envs, self.config.n_steps, batch, self.threads, say) as chosen:
+            self.threads_used = chosen
+            return learn(self, *args, **kwargs)
+    return wrapped
 
 
 class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC):
@@ -88,6 +105,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         max_consecutive_skips: int = 5,
         geometry_every: int | None = None,
         stats_window_size: int = 100,
+        threads: int | None = None,
         _spaces=None,
         **hyperparameters,
     ):
@@ -96,7 +114,12 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         self.max_consecutive_skips = validation.positive_int("max_consecutive_skips", max_consecutive_skips)
         # log rlgeom.geometry.spectrum.training_geometry every k updates (None: off)
         self.geometry_every = validation.positive_int("geometry_every", geometry_every, allow_none=True)
-        self.device = resolve_device(device)
+        # intra-op CPU threads while learning (None: the user's torch.set_num_threads, else measured; see
+        # rlgeom.training.threads); `threads_used` is what the last learn() ran with
+        self.threads = validation.positive_int("threads", threads, allow_none=True)
+        self.threads_used: int | None = None
+        # auto: the device estimated faster for this policy and env (agents.devices.choose_device)
+        self.device = resolve_device(device, lambda: devices.auto_device(env, n_envs, policy, policy_kwargs))
         # under torchrun: join the ranks (every rank steps its own envs; updates combine all ranks' batches)
         if distributed.init_from_environment(self.device) and self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (LOCAL_RANK)
@@ -122,6 +145,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         self.config.validate(self.n_envs)
         self.policy = self._make_policy().to(self.device)
         self.policy.written_out_derivatives = self.config.written_out_derivatives
+        self._check_rollout_memory()
         if distributed.active():  # one start on every rank; then each rank samples its own actions
             distributed.broadcast_module(self.policy)
             if seed is not None:
@@ -130,7 +154,9 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         self.reward_scaler = RewardScaler(self.config.gamma) if self.config.normalize_reward else None
         self.num_timesteps = 0
         self.n_updates = 0
+        self.sb3_n_updates = 0  # train/n_updates as SB3 counts it (PPO: epochs; see _sb3_updates_counted)
         self.skipped_updates, self._consecutive_skips = 0, 0
+        self.untrained_reason: str | None = None  # set by learn() when every one of its updates was skipped
         self._target_timesteps = 0
         self._checkpoint_dir: str | None = None
         self._checkpoint_every: int | None = None
@@ -151,6 +177,11 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         """What happens to NaN/inf from the env: "raise" or "sanitize" (saved with the model)."""
         return self._nonfinite.mode
 
+    def nonfinite_scope(self):
+        """A context in which the env backends apply this agent's `nonfinite` option (learn() steps its envs
+        in one; rlgeom.training.evaluation.evaluate enters it for an evaluation env)."""
+        return nonfinite_policy(self._nonfinite)
+
     # ----------------------------------------------------------------- construction
     def _make_policy(self) -> ActorCriticPolicy:
         kwargs = dict(self.policy_kwargs)
@@ -165,6 +196,19 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                     "extractor; use policy_kwargs=dict(share_features_extractor=False)"
                 )
             kwargs["share_features_extractor"] = False
+        if is_sb3_policy_class(self.policy_name):  # SB3's custom-policy pattern (rlgeom/models/sb3_policy.py)
+            from rlgeom.agents.sb3_compat import as_float_schedule
+            from rlgeom.models.sb3_policy import policy_from_sb3_class
+
+            try:
+                return policy_from_sb3_class(
+                    self.policy_name, self.observation_space, self.action_space,
+                    as_float_schedule(getattr(self.config, "learning_rate", 3e-4)),
+                    normalize_observations=self.config.normalize_observations, use_sde=self.config.use_sde,
+                    needs_separate_networks=self.needs_separate_networks, **kwargs)
+            except TypeError as err:
+                raise ValueError(f"invalid policy_kwargs {self.policy_kwargs!r} for {self.policy_name.__name__}: "
+                                 f"{err}") from None
         try:
             return ActorCriticPolicy(
                 self.observation_space, self.action_space, self.policy_name,
@@ -193,11 +237,27 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                 raise ValueError(f"the new env's {what} space {got} differs from the model's {have}")
         if force_reset or new.num_envs != self.n_envs:
             self._last_obs = None
+        if new.num_envs != self.n_envs:  # a checkpoint's env state is that of its own number of envs
+            self._pending_env_state = None
         self.env, self.n_envs = new, new.num_envs
         self.env_id = new.env_id or self.env_id
         self.config.validate(self.n_envs)
+        self._check_rollout_memory()
+
+    def _check_rollout_memory(self) -> None:
+        """Refuse, before anything is allocated, a rollout buffer larger than the memory available (its
+        observations as the env boundary stores them: uint8 images, Dicts packed into rows, else float32)."""
+        layout, space = self.policy.dict_layout, self.observation_space
+        if layout is not None:
+            shape, dtype = (layout.width,), layout.dtype
+        else:
+            shape, dtype = tuple(space.shape or ()), space.dtype
+        obs_dtype = torch.uint8 if dtype == np.uint8 else torch.float32
+        RolloutBuffer.check_fits(self.config.n_steps, self.n_envs, shape, obs_dtype, self.policy.family.action_shape,
+                                 self.policy.family.action_dtype, self.device)
 
     # ----------------------------------------------------------------- training
+    @_in_learning_threads
     def learn(
         self,
         total_timesteps: int,
@@ -223,9 +283,11 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                 self._reset_env(resume=not reset_num_timesteps and self.num_timesteps > 0)
         if reset_num_timesteps:
             self.num_timesteps = 0
-            self.n_updates = 0
+            self.n_updates = self.sb3_n_updates = 0
             self._last_checkpoint_step = None
-        self._open_run(tb_log_name or self.algo, new_run=reset_num_timesteps or self._run_dir is None)
+        if distributed.is_main():  # a folder of another run's checkpoints is refused before this run makes any
+            self._check_checkpoint_owner(checkpoint_dir, new_run=reset_num_timesteps)
+        self._open_run(tb_log_name or self.algo, new_run=reset_num_timesteps, sb3_layout=tb_log_name is not None)
         self._target_timesteps = self.num_timesteps + int(total_timesteps)
         if distributed.is_main():
             self._setup_checkpoints(checkpoint_every, checkpoint_dir, keep_checkpoints, new_run=reset_num_timesteps)
@@ -236,16 +298,20 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             callback.init_callback(self)
             callback.on_training_start(locals(), globals())
         steps_per_rollout = self.n_envs * self.config.n_steps * distributed.world_size()
+        warn_rounded_budget(total_timesteps, steps_per_rollout, self.n_envs, self.config.n_steps)
         bar = make_progress_bar(total_timesteps, steps_per_rollout) if progress_bar and distributed.is_main() else None
         start_time, start_steps = time.perf_counter(), self.num_timesteps
-        iteration = 0
+        iteration, updates_before, skips_before = 0, self.n_updates, self.skipped_updates
         while self.num_timesteps < self._target_timesteps:
             self._check_policy_finite()
             with nonfinite_policy(self._nonfinite):
                 if not self.collect_rollout(callback):
                     break
-            progress_remaining = 1.0 - self.num_timesteps / self._target_timesteps
+            # at most 0: the last rollout may pass the target, and a linear schedule must not go below its end
+            # (a negative learning rate would ascend the loss)
+            progress_remaining = max(0.0, 1.0 - self.num_timesteps / self._target_timesteps)
             stats = self._guarded_update(progress_remaining)
+            self._rollout_trained = True
             if self.geometry_every and self.n_updates % self.geometry_every == 0:
                 from rlgeom.geometry.spectrum import training_geometry  # scipy is imported only when asked for
 
@@ -258,6 +324,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                 self._log(stats, start_time, start_steps, iteration)
             if self._checkpoint_every and self.num_timesteps - (self._last_checkpoint_step or 0) >= self._checkpoint_every:
                 self._checkpoint()
+        self._check_some_update_applied(updates_before, skips_before)
         if self._checkpoint_every and self._last_checkpoint_step != self.num_timesteps:
             self._checkpoint()
         if bar is not None:
@@ -265,6 +332,10 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         if callback is not None:
             callback.on_training_end()
         return self
+
+    def _sb3_updates_counted(self, stats: dict) -> int:
+        """How many of SB3's `_n_updates` one update counts: one per update (A2C, TRPO); PPO counts epochs."""
+        return 1
 
     def _checkpoint(self) -> None:
         if distributed.is_main():
@@ -307,6 +378,12 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             self.policy.family.action_shape, self.policy.family.action_dtype, self.device,
         )
 
+    def env_on_device(self, env, n_envs: int = 1):
+        """`env` (an env id, gymnasium env, SB3 VecEnv or rlgeom VecEnv on any device) as rlgeom's VecEnv
+        whose tensors are on this agent's device: observations cross to it once per step, at the env
+        boundary, and actions cross back (envs.device); never a tensor on another device in the policy."""
+        return envs.make_vec_env(env, n_envs, device=self.device)
+
     def _env_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """The policy's actions as the env takes them (ActorCriticPolicy.env_actions)."""
         return self.policy.env_actions(actions)
@@ -315,6 +392,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         """Fill the buffer with n_steps vector steps; False if a callback asked to stop."""
         buffer = self.buffer
         buffer.reset()
+        self._rollout_trained = False  # model.rollout_buffer's layout (agents/sb3_buffer.py), as SB3's get() sets it
         if callback is not None:
             callback.on_rollout_start()
         self.policy.start_rollout()  # parameters are fixed until the update: inference functions built once
@@ -353,7 +431,12 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         return True
 
     # ----------------------------------------------------------------- logging
-    def _open_run(self, name: str, new_run: bool) -> None:
+    def _open_run(self, name: str, new_run: bool, sb3_layout: bool = False) -> None:
+        """Open the TensorBoard run learn() writes to. rlgeom's layout `<tensorboard_log>/<task>/<algo>/seed<k>`
+        by default; SB3's `<tensorboard_log>/<tb_log_name>_<N>` when learn() is given a tb_log_name
+        (rlgeom.persistence.logger.sb3_run_directory). A logger from set_logger() is kept as it is."""
+        if self.__dict__.get("_custom_logger"):
+            return
         if not distributed.is_main():  # rank 0 logs (the episodes of every rank)
             self.logger = RunLogger(None, 0)
             return
@@ -361,12 +444,17 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             # continuing (a loaded checkpoint): same run directory, nothing logged after this step is kept
             self.logger = ckpt.open_resumed_logger(self._run_dir, self.num_timesteps, self.verbose)
             return
-        if not new_run or self.tensorboard_log is None:
+        continuing = not new_run and self.logger.writer is not None
+        if continuing or self.tensorboard_log is None:
             if self.logger.writer is None and self.tensorboard_log is None:
                 self.logger = RunLogger(None, self.verbose)
             return
         self.logger.close()
-        self._run_dir = run_directory(self.tensorboard_log, self.env_id, name, self.seed)
+        if sb3_layout:  # SB3 continues its latest <name>_<N> when not resetting the step count (a loaded model)
+            self._run_dir = sb3_run_directory(self.tensorboard_log, name, new_run=new_run)
+        else:  # continuing (reset_num_timesteps=False after load): the latest run of this task, agent and seed
+            latest = None if new_run else latest_run_directory(self.tensorboard_log, self.env_id, name, self.seed)
+            self._run_dir = latest or run_directory(self.tensorboard_log, self.env_id, name, self.seed)
         self.logger = RunLogger(self._run_dir, self.verbose)
         self.logger.write_run_info(
             {
@@ -392,7 +480,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         std = policy_std(self.policy)
         if std is not None:
             log.record("train/std", std)
-        log.record("train/n_updates", self.n_updates)
+        log.record("train/n_updates", self.sb3_n_updates)
         if self._nonfinite.mode == "sanitize":
             log.record("rollout/nonfinite_sanitized", self._nonfinite.total)
         for key, value in stats.items():

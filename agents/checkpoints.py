@@ -40,18 +40,34 @@ class Checkpoints:
             self._checkpoint_dir = os.fspath(directory)
         elif every is not None and self._checkpoint_dir is None:
             self._checkpoint_dir = os.path.join(self._run_dir, "checkpoints")
+        if self._checkpoint_dir is not None:
+            self.logger.checkpoint_dir = self._checkpoint_dir
         if self._checkpoint_every is not None:
             self._hold_checkpoint_dir(self._checkpoint_dir)
 
+    def _check_checkpoint_owner(self, directory, new_run: bool) -> None:
+        """Before anything of a run is created: refuse a checkpoint folder that belongs to another run
+        (rlgeom.persistence.checkpoint.check_checkpoint_dir). A new run owns no file yet."""
+        if new_run:
+            self._own_checkpoints.clear()
+        if directory is not None:
+            ckpt.check_checkpoint_dir(os.fspath(directory), None if new_run else self._run_dir, self._own_checkpoints)
+
     def _hold_checkpoint_dir(self, directory: str) -> None:
-        """Lock `directory` for this agent (releasing a folder it held before) and clear the temporaries
-        a killed writer left there: with the lock held no live rlgeom process is writing in it."""
+        """Lock `directory` for this agent (releasing a folder it held before), check that it is this run's
+        (it holds no other run's checkpoints), and clear the temporaries a killed writer left there: with
+        the lock held no live rlgeom process is writing in it."""
         held = getattr(self, "_checkpoint_lock", None)
-        if held is None or held[0] != os.path.abspath(directory):
+        if held is None or held[0] != os.path.realpath(directory):
             lock = outputs.lock_directory(directory, "checkpoint directory")
+            try:
+                ckpt.check_checkpoint_dir(directory, self._run_dir, self._own_checkpoints)
+            except outputs.OutputError:
+                lock.release()
+                raise
             if held is not None:
                 held[1].release()
-            self._checkpoint_lock = (os.path.abspath(directory), lock)
+            self._checkpoint_lock = (os.path.realpath(directory), lock)
         outputs.remove_stale_temps(directory, ckpt.TEMP_PATTERN)
 
     def _write_checkpoint(self, directory: str | None = None) -> str:
@@ -61,7 +77,7 @@ class Checkpoints:
         self._hold_checkpoint_dir(directory)
         self._last_checkpoint_step = self.num_timesteps
         path = self.save_checkpoint(ckpt.checkpoint_path(directory, self.num_timesteps))
-        self._own_checkpoints.add(os.path.abspath(path))
+        self._own_checkpoints.add(os.path.realpath(path))
         ckpt.prune_checkpoints(directory, self._keep_checkpoints, self._own_checkpoints)
         if self.num_timesteps >= self._target_timesteps:  # learn()'s last checkpoint: the folder is free again
             self._release_checkpoint_dir()
@@ -74,7 +90,8 @@ class Checkpoints:
 
     @property
     def _own_checkpoints(self) -> set[str]:
-        """Absolute paths of the checkpoints this run may prune: those this agent wrote, plus the one it was loaded from."""
+        """Real paths (symlinks resolved) of the checkpoints this run may prune: those this agent wrote, plus the
+        one it was loaded from; a folder holding one of them is this run's to write in."""
         if "_own_checkpoint_paths" not in vars(self):
             self._own_checkpoint_paths = set()
         return self._own_checkpoint_paths
@@ -102,7 +119,9 @@ class Checkpoints:
             "checkpoint_every": self._checkpoint_every, "keep_checkpoints": self._keep_checkpoints,
             "ep_info_buffer": [{"r": float(e["r"]), "l": int(e["l"])} for e in self.ep_info_buffer],
         }
-        return write_model(path, tensors, description)
+        return write_model(path, tensors, description,
+                           resume_from=ckpt.resumable(os.path.dirname(os.path.abspath(os.fspath(path))))
+                           if isinstance(path, (str, os.PathLike)) else None)
 
     def _restore_checkpoint(self, path, tensors: dict, record: dict) -> dict:
         """Take back what save_checkpoint() wrote; returns the RNG states (restored last, by load)."""
@@ -141,8 +160,9 @@ class Checkpoints:
         self._run_dir = self.tensorboard_log = self._checkpoint_dir = None
         if not isinstance(path, (str, os.PathLike)):  # a file object: no folder of its own
             return
-        self._checkpoint_dir = os.path.dirname(os.path.abspath(os.fspath(path)))
-        self._own_checkpoints.add(os.path.abspath(os.fspath(path)))
+        # symlinks resolved: a run reached through a link is the run it links to, whatever path named it
+        self._checkpoint_dir = os.path.dirname(os.path.realpath(os.fspath(path)))
+        self._own_checkpoints.add(os.path.realpath(os.fspath(path)))
         run_dir = os.path.dirname(self._checkpoint_dir)
         if os.path.basename(self._checkpoint_dir) == "checkpoints" and _is_run_dir(run_dir):
             self._run_dir = run_dir

@@ -13,8 +13,7 @@ from rlgeom.training.optim import make_optimizer
 def critic_optimizer(policy, learning_rate: float) -> torch.optim.Optimizer:
     """Adam (torch's eps), or the policy_kwargs' optimizer_class, over the critic's parameters only (the
     actor is moved by its own rule)."""
-    return make_optimizer(policy.critic_parameters(), learning_rate, policy.optimizer_class, policy.optimizer_kwargs,
-                          direct_kernel=policy.written_out_derivatives)
+    return make_optimizer(policy.critic_parameters(), learning_rate, policy.optimizer_class, policy.optimizer_kwargs)
 
 
 def fit_value_function(

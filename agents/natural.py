@@ -14,11 +14,10 @@ from rlgeom.agents.base import OnPolicyAgent
 from rlgeom.agents.config import OnPolicyConfig, hp
 from rlgeom.agents.critic import critic_optimizer, explained_variance, fit_value_function
 from rlgeom.data.buffer import Batch
-from rlgeom.geometry.fisher import (
-    FVP_METHODS, NaturalStep, PolicyFisher, flat_gradient, natural_step, predicted_kl, surrogate_advantage,
-)
+from rlgeom.geometry.fisher import FVP_METHODS, NaturalStep, PolicyFisher, natural_step, predicted_kl, surrogate_advantage
+from rlgeom.models.parameters import flat_gradient
 from rlgeom.training import distributed
-from rlgeom.training.guards import guard_finite
+from rlgeom.training.guards import guard_finite, read_stats
 from rlgeom.training.schedules import schedule_value
 
 
@@ -110,14 +109,14 @@ def geometry_telemetry(direction: NaturalDirection, step_fraction: float, dampin
     predicted = predicted_kl(ns.quadratic_form - damping * x.dot(x), scale)
     cosine = torch.dot(g, x) / (g.norm() * x.norm()).clamp_min(1e-30)
     return {
-        "geometry/kl": kl.item(),
-        "geometry/kl_max_sample": fisher.max_kl(current_dist_params).item(),  # not δ (the hyperparameter max_kl)
-        "geometry/quadratic_model_ratio": (kl / predicted).item() if predicted > 0 else float("nan"),
+        "geometry/kl": kl,
+        "geometry/kl_max_sample": fisher.max_kl(current_dist_params),  # not δ (the hyperparameter max_kl)
+        "geometry/quadratic_model_ratio": torch.where(predicted > 0, kl / predicted, torch.full_like(kl, float("nan"))),
         "geometry/cg_iterations": ns.cg.iterations,
-        "geometry/cg_residual": ns.cg.residual_norm.item(),
-        "geometry/step_norm": step_fraction * ns.step.norm().item(),
-        "geometry/gradient_norm": g.norm().item(),
-        "geometry/natural_vanilla_cosine": cosine.item(),
+        "geometry/cg_residual": ns.cg.residual_norm,
+        "geometry/step_norm": step_fraction * ns.step.norm(),
+        "geometry/gradient_norm": g.norm(),
+        "geometry/natural_vanilla_cosine": cosine,
     }
 
 
@@ -131,7 +130,7 @@ def fit_critic(agent, buffer, progress_remaining: float) -> dict:
         agent.policy, agent.critic_optimizer, buffer, cfg.n_critic_updates, cfg.batch_size, agent.generator
     )
     guard_finite(value_loss=value_loss)
-    return {"train/value_loss": value_loss.item(), "train/learning_rate": lr}
+    return {"train/value_loss": value_loss, "train/learning_rate": lr}
 
 
 @torch.no_grad()
@@ -139,9 +138,9 @@ def surrogate_stats(direction: NaturalDirection, buffer, current_dist_params: to
     """train/ tags of the policy step: surrogate improvement, entropy, the critic's explained variance."""
     improvement, _ = direction.improvement_and_kl(current_dist_params)
     return {
-        "train/policy_improvement": improvement.item(),
-        "train/entropy_loss": -direction.fisher.entropy(current_dist_params).item(),
-        "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()).item(),
+        "train/policy_improvement": improvement,
+        "train/entropy_loss": -direction.fisher.entropy(current_dist_params),
+        "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()),
     }
 
 
@@ -170,7 +169,7 @@ class NaturalGradientAgent(OnPolicyAgent):
         stats.update(surrogate_stats(direction, buffer, after))
         stats.update(geometry_telemetry(direction, step_fraction, cfg.cg_damping, after))
         stats.update(step_stats)
-        return stats
+        return read_stats(stats)  # one host transfer for every statistic
 
     @abc.abstractmethod
     def take_step(self, direction: NaturalDirection) -> tuple[float, dict]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlgeom.agents.natural import NaturalDirection, NaturalGradientAgent, NaturalGradientConfig
-from rlgeom.geometry.fisher import assign_flat_parameters, flat_parameters
+from rlgeom.models.parameters import assign_flat_parameters, flat_parameters
 
 
 @dataclass

@@ -7,21 +7,29 @@ other state (a K-FAC preconditioner, running statistics) round-trips through `_e
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from rlgeom import __version__
 from rlgeom.persistence import checkpoint as ckpt
+from rlgeom.persistence import outputs
 from rlgeom.persistence.serialization import (
-    ModelFileError, is_file_object, model_path, policy_kwargs_from_json, policy_kwargs_to_json, space_from_json,
-    space_to_json, write_model,
+    ModelFileError, class_from_json, class_to_json, is_file_object, model_path, policy_kwargs_from_json, policy_kwargs_to_json, space_from_json,
+    space_to_json, state_aliases, write_model,
 )
-from rlgeom.persistence.modelfile import EXTRA_STATE_BYTES, EXTRA_STATE_FACTOR, check_description, open_model
+from rlgeom.persistence.statecheck import check_json_state, check_tensors
+from rlgeom.persistence.modelfile import (
+    EXTRA_STATE_BYTES, EXTRA_STATE_FACTOR, check_description, check_envs_to_build, open_model,
+)
 from rlgeom.agents.devices import resolve_device, set_global_seeds
+from rlgeom.envs.make import TORCH_NATIVE_PREFIX
 from rlgeom.training import distributed
 from rlgeom.agents.sb3_compat import filter_description, hyperparameters_from_saved, hyperparameters_to_json
 
 #: constructor options saved with the model that are not hyperparameters of the algorithm
-AGENT_OPTIONS = ("nonfinite", "max_consecutive_skips", "geometry_every", "stats_window_size")
+AGENT_OPTIONS = ("nonfinite", "max_consecutive_skips", "geometry_every", "stats_window_size", "tensorboard_log",
+                 "verbose")
 
 
 class Persistence:
@@ -49,17 +57,19 @@ class Persistence:
             self.reward_scaler._discounted = running.to(self.device).clone() if running is not None else None
 
     def _model_state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        aliases = _state_aliases(self.policy)  # a shared features extractor is stored once
+        aliases = state_aliases(self.policy)  # a shared features extractor is stored once
         tensors = {f"policy.{k}": v for k, v in self.policy.state_dict().items() if k not in aliases}
         extra, extra_skeleton = ckpt.pack_state("extra", self._extra_state())
         tensors.update(extra)
         description = {
-            "algo": self.algo, "rlgeom": __version__, "policy": self.policy_name,
+            "algo": self.algo, "rlgeom": __version__,
+            # a policy class (SB3's custom-policy pattern) is saved by name; load() takes it from custom_objects
+            "policy": class_to_json(self.policy_name) if isinstance(self.policy_name, type) else self.policy_name,
             "policy_kwargs": policy_kwargs_to_json(self.policy_kwargs),
             "hyperparameters": hyperparameters_to_json(self.config),
             "observation_space": space_to_json(self.observation_space),
             "action_space": space_to_json(self.action_space),
-            "num_timesteps": self.num_timesteps, "n_updates": self.n_updates,
+            "num_timesteps": self.num_timesteps, "n_updates": self.n_updates, "sb3_n_updates": self.sb3_n_updates,
             "env_id": self.env_id, "n_envs": self.n_envs, "seed": self.seed,
             "extra_state": extra_skeleton,
             **{k: getattr(self, k) for k in AGENT_OPTIONS},
@@ -73,8 +83,11 @@ class Persistence:
         # under torchrun rank 0 writes the one model; no collective here, since a callback may save on rank 0 only
         if not distributed.is_main():
             return getattr(path, "name", repr(path)) if is_file_object(path) else model_path(path)
+        if not is_file_object(path):  # a live run's folder is not written into (it would overwrite this file)
+            outputs.check_not_in_use(os.path.dirname(os.path.abspath(model_path(path))), "model file")
         tensors, description = self._model_state()
-        return write_model(path, tensors, filter_description(description, exclude, include))
+        return write_model(path, tensors, filter_description(description, exclude, include),
+                           resume_from=ckpt.resumable(self._checkpoint_dir))
 
     @classmethod
     def load(cls, path, env=None, device="auto", custom_objects: dict | None = None, print_system_info: bool = False,
@@ -89,26 +102,34 @@ class Persistence:
         model = open_model(path)  # the header only: checked against the description before any tensor is read
         d = model.description
         check_description(model)
+        check_envs_to_build(model, env, TORCH_NATIVE_PREFIX)
+        check_json_state(str(path), d)  # optimiser settings, K-FAC counters: before anything is built
         if d.get("algo") != cls.algo:
             raise ModelFileError(
                 f"{path}: holds a {str(d.get('algo')).upper()} model, not {cls.algo.upper()}; "
                 f"load it with {str(d.get('algo')).upper()}.load"
             )
         options = {k: overrides.pop(k) if k in overrides else d[k] for k in AGENT_OPTIONS if k in overrides or k in d}
-        device = resolve_device(device)  # an unavailable device is the caller's problem, not the file's
+        if device not in ("auto", None):  # "auto" is decided by the agent, for its policy and env
+            device = resolve_device(device)  # an unavailable device is the caller's problem, not the file's
         try:
             obs_space = space_from_json(d["observation_space"])
             act_space = space_from_json(d["action_space"])
             hyperparameters = {**hyperparameters_from_saved(d["hyperparameters"], custom_objects, str(path)), **overrides}
             policy_kwargs = policy_kwargs_from_json(d.get("policy_kwargs") or {}, custom_objects, str(path))
+            policy = d["policy"]
+            if isinstance(policy, dict):
+                policy = class_from_json(policy, "policy", custom_objects, str(path))
             agent = cls(
-                d["policy"], None, policy_kwargs=policy_kwargs, n_envs=d.get("n_envs", 1),
+                policy, None, policy_kwargs=policy_kwargs, n_envs=_n_envs(env, d),
                 seed=d.get("seed"), device=device, _spaces=(obs_space, act_space), **options, **hyperparameters,
             )
         except ModelFileError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise ModelFileError(f"{path}: the model description is incomplete or inconsistent: {err}") from None
+            what = ("does not load with the hyperparameters given (" + ", ".join(sorted(overrides)) + ")"
+                    if overrides else "the model description is incomplete or inconsistent")
+            raise ModelFileError(f"{path}: {what}: {err}") from None
         tensors = agent._read_tensors(model)
         agent._load_tensors(path, tensors)
         if "extra_state" in d:
@@ -122,6 +143,7 @@ class Persistence:
             raise ModelFileError(f"{path}: the saved agent state does not fit {cls.__name__}: {err}") from None
         try:
             agent.num_timesteps, agent.n_updates = int(d.get("num_timesteps", 0)), int(d.get("n_updates", 0))
+            agent.sb3_n_updates = int(d.get("sb3_n_updates", agent.n_updates))
         except (TypeError, ValueError) as err:
             raise ModelFileError(f"{path}: bad step counters in the description: {err}") from None
         agent.env_id = d.get("env_id")
@@ -141,16 +163,27 @@ class Persistence:
                 agent.generator.manual_seed(branch)
         return agent
 
+    @classmethod
+    def load_sb3(cls, path, env=None, device="auto", **overrides):
+        """A Stable-Baselines3 `.zip` (PPO -> PPO, A2C -> VPG, sb3-contrib TRPO -> TRPO) as this agent: its
+        weights via torch.load(weights_only=True) and its JSON `data`, never its pickles (agents/sb3_import.py).
+        `env` is needed where SB3's JSON does not hold a space readably; `overrides` replace hyperparameters."""
+        from rlgeom.agents.sb3_import import load_sb3
+
+        return load_sb3(cls, path, env=env, device=device, **overrides)
+
     def _read_tensors(self, model) -> dict[str, torch.Tensor]:
         """The file's tensors, read only when they add up to no more than this model can use: its policy
         (built from the checked description) plus a bounded multiple for optimiser and agent state."""
         policy_bytes = sum(v.numel() * v.element_size() for v in self.policy.state_dict().values())
         model.check_tensor_budget(EXTRA_STATE_FACTOR * policy_bytes + EXTRA_STATE_BYTES, "this model")
-        return model.tensors()
+        tensors = model.tensors()
+        check_tensors(model.name, tensors)  # every saved state, not only the weights, within its range
+        return tensors
 
     def _load_tensors(self, path, tensors: dict[str, torch.Tensor]) -> None:
         policy_state = {k[len("policy."):]: v for k, v in tensors.items() if k.startswith("policy.")}
-        for alias, original in _state_aliases(self.policy).items():  # stored once, under its first name
+        for alias, original in state_aliases(self.policy).items():  # stored once, under its first name
             if alias not in policy_state and original in policy_state:
                 policy_state[alias] = policy_state[original]
         expected = self.policy.state_dict()
@@ -173,14 +206,10 @@ class Persistence:
         self.policy.load_state_dict(policy_state)
 
 
-def _state_aliases(module: torch.nn.Module) -> dict[str, str]:
-    """{key: first key} for state-dict entries that are the same tensor as an earlier entry (a features
-    extractor shared by actor and critic appears under both names; safetensors stores a tensor once)."""
-    first: dict[int, str] = {}
-    aliases = {}
-    for key, tensor in module.state_dict(keep_vars=True).items():
-        if id(tensor) in first:
-            aliases[key] = first[id(tensor)]
-        else:
-            first[id(tensor)] = key
-    return aliases
+def _n_envs(env, description: dict) -> int:
+    """The number of envs the loaded model is built for: an env object's own (as SB3's load takes the VecEnv
+    it is given), else the saved one (an env id is built with it)."""
+    if env is not None and not isinstance(env, str):
+        return int(getattr(env, "num_envs", 1))
+    return description.get("n_envs", 1)
+

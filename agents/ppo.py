@@ -23,7 +23,7 @@ from rlgeom.agents.config import OnPolicyConfig, hp
 from rlgeom.agents.critic import explained_variance
 from rlgeom.geometry.fisher import approximate_kl
 from rlgeom.training import distributed
-from rlgeom.training.guards import guard_finite
+from rlgeom.training.guards import guard_finite, read_stats
 from rlgeom.training.optim import clip_gradient_norm, make_optimizer
 from rlgeom.training.schedules import schedule_value
 
@@ -67,8 +67,11 @@ class PPO(OnPolicyAgent):
         lr = schedule_value(self.config.learning_rate, 1.0)
         # SB3's policy optimiser: Adam with eps 1e-5 unless policy_kwargs name another (one fused step by default)
         self.optimizer = make_optimizer(self.policy.parameters(), lr, self.policy.optimizer_class,
-                                        self.policy.optimizer_kwargs, default_eps=1e-5,
-                                        direct_kernel=self.config.written_out_derivatives)
+                                        self.policy.optimizer_kwargs, default_eps=1e-5)
+
+    def _sb3_updates_counted(self, stats: dict) -> int:
+        """SB3's PPO counts each epoch in train/n_updates (the epochs done, fewer when target_kl stops them)."""
+        return int(stats.get("train/n_epochs_done", self.config.n_epochs))
 
     def update(self, buffer, progress_remaining: float) -> dict:
         cfg = self.config
@@ -115,9 +118,9 @@ class PPO(OnPolicyAgent):
         stats = {f"train/{k}": v for k, v in zip(STAT_NAMES, reported.tolist())}
         stats.update({
             "train/learning_rate": lr, "train/clip_range": eps, "train/n_epochs_done": epoch + (not stopped_early),
-            "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()).item(),
+            "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()),
         })
-        return stats
+        return read_stats(stats)  # the explained variance's host read
 
     def losses(self, batch, log_probs, entropy, values, eps: float):
         """PPO's loss on one minibatch: (policy, value, entropy, total loss, ratio, log-ratio)."""

@@ -136,6 +136,41 @@ PRESETS: dict[str, dict[str, dict]] = {
 }
 
 
+# warp/ ids (envs.warp_mujoco, thousands of GPU-batched worlds): "Learning to Walk in Minutes" (Rudin et al.
+# 2021, Table 1 and legged_gym's LeggedRobotCfgPPO): 4096 envs × 24 steps per env = 98,304 steps per update,
+# 4 minibatches, 5 epochs, clip 0.2, γ 0.99, λ 0.95, value coefficient 1.0, gradient norm 1.0. Its adaptive
+# learning rate (desired KL 0.01) has no rlgeom counterpart: PPO keeps Adam's 3e-4 and stops the epochs at
+# target_kl 0.01; its entropy bonus 0.01 (legged robots) is left at the MuJoCo presets' 0. `minibatches`
+# sets batch_size = n_steps × n_envs / minibatches for whatever n_envs the run uses (preset(..., n_envs)).
+# TRPO/NPG take the same rollout shape with rl-zoo's TRPO values, the critic fitted in 4 minibatches × 5 epochs
+# (PPO's 20 gradient steps); ACKTR its MuJoCo entry with 24-step rollouts. The 5e7-step budget is a guess to be
+# measured on a GPU (experiments/gpu_check_warp.sh).
+WARP_TASKS = ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "Swimmer-v5")
+RUDIN = "Rudin et al. 2021 'Learning to Walk in Minutes' (4096 envs × 24 steps, 4 minibatches)"
+WARP_SHAPE = {**NORMALIZE, "n_steps": 24, "gamma": 0.99, "gae_lambda": 0.95}
+
+
+def _warp(hyperparameters, source, policy_kwargs=None, minibatches=4):
+    entry = _p(4096, 5e7, {**WARP_SHAPE, **hyperparameters}, source, policy_kwargs=policy_kwargs)
+    return {**entry, "minibatches": minibatches} if minibatches else entry
+
+
+for _task in WARP_TASKS:
+    PRESETS["ppo"]["warp/" + _task] = _warp(
+        {"n_epochs": 5, "clip_range": 0.2, "learning_rate": 3e-4, "vf_coef": 1.0, "max_grad_norm": 1.0,
+         "target_kl": 0.01}, f"{RUDIN}; Adam 3e-4 with target_kl 0.01 for its adaptive rate")
+    PRESETS["trpo"]["warp/" + _task] = _warp(
+        {**{k: v for k, v in zoo_trpo_mujoco(_task).items() if k not in ("n_steps", "batch_size")},
+         "n_critic_updates": 5}, f"{RUDIN}'s rollout shape; rl-zoo trpo.yml {_task.replace('-v5', '-v4')}; {KL_NOTE}")
+    PRESETS["acktr"]["warp/" + _task] = _warp(  # ACKTR has no minibatches
+        {k: v for k, v in PRESETS["acktr"]["mujoco"]["hyperparameters"].items() if k != "n_steps"},
+        f"{RUDIN}'s rollout shape; rlgeom's ACKTR MuJoCo entry",
+        policy_kwargs=PRESETS["acktr"]["mujoco"]["policy_kwargs"], minibatches=None)
+    PRESETS["vpg"]["warp/" + _task] = _warp(
+        {k: v for k, v in PRESETS["vpg"]["mujoco"]["hyperparameters"].items() if k not in ("n_steps", "batch_size")},
+        f"{RUDIN}'s rollout shape; rlgeom's VPG MuJoCo entry")
+
+
 # NPG has no published presets: it takes TRPO's tuned values (the same direction, no line search).
 PRESETS["npg"] = {
     task: {**copy.deepcopy(entry), "source": f"{entry['source']} (TRPO's tuned values, used for NPG)"}
@@ -151,9 +186,20 @@ def task_family(env_id: str) -> str | None:
     return None
 
 
-def preset(algo: str, env_id: str) -> dict:
-    """The preset for (algo, env_id); a torch-native id uses its Gymnasium twin's preset."""
+def preset(algo: str, env_id: str, n_envs: int | None = None, overrides: dict | None = None) -> dict:
+    """The preset for (algo, env_id); a torch-native id, or a warp/ id without its own entry, uses its
+    Gymnasium twin's preset. An entry that names its `minibatches` gets batch_size = n_steps × n_envs /
+    minibatches for `n_envs` (default: the preset's own) and the user's `overrides` of n_steps (an
+    override of batch_size itself wins; the caller applies the overrides)."""
     table = PRESETS.get(algo, {})
-    key = env_id[len("torch/"):] if env_id.startswith("torch/") else env_id
-    entry = table.get(key) or table.get(task_family(key) or "") or table.get("default") or _p(1, 1e6, {}, "agent defaults")
-    return copy.deepcopy(entry)
+    key = env_id.split("/", 1)[1] if env_id.startswith(("torch/", "warp/")) else env_id
+    entry = (table.get(env_id) or table.get(key) or table.get(task_family(key) or "") or table.get("default")
+             or _p(1, 1e6, {}, "agent defaults"))
+    entry = copy.deepcopy(entry)
+    minibatches = entry.pop("minibatches", None)
+    if minibatches:
+        hyperparameters = entry["hyperparameters"]
+        n_steps = (overrides or {}).get("n_steps", hyperparameters["n_steps"])
+        rollout = n_steps * (n_envs or entry["n_envs"])
+        hyperparameters["batch_size"] = rollout // minibatches
+    return entry

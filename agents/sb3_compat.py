@@ -12,7 +12,12 @@ from rlgeom.training.schedules import is_unstored, schedule_to_json
 
 #: what SB3's save leaves out by default (never pickled by rlgeom either): accepted in `exclude` and ignored
 SB3_NEVER_SAVED = frozenset({"env", "device", "replay_buffer", "rollout_buffer", "_vec_normalize_env",
-                             "_episode_storage", "_logger", "_custom_logger", "ep_info_buffer", "ep_success_buffer"})
+                             "_episode_storage", "_logger", "_custom_logger", "ep_info_buffer", "ep_success_buffer",
+                             # SB3 attributes rlgeom keeps only while running, or rebuilds from the hyperparameters
+                             "policy", "policy_class", "lr_schedule", "_last_obs", "_last_episode_starts",
+                             "_last_original_obs", "_episode_num", "_current_progress_remaining", "_n_updates",
+                             "_total_timesteps", "_num_timesteps_at_start", "start_time", "action_noise",
+                             "_stats_window_size", "use_sde_at_warmup"})
 #: description entries without which load() cannot rebuild the model (weights are always saved)
 NEEDED_TO_LOAD = frozenset({"algo", "rlgeom", "policy", "policy_kwargs", "observation_space", "action_space",
                             "extra_state"})
@@ -28,11 +33,35 @@ class SB3Compat:
         if config is None or name.startswith("_") or name not in type(config).__dataclass_fields__:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         value = getattr(config, name)
-        if name in ("learning_rate", "clip_range", "clip_range_vf") and value is not None and not callable(value):
-            from rlgeom.training.schedules import schedule_value
-
-            return lambda progress_remaining: schedule_value(value, progress_remaining)
+        if name in ("clip_range", "clip_range_vf") and value is not None:
+            return as_float_schedule(value)  # SB3 holds both as FloatSchedule after _setup_model
+        if name == "learning_rate" and value is not None and not callable(value) and not isinstance(value, (int, float)):
+            return as_float_schedule(value)  # rlgeom's schedule dicts as SB3's callable; a number stays a number
         return value
+
+    @property
+    def lr_schedule(self):
+        """SB3's `model.lr_schedule`: the learning rate as a FloatSchedule of the remaining progress (1 -> 0)."""
+        return as_float_schedule(self.config.learning_rate)
+
+    def set_logger(self, logger) -> None:
+        """SB3's set_logger: learn() writes to this logger (an SB3 Logger from
+        stable_baselines3.common.logger.configure, or rlgeom's RunLogger) instead of opening its own run."""
+        for method in ("record", "dump"):
+            if not callable(getattr(logger, method, None)):
+                raise TypeError(f"set_logger needs a logger with record() and dump() (an SB3 Logger), got {logger!r}")
+        self.logger, self._custom_logger = logger, True
+
+    @property
+    def rollout_buffer(self):
+        """The last rollout as SB3's RolloutBuffer fields (agents/sb3_buffer.py); None before the first reset."""
+        buffer = self.__dict__.get("buffer")
+        if buffer is None:
+            return None
+        from rlgeom.agents.sb3_buffer import RolloutBufferView
+
+        return RolloutBufferView(buffer, self.observation_space, self.action_space, self.policy.dict_layout,
+                                 self.config.gamma, self.config.gae_lambda, self.__dict__.get("_rollout_trained", False))
 
     def get_parameters(self) -> dict:
         """SB3's form: {"policy": state dict, "<optimizer attribute>": its state dict, ...}."""
@@ -46,6 +75,12 @@ class SB3Compat:
             params = load_path_or_dict
             if "policy" not in params:
                 raise ValueError(f"set_parameters needs a 'policy' entry (as get_parameters gives); got {sorted(params)}")
+            import torch
+
+            from rlgeom.persistence.statecheck import check_tensors
+
+            # the statistics a state dict carries (normaliser variance, counts) checked as a file's are
+            check_tensors("set_parameters", {k: v for k, v in params["policy"].items() if isinstance(v, torch.Tensor)})
             result = self.policy.load_state_dict(params["policy"], strict=exact_match)
             for name, optimizer in self._optimizers().items():
                 if name in params:
@@ -70,13 +105,13 @@ class SB3Compat:
             return None
         backend = self.env.backend
         if envs.make.is_sb3_vec_env(backend):
-            return backend
+            return transposed_view(backend, self.observation_space)
         cached = self.__dict__.get("_sb3_view")
         if cached is None or cached.rlgeom_env is not self.env:
             from rlgeom.agents.sb3_view import RlgeomVecEnvView
 
             cached = self._sb3_view = RlgeomVecEnvView(self.env)
-        return cached
+        return transposed_view(cached, self.observation_space)
 
     def get_vec_normalize_env(self):
         env = self.get_env()
@@ -85,6 +120,36 @@ class SB3Compat:
                 return env
             env = getattr(env, "venv", None)
         return None
+
+
+def as_float_schedule(value):
+    """A hyperparameter (number, rlgeom schedule dict or callable) as SB3's FloatSchedule."""
+    from stable_baselines3.common.utils import ConstantSchedule, FloatSchedule
+
+    from rlgeom.training.schedules import schedule_value
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return FloatSchedule(ConstantSchedule(float(value)))  # SB3's own form of a constant
+    return FloatSchedule(value if callable(value) else lambda progress_remaining: schedule_value(value, progress_remaining))
+
+
+def transposed_view(venv, observation_space):
+    """SB3 wraps a channel-last image env in VecTransposeImage (its model sees channel-first images);
+    rlgeom transposes inside the network, and get_env() hands the env out as SB3 would (the policy's
+    predict takes both layouts). The one wrapper per env is kept on it."""
+    from rlgeom.models.policies import channels_last
+
+    if not channels_last(observation_space):
+        return venv
+    from stable_baselines3.common.vec_env import VecTransposeImage
+
+    if type(venv).__name__ == "VecTransposeImage":
+        return venv
+    wrapper = getattr(venv, "_rlgeom_transposed", None)
+    if wrapper is None:
+        wrapper = VecTransposeImage(venv)
+        venv._rlgeom_transposed = wrapper
+    return wrapper
 
 
 def hyperparameters_to_json(config) -> dict:
@@ -199,6 +264,24 @@ def wrap_callback(callback):
                 f"callback {callback!r} lacks {method}(); accepted: a stable_baselines3 BaseCallback or a list of them"
             )
     return callback
+
+
+class RoundedBudgetWarning(UserWarning):
+    """learn(n) runs whole rollouts: more steps than n when n is not a multiple of the rollout size."""
+
+
+def warn_rounded_budget(total_timesteps: int, per_rollout: int, n_envs: int, n_steps: int) -> None:
+    """Say (once per budget and rollout size, as Python shows a warning once per place) when learn() will
+    run more steps than asked: SB3 does so silently, ending after the rollout that crosses the budget."""
+    total = int(total_timesteps)
+    if total % per_rollout:
+        rounded = -(-total // per_rollout) * per_rollout
+        import warnings
+
+        warnings.warn(RoundedBudgetWarning(
+            f"learn({total}) runs {rounded} steps: whole rollouts of n_steps={n_steps} x n_envs={n_envs}"
+            f"{' x ranks' if per_rollout != n_steps * n_envs else ''} = {per_rollout} steps each (as SB3, which "
+            f"does not say so); pass a multiple of {per_rollout} to run exactly that many"), stacklevel=3)
 
 
 def make_progress_bar(total_timesteps: int, per_rollout: int):

@@ -20,7 +20,7 @@ from rlgeom.agents.config import OnPolicyConfig, hp
 from rlgeom.agents.critic import critic_optimizer, explained_variance, fit_value_function
 from rlgeom.geometry.fisher import approximate_kl
 from rlgeom.training import distributed
-from rlgeom.training.guards import guard_finite
+from rlgeom.training.guards import guard_finite, read_stats
 from rlgeom.training.optim import clip_gradient_norm, make_optimizer
 from rlgeom.training.schedules import schedule_value
 
@@ -56,8 +56,7 @@ class VPG(OnPolicyAgent):
     def _setup(self) -> None:
         cfg = self.config
         self.actor_optimizer = make_optimizer(self.policy.actor_parameters(), schedule_value(cfg.learning_rate, 1),
-                                              self.policy.optimizer_class, self.policy.optimizer_kwargs,
-                                              direct_kernel=cfg.written_out_derivatives)
+                                              self.policy.optimizer_class, self.policy.optimizer_kwargs)
         self.critic_optimizer = critic_optimizer(self.policy, cfg.vf_learning_rate)
 
     def update(self, buffer, progress_remaining: float) -> dict:
@@ -83,8 +82,8 @@ class VPG(OnPolicyAgent):
             self.policy, self.critic_optimizer, buffer, cfg.n_critic_updates, cfg.batch_size, self.generator
         )
         guard_finite(value_loss=value_loss)  # the base rolls the critic back too
-        return {
-            "train/policy_gradient_loss": policy_loss.item(), "train/value_loss": value_loss.item(),
-            "train/entropy_loss": -entropy.item(), "train/approx_kl": approx_kl.item(), "train/learning_rate": lr,
-            "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()).item(),
-        }
+        return read_stats({  # one host transfer for every statistic
+            "train/policy_gradient_loss": policy_loss, "train/value_loss": value_loss,
+            "train/entropy_loss": -entropy, "train/approx_kl": approx_kl, "train/learning_rate": lr,
+            "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()),
+        })

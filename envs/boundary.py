@@ -47,10 +47,22 @@ def nonfinite_policy(counter: NonFiniteCounter):
         _POLICY.reset(token)
 
 
+#: the largest float32: a wider float beyond it becomes inf when the boundary casts it (float64 1e300 does)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _finite_as_float32(x: np.ndarray) -> np.ndarray:
+    """Where `x` stays finite once cast to float32, as the agent stores it."""
+    finite = np.isfinite(x)
+    if x.dtype.itemsize > 4:
+        finite &= np.abs(np.where(finite, x, 0)) <= FLOAT32_MAX
+    return finite
+
+
 def check_finite(x: np.ndarray, what: str, step: int, env_id: str | None) -> None:
-    """Raise NonFiniteEnvError naming env indices and step, or (mode "sanitize") zero them in place."""
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-        finite = np.isfinite(x)
+    """Raise NonFiniteEnvError naming env indices and step, or (mode "sanitize") zero them in place; a value
+    finite in float64 but beyond float32's range counts as non-finite (it is inf after the cast)."""
+    if x.dtype.kind == "f" and not (finite := _finite_as_float32(x)).all():
         policy = _POLICY.get()
         if policy is not None and policy.mode == "sanitize" and x.flags.writeable:
             policy.counts[what] += int((~finite).sum())
@@ -58,25 +70,24 @@ def check_finite(x: np.ndarray, what: str, step: int, env_id: str | None) -> Non
             return
         bad = np.argwhere(~finite.reshape(len(x), -1))[:, 0]
         raise NonFiniteEnvError(
-            f"non-finite {what} from env {env_id or '(unnamed)'} at vector step {step}, env index(es) "
+            f"non-finite {what} (NaN, inf, or beyond float32's ±3.4e38) from env {env_id or '(unnamed)'} at vector "
+            f"step {step}, env index(es) "
             f"{sorted(set(bad.tolist()))}; check the environment (rlgeom never trains on NaN/inf), or pass "
             "nonfinite='sanitize' to the agent to replace such values by 0 and count them"
         )
 
 
-def to_tensor(array, dtype, device: torch.device) -> torch.Tensor:
-    """A host array as a tensor of numpy `dtype` on `device`: converted by numpy (cheaper per call than
-    a torch cast at these sizes), shared with torch without a copy, moved only off the CPU."""
-    t = torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
-    return t if device.type == "cpu" else t.to(device, non_blocking=True)
+def to_tensor(array, dtype) -> torch.Tensor:
+    """A host array as a CPU tensor of numpy `dtype`: converted by numpy (cheaper per call than a torch
+    cast at these sizes), shared with torch without a copy. envs.device moves a step's tensors off the CPU."""
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
 
 
-def to_obs_tensor(obs: np.ndarray, device: torch.device) -> torch.Tensor:
+def to_obs_tensor(obs: np.ndarray) -> torch.Tensor:
     """uint8 images stay uint8; everything else becomes float32. Always a copy: a vector env may return
     its own observation buffer and overwrite it at the next step (gymnasium's `copy=False`, which the
     vector envs rlgeom builds from an id use: one copy here instead of gymnasium's deepcopy)."""
-    t = torch.from_numpy(np.array(obs, dtype=np.uint8 if obs.dtype == np.uint8 else np.float32, copy=True))
-    return t if device.type == "cpu" else t.to(device, non_blocking=True)
+    return torch.from_numpy(np.array(obs, dtype=np.uint8 if obs.dtype == np.uint8 else np.float32, copy=True))
 
 
 class ObservationPacker:

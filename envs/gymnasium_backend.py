@@ -10,6 +10,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv as GymVectorEnv
 
 from rlgeom.envs.base import StepResult, VecEnv
 from rlgeom.envs.boundary import EpisodeTracker, ObservationPacker, check_finite, to_action_array, to_obs_tensor, to_tensor
+from rlgeom.envs.device import HostTransfer
 
 
 class GymnasiumVecEnv(VecEnv):
@@ -27,6 +28,7 @@ class GymnasiumVecEnv(VecEnv):
         self._env = vec_env
         self.num_envs = vec_env.num_envs
         self.device = torch.device(device)
+        self._transfer = HostTransfer(self.device)  # tensors are built on the CPU, then moved once per step
         self.single_observation_space = vec_env.single_observation_space
         self.single_action_space = vec_env.single_action_space
         self.env_id = env_id
@@ -44,11 +46,12 @@ class GymnasiumVecEnv(VecEnv):
         obs = self._pack.batch(obs)
         self._episodes.reset()
         check_finite(obs, "observation", self._t, self.env_id)
-        return to_obs_tensor(obs, self.device)
+        return self._transfer.tensor(to_obs_tensor(obs))
 
     def step(self, actions: torch.Tensor) -> StepResult:
         self._t += 1
-        obs, reward, terminated, truncated, info = self._env.step(to_action_array(actions, self._discrete))
+        actions = to_action_array(self._transfer.actions_to_host(actions), self._discrete)
+        obs, reward, terminated, truncated, info = self._env.step(actions)
         obs = self._pack.batch(obs)
         done = terminated | truncated
         final_obs = obs
@@ -63,18 +66,17 @@ class GymnasiumVecEnv(VecEnv):
         # The arrays below are fresh copies owned by this step (gymnasium copies rewards and flags, the
         # tracker returns copies), so from_numpy's zero-copy view is safe; observations, which a vector env
         # built with copy=False overwrites at its next step, are copied by to_obs_tensor.
-        dev = self.device
-        obs_t = to_obs_tensor(obs, dev)
-        return StepResult(
+        obs_t = to_obs_tensor(obs)
+        return self._transfer.step(StepResult(
             obs=obs_t,
-            reward=to_tensor(reward, np.float32, dev),
-            terminated=to_tensor(terminated, np.bool_, dev),
-            truncated=to_tensor(truncated & ~terminated, np.bool_, dev),
-            final_obs=obs_t if final_obs is obs else to_obs_tensor(final_obs, dev),
-            episode_return=to_tensor(ep_return, np.float32, dev),
-            episode_length=to_tensor(ep_length, np.int64, dev),
-            done=to_tensor(done, np.bool_, dev),
-        )
+            reward=to_tensor(reward, np.float32),
+            terminated=to_tensor(terminated, np.bool_),
+            truncated=to_tensor(truncated & ~terminated, np.bool_),
+            final_obs=obs_t if final_obs is obs else to_obs_tensor(final_obs),
+            episode_return=to_tensor(ep_return, np.float32),
+            episode_length=to_tensor(ep_length, np.int64),
+            done=to_tensor(done, np.bool_),
+        ))
 
     def close(self) -> None:
         self._env.close()
@@ -109,3 +111,24 @@ def _recorded_episodes(info: dict, done: np.ndarray):
     if not done.any() or "episode" not in final:
         return None
     return final["episode"]["r"], final["episode"]["l"], final["_episode"]
+
+
+class OptionalResetOptions(gym.Wrapper):
+    """An env whose `reset(seed=None)` takes no `options` (older gymnasium code): gymnasium's vector envs
+    always pass `options=`, SB3's DummyVecEnv only when given; this wrapper drops it when None, as SB3."""
+
+    @classmethod
+    def wrap_if_needed(cls, env: gym.Env) -> gym.Env:
+        import inspect
+
+        try:
+            parameters = inspect.signature(env.reset).parameters
+        except (TypeError, ValueError):  # a builtin or C-implemented reset: assume gymnasium's signature
+            return env
+        takes = "options" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+        return env if takes else cls(env)
+
+    def reset(self, *, seed=None, options=None):
+        if options is not None:
+            raise TypeError(f"{type(self.env).__name__}.reset() takes no options, but options={options!r} were given")
+        return self.env.reset(seed=seed)

@@ -13,8 +13,10 @@ from gymnasium.vector import AutoresetMode
 from rlgeom import validation
 from rlgeom.envs.atari import atari_env_kwargs, atari_wrappers, is_atari_id, register_atari
 from rlgeom.envs.base import VecEnv
-from rlgeom.envs.gymnasium_backend import EpisodeInfoOnly, GymnasiumVecEnv
+from rlgeom.envs.device import on_device
+from rlgeom.envs.gymnasium_backend import EpisodeInfoOnly, GymnasiumVecEnv, OptionalResetOptions
 from rlgeom.envs.sb3_backend import SB3VecEnvAdapter, is_sb3_vec_env
+from rlgeom.envs.warp_mujoco import WARP_PREFIX
 
 VECTORIZATION_MODES = ("sync", "async")
 TORCH_NATIVE_PREFIX = "torch/"
@@ -24,17 +26,22 @@ def make_vec_env(
     env,
     n_envs: int = 1,
     seed: int | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     vectorization: str = "sync",
     env_kwargs: dict | None = None,
 ) -> VecEnv:
     """Build rlgeom's vectorised env from an env id, a gymnasium Env or VectorEnv, an SB3 VecEnv
-    (VecNormalize included) or an rlgeom VecEnv. `seed` is applied at the first reset."""
+    (VecNormalize included) or an rlgeom VecEnv. `seed` is applied at the first reset.
+
+    Every tensor the env gives is on `device` (an agent passes its own), and actions may come on it:
+    an rlgeom VecEnv on another device is seen through envs.device.OnDevice. None: an rlgeom VecEnv
+    stays where it is, anything else is built on the CPU."""
     validation.positive_int("n_envs", n_envs)
     if vectorization not in VECTORIZATION_MODES:
         raise ValueError(f"unknown vectorization {vectorization!r}; accepted: {', '.join(VECTORIZATION_MODES)}")
     if isinstance(env, VecEnv):
-        return env
+        return env if device is None else on_device(env, device)
+    device = torch.device("cpu") if device is None else device
     if isinstance(env, str):
         return _from_id(env, n_envs, device, vectorization, env_kwargs or {})
     if isinstance(env, gym.vector.VectorEnv):
@@ -45,6 +52,7 @@ def make_vec_env(
                 f"a single gymnasium.Env instance cannot be copied into n_envs={n_envs} envs; "
                 "pass the env id (or a gymnasium vector env) instead"
             )
+        env = OptionalResetOptions.wrap_if_needed(env)
         vec = gym.vector.SyncVectorEnv([lambda: env], autoreset_mode=AutoresetMode.SAME_STEP)
         return GymnasiumVecEnv(vec, device, env_id=_spec_id(env))
     if is_sb3_vec_env(env):
@@ -60,16 +68,21 @@ def _from_id(env_id: str, n_envs: int, device, vectorization: str, env_kwargs: d
         from rlgeom.envs.torch_native import make_torch_native
 
         return make_torch_native(env_id, n_envs, device=device)
+    if env_id.startswith(WARP_PREFIX):
+        from rlgeom.envs.warp_mujoco import make_warp_mujoco
+
+        return make_warp_mujoco(env_id, n_envs, device=device)
     wrappers = []
-    route_mujoco_warnings_to_logging()
     if is_atari_id(env_id):
         register_atari()
         env_kwargs = {**atari_env_kwargs(env_id), **env_kwargs}
         wrappers = atari_wrappers()
     try:
-        gym.spec(env_id)
+        spec = gym.spec(env_id)
     except gym.error.Error as err:
         raise ValueError(f"unknown env id {env_id!r}: {err}") from None
+    if is_mujoco_spec(spec):  # only then: `import mujoco` fails outright where MUJOCO_GL names a missing backend
+        route_mujoco_warnings_to_logging()
     vec = gym.make_vec(
         env_id,
         num_envs=n_envs,
@@ -82,6 +95,13 @@ def _from_id(env_id: str, n_envs: int, device, vectorization: str, env_kwargs: d
         **env_kwargs,
     )
     return GymnasiumVecEnv(vec, device, env_id=env_id)
+
+
+def is_mujoco_spec(spec) -> bool:
+    """Whether a registered env is a MuJoCo task (gymnasium's, or any whose entry point names mujoco)."""
+    entry = spec.entry_point
+    name = entry if isinstance(entry, str) else f"{getattr(entry, '__module__', '')}.{getattr(entry, '__qualname__', '')}"
+    return "mujoco" in name.lower()
 
 
 def route_mujoco_warnings_to_logging() -> None:

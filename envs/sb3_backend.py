@@ -12,6 +12,7 @@ from gymnasium import spaces
 
 from rlgeom.envs.base import StepResult, VecEnv
 from rlgeom.envs.boundary import EpisodeTracker, ObservationPacker, check_finite, to_action_array, to_obs_tensor, to_tensor
+from rlgeom.envs.device import HostTransfer
 
 
 def is_sb3_vec_env(env) -> bool:
@@ -28,6 +29,7 @@ class SB3VecEnvAdapter(VecEnv):
         self._env = venv
         self.num_envs = venv.num_envs
         self.device = torch.device(device)
+        self._transfer = HostTransfer(self.device)  # tensors are built on the CPU, then moved once per step
         self.single_observation_space = venv.observation_space
         self.single_action_space = venv.action_space
         self.env_id = env_id or _spec_id(venv)
@@ -45,11 +47,13 @@ class SB3VecEnvAdapter(VecEnv):
             self._env.seed(seed)
         obs = self._pack.batch(self._env.reset())
         self._episodes.reset()
-        return to_obs_tensor(obs, self.device)
+        check_finite(obs, "observation", self._t, self.env_id)  # as the gymnasium backend's reset
+        return self._transfer.tensor(to_obs_tensor(obs))
 
     def step(self, actions: torch.Tensor) -> StepResult:
         self._t += 1
-        obs, reward, done, infos = self._env.step(to_action_array(actions, self._discrete))
+        obs, reward, done, infos = self._env.step(
+            to_action_array(self._transfer.actions_to_host(actions), self._discrete))
         obs = self._pack.batch(obs)
         truncated = np.array([bool(i.get("TimeLimit.truncated", False)) for i in infos]) & done
         terminated = done & ~truncated
@@ -69,17 +73,16 @@ class SB3VecEnvAdapter(VecEnv):
             l = np.array([m["l"] if m else 0 for m in monitor])
             recorded = (r, l, mask)
         ep_return, ep_length = self._episodes.step(np.asarray(reward, dtype=np.float64), done, recorded)
-        dev = self.device
-        return StepResult(
-            obs=to_obs_tensor(obs, dev),
-            reward=to_tensor(reward, np.float32, dev),
-            terminated=to_tensor(terminated, np.bool_, dev),
-            truncated=to_tensor(truncated, np.bool_, dev),
-            final_obs=to_obs_tensor(final_obs, dev),
-            episode_return=to_tensor(ep_return, np.float32, dev),
-            episode_length=to_tensor(ep_length, np.int64, dev),
-            done=to_tensor(np.array(done, dtype=np.bool_), np.bool_, dev),  # own copy: it outlives the next step
-        )
+        return self._transfer.step(StepResult(
+            obs=to_obs_tensor(obs),
+            reward=to_tensor(reward, np.float32),
+            terminated=to_tensor(terminated, np.bool_),
+            truncated=to_tensor(truncated, np.bool_),
+            final_obs=to_obs_tensor(final_obs),
+            episode_return=to_tensor(ep_return, np.float32),
+            episode_length=to_tensor(ep_length, np.int64),
+            done=to_tensor(np.array(done, dtype=np.bool_), np.bool_),  # own copy: it outlives the next step
+        ))
 
     def close(self) -> None:
         self._env.close()

@@ -190,10 +190,14 @@ def main(argv=None) -> int:
     if "cuda_vs_cpu" in args.sections and args.device.startswith("cuda"):
         record["cuda_vs_cpu"] = cuda_vs_cpu(args)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(record, f, indent=1)
+        write_record(args.out, record)
     return 0
+
+
+def write_record(path: str, record: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
 
 
 if __name__ == "__main__":

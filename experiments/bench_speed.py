@@ -68,12 +68,12 @@ def hyperparameters(algo: str, n_envs: int) -> dict:
     return {"n_steps": n_steps}
 
 
-def sb3_counterpart(algo: str, hp: dict, env_id: str, n_envs: int, seed: int):
+def sb3_counterpart(algo: str, hp: dict, env_id: str, n_envs: int, seed: int, device: str = "cpu"):
     """(name, model) of the SB3 / sb3-contrib agent with the same hyperparameters, or None."""
     from stable_baselines3.common.env_util import make_vec_env
 
     env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
-    kw = dict(seed=seed, device="cpu", verbose=0)
+    kw = dict(seed=seed, device=device, verbose=0)
     if algo == "ppo":
         from stable_baselines3 import PPO
 

@@ -175,7 +175,8 @@ def same_step(env_id: str = "Hopper-v5") -> dict:
     from rlgeom.agents.natural import natural_direction
     from rlgeom.agents.trpo import TRPO
     from rlgeom.data.buffer import Batch, normalize
-    from rlgeom.geometry.fisher import assign_flat_parameters, backtracking_line_search, flat_parameters
+    from rlgeom.geometry.fisher import backtracking_line_search
+    from rlgeom.models.parameters import assign_flat_parameters, flat_parameters
 
     model = SB3TRPO("MlpPolicy", env_id, n_steps=N_STEPS, seed=0, device="cpu", verbose=0)
     _, callback = model._setup_learn(N_STEPS, None)

@@ -1,7 +1,8 @@
-"""Figures for experiments/RESULTS_faults.md (issue 17): memory of loading hostile model files and how
-fast grid workers end after their parent is killed.
+"""Figures for experiments/RESULTS_faults.md (issues 17 and 30): memory of loading hostile model files, how
+fast grid workers end after their parent is killed, and how fast a grid stops on Ctrl-C.
 
     python experiments/fault_figures.py --out experiments/results/faults.json
+    python experiments/fault_figures.py --only ctrl-c --out /tmp/ctrl_c.json
 
 Each measurement runs in a fresh process (peak resident memory, `ru_maxrss`, is per process).
 """
@@ -113,6 +114,24 @@ def grid_kill(folder: str) -> dict:
     return {"workers": len(workers), "seconds_until_gone": time.perf_counter() - killed, "survivors": len(survivors)}
 
 
+def grid_ctrl_c(folder: str, to: str) -> dict:
+    """Seconds from SIGINT (to the grid's process group, or to its process alone) until a grid of four runs on
+    two workers has exited; its exit status; event files (runs started) and done.json files after (issue 30)."""
+    grid = subprocess.Popen([sys.executable, "-m", "rlgeom.train", "--algo", "ppo,vpg", "--env", "CartPole-v1",
+                             "--seeds", "0,1", "--timesteps", "10000000", "--workers", "2", "--hp", "n_steps=32",
+                             "--eval-episodes", "1", "--logdir", folder],
+                            env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    while len([p for p in _walk(folder) if "tfevents" in p]) < 2:
+        time.sleep(0.1)
+    time.sleep(2)  # both runs well into training
+    start = time.perf_counter()
+    os.killpg(grid.pid, signal.SIGINT) if to == "group" else grid.send_signal(signal.SIGINT)
+    grid.wait(timeout=120)
+    return {"signal_to": to, "seconds_until_exit": time.perf_counter() - start, "exit_status": grid.returncode,
+            "runs_started": len([p for p in _walk(folder) if "tfevents" in p]),
+            "done_json": len([p for p in _walk(folder) if p.endswith("done.json")])}
+
+
 def _walk(folder: str) -> list[str]:
     return [os.path.join(r, n) for r, _, names in os.walk(folder) for n in names]
 
@@ -120,10 +139,13 @@ def _walk(folder: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=os.path.join(REPO, "experiments", "results", "faults.json"))
+    parser.add_argument("--only", choices=("ctrl-c",), default=None, help="measure only Ctrl-C on a grid (issue 30)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        record = {"model_files": hostile_files(os.path.join(folder, "files")),
-                  "grid_kill": grid_kill(os.path.join(folder, "grid"))}
+        record = {"grid_ctrl_c": [grid_ctrl_c(os.path.join(folder, f"ctrl-c-{to}"), to) for to in ("group", "parent")]}
+        if args.only is None:
+            record = {"model_files": hostile_files(os.path.join(folder, "files")),
+                      "grid_kill": grid_kill(os.path.join(folder, "grid")), **record}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(record, f, indent=2)

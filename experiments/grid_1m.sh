@@ -9,7 +9,11 @@
 # the summary table (experiments/grid_1m_table.py).
 #
 #   WORKERS=2 bash experiments/grid_1m.sh
+#   PAIR_SEEDS=0,1,2,3,4,5,6,7,8,9 WORKERS=2 bash experiments/grid_1m.sh   # + TRPO/PPO and peers on 10 seeds
 #
+# PAIR_SEEDS (default: none) also runs rlgeom TRPO and PPO and their peers (sb3-contrib TRPO, SB3 PPO) on every
+# task with those seeds (issue 29: 10 seeds a side, so that the intervals of the differences can say more);
+# the seeds already finished are skipped like any finished run.
 # The grid spans sessions: rerunning skips finished runs (done.json) and sets unfinished ones aside before
 # running them again, so an interrupted grid continues where it stopped. Half-way, a report of what has
 # finished: python -m rlgeom.compare experiments/results/grid_1m --tag eval/mean_reward --skip-incomplete
@@ -39,9 +43,15 @@ cheetah=$?
 python -m rlgeom.train --algo vpg,npg,sb3:ppo,sb3:a2c --seeds 0,1,2 "${common[@]}"
 others=$?
 [ "$others" -eq 2 ] && exit 2
+pairs=0
+if [ -n "${PAIR_SEEDS:-}" ]; then
+    python -m rlgeom.train --algo trpo,sb3contrib:trpo,ppo,sb3:ppo --seeds "$PAIR_SEEDS" "${common[@]}"
+    pairs=$?
+    [ "$pairs" -eq 2 ] && exit 2
+fi
 
 python -m rlgeom.compare "$LOGDIR" --out "$OUT/curves" || exit $?
 python -m rlgeom.compare "$LOGDIR" --tag eval/mean_reward --out "$OUT/final_eval" || exit $?
 # the summary table of the README and RESULTS_grid_1m.md
 python experiments/grid_1m_table.py "$LOGDIR" > "$OUT/summary.md" || exit $?
-[ "$main" -eq 0 ] && [ "$cheetah" -eq 0 ] && [ "$others" -eq 0 ]
+[ "$main" -eq 0 ] && [ "$cheetah" -eq 0 ] && [ "$others" -eq 0 ] && [ "$pairs" -eq 0 ]

@@ -1,6 +1,7 @@
 """The 1M grid's summary table (issue 16), from the runs' done.json files: per task and agent, the final
 deterministic evaluation of every finished seed, its mean and IQM, wall time and FPS; then, per task, the
-probability that each rlgeom agent's run beats its peer's, with its Mann–Whitney p. Markdown on stdout,
+probability that each rlgeom agent's run beats its peer's, with its Mann–Whitney p, and the difference of
+the two means with its bootstrap 95 % interval and the smallest gap the data exclude. Markdown on stdout,
 for the README and experiments/RESULTS_grid_1m.md. The full report (rliable intervals, curves) is
 rlgeom.compare's:
 
@@ -43,6 +44,24 @@ def mann_whitney_p(x: np.ndarray, y: np.ndarray) -> float:
     split this unevenly. Its U is P × len(x) × len(y), so it is P's significance. scipy's default method:
     exact up to 8 seeds a side without ties, the normal approximation beyond."""
     return float(mannwhitneyu(x, y, alternative="two-sided").pvalue)
+
+
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+def mean_difference(x: np.ndarray, y: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0):
+    """mean(x) − mean(y) and its 95 % percentile-bootstrap interval, each side's seeds resampled on their own."""
+    rng = np.random.default_rng(seed)
+    bx = x[rng.integers(0, len(x), (resamples, len(x)))].mean(1)
+    by = y[rng.integers(0, len(y), (resamples, len(y)))].mean(1)
+    low, high = np.percentile(bx - by, [2.5, 97.5])
+    return float(x.mean() - y.mean()), (float(low), float(high))
+
+
+def excluded_gap(interval: tuple[float, float], reference: float) -> float:
+    """The smallest gap, as a fraction of `reference` (the peer's mean), that the interval excludes on both
+    sides: the data cannot tell apart differences up to it, and exclude larger ones in either direction."""
+    return max(abs(interval[0]), abs(interval[1])) / abs(reference)
 
 
 def finished_runs(logdir: Path) -> dict[tuple[str, str], list[dict]]:
@@ -100,6 +119,36 @@ def improvement_table(runs) -> list[str]:
     return lines
 
 
+def _share(value: float) -> str:
+    return f"{value:+.0%}".replace("-0%", "0%").replace("+0%", "0%")
+
+
+def difference_cell(x: np.ndarray, y: np.ndarray) -> str:
+    """'Δ (share) [low, high]; ' then what the interval allows: a difference of low–high (it excludes 0), or
+    none detected, with the gap beyond which the data exclude one."""
+    diff, (low, high) = mean_difference(x, y)
+    ref = y.mean()
+    head = f"{diff:+.0f} ({_share(diff / ref)}) [{low:+.0f}, {high:+.0f}]; "
+    if low > 0 or high < 0:
+        return head + f"{'higher' if low > 0 else 'lower'} by {_share(low / ref)} to {_share(high / ref)}"
+    return head + f"no difference detected, gaps > {excluded_gap((low, high), ref):.0%} excluded"
+
+
+def difference_table(runs) -> list[str]:
+    lines = ["| rlgeom agent | peer | " + " | ".join(TASKS) + " |", "|---|---" + "|---" * len(TASKS) + "|"]
+    for agent, peer in PEERS.items():
+        cells = []
+        for task in TASKS:
+            if (task, agent) in runs and (task, peer) in runs:
+                x = np.array([r["eval_return"] for r in runs[(task, agent)]])
+                y = np.array([r["eval_return"] for r in runs[(task, peer)]])
+                cells.append(difference_cell(x, y))
+            else:
+                cells.append("—")
+        lines.append(f"| {LABELS[agent]} | {LABELS[peer]} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("logdir", type=Path, help="the grid's log directory (experiments/results/grid_1m)")
@@ -112,6 +161,10 @@ def main(argv=None) -> int:
     print("\nP(the rlgeom agent's run beats its peer's), over all seed pairs (rlgeom seeds × peer seeds); p: two-sided\n"
           "Mann–Whitney test of the two sets of returns\n")
     print("\n".join(improvement_table(runs)))
+    print("\nmean(rlgeom) − mean(peer) (as a share of the peer's mean) [95 % percentile-bootstrap interval, "
+          f"{BOOTSTRAP_RESAMPLES} resamples of each side's seeds]; the data exclude\nonly gaps larger than the "
+          "interval's farther end, as a share of the peer's mean: smaller gaps, either way, they cannot rule out\n")
+    print("\n".join(difference_table(runs)))
     print("\nPer seed: the final evaluation, the wall time of each run (under the grid's load: other runs on the same\n"
           "cores), mean FPS\n")
     print("\n".join(seeds_table(runs)))

@@ -48,9 +48,9 @@ def positive(name: str, value, *, allow_none: bool = False, finite: bool = False
 
 
 def non_negative(name: str, value):
-    """A number ≥ 0."""
-    if not _is_number(value) or not value >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    """A finite number ≥ 0 (a coefficient: an infinite one makes every loss inf, so every update a skip)."""
+    if not _is_number(value) or not value >= 0 or not math.isfinite(value):
+        raise ValueError(f"{name} must be >= 0 (and finite), got {value!r}")
     return value
 
 

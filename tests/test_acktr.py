@@ -305,3 +305,97 @@ def test_cnn_policy_learns_to_read_images():
     torch.manual_seed(1)
     after, _ = evaluate(agent, probe, 40, deterministic=False, seed=1)
     assert before < 3.5 and after >= 5.0, (before, after)
+
+
+class ReachEnv(gym.Env):
+    """A 3-dimensional Gaussian policy's task: reward −|a − target|², target = the first 3 observations."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
+    action_space = spaces.Box(-2.0, 2.0, (3,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.obs = self.np_random.uniform(-1, 1, 4).astype(np.float32)
+        return self.obs, {}
+
+    def step(self, action):
+        self.t += 1
+        reward = -float(np.sum((np.asarray(action) - self.obs[:3]) ** 2))
+        self.obs = self.np_random.uniform(-1, 1, 4).astype(np.float32)
+        return self.obs, reward, False, self.t >= 10, {}
+
+
+def per_sample_log_std_scores(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """∂ log N(a_i; μ_i, σ)/∂ log σ for every sample i, by autograd per sample (torch.func), [n, d]."""
+    def log_density(ls, mu, a):
+        return torch.distributions.Normal(mu, ls.exp(), validate_args=False).log_prob(a).sum()
+
+    mean = mean.expand_as(actions)
+    return torch.func.vmap(torch.func.grad(log_density), in_dims=(None, 0, 0))(log_std, mean, actions)
+
+
+def log_std_fisher_by_jacobians(mean: torch.Tensor, log_std: torch.Tensor, samples: int) -> torch.Tensor:
+    """The log σ block of the Fisher, E_a[s sᵀ] with s = ∂ log N(a; μ, σ)/∂ log σ, from per-sample Jacobians
+    (torch.distributions' density, autograd per sample) over sampled actions; mean over the states."""
+    torch.manual_seed(0)
+    d = log_std.shape[-1]
+    fisher = torch.zeros(d, d, dtype=torch.float64)
+    for row in range(mean.shape[0]):
+        mu = mean[row].double()
+        actions = torch.distributions.Normal(mu, log_std.double().exp()).sample((samples,))
+        jac = per_sample_log_std_scores(mu, log_std.double(), actions)
+        fisher += jac.t() @ jac / samples                      # [samples, d] per-sample scores
+    return fisher / mean.shape[0]
+
+
+@pytest.mark.parametrize("log_std_step", ["with_actor", "own"])
+def test_log_std_step_is_the_exact_natural_gradient_in_its_trust_region(log_std_step):
+    """log σ's update against an independent computation: its gradient from per-sample Jacobians of
+    torch.distributions' log-density, its Fisher block from per-sample Jacobians over sampled actions
+    (≈ 2I) and exactly as the Hessian of torch's KL(π_old ‖ π) (= 2I); then Δ = −lr·η·(F + λI)⁻¹g with
+    η and lr the actor's (with_actor) or η = min(1, √(2 kl_clip / ΔᵀFΔ)) from log σ's own block at the
+    scheduled lr (own), where a small kl_clip makes it bind; target_kl's multiplier (set to 0.1 here) scales
+    log σ's step under with_actor only."""
+    lr, kl_clip, damping = 0.25, 1e-4, 1e-2
+    agent = ACKTR("MlpPolicy", ReachEnv(), n_envs=1, n_steps=64, seed=3, device="cpu", momentum=0.0,
+                  learning_rate=lr, kl_clip=kl_clip, damping=damping, ent_coef=0.0, max_grad_norm=None,
+                  trust_region="per_network", log_std_step=log_std_step, target_kl=0.01)
+    agent.policy.actor.scale.raw.data.fill_(-0.3)  # away from σ = 1
+    agent._lr_multiplier = 0.1  # as if target_kl had shrunk the actor's lr
+    agent._reset_env()
+    agent.collect_rollout()
+    batch = agent.buffer.full_batch(False)
+    log_std = agent.policy.actor.scale.raw.detach().clone()
+    mean = agent.policy.dist_params(batch.obs).detach()[:, :3]
+    stats = agent.update(agent.buffer, 1.0)
+    applied = agent.policy.actor.scale.raw.detach() - log_std
+
+    # g: the policy-gradient loss −mean(Â log π(a|s)) by log σ, per-sample Jacobians of torch's Normal
+    actions = batch.actions.double()
+    jac = per_sample_log_std_scores(mean.double(), log_std.double(), actions)
+    g = -(batch.advantages.double()[:, None] * jac).mean(0)
+    # F: sampled per-sample Jacobians ≈ the exact Hessian of the KL, which is 2I
+    exact = torch.autograd.functional.hessian(
+        lambda ls: torch.distributions.kl_divergence(
+            torch.distributions.Normal(mean.double(), log_std.double().exp()),
+            torch.distributions.Normal(mean.double(), ls.exp())).sum(-1).mean(), log_std.double())
+    torch.testing.assert_close(exact, 2 * torch.eye(3, dtype=torch.float64), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(log_std_fisher_by_jacobians(mean[:4], log_std, 20_000), exact, rtol=0, atol=0.1)
+
+    step = -lr * torch.linalg.solve(exact + damping * torch.eye(3, dtype=torch.float64), g)
+    if log_std_step == "own":
+        eta = min(1.0, math.sqrt(2 * kl_clip / float(step @ exact @ step)))
+        assert eta < 1 and stats["geometry/eta_log_std"] == pytest.approx(eta, rel=1e-4)
+        assert float(applied.double() @ exact @ applied.double()) == pytest.approx(2 * kl_clip, rel=1e-4)
+    else:
+        eta = stats["geometry/eta"] * 0.1  # the actor's η, set by its weights as well, and its adapted lr
+        assert "geometry/eta_log_std" not in stats
+    torch.testing.assert_close(applied.double(), eta * step, rtol=1e-4, atol=1e-9)
+
+
+def test_own_log_std_trust_region_needs_a_gaussian_scale():
+    with pytest.raises(ValueError, match="log_std_step='own' needs a Gaussian policy"):
+        ACKTR("MlpPolicy", "CartPole-v1", n_steps=8, seed=0, device="cpu", log_std_step="own")
+    with pytest.raises(ValueError, match="log_std_step must be one of with_actor, own"):
+        ACKTR("MlpPolicy", "Pendulum-v1", n_steps=8, seed=0, device="cpu", log_std_step="exact")

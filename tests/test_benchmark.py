@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from packaging.version import Version
 
 from rlgeom.tools import benchmark
 from rlgeom.persistence.runlogs import read_run
@@ -71,7 +72,9 @@ def test_grid_reports_failure_and_rerun_skips(grid, capsys):
     assert done["status"] == "done" and done["timesteps"] == 256 and done["env"] == "CartPole-v1"
     import rlgeom
 
-    assert done["code"]["rlgeom"] == rlgeom.__version__ and done["code"]["torch"] == torch.__version__
+    assert done["code"]["rlgeom"] == rlgeom.__version__
+    # the distribution's version ("2.11.0") against the module's ("2.11.0+cu130" on a CUDA build): same release
+    assert Version(done["code"]["torch"]).release == Version(torch.__version__).release
     if (Path(rlgeom.__file__).parent.parent / ".git").exists():  # a checkout (CI's is): the commit that ran
         head = subprocess.run(["git", "-C", str(Path(rlgeom.__file__).parent.parent), "rev-parse", "HEAD"],
                               capture_output=True, text=True).stdout.strip()
@@ -232,3 +235,20 @@ def test_sb3contrib_trpo_gets_the_kl_radius_in_its_own_convention():
                                           spaces.Box(-1, 1, (3,)))
     assert converted["target_kl"] == pytest.approx(0.01) and converted["cg_damping"] == pytest.approx(0.1)
     assert sb3contrib_kl_convention({"target_kl": 0.02}, spaces.Discrete(2)) == {"target_kl": 0.02, "cg_damping": 0.1}
+
+
+def test_the_commit_is_always_recorded(monkeypatch):
+    """Outside a git checkout (git missing here), done.json's code names the commit from $RLGEOM_GIT_COMMIT,
+    or records None and says why; never leaves the key out."""
+    from rlgeom.tools import benchmark
+
+    def no_git(*args, **kwargs):
+        raise OSError("git: not found")
+
+    monkeypatch.setattr(benchmark.subprocess, "run", no_git)
+    monkeypatch.delenv("RLGEOM_GIT_COMMIT", raising=False)
+    identity = benchmark.code_identity()
+    assert identity["git_commit"] is None and "RLGEOM_GIT_COMMIT unset" in identity["git_commit_note"]
+    monkeypatch.setenv("RLGEOM_GIT_COMMIT", "0123abc")
+    identity = benchmark.code_identity()
+    assert identity["git_commit"] == "0123abc" and "git_commit_note" not in identity

@@ -188,3 +188,16 @@ def test_reward_scaler_matches_plain_loop_across_rollouts():
                     running[i] = 0.0
         expected = np.clip(rewards / np.sqrt(np.var(seen_all) + 1e-8), -10, 10)
         np.testing.assert_allclose(scaled.numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_add_stores_the_same_rows_without_the_private_multi_tensor_copy(monkeypatch):
+    """RolloutBuffer.add uses torch._foreach_copy_ while torch has it (measured faster); a torch without it
+    takes the public copy_ loop, which must store exactly the same rows in every field."""
+    fast = _filled_buffer()
+    monkeypatch.delattr(torch, "_foreach_copy_")
+    plain = _filled_buffer()
+    fields = ("obs", "next_obs", "actions", "rewards", "terminated", "dones", "episode_starts", "episode_returns",
+              "episode_lengths")
+    for name in fields:
+        assert torch.equal(getattr(fast, name), getattr(plain, name)), name
+    assert plain.dones.any() and plain.episode_returns.abs().sum() > 0  # the rows were written, not left zero

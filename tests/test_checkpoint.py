@@ -238,7 +238,8 @@ def test_models_with_a_shared_features_extractor_save_load_and_checkpoint(tmp_pa
     agent.learn(16)
     obs = torch.as_tensor(np.random.default_rng(0).integers(0, 256, (3, 4, 36, 36), dtype=np.uint8))
     for path in (agent.save(tmp_path / "model"), agent.save_checkpoint(tmp_path / "checkpoint")):
-        loaded = cls.load(path, env=TinyImageEnv())
+        loaded = cls.load(path, env=TinyImageEnv())  # on the test device
         assert loaded.policy.actor.features is loaded.policy.critic.features
-        torch.testing.assert_close(loaded.policy.dist_params(obs), agent.policy.dist_params(obs))
-        torch.testing.assert_close(loaded.policy.value(obs), agent.policy.value(obs))
+        on_device = obs.to(loaded.device)
+        torch.testing.assert_close(loaded.policy.dist_params(on_device).cpu(), agent.policy.dist_params(obs))
+        torch.testing.assert_close(loaded.policy.value(on_device).cpu(), agent.policy.value(obs))

@@ -51,8 +51,10 @@ def test_progress_bar_reaches_100_percent_and_resume_counts_its_own_part(tmp_pat
     # 2000 steps in rollouts of 64: the run takes 2048, and the bar must say 2048/2048, 100%
     code, out, err = run_cli(["--timesteps", "2000", "--logdir", logdir, "--checkpoint-every", "1024", *TINY], capsys)
     assert code == 0, err
-    final = err.replace("\r", "\n").strip().splitlines()[-1]
+    lines = err.replace("\r", "\n").strip().splitlines()
+    final = [line for line in lines if "step/s" in line][-1]  # the training bar's last state
     assert "100%" in final and "2048/2048" in final, final
+    assert "evaluation: 100%" in lines[-1] and "episode" in lines[-1], lines[-1]  # then the evaluation's own bar
     bar_rate = float(re.search(r"([\d.]+)step/s", final).group(1))
     summary_rate = float(re.search(r"\((\d+) steps/s\)", out).group(1))
     # the same average over the run, not a recent-window estimate; the summary's clock also covers learn()'s

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -228,6 +229,22 @@ def test_cli_unreadable_file_and_bad_threshold(tmp_path, capsys, logdir):
     assert code == 2 and "Nope-v0" in err and "CartPole-v1" in err
 
 
+def test_cli_out_onto_a_file_or_an_unwritable_place_and_absurd_reps_are_clear_errors(tmp_path, capsys, logdir):
+    """Issue 30, item 18: exit 2 with the reason, no traceback, and the file given as --out left as it was."""
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine")
+    for out, message in ((existing, "is an existing file; give a folder"),
+                         (existing / "sub", "cannot be written: a part of the path is a file")):
+        code, err = run_main([logdir, "--out", out], capsys)
+        assert code == 2 and message in err and "Traceback" not in err, err
+    assert existing.read_text() == "mine"
+    for reps in ("99999999999", "99", "-1"):
+        start = time.perf_counter()
+        code, err = run_main([logdir, "--out", tmp_path / "o", "--reps", reps], capsys)
+        assert code == 2 and "--reps must be from 100 (for a 95% interval) to 50,000" in err and "Traceback" not in err
+        assert time.perf_counter() - start < 5 and not (tmp_path / "o").exists()
+
+
 def test_wall_clock_axis(tmp_path):
     write_run(tmp_path / "Toy-v0" / "ppo" / "seed0", [0, 100, 200], [1.0, 2.0, 3.0], wall=[1000.0, 1010.0, 1030.0])
     (run,) = load_runs(tmp_path)
@@ -330,6 +347,63 @@ def test_grid_summary_table(tmp_path, capsys):
               for chosen in itertools.combinations(range(len(pooled)), len(trpo))]
     p = np.mean([abs(s - centre) >= abs(u - centre) for s in splits])
     assert f"| rlgeom TRPO | sb3-contrib TRPO | {wins:.2f} (5×3, p {p:.2f}) | — | — |" in out
+    # the difference of means, +183 of the peer's 217: its bootstrap interval lies within what resampling can
+    # reach (every x seed against every y seed) and, with 3 and 5 seeds this spread, includes 0
+    diff, (low, high) = table.mean_difference(np.array(trpo), np.array(peer))
+    assert diff == pytest.approx(400 - 650 / 3)
+    assert min(trpo) - max(peer) <= low < diff < high <= max(trpo) - min(peer) and low < 0
+    gap = table.excluded_gap((low, high), 650 / 3)
+    assert f"| rlgeom TRPO | sb3-contrib TRPO | +183 (+85%) [{low:+.0f}, {high:+.0f}]; no difference detected, " \
+           f"gaps > {gap:.0%} excluded | — | — |" in out
+    # one value per side: the interval is the difference itself, and it excludes 0
+    assert table.difference_cell(np.full(3, 5.0), np.full(4, 4.0)) == "+1 (+25%) [+1, +1]; higher by +25% to +25%"
     with pytest.raises(SystemExit) as exit_:
         table.main([str(tmp_path / "missing")])
     assert exit_.value.code == 2
+
+
+def test_a_seed_is_counted_once_and_its_repeat_named(tmp_path):
+    """seed0 and seed0_2 (a rerun of seed 0) are one seed, the rerun named and left out; a continuation in a
+    folder of its own (seed 1 resumed at step 600) is merged into seed 1's curve. Two seeds, with the warning
+    that two are too few for an interval."""
+    s = np.arange(0, 501, 100)
+    meta = {"env_id": "T-v0", "algo": "ppo"}
+    write_run(tmp_path / "T-v0" / "ppo" / "seed0", s, s / 100.0, meta={**meta, "seed": 0}, wall=1000.0 + s)
+    write_run(tmp_path / "T-v0" / "ppo" / "seed0_2", s, s / 10.0, meta={**meta, "seed": 0}, wall=5000.0 + s)
+    write_run(tmp_path / "T-v0" / "ppo" / "seed1", s, s / 100.0 + 1, meta={**meta, "seed": 1}, wall=1000.0 + s)
+    later = np.arange(600, 1001, 100)
+    write_run(tmp_path / "T-v0" / "ppo" / "seed1_resumed", later, later / 100.0 + 1, meta={**meta, "seed": 1},
+              wall=3000.0 + later)
+    row = summarize(load_runs(tmp_path), reps=200)["T-v0"][0]
+    assert row.seeds == 2
+    assert row.budget == 1000  # seed 1's merged curve runs to the continuation's end
+    from rlgeom.persistence.runlogs import Curve
+    from rlgeom.tools.compare import final_return
+
+    steps = np.arange(0, 1001, 100)
+    seed0 = final_return(Curve(s.astype(float), s / 100.0, 1000.0 + s))  # seed0's own curve, not its rerun's
+    seed1 = final_return(Curve(steps.astype(float), steps / 100.0 + 1, steps.astype(float)))  # 0..1000, merged
+    assert row.final_mean == pytest.approx((seed0 + seed1) / 2)
+    notes = " ".join(row.notes)
+    assert "seed 0 ran more than once" in notes and "seed0_2" in notes
+    assert "seed 1: 2 runs continue one another" in notes
+    assert "only 2 seeds" in notes
+    report = (tmp_path / "out" / "report.md")
+    write_report(tmp_path, tmp_path / "out", reps=200)
+    text = report.read_text()
+    assert "seed0_2" in text and "4 runs (2 once each seed is counted once)" in text
+
+
+def test_plot_ranges_show_where_the_data_lie():
+    """The probability-of-improvement bar of P = 1.0 [1, 1] is drawn 0.02 wide inside [0, 1]; wide intervals
+    are drawn as they are. The performance profiles' τ run over the scores' range (to 0.32 when that is the
+    best score), not to a fixed 1.2."""
+    from rlgeom.tools.compare import profile_taus, visible_interval
+
+    assert visible_interval((1.0, 1.0)) == pytest.approx((0.98, 1.0))
+    assert visible_interval((0.0, 0.0)) == pytest.approx((0.0, 0.02))
+    assert visible_interval((0.5, 0.5)) == pytest.approx((0.49, 0.51))
+    assert visible_interval((0.2, 0.7)) == (0.2, 0.7)
+    taus = profile_taus({"a": np.array([[0.1, 0.32]]), "b": np.array([[0.05, 0.2]])})
+    assert taus[0] == 0.0 and taus[-1] == pytest.approx(0.32)
+    assert profile_taus({"a": np.array([[-0.5, 0.3]])})[0] == pytest.approx(-0.5)

@@ -111,11 +111,12 @@ def test_a_checkpoint_naming_another_folder_neither_writes_nor_deletes_there(tmp
 
 
 def test_pruning_removes_only_the_checkpoints_this_run_wrote(tmp_path):
-    foreign = [ckpt.checkpoint_path(tmp_path, s) for s in (1, 10_000)]
-    for path in foreign:
+    _agent().learn(2 * 32, checkpoint_every=32, checkpoint_dir=tmp_path)
+    for path in [ckpt.checkpoint_path(tmp_path, s) for s in (1, 10_000)]:  # copied in later by hand
         open(path, "wb").write(b"another run's")
-    _agent().learn(5 * 32, checkpoint_every=32, checkpoint_dir=tmp_path, keep_checkpoints=2)
-    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [1, 128, 160, 10_000]
+    resumed = PPO.load(ckpt.checkpoint_path(tmp_path, 64), env="CartPole-v1")  # its folder: it holds its own file
+    resumed.learn(3 * 32, reset_num_timesteps=False, checkpoint_every=32, keep_checkpoints=2)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [1, 32, 128, 160, 10_000]
 
 
 # ----------------------------------------------------------------------------- 2. two writers
@@ -275,10 +276,10 @@ def test_a_save_path_that_fails_after_training_falls_back_to_the_run_directory(t
     target = tmp_path / "models" / "final"
     real = outputs.write_atomically
 
-    def write(path, data):
+    def write(path, data, resume_from=None):
         if path.startswith(str(target)):  # the disk filled up during training
             raise outputs.write_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
-        return real(path, data)
+        return real(path, data, resume_from)
 
     monkeypatch.setattr("rlgeom.persistence.serialization.write_atomically", write)
     code, err = _cli([*CLI_SMALL, "--timesteps", "64", "--logdir", str(tmp_path / "logs"), "--save", str(target)], capsys)
@@ -516,3 +517,127 @@ def test_a_second_resume_of_the_same_run_still_has_one_value_per_step(tmp_path):
     scalars = tbparse.SummaryReader(run_dir).scalars
     assert scalars.groupby(["tag", "step"]).size().max() == 1
     assert sorted(scalars[scalars.tag == "train/n_updates"].step) == [32 * k for k in range(1, 8)]
+
+
+# ----------------------------------------------------------------------------- issue 30: disks, names, files
+def _fill(folder) -> str:
+    """A file that takes every free byte of `folder`'s file system (as a disk filled by something else does)."""
+    filler = os.path.join(folder, "filler")
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        for block in (65536, 4096, 1):  # down to the last byte
+            while True:
+                try:
+                    os.write(fd, b"\0" * block)
+                except OSError as err:
+                    assert err.errno == errno.ENOSPC
+                    break
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_resume_latest_on_a_full_disk_is_a_clear_error_and_works_once_space_is_freed(tmp_path, capsys):
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "size=2m"):
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        assert train_main([*CLI_SMALL, "--timesteps", "128", "--checkpoint-every", "64", "--logdir", str(disk)]) == 0
+        run = disk / "CartPole-v1" / "ppo" / "seed0"
+        before, filler = _digests(run), _fill(disk)
+        code, err = _cli([*CLI_SMALL, "--timesteps", "192", "--resume", "latest", "--logdir", str(disk)], capsys)
+        assert code == 1 and "error: no space left to write the TensorBoard events of" in err, err
+        assert f"--resume {run / 'checkpoints'}" in err  # it has checkpoints: resuming is what to do
+        assert _digests(run) == before  # the run is as it was: no partial rewrite left
+        os.remove(filler)
+        code, err = _cli([*CLI_SMALL, "--timesteps", "192", "--resume", "latest", "--logdir", str(disk)], capsys)
+        assert code == 0 and PPO.load(run / "model.safetensors").num_timesteps == 192
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
+
+
+def test_a_full_disk_without_checkpoints_does_not_suggest_resuming(tmp_path, capsys):
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "size=64k"):
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        code, err = _cli([*CLI_SMALL, "--timesteps", "20000", "--logdir", str(disk)], capsys)
+        assert code == 1 and "no space left to write" in err and "--resume" not in err and "try again" in err
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
+    with pytest.raises(DiskFullError, match=r"try again$"):  # the API: a save of a model without checkpoints
+        raise outputs.write_error(str(tmp_path / "m.safetensors"), OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+
+
+@pytest.mark.parametrize("length", [235, 250, 255])
+def test_save_to_any_legal_file_name_length(length, tmp_path, capsys):
+    """A name of up to NAME_MAX (255) bytes saves; its temporary name stays within NAME_MAX too."""
+    name = "m" * (length - len(".safetensors")) + ".safetensors"
+    assert len(os.path.basename(outputs.temp_name(str(tmp_path / name)))) <= outputs.NAME_MAX
+    code, err = _cli([*CLI_SMALL, "--timesteps", "32", "--logdir", str(tmp_path / "logs"), "--save", str(tmp_path / name)],
+                     capsys)
+    assert code == 0 and "instead" not in err and PPO.load(tmp_path / name).num_timesteps == 32
+    assert sorted(os.listdir(tmp_path)) == ["logs", name]
+
+
+def test_save_to_a_name_past_name_max_is_refused_before_training(tmp_path, capsys):
+    start = time.perf_counter()
+    code, err = _cli([*CLI_SMALL, "--timesteps", "100000", "--logdir", str(tmp_path), "--save", str(tmp_path / ("m" * 250))],
+                     capsys)
+    assert code == 2 and "has a name of 262 bytes; file names take at most 255" in err
+    assert time.perf_counter() - start < 10
+
+
+def _writer_stuck_in_save(path) -> subprocess.Popen:
+    """A process inside save(path) with its temporary file written, waiting before the rename."""
+    code = textwrap.dedent(f"""
+        import os, time
+        from rlgeom.persistence import outputs
+        def stuck(fd):
+            print("writing", flush=True)
+            time.sleep(60)
+        outputs.os.fsync = stuck
+        outputs.write_atomically({str(path)!r}, b"x" * 1_000_000)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], env=ENV, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    return proc
+
+
+def test_temporaries_of_killed_savers_are_removed_by_the_next_save_but_never_a_live_ones(tmp_path):
+    target = tmp_path / "model.safetensors"
+    killed = _writer_stuck_in_save(target)
+    killed.send_signal(signal.SIGKILL)  # kill -9 during save(): its temporary stays behind
+    killed.wait()
+    dead_temps = [n for n in os.listdir(tmp_path) if ".tmp" in n]
+    assert len(dead_temps) == 1
+    other_host = f"model.safetensors.tmp{killed.pid}-0123abcd-zzzzzz"  # a shared folder: another host's writer
+    (tmp_path / other_host).write_bytes(b"theirs")
+    live = _writer_stuck_in_save(target)
+    try:
+        live_temp = set(n for n in os.listdir(tmp_path) if ".tmp" in n) - {*dead_temps, other_host}
+        _agent().save(target)
+        left = set(n for n in os.listdir(tmp_path) if ".tmp" in n)
+        assert left == {*live_temp, other_host}  # the dead writer's is gone; the live one's and the foreign one stay
+    finally:
+        live.kill()
+        live.wait()
+    assert PPO.load(target).num_timesteps == 0
+
+
+@pytest.mark.parametrize("path, message", [
+    ("/proc/self/mem", "cannot be read as a model file: Input/output error"),
+    ("/dev/zero", "is not a regular file"),
+    ("fifo", "is not a regular file"),
+    ("folder", "is a folder, not a model file"),
+])
+def test_loading_a_file_that_is_not_a_regular_file_is_a_model_file_error(path, message, tmp_path):
+    if path == "fifo":
+        path = str(tmp_path / "fifo.safetensors")
+        os.mkfifo(path)  # opening it would wait for a writer forever
+    elif path == "folder":
+        path = str(tmp_path)
+    start = time.perf_counter()
+    with pytest.raises(ModelFileError, match=message):
+        PPO.load(path)
+    assert time.perf_counter() - start < 5

@@ -39,7 +39,7 @@ def make_model(path, seed: int, net_arch=(8,), perturb: float = 0.0, steps: int 
         gen = torch.Generator().manual_seed(1000 + steps)
         with torch.no_grad():
             for p in agent.policy.actor.parameters():
-                p.add_(perturb * torch.randn(p.shape, generator=gen))
+                p.add_(perturb * torch.randn(p.shape, generator=gen).to(p.device))  # drawn on the CPU: same noise anywhere
     agent.num_timesteps = steps
     path = agent.save(path)
     agent.env.close()
@@ -179,6 +179,13 @@ def test_plots_name_the_run_label_colorbars_and_explain_their_marks(models):
     assert legend == ["training trajectory (checkpoints)", "start (first checkpoint)", "θ*: the saved model"]
     start = [line for line in main_ax.get_lines() if line.get_label() == "start (first checkpoint)"][0]
     np.testing.assert_allclose(np.ravel(start.get_xydata()), result.trajectory[0])  # the oldest checkpoint
+    # a return that is the same everywhere (CartPole's 500, say): its value on the bar, no "1e−11+5e2" offset
+    result.returns, result.return_axes = np.full_like(result.surrogate, 500.0), result.axes
+    fig = result.figure()
+    fig.canvas.draw()
+    bars = [ax for ax in fig.axes if ax.get_ylabel().startswith(("surrogate", "mean return"))]
+    assert bars[-1].get_ylabel().endswith("(constant: 500)")
+    assert all(ax.yaxis.get_offset_text().get_text() == "" for ax in bars)
 
 
 def test_interpolation_prints_the_barrier_with_its_definition(models, tmp_path, capsys):

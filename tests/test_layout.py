@@ -61,6 +61,14 @@ def test_envs_import_no_agent_and_no_tool():
     assert _violations((ROOT / "envs").glob("*.py"), ("agents", "rlgeom.agents", *TOOL_MODULES)) == []
 
 
+def test_training_does_not_import_the_geometry():
+    """The layering's one former back-edge: the optimisers (training/) need flat parameter vectors, which
+    live in rlgeom.models.parameters, not in the geometry that itself imports training.distributed."""
+    training = list((ROOT / "rlgeom" / "training").glob("*.py"))
+    assert any(p.name == "optim.py" for p in training)
+    assert _violations(training, ("rlgeom.geometry",)) == []
+
+
 def test_agents_import_no_tool():
     assert _violations((ROOT / "agents").glob("*.py"), TOOL_MODULES) == []
 

@@ -21,21 +21,21 @@ def _autograd_grads(module_params, loss):
 
 @pytest.mark.parametrize("activation", [nn.Tanh, nn.ReLU])
 @pytest.mark.parametrize("sizes", [[5, 3], [5, 8, 3], [5, 8, 6, 2]])
-def test_plain_mlp_backward_equals_autograd(activation, sizes):
+def test_plain_mlp_gradients_equal_autograd(activation, sizes):
     torch.manual_seed(0)
     body = mlp(sizes[:-1], activation)
     layers = list(body) + [nn.Linear(sizes[-2], sizes[-1])]
     net = nn.Sequential(*layers)
-    x, weight = torch.randn(16, sizes[0]), torch.randn(16, sizes[-1])
+    x, weight = torch.randn(16, sizes[0], requires_grad=True), torch.randn(16, sizes[-1])
     plain = PlainMLP.of(layers)
     out, inputs = plain.forward(x)
     torch.testing.assert_close(out, net(x))
-    expected = _autograd_grads(list(net.parameters()), (net(x) * weight).sum())
-    for p in net.parameters():  # backward adds into an existing gradient, as autograd does
-        p.grad = torch.ones_like(p)
-    plain.backward(inputs, weight)
-    for p, g in zip(net.parameters(), expected):
-        torch.testing.assert_close(p.grad, g + 1, rtol=1e-5, atol=1e-6)
+    *expected, expected_x = _autograd_grads(list(net.parameters()) + [x], (net(x) * weight).sum())
+    grads, grad_x = plain.gradients(inputs, weight, input_gradient=True)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_x, expected_x, rtol=1e-5, atol=1e-6)
+    assert plain.gradients(inputs, weight)[1] is None and all(p.grad is None for p in net.parameters())
 
 
 @pytest.mark.parametrize("activation", [nn.Tanh, nn.ReLU])
@@ -54,19 +54,17 @@ def test_plain_mlp_jvp_equals_forward_mode_autodiff(activation, sizes):
     torch.testing.assert_close(plain.jvp(inputs, by_layer), expected)
 
 
-def test_plain_mlp_backward_can_write_into_given_tensors():
+def test_plain_mlp_gradients_of_a_narrow_input_layer():
     torch.manual_seed(2)
     layers = [nn.Linear(11, 64), nn.Tanh(), nn.Linear(64, 3)]  # 11 -> 64 takes the transposed product
     net = nn.Sequential(*layers)
     x, weight = torch.randn(300, 11), torch.randn(300, 3)
     plain = PlainMLP.of(layers)
     _, inputs = plain.forward(x)
-    into = [(torch.zeros_like(m.weight), torch.zeros_like(m.bias)) for m in plain.linears]
-    plain.backward(inputs, weight, into=into)
+    grads, _ = plain.gradients(inputs, weight)
     expected = _autograd_grads(list(net.parameters()), (net(x) * weight).sum())
-    for got, want in zip([t for pair in into for t in pair], expected):
+    for got, want in zip(grads, expected):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    assert all(p.grad is None for p in net.parameters())  # nothing went into .grad
 
 
 def test_plain_mlp_refuses_what_it_does_not_write_out():
@@ -146,23 +144,117 @@ def test_natural_gradient_agents_update_identically_written_out_and_by_autograd(
     torch.testing.assert_close(trained(True), trained(False), rtol=1e-4, atol=1e-5)
 
 
-def test_hooks_and_frozen_parameters_send_gradients_back_to_autograd():
-    """A gradient hook, a module hook or a frozen parameter is honoured only by autograd, so the layer
-    declines the written-out form for gradients (inference keeps it: no gradient is involved)."""
+def test_gradient_hooks_and_frozen_parameters_are_autograds():
+    """Gradients reach the parameters through autograd (the written-out MLP is one node of its graph), so a
+    parameter's gradient hook runs and changes what is accumulated, as it would through the modules; a frozen
+    parameter gets no gradient. Module forward hooks run only when the layers are called as modules
+    (`written_out=False`, what K-FAC asks for)."""
+    torch.manual_seed(0)
     policy = _policy(spaces.Box(-1, 1, (2,), np.float32))
-    x = torch.zeros(4, 5)
-    assert networks.written_out_applies(policy.actor, x) and networks.written_out_applies(policy.critic, x)
-    handle = policy.critic.head.weight.register_hook(lambda g: g)
-    assert not networks.written_out_applies(policy.critic, x)
+    x = torch.randn(4, 5)
+    assert networks.written_out_applies(policy.critic, x)
+    handle = policy.critic.head.weight.register_hook(lambda g: 3 * g)
+    out = policy.outputs(x, actor=False)
+    out.backward(out.values.sum())
     handle.remove()
-    handle = policy.actor.body[0].register_forward_pre_hook(lambda *args: None)
-    assert not networks.written_out_applies(policy.actor, x)
+    with torch.no_grad():
+        expected = 3 * policy.critic.body(x).sum(0, keepdim=True)  # ∂ Σ V / ∂ W_head, times the hook's 3
+    torch.testing.assert_close(policy.critic.head.weight.grad, expected)
+    calls = []
+    handle = policy.actor.body[0].register_forward_hook(lambda *args: calls.append(1))
+    policy.outputs(x, written_out=False)
+    assert calls == [1]
     handle.remove()
     policy.actor.scale.raw.requires_grad_(False)  # a fixed σ keeps no gradient
-    assert not networks.written_out_applies(policy.actor, x)
     out = policy.outputs(x)
     out.backward(out.dist_params.sum() + out.values.sum())
     assert policy.actor.scale.raw.grad is None and policy.actor.head.weight.grad is not None
+
+
+def _sequential_copy(network) -> nn.Sequential:
+    """The actor's or critic's body and head as a plain nn.Sequential with copies of its weights: the
+    reference that a user's own loss must differentiate identically."""
+    layers = [*network.body, network.head]
+    copy = nn.Sequential(*[type(m)(m.in_features, m.out_features) if isinstance(m, nn.Linear) else type(m)()
+                           for m in layers]).double()
+    copy.load_state_dict({k: v.detach().clone() for k, v in nn.Sequential(*layers).state_dict().items()})
+    return copy
+
+
+USER_LOSS_POLICIES = [
+    (spaces.Discrete(4), {}),  # separate actor and critic of one net_arch
+    (spaces.Discrete(3), {"activation_fn": "relu", "net_arch": {"pi": [16, 8], "vf": [12]}}),
+    (spaces.Box(-1, 1, (2,), np.float32), {"normalize_observations": True}),
+    (spaces.Box(-1, 1, (2,), np.float32), {"share_features_extractor": True, "net_arch": [16, 16]}),  # shared torso
+]
+
+
+@pytest.mark.parametrize("action_space, kw", USER_LOSS_POLICIES)
+@pytest.mark.parametrize("written_out", [True, False], ids=["written_out", "autograd"])
+def test_a_users_own_loss_on_the_outputs_backpropagates_as_through_nn_sequential(action_space, kw, written_out):
+    """Any loss built on policy.outputs (here log π, entropy, V and a nonlinear mixture of them all), by
+    loss.backward(), torch.autograd.grad, and a double backward, gives every parameter the gradient that
+    autograd gives through a plain nn.Sequential copy of the same weights (the written-out MLP once left
+    the weights' gradients at zero)."""
+    torch.manual_seed(0)
+    policy = _policy(action_space, **kw).double()
+    policy.written_out_derivatives = written_out
+    policy.obs_normalizer.update(torch.randn(64, 5, dtype=torch.float64) * 2 + 1)
+    obs = torch.randn(24, 5, dtype=torch.float64)
+    family = policy.family
+    actions = family.sample(policy.dist_params(obs).detach(), False)
+    x = policy.actor_inputs(obs)
+    if written_out and not policy.share_features_extractor:
+        assert networks.written_out_applies(policy.actor, x) and networks.written_out_applies(policy.critic, x)
+    actor_copy, critic_copy = _sequential_copy(policy.actor), _sequential_copy(policy.critic)
+    scale = policy.actor.scale.raw.detach().clone().requires_grad_(True) if policy.actor.scale is not None else None
+
+    def reference_outputs():
+        mean = actor_copy(x)
+        dist_params = mean if scale is None else torch.cat([mean, scale.expand_as(mean)], -1)
+        return dist_params, critic_copy(x).squeeze(-1)
+
+    def loss(dist_params, values):
+        weird = torch.sin(dist_params).pow(3).sum(-1) * torch.tanh(values) + (dist_params[:, 0] * values).exp()
+        return ((family.log_prob(dist_params, actions) * values.detach()).mean() - 0.1 * family.entropy(dist_params).mean()
+                + 0.5 * values.square().mean() + weird.mean())
+
+    ours = [*policy.actor.body.parameters(), *policy.actor.head.parameters(),
+            *([policy.actor.scale.raw] if scale is not None else []),
+            *policy.critic.body.parameters(), *policy.critic.head.parameters()]
+    theirs = [*actor_copy.parameters(), *([scale] if scale is not None else []), *critic_copy.parameters()]
+    expected = torch.autograd.grad(loss(*reference_outputs()), theirs)
+
+    out = policy.outputs(obs)
+    out.backward(loss(out.dist_params, out.values))
+    for p, want in zip(ours, expected):
+        torch.testing.assert_close(p.grad, want)
+        assert want.abs().sum() > 0
+    out = policy.outputs(obs)
+    for got, want in zip(torch.autograd.grad(loss(out.dist_params, out.values), ours), expected):
+        torch.testing.assert_close(got, want)
+
+    # a gradient penalty: ‖∂L/∂θ‖² differentiated again (create_graph)
+    def penalty(outputs, params):
+        grads = torch.autograd.grad(loss(*outputs), params, create_graph=True)
+        return sum(g.square().sum() for g in grads)
+
+    expected = torch.autograd.grad(penalty(reference_outputs(), theirs), theirs)
+    out = policy.outputs(obs)
+    for got, want in zip(torch.autograd.grad(penalty((out.dist_params, out.values), ours), ours), expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_the_written_out_outputs_pass_a_gradient_to_the_observations():
+    """An input that needs a gradient (a user differentiating with respect to the observation) gets it."""
+    torch.manual_seed(0)
+    policy = _policy(spaces.Discrete(3)).double()
+    obs = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    out = policy.outputs(obs)
+    (got,) = torch.autograd.grad(out.dist_params.square().sum() + out.values.exp().sum(), obs)
+    x = obs.detach().clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(policy.actor(x).square().sum() + policy.critic(x).exp().sum(), x)
+    torch.testing.assert_close(got, want)
 
 
 def test_a_replaced_layer_is_the_one_used():
@@ -180,3 +272,14 @@ def test_cnn_and_custom_modules_take_autograd():
     assert not networks.written_out_applies(cnn.actor, x)
     custom = nn.Sequential(nn.Linear(5, 3))
     assert not networks.written_out_applies(custom, torch.zeros(2, 5))
+
+
+def test_a_network_the_loss_does_not_use_gets_no_gradient():
+    """Actor and critic are one written-out node; a loss on the actor's output alone leaves the critic's
+    gradients as autograd leaves them: untouched (None)."""
+    torch.manual_seed(0)
+    policy = _policy(spaces.Discrete(3))
+    out = policy.outputs(torch.randn(6, 5))
+    out.backward(out.dist_params.square().sum())
+    assert all(p.grad is None for p in policy.critic.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.actor.parameters())

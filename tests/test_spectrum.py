@@ -15,7 +15,8 @@ from gymnasium import spaces
 from torch.func import functional_call
 
 from rlgeom.data.buffer import Batch
-from rlgeom.geometry.fisher import PolicyFisher, flat_parameters
+from rlgeom.geometry.fisher import PolicyFisher
+from rlgeom.models.parameters import flat_parameters
 from rlgeom.models.policies import ActorCriticPolicy
 from rlgeom.geometry.spectrum import (
     ValueLossHessian,

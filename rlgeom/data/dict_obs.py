@@ -38,6 +38,10 @@ class Entry:
     size: int
 
 
+class NestedSpaceError(NotImplementedError, ValueError):
+    """A Dict inside a Dict: SB3 raises NotImplementedError; a ValueError too, as rlgeom's other bad input."""
+
+
 class DictLayout:
     """Where each key of a Dict observation space lives in the packed row."""
 
@@ -46,6 +50,10 @@ class DictLayout:
             raise TypeError(f"DictLayout needs a gymnasium Dict space, got {space!r}")
         entries, offset = [], 0
         for key, sub in space.spaces.items():
+            if isinstance(sub, (spaces.Dict, spaces.Tuple)):
+                raise NestedSpaceError(f"Nested observation spaces are not supported (Tuple/Dict space inside "
+                                       f"Tuple/Dict space): key {key!r} holds {sub!r} (SB3's error); flatten the "
+                                       "Dict into one level of Box, Discrete, MultiDiscrete and MultiBinary keys")
             if not isinstance(sub, SUB_SPACES):
                 raise ValueError(f"unsupported space {sub!r} under key {key!r} of a Dict observation; accepted "
                                  "inside a Dict: Box, Discrete, MultiDiscrete, MultiBinary (no nesting)")

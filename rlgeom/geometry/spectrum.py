@@ -52,7 +52,8 @@ import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import nn
 
-from rlgeom.geometry.fisher import PolicyFisher, assign_flat_parameters, flat_gradient, flat_parameters, surrogate_advantage
+from rlgeom.geometry.fisher import PolicyFisher, surrogate_advantage
+from rlgeom.models.parameters import assign_flat_parameters, flat_gradient, flat_parameters
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 

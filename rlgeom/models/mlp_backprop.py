@@ -7,18 +7,19 @@ backward pass is a handful of matrix products per layer, so it is written here o
 
     forward:   h_0 = x,  h_k = act(h_{k-1} W_kᵀ + b_k)  (k < L),   out = h_{L-1} W_Lᵀ + b_L
     backward:  given g = ∂loss/∂out, for k = L..1:
-                   ∂W_k += gᵀ h_{k-1},   ∂b_k += Σ_rows g,   g ← act'(h_{k-1}) ⊙ (g W_k)   (k > 1)
+                   ∂W_k = gᵀ h_{k-1},   ∂b_k = Σ_rows g,   g ← act'(h_{k-1}) ⊙ (g W_k)   (k > 1)
 
     jvp:       given tangents (dW_k, db_k), t_1 = x dW_1ᵀ + db_1,
                    t_k = (act'(h_{k-1}) ⊙ t_{k-1}) W_kᵀ + h_{k-1} dW_kᵀ + db_k;  t_L is ∂out along them
 
-`PlainMLP.backward` adds the gradients into each Linear's `.grad` in place, so an optimiser that
-keeps its gradients in one buffer (rlgeom.training.optim.ContiguousAdam) receives them there, exactly as
-`loss.backward()` would put them. `PlainMLP.jvp` with `backward(..., into=...)` gives the policy
-Fisher's Gauss–Newton products Jᵀ F_dist J v (rlgeom.geometry.fisher) without a graph. Equality with autograd
-is tested in tests/test_mlp_backprop.py, the Fisher products against an explicit Fisher in
-tests/test_fisher.py. rlgeom.models.networks is the one place that decides when this applies (a module
-offering `written_out_form()`, e.g. rlgeom.models.policies.Actor); everything else uses autograd.
+`PlainMLP.gradients` returns ∂loss/∂θ (and ∂loss/∂x) given ∂loss/∂out; rlgeom.models.networks runs forward
+and gradients as one node of autograd's graph (a torch.autograd.Function), so autograd accumulates them
+into `.grad` and any loss built on the outputs backpropagates as it would through the modules.
+`PlainMLP.jvp` with `gradients` gives the policy Fisher's Gauss–Newton products Jᵀ F_dist J v
+(rlgeom.geometry.fisher) without a graph. Equality with autograd is tested in tests/test_networks.py, the
+Fisher products against an explicit Fisher in tests/test_fisher.py. rlgeom.models.networks is the one place
+that decides when this applies (a module offering `written_out_form()`, e.g. rlgeom.models.policies.Actor);
+everything else uses autograd. Only public torch operators are used.
 """
 
 from __future__ import annotations
@@ -46,10 +47,20 @@ def tanh(x: torch.Tensor) -> torch.Tensor:
     return x.mul(2).sigmoid_().mul_(2).sub_(1)  # x itself is left as it was
 
 
-#: activations whose derivative is written out below, by the name of their nn.Module type
+def _tanh_backward(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """grad ⊙ tanh'(h) from the output h = tanh(·): grad − grad ⊙ h² (two kernels)."""
+    return torch.addcmul(grad, grad, out * out, value=-1)
+
+
+def _relu_backward(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """grad ⊙ relu'(h) from the output h = relu(·): grad where h > 0, else 0."""
+    return torch.where(out > 0, grad, 0.0)
+
+
+#: activations whose derivative is written out, by their nn.Module type: (forward, grad ↦ grad ⊙ act'(h))
 ACTIVATION_BACKWARD = {
-    nn.Tanh: (tanh, torch.ops.aten.tanh_backward),  # act'(h) from the output: 1 - h²
-    nn.ReLU: (torch.relu, lambda grad, out: torch.ops.aten.threshold_backward(grad, out, 0)),  # 1[h > 0]
+    nn.Tanh: (tanh, _tanh_backward),
+    nn.ReLU: (torch.relu, _relu_backward),
 }
 
 
@@ -57,15 +68,22 @@ class PlainMLP:
     """Linear layers with one tanh or ReLU between them (none after the last): forward and backward
     without autograd. Holds the modules, not copies, so it always sees the current weights."""
 
-    def __init__(self, linears: list[nn.Linear], activation: type[nn.Module]):
+    def __init__(self, layers: list[nn.Module], activation: type[nn.Module]):
+        linears = [m for m in layers if isinstance(m, nn.Linear)]
         if not linears or activation not in ACTIVATION_BACKWARD:
             raise ValueError(f"PlainMLP needs Linear layers and one of {[a.__name__ for a in ACTIVATION_BACKWARD]}")
-        self.linears = linears
+        self.layers, self.linears = layers, linears  # layers: the modules themselves, for `module_forward`
         self._act, self._act_backward = ACTIVATION_BACKWARD[activation]
 
     def parameters(self) -> list[nn.Parameter]:
-        """[W_1, b_1, …, W_L, b_L]: the order `backward(into=...)` and `jvp`'s tangents pair them in."""
+        """[W_1, b_1, …, W_L, b_L]: the order `gradients` returns and `jvp`'s tangents pair them in."""
         return [p for layer in self.linears for p in (layer.weight, layer.bias)]
+
+    def module_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layers called as modules, on autograd's graph (what a double backward differentiates)."""
+        for layer in self.layers:
+            x = layer(x)
+        return x
 
     @classmethod
     def of(cls, layers: list[nn.Module]) -> "PlainMLP | None":
@@ -79,11 +97,11 @@ class PlainMLP:
         if any(layer.bias is None for layer in linears):
             return None
         activation = activations.pop() if activations else nn.Tanh  # a single Linear has no activation
-        return cls(linears, activation) if activation in ACTIVATION_BACKWARD else None
+        return cls(list(layers), activation) if activation in ACTIVATION_BACKWARD else None
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(output, inputs of every layer): the second is what `backward` needs."""
+        """(output, inputs of every layer): the second is what `gradients` and `jvp` need."""
         inputs = []
         last = len(self.linears) - 1
         for k, layer in enumerate(self.linears):
@@ -140,18 +158,19 @@ class PlainMLP:
         return forward
 
     @torch.no_grad()
-    def backward(self, inputs: list[torch.Tensor], grad_output: torch.Tensor,
-                 into: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
-        """Add ∂loss/∂W and ∂loss/∂b of every layer into its `.grad` (or into `into[k]` = (∂W_k, ∂b_k)
-        tensors shaped like layer k's weight and bias), given ∂loss/∂output: a vector-Jacobian product."""
-        g = grad_output
+    def gradients(self, inputs: list[torch.Tensor], grad_output: torch.Tensor,
+                  input_gradient: bool = False) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """([∂W_1, ∂b_1, …, ∂W_L, ∂b_L], ∂x or None), given ∂loss/∂output and the layer inputs `forward`
+        returned: a vector-Jacobian product. ∂x only when `input_gradient` (a network's input seldom needs one)."""
+        g, grads = grad_output, [None] * (2 * len(self.linears))
         for k in range(len(self.linears) - 1, -1, -1):
-            layer = self.linears[k]
-            d_weight, d_bias = into[k] if into is not None else (_grad_of(layer.weight), _grad_of(layer.bias))
-            _add_weight_gradient(d_weight, g, inputs[k])
-            d_bias.add_(g.sum(0))
-            if k > 0:  # the network's input needs no gradient
-                g = self._act_backward(g.mm(layer.weight), inputs[k])
+            weight = self.linears[k].weight
+            grads[2 * k], grads[2 * k + 1] = _weight_gradient(g, inputs[k]), g.sum(0)
+            if k > 0:
+                g = self._act_backward(g.mm(weight), inputs[k])
+            elif input_gradient:
+                return grads, g.mm(weight)
+        return grads, None
 
     @torch.no_grad()
     def jvp(self, inputs: list[torch.Tensor], tangents: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -161,7 +180,7 @@ class PlainMLP:
             t_1 = x dW_1ᵀ + db_1,   t_k = (a_{k-1} ⊙ t_{k-1}) W_kᵀ + h_{k-1} dW_kᵀ + db_k,
 
         where a_{k-1} is the activation's derivative at layer k-1, read from its output h_{k-1} as
-        `backward` reads it.
+        `gradients` reads it.
         """
         t = None
         for k, (layer, (d_weight, d_bias)) in enumerate(zip(self.linears, tangents)):
@@ -172,18 +191,10 @@ class PlainMLP:
         return t
 
 
-def _add_weight_gradient(d_weight: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> None:
-    """d_weight += gᵀ h, for a layer input h much narrower than its output as (hᵀ g)ᵀ: the same sum, and
-    MKL's CPU kernels were 1.8–3× faster in that orientation for such shapes (2048 x 11 inputs to 64
-    units: 60 µs against 195 µs), while for square or narrow-output layers gᵀ h is as fast or faster."""
-    if h.shape[1] * 2 <= g.shape[1] and d_weight.device.type == "cpu":
-        d_weight.add_(torch.mm(h.t(), g).t())
-    else:
-        d_weight.addmm_(g.t(), h)
-
-
-def _grad_of(parameter: torch.Tensor) -> torch.Tensor:
-    """The parameter's gradient tensor, created as zeros if it has none yet (as autograd does)."""
-    if parameter.grad is None:
-        parameter.grad = torch.zeros_like(parameter)
-    return parameter.grad
+def _weight_gradient(g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """gᵀ h; for a layer input h much narrower than its output as (hᵀ g)ᵀ: the same sum, and MKL's CPU
+    kernels were 1.8–3× faster in that orientation for such shapes (2048 x 11 inputs to 64 units: 60 µs
+    against 195 µs), while for square or narrow-output layers gᵀ h is as fast or faster."""
+    if h.shape[1] * 2 <= g.shape[1] and g.device.type == "cpu":
+        return torch.mm(h.t(), g).t()
+    return torch.mm(g.t(), h)

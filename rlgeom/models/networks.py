@@ -5,18 +5,27 @@ Every update in rlgeom differentiates through a network in exactly two ways:
 
 | need                                  | function                    | gives                                         |
 |---------------------------------------|-----------------------------|-----------------------------------------------|
-| a first-order loss L(outputs)         | `differentiable_outputs`    | outputs y = f(x), and `backward(L)` adding ∂L/∂θ into `.grad` |
+| a first-order loss L(outputs)         | `differentiable_outputs`    | outputs y = f(x) on autograd's graph: `L.backward()` as usual |
 | Fisher products Jᵀ F_dist J v         | `linearise`                 | y, the trainable parameters, `jvp(v) = J v`, `vjp(u) = Jᵀ u`  |
 
 The losses (PPO's, the critic's MSE, the log-densities of rlgeom.models.distributions) are always
 differentiated by autograd: they are written once, in the agent and the family, and nowhere else.
 What may be written out is only the network's own part, for a module that declares itself a plain
 MLP (`written_out_form()`, see below): rlgeom.models.mlp_backprop.PlainMLP's forward, backward and jvp, a
-few matrix products per layer and no graph, about twice as fast per minibatch on a CPU. The loss is
-then differentiated by autograd down to the network's outputs (made leaves), and PlainMLP carries
-∂L/∂y the rest of the way. Everything else (CNNs, features extractors, any custom module) takes
-autograd and torch.func: `differentiable_outputs` is then just `f(x)` with `L.backward()`, and
-`linearise` builds y's pullback once with torch.func.vjp and J v as the pullback's own transpose.
+few matrix products per layer and no per-layer graph nodes, about twice as fast per minibatch on a CPU.
+For losses the written-out forward and backward are ONE node of autograd's graph (`WrittenOutMLP`, a
+torch.autograd.Function): autograd differentiates the loss down to the network's outputs, the node
+carries ∂L/∂y through the network, and autograd accumulates ∂L/∂θ into `.grad` (running gradient hooks;
+a network with a frozen parameter takes its modules). So any loss a user builds on the outputs backpropagates exactly as through
+the modules; a double backward (create_graph=True) recomputes the layers on autograd's graph. Everything
+else (CNNs, features extractors, any custom module) takes autograd and torch.func: `differentiable_outputs`
+is then just `f(x)`, and `linearise` builds y's pullback once with torch.func.vjp and J v as the
+pullback's own transpose.
+
+What the written-out form does not do: call the layers as modules, so forward hooks registered on the
+MLP's own Linear layers do not run on the update's evaluation (rlgeom's K-FAC asks for `written_out=False`;
+a user's hooks need the agent's `written_out_derivatives=False`). torch keeps no public way to ask a
+module whether it has hooks, so this is a documented rule, not a check.
 
 The switch is the `written_out` argument, which the agents take from their config
 (`written_out_derivatives`, default True); both forms give the same numbers to float rounding
@@ -46,14 +55,11 @@ def trainable_parameters(module: nn.Module) -> tuple[list[str], list[nn.Paramete
     return [n for n, _ in named], [p for _, p in named]
 
 
-def _written_out(module: nn.Module, x: torch.Tensor | None, enabled: bool, for_gradients: bool = True):
+def _written_out(module: nn.Module, x: torch.Tensor | None, enabled: bool):
     """(PlainMLP, tail) if the written-out form applies to `module` on input `x` (None: any 2-D input),
     else None. The one place that decides it, for gradients, Jacobian products and inference alike.
-
-    For gradients it must also give what autograd would: every parameter trained, no gradient hook
-    on a parameter and no module hook on a layer (K-FAC's statistics hooks, a user's), since only
-    module calls and autograd run those.
-    """
+    Every parameter must be trained (the Jacobian products are over all of them, as torch.func's over
+    the trainable ones)."""
     form = getattr(module, "written_out_form", None)
     if not enabled or not callable(form) or (x is not None and x.dim() != 2):
         return None
@@ -67,17 +73,10 @@ def _written_out(module: nn.Module, x: torch.Tensor | None, enabled: bool, for_g
     if cached is None or cached[0] is not mlp or cached[1] is not tail:
         expected = mlp.parameters() + (list(tail.parameters()) if tail is not None else [])
         covers = {id(p) for p in module.parameters()} == {id(p) for p in expected}
-        cached = module.__dict__["_written_out_check"] = (mlp, tail, covers, expected, list(module.modules()))
-    _, _, covers, expected, modules = cached
-    if not covers:
+        cached = module.__dict__["_written_out_check"] = (mlp, tail, covers, expected)
+    _, _, covers, expected = cached
+    if not covers or not all(p.requires_grad for p in expected):
         return None
-    if for_gradients:
-        if not all(p.requires_grad and not p._backward_hooks and not getattr(p, "_post_accumulate_grad_hooks", None)
-                   for p in expected):
-            return None
-        if any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-               for m in modules):
-            return None
     return mlp, tail
 
 
@@ -91,7 +90,7 @@ def inference_function(module: nn.Module, written_out: bool = True) -> Callable[
     parameters stay fixed, e.g. for one rollout: PlainMLP's forward with the state-independent tail
     evaluated once, where the written-out form applies (no module dispatch, which is most of a small
     network's per-step cost; module hooks are not called), else the module itself."""
-    found = _written_out(module, None, written_out, for_gradients=False)
+    found = _written_out(module, None, written_out)
     if found is None:
         return module
     mlp, tail = found
@@ -107,7 +106,7 @@ def paired_inference_function(first: nn.Module, second: nn.Module, written_out: 
     """x ↦ (first(x), second(x)) for use without a graph while the parameters stay fixed: one batched
     pass per layer for two plain MLPs of the same widths (an actor and a critic of one net_arch;
     PlainMLP.frozen_pair_forward), else the two `inference_function`s."""
-    found = [_written_out(m, None, written_out, for_gradients=False) for m in (first, second)]
+    found = [_written_out(m, None, written_out) for m in (first, second)]
     pair = PlainMLP.frozen_pair_forward(found[0][0], found[1][0]) if None not in found else None
     if pair is None:
         one, two = inference_function(first, written_out), inference_function(second, written_out)
@@ -131,41 +130,55 @@ def _with_tail(out: torch.Tensor, tail_value: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def differentiable_outputs(module: nn.Module, x: torch.Tensor, written_out: bool = True):
-    """(y, push): y = module(x) ready for a loss, and push() to call after `loss.backward()`.
+class WrittenOutMLP(torch.autograd.Function):
+    """(mlp(x) for mlp in mlps) by PlainMLP's forward, with PlainMLP's gradients as the backward: ONE graph node
+    for all the networks on one input (PPO's actor and critic) in place of a node per layer.
+    `apply(mlps, x, *params)`, params being every mlp's `parameters()` in turn; returns a tuple of outputs."""
 
-    Autograd form: y carries the graph, push does nothing. Written-out form: the MLP's output is a
-    leaf tensor (computed without a graph) whose `.grad` the loss's backward fills, and push()
-    carries that gradient through the network into its parameters' `.grad` (PlainMLP.backward);
-    a state-independent tail (a handful of elements) stays on autograd's graph, so the loss's
-    backward reaches it directly.
-    """
-    form = _written_out(module, x, written_out)
-    if form is None:
-        return module(x), _nothing
-    mlp, tail = form
-    with torch.no_grad():
-        out, inputs = mlp.forward(x)
-    out.requires_grad_(True)
-    y = out if tail is None else _with_tail(out, tail())
+    @staticmethod
+    def forward(ctx, mlps: tuple[PlainMLP, ...], x: torch.Tensor, *params: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        results = [mlp.forward(x) for mlp in mlps]
+        ctx.mlps, ctx.inputs = mlps, [inputs for _, inputs in results]
+        ctx.save_for_backward(x, *params)  # autograd's check that nothing changed them in place before backward
+        ctx.set_materialize_grads(False)  # an output the loss does not use gives its parameters no gradient
+        return tuple(out for out, _ in results)
 
-    def push() -> None:
-        if out.grad is not None:  # None: the loss did not depend on the MLP's output
-            mlp.backward(inputs, out.grad)
-            out.grad = None  # a second loss on the same outputs (retain_graph) starts from zero, as autograd's does
+    @staticmethod
+    def backward(ctx, *grad_outputs: torch.Tensor | None):
+        x, *params = ctx.saved_tensors
+        needs_x, needs = ctx.needs_input_grad[1], ctx.needs_input_grad[2:]
+        used = [(k, g) for k, g in enumerate(grad_outputs) if g is not None]
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the layers' own graph, so it can be again
+            wanted = [t for t, n in zip([x, *params], (needs_x, *needs)) if n]
+            outs = [ctx.mlps[k].module_forward(x) for k, _ in used]
+            found = iter(torch.autograd.grad(outs, wanted, [g for _, g in used], create_graph=True, allow_unused=True))
+            return (None, *(next(found) if n else None for n in (needs_x, *needs)))
+        grads: list[torch.Tensor | None] = []
+        grad_x = None
+        for k, mlp in enumerate(ctx.mlps):
+            if grad_outputs[k] is None:
+                grads += [None] * (2 * len(mlp.linears))
+                continue
+            mine, mine_x = mlp.gradients(ctx.inputs[k], grad_outputs[k], input_gradient=needs_x)
+            grads += mine
+            grad_x = mine_x if grad_x is None else grad_x + mine_x
+        return (None, grad_x, *(g if n else None for g, n in zip(grads, needs)))
 
-    return y, push
 
-
-def _nothing() -> None:
-    return None
-
-
-def backward(loss: torch.Tensor, *pushes: Callable[[], None], retain_graph: bool = False) -> None:
-    """loss.backward(), then every written-out network's push (see `differentiable_outputs`)."""
-    loss.backward(retain_graph=retain_graph)
-    for push in pushes:
-        push()
+def differentiable_outputs(modules: Sequence[nn.Module], x: torch.Tensor, written_out: bool = True) -> list[torch.Tensor]:
+    """[module(x) for module in modules] on autograd's graph, ready for any loss: each module itself, or for
+    those where the written-out form applies, their MLPs as one `WrittenOutMLP` node (and a state-independent
+    tail, a handful of elements, on autograd's graph as it is). `loss.backward()` then fills every
+    parameter's `.grad`."""
+    forms = [_written_out(module, x, written_out) for module in modules]
+    fast = [k for k, form in enumerate(forms) if form is not None]
+    outputs = [module(x) if form is None else None for module, form in zip(modules, forms)]
+    if fast:
+        mlps = tuple(forms[k][0] for k in fast)
+        for k, out in zip(fast, WrittenOutMLP.apply(mlps, x, *(p for mlp in mlps for p in mlp.parameters()))):
+            tail = forms[k][1]
+            outputs[k] = out if tail is None else _with_tail(out, tail())
+    return outputs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,8 +249,7 @@ def _written_out_linearisation(mlp: PlainMLP, tail: nn.Module | None, x: torch.T
         return torch.cat([jv, t_tail.expand(batch, -1)], dim=-1)
 
     def vjp_(u):
-        grads = [torch.zeros_like(p) for p in mlp_params]
-        mlp.backward(inputs, u[:, :n_out], into=list(zip(grads[0::2], grads[1::2])))
+        grads, _ = mlp.gradients(inputs, u[:, :n_out])
         if tail is not None:
             grads += [g.detach() for g in tail_pullback(u[:, n_out:].sum(0))]
         return tuple(grads)

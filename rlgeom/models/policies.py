@@ -39,8 +39,10 @@ from torch import nn
 from rlgeom import validation
 from rlgeom.models.distributions import ActionDistribution, DiagGaussianFamily, family_for_space
 from rlgeom.models import networks
+from rlgeom.models.inputs import checked_observation
 from rlgeom.models.mlp_backprop import PlainMLP
 from rlgeom.models.sde import StateDependentScale
+from rlgeom.models.sb3_surface import SB3PolicySurface, legacy_net_arch
 from rlgeom.data.dict_obs import layout_for
 from rlgeom.data.normalization import RunningNormalizer
 
@@ -285,19 +287,18 @@ def _cached_plain_mlp(network: nn.Module) -> PlainMLP | None:
 
 @dataclass
 class PolicyOutputs:
-    """A minibatch's distribution parameters [B, P] and values [B], ready for a loss; `backward(loss)`
-    puts ∂loss/∂θ into the parameters' `.grad` (autograd, or the written-out MLP backward: see
-    rlgeom.models.networks)."""
+    """A minibatch's distribution parameters [B, P] and values [B] on autograd's graph, ready for any
+    loss (the plain-MLP part may be one written-out node: see rlgeom.models.networks); `backward(loss)`
+    is `loss.backward()`, which puts ∂loss/∂θ into the parameters' `.grad`."""
 
     dist_params: torch.Tensor | None
     values: torch.Tensor | None
-    pushes: tuple
 
     def backward(self, loss: torch.Tensor, retain_graph: bool = False) -> None:
-        networks.backward(loss, *self.pushes, retain_graph=retain_graph)
+        loss.backward(retain_graph=retain_graph)
 
 
-class ActorCriticPolicy(nn.Module):
+class ActorCriticPolicy(SB3PolicySurface, nn.Module):
     """Separate actor and critic networks over optionally normalised observations."""
 
     def __init__(
@@ -323,7 +324,10 @@ class ActorCriticPolicy(nn.Module):
         optimizer_class: type[torch.optim.Optimizer] | None = None,
         optimizer_kwargs: dict | None = None,
     ):
+        init_args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
+        self._init_args = init_args  # what policy.save() writes (rlgeom.models.sb3_surface)
+        net_arch = legacy_net_arch(net_arch)
         if policy not in POLICY_NAMES:
             raise ValueError(f"unknown policy {policy!r}; accepted: {', '.join(POLICY_NAMES)}")
         act = activation_class(activation_fn)
@@ -338,7 +342,9 @@ class ActorCriticPolicy(nn.Module):
         self._register_action_bounds(action_space)
         Preprocess(observation_space)  # refuses an unsupported space, naming the accepted ones
         image, dict_obs = is_image_space(observation_space), isinstance(observation_space, spaces.Dict)
-        if policy == "CnnPolicy" and not image and features_extractor_class is None:
+        # as SB3: with normalize_images=False a float Box of 3 dimensions is an image the user already scaled
+        prescaled = not normalize_images and isinstance(observation_space, spaces.Box) and len(observation_space.shape) == 3
+        if policy == "CnnPolicy" and not image and not prescaled and features_extractor_class is None:
             raise ValueError(f"CnnPolicy needs uint8 image observations ([C, H, W] or [H, W, C]), got "
                              f"{observation_space}; use MlpPolicy or pass a features_extractor_class")
         if dict_obs != (policy == "MultiInputPolicy"):
@@ -417,39 +423,35 @@ class ActorCriticPolicy(nn.Module):
         return list(self.critic.parameters())
 
     def actor_inputs(self, obs: torch.Tensor) -> torch.Tensor:
+        check_device(obs, self.device)
         return self.obs_normalizer(obs)
 
     def dist_params(self, obs: torch.Tensor) -> torch.Tensor:
         return self.actor(self.actor_inputs(obs))
 
-    def get_distribution(self, obs: torch.Tensor):
-        return self.family.distribution(self.dist_params(obs))
-
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(self.actor_inputs(obs)).squeeze(-1)
 
-    def outputs(self, obs: torch.Tensor, actor: bool = True, critic: bool = True) -> PolicyOutputs:
+    def outputs(self, obs: torch.Tensor, actor: bool = True, critic: bool = True,
+                written_out: bool | None = None) -> PolicyOutputs:
         """Distribution parameters and values of a minibatch for a loss, and its backward: the one
         differentiable evaluation every update uses (PPO's joint loss, a critic regression, ACKTR).
 
         With a shared features extractor the features are computed once for both heads, so that the
         torso's gradient (and K-FAC's statistics) see the sum of the actor's and the critic's.
-        Plain MLPs take rlgeom.models.networks' written-out derivatives when `written_out_derivatives` is on.
+        Plain MLPs take rlgeom.models.networks' written-out derivatives when `written_out_derivatives` is on
+        (`written_out` overrides it for this call: False calls every layer as a module, as K-FAC's hooks need).
         """
+        written_out = self.written_out_derivatives if written_out is None else written_out
         x = self.actor_inputs(obs)
         if self.share_features_extractor and actor and critic:
             h = self.actor.features(x)
-            return PolicyOutputs(self.actor.from_features(h), self.critic.from_features(h).squeeze(-1), ())
-        dist_params = values = None
-        pushes = []
-        if actor:
-            dist_params, push = networks.differentiable_outputs(self.actor, x, self.written_out_derivatives)
-            pushes.append(push)
-        if critic:
-            values, push = networks.differentiable_outputs(self.critic, x, self.written_out_derivatives)
-            values = values.squeeze(-1)
-            pushes.append(push)
-        return PolicyOutputs(dist_params, values, tuple(pushes))
+            return PolicyOutputs(self.actor.from_features(h), self.critic.from_features(h).squeeze(-1))
+        wanted = [m for m, on in ((self.actor, actor), (self.critic, critic)) if on]
+        outs = iter(networks.differentiable_outputs(wanted, x, written_out))  # one written-out node for both
+        dist_params = next(outs) if actor else None
+        values = next(outs).squeeze(-1) if critic else None
+        return PolicyOutputs(dist_params, values)
 
     def forward(self, obs: torch.Tensor, deterministic: bool = False):
         """(actions, values, log_probs) for a batch of raw observations."""
@@ -470,6 +472,7 @@ class ActorCriticPolicy(nn.Module):
         inference tensor: copy it (the rollout buffer does) before any autograd use.
         """
         plan = self._rollout_plan or self._make_rollout_plan()
+        check_device(obs, plan.device)
         x = plan.normalize(obs)
         if self.use_sde:
             return self._draw_sde(x, deterministic)
@@ -490,6 +493,7 @@ class ActorCriticPolicy(nn.Module):
         """(log π(actions|obs), V(obs)) without autograd, for a batch of a rollout's transitions: the
         family's one log-density and the critic, in one pass of both networks."""
         plan = self._rollout_plan or self._make_rollout_plan()
+        check_device(obs, plan.device)
         dist_params, values = plan.actor_and_critic(plan.normalize(obs))
         return self.family.log_prob(dist_params, actions), values.squeeze(-1)
 
@@ -528,34 +532,42 @@ class ActorCriticPolicy(nn.Module):
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
         """SB3's policy.predict: (actions as the env takes them, state) for one observation or a batch
         (numpy; a Dict observation as a dict of arrays, batched along their first dimension)."""
+        # checked and cast as the env boundary stores them: uint8 for uint8 Boxes (images) and image-only Dicts,
+        # float32 for everything else (rlgeom.models.inputs)
         obs, batched = self._observation_rows(observation)
-        if np.issubdtype(obs.dtype, np.floating) and not np.isfinite(obs).all():
-            raise ValueError("observation contains NaN or inf; rlgeom acts only on finite observations")
-        # the space decides the dtype, as at the env boundary: uint8 for uint8 Boxes (images) and image-only
-        # Dicts, float32 for everything else
-        stored = self.dict_layout.dtype if self.dict_layout is not None else getattr(self.observation_space, "dtype", None)
         with torch.no_grad():
-            tensor = torch.as_tensor(obs.astype(np.uint8 if stored == np.uint8 else np.float32, copy=False),
-                                     device=self.device)
+            tensor = torch.as_tensor(obs, device=self.device)
             actions = self.env_actions(self.draw(tensor, deterministic)).cpu().numpy()
+        if isinstance(self.action_space, spaces.Box):  # the space's dtype, as SB3 returns (float64 Box: float64)
+            actions = actions.astype(self.action_space.dtype, copy=False)
         return (actions if batched else actions[0]), state
 
     def _observation_rows(self, observation) -> tuple[np.ndarray, bool]:
         """(observations as the policy takes them [N, ...], whether the caller passed a batch)."""
+        if isinstance(observation, tuple) and len(observation) == 2 and isinstance(observation[1], dict):
+            raise ValueError("predict() got a tuple (observation, info): gymnasium's env.reset() returns "
+                             "(obs, info), SB3's VecEnv.reset() returns obs alone; pass obs, e.g. "
+                             "obs, info = env.reset(); model.predict(obs)")
         layout = self.dict_layout
         if layout is not None:
             if not isinstance(observation, dict):
                 raise ValueError(f"this model takes Dict observations (a dict with keys "
                                  f"{[e.key for e in layout.entries]}), got {type(observation).__name__}")
+            observation = {key: checked_observation(value, layout.space.spaces.get(key), f"observation[{key!r}]")
+                           for key, value in observation.items()}
             n = layout.batch_size(observation)
             rows = layout.pack(observation, batched=True) if n is not None else layout.pack(observation, batched=False)[None]
             return rows, n is not None
-        obs = np.asarray(observation)
+        obs = checked_observation(observation, self.observation_space)  # numbers only, before shapes are compared
         shape = tuple(self.observation_space.shape)
         if obs.shape == shape:
             return obs[None], False
         if obs.shape[1:] == shape:
             return obs, True
+        if channels_last(self.observation_space) and obs.shape[-3:] == (shape[2], shape[0], shape[1]):
+            # channel-first images, as SB3's VecTransposeImage (model.get_env()) hands them out
+            obs = np.moveaxis(obs, -3, -1)
+            return (obs, True) if obs.ndim == 4 else (obs[None], False)
         raise ValueError(
             f"observation of shape {obs.shape} does not match the model's observation space {shape} "
             f"(accepted: {shape} or (n_envs, {', '.join(map(str, shape))}))"
@@ -582,6 +594,7 @@ class RolloutPlan:
 
     def __init__(self, policy: "ActorCriticPolicy"):
         self._policy = policy
+        self.device = policy.device
         self.normalize: Callable[[torch.Tensor], torch.Tensor] = policy.obs_normalizer.frozen()
 
     @cached_property
@@ -594,6 +607,13 @@ class RolloutPlan:
         policy = self._policy
         with torch.no_grad():
             return networks.paired_inference_function(policy.actor, policy.critic, policy.written_out_derivatives)
+
+
+def check_device(obs: torch.Tensor, device: torch.device) -> None:
+    """Observations must already be where the policy is: the env boundary moves them (envs.device), once."""
+    if obs.device != device:
+        raise ValueError(f"observations on {obs.device} given to a policy on {device}; move them to {device} first "
+                         "(an agent's env and evaluate() do: agent.env_on_device(env))")
 
 
 def activation_class(activation_fn) -> type[nn.Module]:

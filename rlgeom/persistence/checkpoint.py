@@ -8,10 +8,12 @@ Nested state (a torch optimizer's `state_dict()`, a K-FAC `state_dict()`, RNG st
 dicts and tensors are accepted: there is no way to smuggle an object (or code) into a checkpoint.
 
 Checkpoints of a run live in one directory as `checkpoint_<steps>.safetensors` (zero-padded, so
-names sort by step); a temporary file being written has another name (`....safetensors.tmp<pid>-<random>`)
+names sort by step); a temporary file being written has another name (`....safetensors.tmp<pid>-<random>-<host>`)
 and is never listed, so a process killed mid-write leaves at most a stray temporary (removed by the
 next process that locks the folder) and the previous checkpoints intact. `latest_checkpoint` picks the
 newest complete one. A run prunes only the checkpoints it wrote itself (and the one it resumed from).
+A checkpoint folder belongs to one run (`check_checkpoint_dir`): a run writes only into a folder that holds
+no checkpoint, or one that holds a file it wrote or resumed from, and never inside another run's directory.
 """
 
 from __future__ import annotations
@@ -139,14 +141,44 @@ def list_checkpoints(directory: str) -> list[tuple[int, str]]:
 
 
 def prune_checkpoints(directory: str, keep: int, owned: set[str]) -> list[str]:
-    """Keep the newest `keep` of the checkpoints in `directory` that are in `owned` (absolute paths of the
-    files this run wrote or resumed from); no other file is ever removed. Returns the removed paths."""
-    mine = [path for _, path in list_checkpoints(directory) if os.path.abspath(path) in owned]
+    """Keep the newest `keep` of the checkpoints in `directory` that are in `owned` (real paths, symlinks
+    resolved, of the files this run wrote or resumed from); no other file is ever removed. Returns the removed paths."""
+    mine = [path for _, path in list_checkpoints(directory) if os.path.realpath(path) in owned]
     removed = mine[:-keep] if keep > 0 else []
     for path in removed:
+        owned.discard(os.path.realpath(path))
         os.remove(path)
-        owned.discard(os.path.abspath(path))
     return removed
+
+
+def resumable(directory: str | None) -> str | None:
+    """`directory` when it holds a checkpoint to resume from, else None (what a disk-full error may suggest)."""
+    return directory if directory and list_checkpoints(directory) else None
+
+
+def check_checkpoint_dir(directory: str, run_dir: str | None, owned: set[str]) -> None:
+    """A checkpoint folder belongs to one run. OutputError (naming the owner) for a folder inside the run
+    directory of another run than `run_dir`, or one that holds checkpoints while holding none of the files
+    this run wrote or resumed from (`owned`, real paths): writing there would replace that run's checkpoints."""
+    from rlgeom.persistence.outputs import OutputError, check_outside_other_runs
+
+    check_outside_other_runs(directory, "checkpoint directory", run_dir)
+    real = os.path.realpath(os.fspath(directory))
+    found = list_checkpoints(real)
+    if found and not any(os.path.dirname(path) == real for path in owned):
+        raise OutputError(
+            f"the checkpoint directory {directory} holds the checkpoints of another run ({_owner(found[-1][1])}); "
+            "a checkpoint folder belongs to one run: choose a new or empty one (--checkpoint-dir / checkpoint_dir=), "
+            f"or continue that run (--resume {directory})")
+
+
+def _owner(path: str) -> str:
+    """'ppo on CartPole-v1, seed 0, at step 128' from a checkpoint's header (its tensors are not read)."""
+    try:
+        d = open_model(path).description
+    except (ModelFileError, OSError):
+        return f"its newest checkpoint {os.path.basename(path)} unreadable"
+    return f"{d.get('algo', '?')} on {d.get('env_id', '?')}, seed {d.get('seed', '?')}, at step {d.get('num_timesteps', '?')}"
 
 
 def latest_checkpoint(path: str) -> str:
@@ -163,7 +195,8 @@ def latest_checkpoint(path: str) -> str:
         )
     for _, candidate in reversed(candidates):
         try:
-            open_model(candidate).verify()  # header and checksum, streamed: bounded memory whatever the file
+            with open_model(candidate) as model:
+                model.verify()  # header and checksum, streamed: bounded memory whatever the file
         except ModelFileError as err:
             print(f"rlgeom: skipping unreadable checkpoint: {err}", file=sys.stderr)
             continue
@@ -189,10 +222,16 @@ def open_resumed_logger(run_dir: str, step: int, verbose: int = 0):
     to one per (tag, step) up to `step` (rlgeom.persistence.logger.keep_events_up_to: what an interrupted
     process logged after its last checkpoint is archived, not shown twice), then logging resumes."""
     from rlgeom.persistence import logger as runlog
-    from rlgeom.persistence.outputs import lock_directory
+    from rlgeom.persistence.outputs import lock_directory, write_error
 
     lock = lock_directory(run_dir, "run directory")
-    archive = runlog.keep_events_up_to(run_dir, step)
+    try:
+        archive = runlog.keep_events_up_to(run_dir, step)
+    except OSError as err:  # a full disk: its partial files are removed, the run is as it was
+        lock.release()
+        raise write_error(f"the TensorBoard events of {run_dir} (kept up to step {step} before resuming)", err,
+                          kept="the run's files are as they were",
+                          resume_from=resumable(os.path.join(run_dir, "checkpoints"))) from None
     if archive is not None:
         print(f"rlgeom: resuming {run_dir} at step {step}: its TensorBoard events up to that step were kept, the "
               f"previous event files are archived in {os.path.basename(archive)}", file=sys.stderr)
@@ -202,5 +241,5 @@ def open_resumed_logger(run_dir: str, step: int, verbose: int = 0):
 
 __all__ = [
     "pack_state", "unpack_state", "rng_state", "set_rng_state", "checkpoint_path", "list_checkpoints",
-    "prune_checkpoints", "latest_checkpoint", "find_run_checkpoint", "open_resumed_logger",
+    "prune_checkpoints", "resumable", "check_checkpoint_dir", "latest_checkpoint", "find_run_checkpoint", "open_resumed_logger",
 ]

@@ -18,23 +18,55 @@ from collections import defaultdict
 
 import numpy as np
 
-from rlgeom.persistence.outputs import lock_directory, try_lock_fresh_directory, write_error
+from rlgeom.persistence.outputs import (check_outside_other_runs, lock_directory, try_lock_fresh_directory,
+                                        write_atomically, write_error)
 
 
 def run_directory(root: str, env_id: str | None, name: str, seed: int | None) -> str:
     """A fresh run directory, locked for this process: `<root>/<task>/<name>/seed<k>`, or with a suffix
     when that one holds files or another process claimed it first (two runs started at once never share
     one). The RunLogger opened on it takes the lock over."""
-    task = (env_id or "unknown-env").replace("/", "-")
-    base = os.path.join(root, task, name, f"seed{seed}" if seed is not None else "run")
+    check_outside_other_runs(root, "log directory (tensorboard_log / --logdir)")
+    base = run_directory_base(root, env_id, name, seed)
     path, k = base, 1
     while True:
+        if os.path.abspath(path) in _claimed:  # claimed for this run beforehand (a grid's worker)
+            return path
         lock = try_lock_fresh_directory(path)
         if lock is not None:
             _claimed[os.path.abspath(path)] = lock
             return path
         k += 1
         path = f"{base}_{k}"
+
+
+def run_directory_base(root: str, env_id: str | None, name: str, seed: int | None) -> str:
+    task = (env_id or "unknown-env").replace("/", "-")
+    return os.path.join(root, task, name, f"seed{seed}" if seed is not None else "run")
+
+
+def latest_run_directory(root: str, env_id: str | None, name: str, seed: int | None) -> str | None:
+    """The newest existing run directory run_directory() made for (task, name, seed), or None."""
+    base = run_directory_base(root, env_id, name, seed)
+    runs = [base] if os.path.isdir(base) else []
+    k = 2
+    while os.path.isdir(f"{base}_{k}"):
+        runs.append(f"{base}_{k}")
+        k += 1
+    return runs[-1] if runs else None
+
+
+def sb3_run_directory(root: str, name: str, new_run: bool = True) -> str:
+    """SB3's run folder `<root>/<name>_<N>`: N one past the highest existing (SB3's get_latest_run_id), or
+    the highest itself when continuing a run (learn(reset_num_timesteps=False), as SB3 does)."""
+    import glob
+    import re
+
+    pattern = re.compile(re.escape(name) + r"_(\d+)$")
+    ids = [int(m.group(1)) for path in glob.glob(os.path.join(glob.escape(root), f"{glob.escape(name)}_*"))
+           if (m := pattern.match(os.path.basename(path))) and os.path.isdir(path)]
+    latest = max(ids, default=0)
+    return os.path.join(root, f"{name}_{latest + 1 if new_run or latest == 0 else latest}")
 
 
 #: run directories chosen by run_directory whose lock the RunLogger opened on them takes over
@@ -51,6 +83,8 @@ class RunLogger:
         self._excluded: set[str] = set()
         self.writer = None
         self._lock = None
+        #: where this run's checkpoints go (a disk-full error suggests resuming only when it holds some)
+        self.checkpoint_dir = os.path.join(run_dir, "checkpoints") if run_dir is not None else None
         if run_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -79,8 +113,11 @@ class RunLogger:
                     self.writer.add_scalar(key, float(value), step)
                 self.writer.flush()
             except OSError as err:  # raised again here from TensorBoard's writer thread (disk full)
+                from rlgeom.persistence.checkpoint import resumable
+
                 raise write_error(f"the TensorBoard events of {self.run_dir}", err,
-                                  kept="the events and checkpoints written before are kept") from None
+                                  kept="the events and checkpoints written before are kept",
+                                  resume_from=resumable(self.checkpoint_dir)) from None
         self.name_to_value.clear()
         self._means.clear()
         self._excluded.clear()
@@ -89,8 +126,8 @@ class RunLogger:
         """run.json (task, agent, seed, hyperparameters) and the same as TensorBoard text."""
         if self.writer is None:
             return
-        with open(os.path.join(self.run_dir, "run.json"), "w") as f:
-            json.dump(info, f, indent=2, default=str)
+        # a new file renamed into place: never written through a hard link into another run's copy
+        write_atomically(os.path.join(self.run_dir, "run.json"), json.dumps(info, indent=2, default=str).encode())
         rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(info.get("hyperparameters", {}).items()))
         self.writer.add_text("hyperparameters", "| name | value |\n|---|---|\n" + rows, 0)
 
@@ -162,9 +199,13 @@ def keep_events_up_to(run_dir: str, step: int) -> str | None:
     stamp = min([_name_time(n) for n in originals] + [int(time.time())]) - 1  # sorts before the next writer's file
     kept_name = f"events.out.tfevents.{stamp}.{socket.gethostname()}.{os.getpid()}{KEPT_MARK}{int(step)}"
     kept_tmp = os.path.join(run_dir, f".rlgeom-events-{os.getpid()}-kept.tmp")
-    _write_records(kept_tmp, records)
-    archive = _archive(run_dir, originals, f"{ARCHIVE_PREFIX}{int(step)}-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.replace(kept_tmp, os.path.join(run_dir, kept_name))
+    try:
+        _write_records(kept_tmp, records)
+        archive = _archive(run_dir, originals, f"{ARCHIVE_PREFIX}{int(step)}-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(kept_tmp, os.path.join(run_dir, kept_name))
+    except OSError:  # a full disk: the partial rewrite goes, the run's event files are as they were
+        remove_stale_temps(run_dir, _EVENTS_TMP)
+        raise
     for name in originals:
         if name != kept_name:
             os.remove(os.path.join(run_dir, name))

@@ -16,10 +16,12 @@ file object, and every size must be checked before anything is allocated.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import stat
 
 import torch
 
@@ -40,8 +42,11 @@ _CHUNK = 16 * 2**20  # bytes per read when streaming a checksum
 class ModelFile:
     """The checked header of a model file; tensors are read only when asked for."""
 
-    def __init__(self, source, name: str, size: int, entries: dict, metadata: dict, data_start: int):
+    def __init__(self, source, name: str, size: int, entries: dict, metadata: dict, data_start: int, opened=None):
         self.source, self.name, self.size = source, name, size
+        # the file the header was read from, kept open: a writer replaces the path by rename, so this one open
+        # file still shows the version whose header was checked (reopening the path could show the next one)
+        self._file = opened
         self.entries = entries  # name -> (torch dtype, shape tuple, begin, end), begin/end relative to data_start
         self.metadata, self._data_start = metadata, data_start
         self.description = _description(metadata, name)
@@ -93,10 +98,33 @@ class ModelFile:
         if digest.hexdigest() != self.metadata["tensors_sha256"]:
             raise ModelFileError(f"{self.name}: checksum mismatch: the tensor data was modified or corrupted")
 
+    @contextlib.contextmanager
     def _open(self):
-        if isinstance(self.source, str):
-            return open(self.source, "rb")
-        return _Borrowed(self.source)
+        with _read_errors(self.name):
+            if self._file is not None:
+                source = _Borrowed(self._file)
+            elif isinstance(self.source, str):  # after close(): the path as it is now
+                source = open(self.source, "rb")
+            else:
+                source = _Borrowed(self.source)
+            with source as f:
+                yield f
+
+    def close(self) -> None:
+        """Close the file the header was read from (a caller's file object is never closed)."""
+        opened, self._file = self._file, None
+        if opened is not None:
+            opened.close()
+
+    def __enter__(self) -> "ModelFile":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
+    def __del__(self):
+        self.close()
 
 
 class _Borrowed:
@@ -122,21 +150,67 @@ def open_model(path) -> ModelFile:
             path.seek(start)
         except (OSError, AttributeError, ValueError) as err:
             raise ModelFileError(f"{name}: a model file object must be open, binary and seekable: {err}") from None
-        with _Borrowed(path) as f:
+        with _Borrowed(path) as f, _read_errors(name):
             entries, metadata, header_len = _read_header(f, size, name)
         return ModelFile(path, name, size, entries, metadata, start + 8 + header_len)
     name = model_path(path) if not os.path.exists(os.fspath(path)) else os.fspath(path)
-    if not os.path.isfile(name):
-        raise ModelFileError(f"{name}: no such model file")
-    with open(name, "rb") as f:
-        entries, metadata, header_len = _read_header(f, os.fstat(f.fileno()).st_size, name)
-    return ModelFile(name, name, os.path.getsize(name), entries, metadata, 8 + header_len)
+    zipped = os.fspath(path) + ".zip"  # SB3's load(path) finds path + ".zip"
+    if not os.path.exists(name) and os.path.isfile(zipped):
+        raise ModelFileError(sb3_format_message(zipped))
+    _check_regular_file(name)
+    with _read_errors(name):
+        f = open(name, "rb")
+        try:  # header and tensors from this one open file (ModelFile keeps it)
+            size = os.fstat(f.fileno()).st_size
+            entries, metadata, header_len = _read_header(f, size, name)
+        except BaseException:
+            f.close()
+            raise
+    return ModelFile(name, name, size, entries, metadata, 8 + header_len, opened=f)
+
+
+def _check_regular_file(name: str) -> None:
+    """A model file is a regular file: a folder, a device, a pipe or a socket is refused before it is opened
+    (opening a pipe would wait for a writer forever)."""
+    try:
+        mode = os.stat(name).st_mode
+    except FileNotFoundError:
+        raise ModelFileError(f"{name}: no such model file") from None
+    except OSError as err:
+        raise ModelFileError(f"{name}: cannot read it: {err.strerror or err}") from None
+    if stat.S_ISDIR(mode):
+        raise ModelFileError(f"{name}: is a folder, not a model file")
+    if not stat.S_ISREG(mode):
+        raise ModelFileError(f"{name}: is not a regular file (a device, pipe or socket); a model file is a regular "
+                             "file written by save() or save_checkpoint()")
+
+
+@contextlib.contextmanager
+def _read_errors(name: str):
+    """An OSError while reading (EIO from /proc/self/mem, a failing disk) as the ModelFileError naming the file."""
+    try:
+        yield
+    except OSError as err:
+        raise ModelFileError(f"{name}: cannot be read as a model file: {err.strerror or err}") from None
+
+
+#: the first bytes of a zip archive: Stable-Baselines3's model format
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def sb3_format_message(name: str) -> str:
+    return (f"{name}: a Stable-Baselines3 model (a zip of pickled data and PyTorch weights), not rlgeom's safetensors "
+            "format; rlgeom never unpickles it. Import its weights with the matching agent: PPO.load_sb3(path) "
+            "(A2C -> VPG.load_sb3, sb3-contrib TRPO -> TRPO.load_sb3), which reads policy.pth with "
+            "torch.load(weights_only=True) and the JSON 'data' only")
 
 
 def _read_header(f, size: int, name: str) -> tuple[dict, dict, int]:
     head = f.read(8)
     if isinstance(head, str):
         raise ModelFileError(f"{name}: a model file object must be opened in binary mode ('rb'), got text")
+    if head[:4] == ZIP_MAGIC:
+        raise ModelFileError(sb3_format_message(name))
     if len(head) < 8:
         raise ModelFileError(f"{name}: not a readable safetensors model file: shorter than its header (truncated?)")
     n = int.from_bytes(head, "little")
@@ -234,6 +308,22 @@ __all__ = ["MAX_HEADER_BYTES", "DTYPES", "ModelFile", "open_model", "digest_tens
 # ----------------------------------------------------------------------------- the description
 #: the most envs a model file may ask load() to build (a corrupted or hostile count must not start millions)
 MAX_ENVS = 2**16
+#: the most envs load(path, env="<gymnasium id>") builds from a file's n_envs: each is a separate simulator in
+#: this process (a Hopper takes about 1 MB), so 65536 of them would take about 70 GB; torch-native envs are
+#: batched tensors and take up to MAX_ENVS. More: build the vector env and pass it as env=.
+MAX_ENVS_FROM_ID = 1024
+
+
+def check_envs_to_build(model: ModelFile, env, batched_prefix: str) -> None:
+    """Refuse, before any env is built, a file whose n_envs would build more than MAX_ENVS_FROM_ID
+    gymnasium envs from the env id `env` (a VecEnv the caller built has its own count; an id starting with
+    `batched_prefix`, a torch-native env, is one batched simulator)."""
+    n_envs = model.description.get("n_envs", 1)
+    if isinstance(env, str) and not env.startswith(batched_prefix) and n_envs > MAX_ENVS_FROM_ID:
+        raise ModelFileError(
+            f"{model.name}: the description's n_envs={n_envs} would build {n_envs} {env} envs in this process; "
+            f"accepted: at most {MAX_ENVS_FROM_ID} from an env id (more: build the vector env, e.g. "
+            f"envs.make_vec_env({env!r}, n), and pass it as env=)")
 #: the most elements a saved observation or action space may have (a 4096 x 4096 image is 2**24)
 MAX_SPACE_ELEMENTS = 2**26
 #: tensors beyond the policy's own (optimiser moments, K-FAC factors and their eigenbases, RNG states) may
@@ -246,10 +336,14 @@ def check_description(model: ModelFile) -> None:
     integers in range, the envs and spaces are of sane sizes, and the network it describes is no larger
     than the policy tensors the file holds (so a billion-unit layer is never allocated)."""
     d, name = model.description, model.name
-    for key in ("num_timesteps", "n_updates"):
+    for key in ("num_timesteps", "n_updates", "sb3_n_updates"):
         if key in d and not _nat(d[key]):
             raise ModelFileError(f"{name}: bad step counters in the description: {key} must be a non-negative "
                                  f"integer, got {d[key]!r:.80}")
+    if not isinstance(d.get("tensorboard_log"), (str, type(None))) or not _nat(d.get("verbose", 0)):
+        raise ModelFileError(f"{name}: the model description is inconsistent: tensorboard_log must be a path or null "
+                             f"and verbose a non-negative integer, got {d.get('tensorboard_log')!r:.80}, "
+                             f"{d.get('verbose')!r:.80}")
     n_envs = d.get("n_envs", 1)
     if not _nat(n_envs) or not 1 <= n_envs <= MAX_ENVS:
         raise ModelFileError(f"{name}: the model description is inconsistent: n_envs must be an integer from 1 to "
@@ -257,11 +351,11 @@ def check_description(model: ModelFile) -> None:
     if d.get("seed") is not None and not (_nat(d["seed"]) and d["seed"] < 2**63):
         raise ModelFileError(f"{name}: the model description is inconsistent: seed must be a non-negative integer "
                              f"or null, got {d['seed']!r:.80}")
-    for key, kind in (("algo", str), ("policy", str), ("hyperparameters", dict), ("observation_space", dict),
+    for key, kind in (("algo", str), ("policy", (str, dict)), ("hyperparameters", dict), ("observation_space", dict),
                       ("action_space", dict)):
         if not isinstance(d.get(key), kind):
             raise ModelFileError(f"{name}: the model description is incomplete or inconsistent: {key} must be a JSON "
-                                 f"{'string' if kind is str else 'object'}, got {d.get(key)!r:.80}")
+                                 f"{'string' if kind is str else 'object' if kind is dict else 'string or object'}, got {d.get(key)!r:.80}")
     if not isinstance(d.get("policy_kwargs") or {}, dict):
         raise ModelFileError(f"{name}: the model description is inconsistent: policy_kwargs must be a JSON object")
     bad = _non_finite(d["hyperparameters"])

@@ -10,17 +10,28 @@ errors that say which folder is the problem (issue 17, items 1-3).
   at once, not at the first checkpoint.
 - A failed write (ENOSPC, a folder made read-only meanwhile) removes its partial temporary file and
   raises `OutputWriteError` (`DiskFullError` for a full disk); whatever was written before stays.
+- Whose folder (issue 30): a run writes only into folders it created or that hold its own files, never
+  inside another run's directory (one with run.json; symlinks resolved); a temporary name never passes
+  NAME_MAX, and the temporaries of writers killed mid-save are removed by the next save to that path.
 """
 
 from __future__ import annotations
 
 import errno
 import glob
+import hashlib
+import json
 import os
+import re
+import socket
 import tempfile
 import uuid
 
 LOCK_NAME = ".rlgeom.lock"
+#: the file that marks a run directory (rlgeom.persistence.logger.RunLogger.write_run_info, the grid's SB3 runs)
+RUN_INFO = "run.json"
+#: the longest file name (in bytes) of Linux's file systems (ext4, xfs, btrfs, tmpfs)
+NAME_MAX = 255
 
 
 class OutputError(ValueError):
@@ -42,15 +53,64 @@ class DiskFullError(OutputWriteError):
     """No space left on the device (ENOSPC) or over quota (EDQUOT)."""
 
 
+#: this host, in temporary names: a writer's pid says whether it is alive only on its own host
+_HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+#: `.tmp<pid>-<random>-<host>` after the target's name (a pid has at most 7 digits: Linux's pid_max is 2**22)
+_TEMP_SUFFIX = re.compile(r"\.tmp(\d+)-[0-9a-f]{8}-([0-9a-f]{6})")
+_TEMP_SUFFIX_MAX = len(".tmp") + 7 + 1 + 8 + 1 + 6
+
+
+def _temp_stem(path: str) -> str:
+    """`path` itself, or, where a temporary suffix would take its name past NAME_MAX, the name cut short and
+    followed by a hash of the whole name (so every legal name can be written, and each keeps its own stem)."""
+    folder, name = os.path.split(path)
+    if len(name.encode()) + _TEMP_SUFFIX_MAX <= NAME_MAX:
+        return path
+    cut = name.encode()[: NAME_MAX - _TEMP_SUFFIX_MAX - 9].decode(errors="ignore")
+    return os.path.join(folder, f"{cut}~{hashlib.sha256(name.encode()).hexdigest()[:8]}")
+
+
 def temp_name(path: str) -> str:
-    """A temporary name next to `path`, unique to this process and call (pid + random), so no two
-    writers, even after pid reuse, ever share or delete each other's temporary file."""
-    return f"{path}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    """A temporary name next to `path`, unique to this process and call (pid + random) and naming its host, so
+    no two writers, even after pid reuse, ever share or delete each other's temporary file; never longer than
+    NAME_MAX, whatever the length of `path`'s name."""
+    return f"{_temp_stem(path)}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}-{_HOST_TAG}"
 
 
-def write_atomically(path: str, data: bytes) -> str:
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's live process; a pid past the kernel's range
+        return True
+    return True
+
+
+def remove_dead_writers_temps(path: str) -> list[str]:
+    """The temporaries of `path` that writers on this host left when they were killed (kill -9 during a save):
+    removed when their pid no longer runs. A live process's temporary, or one from another host (a shared
+    folder), is never touched. Returns what was removed."""
+    stem = _temp_stem(path)
+    removed = []
+    for tmp in glob.glob(glob.escape(stem) + ".tmp*"):
+        m = _TEMP_SUFFIX.fullmatch(tmp[len(stem):])
+        if m is None or m.group(2) != _HOST_TAG or _pid_alive(int(m.group(1))):
+            continue
+        try:
+            os.remove(tmp)
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
+def write_atomically(path: str, data: bytes, resume_from: str | None = None) -> str:
     """Write `data` to `path` through a temporary file (fsync, rename): `path` is either the old file
-    or the complete new one. On failure the temporary is removed and OutputWriteError says why."""
+    or the complete new one. On failure the temporary is removed and OutputWriteError says why (a full disk:
+    what to do, resuming from `resume_from` where that folder holds checkpoints). Temporaries that killed
+    writers of `path` left are removed first."""
+    remove_dead_writers_temps(path)
     tmp = temp_name(path)
     try:
         with open(tmp, "wb") as f:
@@ -60,16 +120,21 @@ def write_atomically(path: str, data: bytes) -> str:
         os.replace(tmp, path)
     except OSError as err:
         _remove_quietly(tmp)
-        raise write_error(path, err) from None
+        raise write_error(path, err, resume_from=resume_from) from None
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM): no temporary is left behind either
+        _remove_quietly(tmp)
+        raise
     return path
 
 
-def write_error(path: str, err: OSError,
-                kept: str = "the partial file was removed and every file written before is kept") -> OutputWriteError:
-    """The error for a failed write of `path`: a full disk says so and what to do."""
+def write_error(path: str, err: OSError, kept: str = "the partial file was removed and every file written before is kept",
+                resume_from: str | None = None) -> OutputWriteError:
+    """The error for a failed write of `path`: a full disk says so and what to do; resuming is suggested only
+    with `resume_from`, a folder that holds checkpoints to resume from."""
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(err.errno, f"no space left to write {path} ({err.strerror}); {kept}: free some space, "
-                             "then resume (python -m rlgeom.train ... --resume latest)")
+        then = (f"free some space, then resume from the checkpoints in {resume_from} (python -m rlgeom.train ... "
+                f"--resume {resume_from})" if resume_from else "free some space and try again")
+        return DiskFullError(err.errno, f"no space left to write {path} ({err.strerror}); {kept}: {then}")
     return OutputWriteError(err.errno, f"cannot write {path}: {err.strerror or err}; {kept}")
 
 
@@ -97,6 +162,9 @@ def check_writable_file(path: str, what: str) -> str:
     path must not be a folder, so the trained model is never lost to a typo. Creates nothing but the folder."""
     if os.path.isdir(path):
         raise OutputError(f"the {what} {path} is a folder; give a file name (e.g. {os.path.join(path, 'model')})")
+    if len(os.path.basename(path).encode()) > NAME_MAX:
+        raise OutputError(f"the {what} {path} has a name of {len(os.path.basename(path).encode())} bytes; file names "
+                          f"take at most {NAME_MAX}: choose a shorter one")
     ensure_writable_dir(os.path.dirname(os.path.abspath(path)), f"folder of the {what}")
     return path
 
@@ -163,6 +231,66 @@ def try_lock_fresh_directory(directory: str):
     return lock
 
 
+# ----------------------------------------------------------------------------- whose folder
+def enclosing_run_dir(path) -> str | None:
+    """The run directory that holds `path` (`path` itself or its nearest ancestor whose run.json names a run:
+    a JSON object with algo and env_id, as rlgeom and its grid write it), symlinks resolved; None when no run
+    directory holds it (another tool's run.json does not count)."""
+    current = os.path.realpath(os.fspath(path))
+    while True:
+        if _run_info(current) is not None:
+            return current
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
+
+
+def _run_info(folder: str) -> dict | None:
+    path = os.path.join(folder, RUN_INFO)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and {"algo", "env_id"} <= set(info) else None
+
+
+def describe_run(run_dir: str) -> str:
+    """'ppo on CartPole-v1, seed 0' from a run directory's run.json."""
+    info = _run_info(run_dir) or {}
+    return f"{info.get('algo', '?')} on {info.get('env_id', '?')}, seed {info.get('seed', '?')}"
+
+
+def check_outside_other_runs(path, what: str, own_run_dir: str | None = None) -> None:
+    """OutputError when `path` lies in the run directory of a run other than `own_run_dir` (symlinks resolved):
+    a run writes only into folders it created or that hold its own files."""
+    owner = enclosing_run_dir(path)
+    if owner is not None and owner != (os.path.realpath(own_run_dir) if own_run_dir else None):
+        raise OutputError(f"the {what} {path} lies inside the run directory {owner} of another run "
+                          f"({describe_run(owner)}); a run writes only into its own folders: choose a path outside it")
+
+
+def check_not_in_use(folder: str, what: str) -> None:
+    """DirectoryInUseError when another process holds `folder`'s lock (a live run writes there). Probes
+    only a lock file that exists: nothing is created in a folder that has none."""
+    from filelock import Timeout
+
+    if not os.path.isfile(os.path.join(folder, LOCK_NAME)):
+        return
+    lock = _lock(folder)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise DirectoryInUseError(f"the {what} is in {folder}, which another process is writing (it holds "
+                                  f"{LOCK_NAME} there); wait for it to finish, or write elsewhere") from None
+    except OSError:
+        return
+    lock.release()
+
+
 def remove_stale_temps(directory: str, pattern: str) -> list[str]:
     """Remove temporary files matching `pattern` in `directory`, which the caller holds locked: any such
     file is a leftover of a killed process (no live rlgeom process writes there). Returns what was removed."""
@@ -179,5 +307,6 @@ def remove_stale_temps(directory: str, pattern: str) -> list[str]:
 __all__ = [
     "LOCK_NAME", "OutputError", "DirectoryInUseError", "OutputWriteError", "DiskFullError", "temp_name",
     "write_atomically", "write_error", "ensure_writable_dir", "check_writable_file", "lock_directory",
-    "try_lock_fresh_directory", "remove_stale_temps",
+    "try_lock_fresh_directory", "remove_stale_temps", "remove_dead_writers_temps", "NAME_MAX", "RUN_INFO",
+    "enclosing_run_dir", "describe_run", "check_outside_other_runs", "check_not_in_use",
 ]

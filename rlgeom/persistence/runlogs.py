@@ -159,6 +159,12 @@ def _to_curve(events: list) -> Curve:
     return Curve(steps=rows[:, 0], values=rows[:, 1], wall=rows[:, 2])
 
 
+def merge_curves(curves: list[Curve]) -> Curve:
+    """One curve from several of the same tag (a run and its continuation): by step, a step logged
+    twice keeping its latest value."""
+    return _to_curve([e for c in curves for e in zip(c.steps.tolist(), c.values.tolist(), c.wall.tolist())])
+
+
 def read_run(run_dir: Path) -> tuple[dict[str, Curve], float]:
     """All scalar curves of a run directory (every event file in it) and its start time."""
     merged: dict[str, list] = {}

@@ -139,9 +139,10 @@ def encode_model(tensors: dict[str, torch.Tensor], description: dict) -> bytes:
     return save(tensors, metadata=meta)
 
 
-def write_model(path: str, tensors: dict[str, torch.Tensor], description: dict) -> str:
+def write_model(path: str, tensors: dict[str, torch.Tensor], description: dict, resume_from: str | None = None) -> str:
     """Atomically write weights + description (temporary file, fsync, rename); an open binary file
-    object (io.BytesIO, a file opened "wb") gets the bytes written to it instead, and its name is returned."""
+    object (io.BytesIO, a file opened "wb") gets the bytes written to it instead, and its name is returned.
+    `resume_from`: a folder of checkpoints that a disk-full error may suggest resuming from."""
     if is_file_object(path):
         path.write(encode_model(tensors, description))
         return getattr(path, "name", repr(path))
@@ -150,17 +151,17 @@ def write_model(path: str, tensors: dict[str, torch.Tensor], description: dict) 
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     except OSError as err:
-        raise write_error(path, err) from None
+        raise write_error(path, err, resume_from=resume_from) from None
     # a temporary name unique to this process and call, removed again if the write fails (ENOSPC)
-    return write_atomically(path, data)
+    return write_atomically(path, data, resume_from)
 
 
 def read_model(path: str, device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, description) of a saved model (a path or an open binary file object); ModelFileError on
     any problem with the file. The header is checked before any tensor is read
     (rlgeom.persistence.modelfile, which `load` uses to compare it with the model first)."""
-    model = open_model(path)
-    return model.tensors(device), model.description
+    with open_model(path) as model:
+        return model.tensors(device), model.description
 
 
 def open_model(path):
@@ -175,3 +176,16 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     from rlgeom.persistence.modelfile import digest_tensors
 
     return digest_tensors(tensors)
+
+
+def state_aliases(module: torch.nn.Module) -> dict[str, str]:
+    """{key: first key} for state-dict entries that are the same tensor as an earlier entry (a features
+    extractor shared by actor and critic appears under both names; safetensors stores a tensor once)."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for key, tensor in module.state_dict(keep_vars=True).items():
+        if id(tensor) in first:
+            aliases[key] = first[id(tensor)]
+        else:
+            first[id(tensor)] = key
+    return aliases

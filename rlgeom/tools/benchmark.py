@@ -12,6 +12,11 @@ sb3contrib-trpo), so TensorBoard's run selector groups by task and agent and
 A run that finishes writes `done.json` (its summary) into its run directory, atomically, as its last
 act. Rerunning the same command skips those runs; a run directory without `done.json` (an interrupted
 or failed run) is moved aside to `<dir>.incomplete-<timestamp>` (nothing is deleted) and run again.
+The grid holds a run directory's lock (rlgeom.persistence.outputs) while it sets it aside, and its worker holds
+it while the run trains: a run directory that another process (a second grid on the same --logdir, a single
+run) is writing is never moved; that run is reported as in use and not started. Ctrl-C (to the process group
+or to the grid's process alone) starts nothing new, interrupts the running runs within seconds and exits 130;
+each unfinished run is run again by the next invocation of the same command.
 A failing run is reported with its error and the path of the log holding its traceback
 (`<run dir>/error.log`); it does not stop the others. Exit status: 0 if every run succeeded, 1 if
 any failed, 2 for bad input (reported before anything runs).
@@ -224,18 +229,20 @@ def check_hyperparameters(algo: str, env_id: str, hp: list[str], n_envs: int | N
     from rlgeom.agents import AGENTS
     from rlgeom.tools.train import parse_overrides
 
-    cfg = algo_preset(algo, env_id)
+    cfg = algo_preset(algo, env_id, n_envs=n_envs, overrides=parse_overrides(hp))
     n_envs = n_envs or cfg["n_envs"]
 
-    def problem(hyperparameters: dict) -> str | None:
-        try:
-            AGENTS[algo].Config.build(hyperparameters).validate(n_envs)
+    config = AGENTS[algo].Config
+
+    def problem(hyperparameters: dict, pairs: list[str] = ()) -> str | None:
+        try:  # the --hp values parsed as the run will parse them (each checked against its field's type)
+            config.build({**hyperparameters, **parse_overrides(list(pairs), config)}).validate(n_envs)
         except (ValueError, TypeError) as err:
             return str(err)
         return None
 
     if problem(cfg["hyperparameters"]) is None:
-        err = problem({**cfg["hyperparameters"], **parse_overrides(hp)})
+        err = problem(cfg["hyperparameters"], hp)
         if err is not None:
             raise GridUsageError(f"{algo} on {env_id} with --hp {' '.join(hp)}: {err}")
 
@@ -267,15 +274,16 @@ def run_dir_for(logdir: str, env_id: str, algo: str, seed: int) -> str:
     return os.path.join(logdir, env_id.replace("/", "-"), algo_dirname(algo), f"seed{seed}")
 
 
-def algo_preset(algo: str, env_id: str) -> dict:
-    """The preset a run starts from: agents.presets for rlgeom agents and SB3's PPO/TRPO, A2C_PRESETS for A2C."""
+def algo_preset(algo: str, env_id: str, n_envs: int | None = None, overrides: dict | None = None) -> dict:
+    """The preset a run starts from: agents.presets for rlgeom agents and SB3's PPO/TRPO, A2C_PRESETS for A2C
+    (n_envs and the --hp overrides size a preset's minibatches where it names their number: warp/ ids)."""
     from rlgeom.agents.presets import preset, task_family
 
     key = SB3_ALGOS[algo][2] if algo in SB3_ALGOS else algo
     if key == "a2c":
         entry = A2C_PRESETS.get(env_id) or A2C_PRESETS.get(task_family(env_id) or "") or A2C_PRESETS["default"]
         return json.loads(json.dumps(entry))
-    return preset(key, env_id)
+    return preset(key, env_id, n_envs=n_envs, overrides=overrides)
 
 
 def budget(args, algo: str, env_id: str) -> int:
@@ -295,6 +303,12 @@ def plan(args) -> list[dict]:
         if getattr(args, option.lstrip("-").replace("-", "_"), None) is not None:
             raise GridUsageError(f"{option} applies to one run; in a grid, checkpoints go to each run's directory "
                                  "and a rerun skips finished runs and restarts unfinished ones")
+    from rlgeom.persistence.outputs import OutputError, check_outside_other_runs
+
+    try:  # before any run starts, as a single run refuses it
+        check_outside_other_runs(args.logdir, "log directory (--logdir)")
+    except OutputError as err:
+        raise GridUsageError(str(err)) from None
     if args.timesteps is not None and args.timesteps < 1:
         raise GridUsageError(f"--timesteps must be positive, got {args.timesteps}")
     if args.max_timesteps is not None and args.max_timesteps < 1:
@@ -363,13 +377,46 @@ def write_done(run_dir: str, record: dict) -> str:
     return path
 
 
+def prepare_run_dir(run_dir: str) -> str | None:
+    """With the run directory's lock held, set an unfinished run aside (set_aside) for a fresh start; returns
+    where it went. DirectoryInUseError when another process holds the lock (another grid on the same --logdir,
+    a single run): a live run is never moved."""
+    from rlgeom.persistence.outputs import lock_directory
+
+    if not os.path.isdir(run_dir) or os.path.islink(run_dir):
+        return set_aside(run_dir)
+    lock = lock_directory(run_dir, "run directory")
+    try:
+        return set_aside(run_dir)
+    finally:
+        lock.release()
+
+
+def claim_run_dir(run_dir: str):
+    """The lock of `run_dir`, fresh (empty) for this worker's run: rlgeom's RunLogger takes it over, an SB3
+    run holds it to its end. DirectoryInUseError when another process took it after the grid prepared it."""
+    from rlgeom.persistence import logger
+    from rlgeom.persistence.outputs import DirectoryInUseError, try_lock_fresh_directory
+
+    lock = try_lock_fresh_directory(run_dir)
+    if lock is None:
+        raise DirectoryInUseError(f"the run directory {run_dir} was taken by another process after this grid prepared "
+                                  "it (another grid on the same --logdir?); rerun the grid once that one has finished")
+    logger._claimed[os.path.abspath(run_dir)] = lock
+    return lock
+
+
 def set_aside(run_dir: str) -> str | None:
     """Move an unfinished run directory to <dir>.incomplete-<timestamp>; an empty one is removed.
 
     Returns the new path (None when there was nothing to keep)."""
+    from rlgeom.persistence.outputs import LOCK_NAME
+
     if not os.path.lexists(run_dir):
         return None
-    if os.path.isdir(run_dir) and not os.path.islink(run_dir) and not os.listdir(run_dir):
+    if os.path.isdir(run_dir) and not os.path.islink(run_dir) and not set(os.listdir(run_dir)) - {LOCK_NAME}:
+        if os.path.exists(os.path.join(run_dir, LOCK_NAME)):
+            os.remove(os.path.join(run_dir, LOCK_NAME))
         os.rmdir(run_dir)
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -385,8 +432,9 @@ def set_aside(run_dir: str) -> str | None:
 
 
 def code_identity() -> dict:
-    """What ran: rlgeom's version, its git commit when it runs from a checkout (and whether tracked files
-    differed from it), and the versions of the libraries a run's numbers depend on."""
+    """What ran: rlgeom's version, its git commit (and whether tracked files differed from it), and the
+    versions of the libraries a run's numbers depend on. `git_commit` is always recorded: the checkout's
+    HEAD, else $RLGEOM_GIT_COMMIT (for a tree exported from git), else None with `git_commit_note` saying why."""
     from importlib import metadata
 
     from rlgeom import __version__
@@ -402,8 +450,12 @@ def code_identity() -> dict:
         if top is not None and os.path.samefile(top, root):  # rlgeom's own checkout, not a repository around it
             identity["git_commit"] = git("rev-parse", "HEAD")
             identity["git_dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):  # no git here: the version alone
+    except (OSError, subprocess.SubprocessError):  # no git here: the fallbacks below
         pass
+    if not identity.get("git_commit"):
+        identity["git_commit"] = os.environ.get("RLGEOM_GIT_COMMIT") or None
+        if identity["git_commit"] is None:
+            identity["git_commit_note"] = "not run from a git checkout of rlgeom and RLGEOM_GIT_COMMIT unset"
     for name in ("torch", "gymnasium", "mujoco", "stable-baselines3", "sb3-contrib"):
         try:
             identity[name] = metadata.version(name)
@@ -419,6 +471,13 @@ def run_in_worker(spec: dict) -> dict:
             "worker": f"{socket.gethostname()}:{os.getpid()}",  # where it ran (a node of a Ray cluster, say)
             "code": code_identity(), "preset": preset_values(spec["algo"], spec["env"]),
             "overrides": command_overrides(spec)}
+    from rlgeom.persistence.outputs import OutputError
+
+    try:
+        claim = claim_run_dir(spec["run_dir"])
+    except OutputError as err:  # another process's folder: nothing is written there, not even error.log
+        return {**base, "status": "failed", "error": str(err), "log": "(none: the run was not started)", "wall_s": 0.0}
+    _worker_state["running"] = True
     try:
         import torch
 
@@ -428,6 +487,7 @@ def run_in_worker(spec: dict) -> dict:
         record = {**base, **summary, "algo": spec["algo"], "status": "done",
                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_done(spec["run_dir"], record)
+        claim.release()
         return record
     except Exception as err:  # a failing run is reported and never stops the others
         lines = traceback.format_exception_only(type(err), err)
@@ -622,56 +682,106 @@ def _announce(record: dict, finished: int, total: int) -> None:
               f"{record.get('timesteps', 0)} steps in {record.get('wall_s', 0.0):.1f} s", flush=True)
 
 
-def _pool(workers: int) -> cf.ProcessPoolExecutor:
+def _pool(workers: int, stop) -> cf.ProcessPoolExecutor:
     kwargs = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
     return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                  initializer=die_with_parent, initargs=(os.getpid(),), **kwargs)
+                                  initializer=die_with_parent, initargs=(os.getpid(), stop), **kwargs)
 
 
 #: how often a grid worker checks that the grid's process is still alive (seconds)
 PARENT_POLL_S = 0.5
+#: how long an interrupted worker's run may take to unwind before the worker exits regardless (seconds)
+STOP_GRACE_S = 10.0
+#: in a worker process: whether a run is in progress (an idle worker that is told to stop just exits)
+_worker_state = {"running": False}
 
 
-def die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int, stop=None) -> None:
     """Worker initializer: when the grid's process dies, even by kill -9 (which runs no cleanup and
     leaves the pool no chance to stop its workers), the worker exits too instead of training on as an
     orphan. A daemon thread polls the parent's pid (an orphan is re-parented, so os.getppid() changes);
     polling rather than prctl(PR_SET_PDEATHSIG) because that signal fires when the *thread* that started
-    the worker ends (the pool starts replacements from a helper thread) and it exists only on Linux."""
+    the worker ends (the pool starts replacements from a helper thread) and it exists only on Linux.
+
+    Ctrl-C is the parent's to handle: a worker ignores SIGINT (the terminal sends it to the whole process
+    group) until the parent sets `stop`; then its run is interrupted (KeyboardInterrupt: no done.json, so
+    a rerun of the grid runs it again) and the worker exits, within STOP_GRACE_S at most."""
+    import signal
     import threading
 
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_POLL_S)
-        os._exit(70)  # the parent is gone: nobody will read this run's result (its run dir is set aside next time)
+    def on_sigint(signum, frame) -> None:
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt
 
-    if os.getppid() != parent_pid:
-        os._exit(70)
+    def watch() -> None:
+        while not (stop is not None and stop.wait(PARENT_POLL_S)) and os.getppid() == parent_pid:
+            if stop is None:
+                time.sleep(PARENT_POLL_S)
+        if os.getppid() != parent_pid:
+            os._exit(70)  # the parent is gone: nobody will read this run's result (its run dir is set aside next time)
+        if _worker_state["running"]:
+            os.kill(os.getpid(), signal.SIGINT)  # on_sigint raises KeyboardInterrupt in the run's thread
+            time.sleep(STOP_GRACE_S)
+        os._exit(130)
+
+    if os.getppid() != parent_pid or (stop is not None and stop.is_set()):
+        os._exit(70)  # a replacement worker started after the grid was interrupted: no new run
+    signal.signal(signal.SIGINT, on_sigint)
     threading.Thread(target=watch, name="rlgeom-die-with-parent", daemon=True).start()
+
+
+def _run_pool(specs: list[dict], workers: int, on_result) -> None:
+    """Run `specs` in a pool of `workers`, calling on_result(spec, future) as each ends. On Ctrl-C nothing new
+    starts: the workers are told to stop their runs, and the interrupt goes on once they have exited."""
+    stop = multiprocessing.get_context("spawn").Event()
+    pool = _pool(workers, stop)
+    try:
+        futures = {pool.submit(run_in_worker, spec): spec for spec in specs}
+        for future in cf.as_completed(futures):
+            on_result(futures[future], future)
+    except KeyboardInterrupt:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _execute(specs: list[dict], workers: int, on_record) -> None:
     """Run specs in a pool; a worker that dies takes its pool down, so the runs it took with it are
     retried one at a time in pools of their own (which tells the crashing run from the bystanders)."""
+    from rlgeom.persistence.outputs import OutputError
+
     crashed: list[dict] = []
-    with _pool(workers) as pool:
-        futures = {pool.submit(run_in_worker, spec): spec for spec in specs}
-        for future in cf.as_completed(futures):
-            spec = futures[future]
-            try:
-                on_record(future.result())
-            except cf.process.BrokenProcessPool:
-                crashed.append(spec)
-    for spec in crashed:
-        set_aside(spec["run_dir"])
-        with _pool(1) as pool:
-            try:
-                record = pool.submit(run_in_worker, spec).result()
-            except cf.process.BrokenProcessPool as err:
-                record = {"algo": spec["algo"], "env": spec["env"], "seed": spec["seed"], "status": "failed",
-                          "error": f"the worker process died (killed or crashed): {err}",
-                          "log": "(none: the process died before it could write one)", "run_dir": spec["run_dir"]}
+
+    def first_try(spec: dict, future) -> None:
+        try:
+            on_record(future.result())
+        except cf.process.BrokenProcessPool:
+            crashed.append(spec)
+
+    def retry(spec: dict, future) -> None:
+        try:
+            record = future.result()
+        except cf.process.BrokenProcessPool as err:
+            record = {"algo": spec["algo"], "env": spec["env"], "seed": spec["seed"], "status": "failed",
+                      "error": f"the worker process died (killed or crashed): {err}",
+                      "log": "(none: the process died before it could write one)", "run_dir": spec["run_dir"]}
         on_record(record)
+
+    _run_pool(specs, workers, first_try)
+    for spec in crashed:
+        try:
+            prepare_run_dir(spec["run_dir"])
+        except OutputError as err:  # taken meanwhile by another process: left alone
+            on_record(not_started(spec, err))
+            continue
+        _run_pool([spec], 1, retry)
+
+
+def not_started(spec: dict, err: Exception) -> dict:
+    """The record of a run the grid did not start because its run directory is another process's."""
+    return {"algo": spec["algo"], "env": spec["env"], "seed": spec["seed"], "run_dir": spec["run_dir"],
+            "status": "failed", "error": str(err), "log": "(none: the run was not started)"}
 
 
 def format_table(records: list[dict]) -> str:
@@ -740,6 +850,8 @@ def run_grid(args) -> int:
         from rlgeom.tools.ray_launcher import require_ray
 
         require_ray()
+    from rlgeom.persistence.outputs import OutputError
+
     specs = plan(args)
     records: dict[int, dict] = {}
     pending = []
@@ -751,12 +863,18 @@ def run_grid(args) -> int:
             warn_if_preset_changed(spec, done)
             warn_if_overrides_changed(spec, done)
             continue
-        moved = set_aside(spec["run_dir"])
+        try:
+            moved = prepare_run_dir(spec["run_dir"])
+        except OutputError as err:  # a live run of another grid or process: left alone, not started
+            records[i] = not_started(spec, err)
+            continue
         if moved is not None:
             print(f"{_label(spec)}: unfinished run directory moved aside to {moved}", flush=True)
         pending.append(i)
     total = len(specs)
-    print(f"grid: {total} runs ({total - len(pending)} already done), logging to {args.logdir}", flush=True)
+    busy = sum(r["status"] == "failed" for r in records.values())
+    print(f"grid: {total} runs ({total - len(pending) - busy} already done"
+          f"{f', {busy} in use by another process' if busy else ''}), logging to {args.logdir}", flush=True)
     for finished, i in enumerate(sorted(records), 1):  # skipped runs count 1, 2, ... like the runs that follow
         _announce(records[i], finished, total)
     if pending:

@@ -13,6 +13,7 @@ tasks (rlgeom.tools.aggregate, with rliable): ``aggregate_metrics``, ``performan
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -21,13 +22,14 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from rlgeom.persistence.runlogs import CompareError, Curve, Run, load_runs
+from rlgeom.persistence.runlogs import CompareError, Curve, Run, load_runs, merge_curves
 
 __all__ = ["CompareError", "Run", "Row", "load_runs", "summarize", "write_report", "main"]
 
 RETURN_TAG = "rollout/ep_rew_mean"
 FPS_TAG = "time/fps"
 FINAL_FRACTION = 0.1
+MIN_SEEDS_FOR_INTERVAL = 3  # below this an interval is shown with a warning
 CONFIDENCE = 0.95
 BOOTSTRAP_SAMPLES = 2000
 MAX_PLOT_POINTS = 500
@@ -36,6 +38,8 @@ CI_METHODS = ("bootstrap", "t")
 #: and 2000 for profiles; its probability of improvement runs a Mann-Whitney test per resample, so 1000 keeps a
 #: small report within about ten seconds)
 REPS = 1000
+#: the fewest resamples for a 95% interval, and the most --reps takes (rliable's default for its aggregates)
+MIN_REPS, MAX_REPS = 100, 50_000
 FIGURE_FORMATS = ("png", "pdf")
 
 
@@ -161,6 +165,45 @@ def group(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
     return out
 
 
+def one_run_per_seed(runs: list[Run]) -> tuple[list[Run], list[str]]:
+    """Runs with each (task, agent, seed) once, and a note naming every repeat.
+
+    Runs that share a seed are one seed, whatever their directories are called (`seed0` and `seed0_2`,
+    or a save/load continuation in a folder of its own). A run that starts beyond the first run's first
+    logged step continues it: their curves are merged into one (a step logged twice keeps its latest
+    value). A run that starts where the first did is a rerun: the first (by start time, then path) is
+    kept and the rerun left out, named in the note.
+    """
+    by_key: dict[tuple, list[Run]] = {}
+    for run in runs:
+        by_key.setdefault((run.task, run.agent, run.seed), []).append(run)
+    kept, notes = [], []
+    for (task, agent, seed), same in by_key.items():
+        same = sorted(same, key=lambda r: (r.start_time, str(r.path)))
+        first = same[0]
+        if len(same) == 1:
+            kept.append(first)
+            continue
+        start = _first_step(first)
+        continuations = [r for r in same[1:] if _first_step(r) > start]
+        reruns = [r for r in same[1:] if _first_step(r) <= start]
+        if continuations:
+            merged = {tag: merge_curves([r.scalars[tag] for r in [first, *continuations] if tag in r.scalars])
+                      for tag in set().union(*(r.scalars for r in [first, *continuations]))}
+            first = Run(first.path, task, agent, seed, merged, first.start_time)
+            notes.append(f"{task} / {agent} / seed {seed}: {len(continuations) + 1} runs continue one another "
+                         f"({', '.join(str(r.path) for r in [same[0], *continuations])}): one seed, curves merged.")
+        if reruns:
+            notes.append(f"{task} / {agent} / seed {seed} ran more than once: counted once ({same[0].path}); "
+                         f"left out as repeats of the same seed: {', '.join(str(r.path) for r in reruns)}.")
+        kept.append(first)
+    return kept, notes
+
+
+def _first_step(run: Run) -> float:
+    return min((float(c.steps[0]) for c in run.scalars.values() if len(c.steps)), default=0.0)
+
+
 def check_tags(task: str, runs: list[Run], tag: str) -> None:
     """CompareError when a run of the task lacks the return tag, or only some have time/fps."""
     for run in runs:
@@ -248,6 +291,9 @@ def agent_row(agent: str, runs: list[Run], tag: str, threshold, auc_range, ci: s
     )
     if len(runs) < 2:
         row.notes.append(f"{agent} has a single seed: no confidence band or interval.")
+    elif len(runs) < MIN_SEEDS_FOR_INTERVAL:
+        row.notes.append(f"{agent} has only {len(runs)} seeds: an interval from so few says little (the bootstrap's "
+                         f"can only span their values); run at least {MIN_SEEDS_FOR_INTERVAL}.")
     return row
 
 
@@ -260,6 +306,7 @@ def summarize(runs: list[Run], thresholds: dict | None = None, tag: str = RETURN
     if ci not in CI_METHODS:
         raise CompareError(f"unknown confidence interval {ci!r}; accepted: {', '.join(CI_METHODS)}")
     thresholds, ranges = thresholds or {}, {**RETURN_RANGES, **(ranges or {})}
+    runs, repeats = one_run_per_seed(runs)
     tables = {}
     for task, by_agent in group(runs).items():
         task_runs = [r for rs in by_agent.values() for r in rs]
@@ -268,6 +315,8 @@ def summarize(runs: list[Run], thresholds: dict | None = None, tag: str = RETURN
         auc_range = common_range([r.scalars[tag].steps for r in task_runs])
         tables[task] = [agent_row(a, rs, tag, threshold, auc_range, ci, ranges.get(task), reps)
                         for a, rs in by_agent.items()]
+        for row in tables[task]:
+            row.notes += [n for n in repeats if n.startswith(f"{task} / {row.agent} / ")]
     return tables
 
 
@@ -361,7 +410,8 @@ def plot_agent(ax, runs: list[Run], tag: str, axis: str, ci: str, style: dict, b
     mean, lo, hi = mean_ci(resample(xs, ys, grid), ci)
     if bounds is not None:
         lo, hi = np.clip(lo, *bounds), np.clip(hi, *bounds)
-    ax.plot(grid, mean, **style, label=f"{runs[0].agent} ({n} seeds)")
+    few = f"; too few seeds for a {CONFIDENCE:.0%} band" if n < MIN_SEEDS_FOR_INTERVAL else ""
+    ax.plot(grid, mean, **style, label=f"{runs[0].agent} ({n} seeds{few})")
     ax.fill_between(grid, lo, hi, color=style["color"], alpha=0.15, linewidth=0)
     for edge in (lo, hi):
         ax.plot(grid, edge, color=style["color"], linewidth=0.6, alpha=0.6, linestyle=style["linestyle"])
@@ -450,6 +500,7 @@ def write_report(logdir, out=None, thresholds: dict | None = None, tag: str = RE
     logdir = Path(logdir)
     out = Path(out) if out is not None else logdir / "report"
     runs = load_runs(logdir)
+    check_out_dir(out)  # before any statistic is computed or figure drawn
     left_out = [r for r in runs if tag not in r.scalars] if skip_incomplete else []
     runs = [r for r in runs if tag in r.scalars] if skip_incomplete else runs
     if not runs:
@@ -457,6 +508,8 @@ def write_report(logdir, out=None, thresholds: dict | None = None, tag: str = RE
     thresholds, ranges = thresholds or {}, ranges or {}
     check_threshold_tasks({**thresholds, **ranges}, {r.task for r in runs})
     tables = summarize(runs, thresholds, tag, ci, ranges, reps)
+    n_dirs = len(runs)
+    runs, repeats = one_run_per_seed(runs)
     ranges = {**RETURN_RANGES, **ranges}
     out.mkdir(parents=True, exist_ok=True)
     styles, grouped, written, sections = agent_styles(runs), group(runs), [], []
@@ -471,7 +524,10 @@ def write_report(logdir, out=None, thresholds: dict | None = None, tag: str = RE
         sections.append(task_section(task, rows, tag, ci, level="##", overridden=given, reps=reps))
     aggregate, paths = across_tasks(grouped, tables, tag, ranges, styles, out, reps)
     written += paths
-    header = f"# rlgeom comparison report\n\nLog directory: `{logdir}`; {len(runs)} runs, {len(tables)} tasks.\n"
+    counted = f" ({len(runs)} once each seed is counted once)" if n_dirs != len(runs) else ""
+    header = f"# rlgeom comparison report\n\nLog directory: `{logdir}`; {n_dirs} runs{counted}, {len(tables)} tasks.\n"
+    if repeats:
+        header += "\nSeeds counted once:\n" + "".join(f"- {n}\n" for n in repeats)
     if left_out:
         header += (f"\nLeft out, without `{tag}` yet (--skip-incomplete): "
                    + ", ".join(f"{r.task} / {r.agent} / seed {r.seed}" for r in left_out) + ".\n")
@@ -499,7 +555,7 @@ def across_tasks(grouped, tables, tag: str, ranges: dict, styles, out: Path, rep
         return "## Across tasks\n\nNo task was run by every agent: no aggregate.\n", []
     points, intervals = agg.interval_estimates(scores, reps)
     probabilities, prob_intervals = agg.improvement_probabilities(scores, reps)
-    taus = np.linspace(0.0, 1.2, 61)
+    taus = profile_taus(scores)
     profiles, profile_cis = agg.performance_profiles(scores, taus, reps)
     paths = plot_aggregates(points, intervals, styles, out / "aggregate_metrics")
     paths += plot_profiles(profiles, profile_cis, taus, styles, out / "performance_profile")
@@ -510,6 +566,24 @@ def across_tasks(grouped, tables, tag: str, ranges: dict, styles, out: Path, rep
     if probabilities:
         figures.append("![probability of improvement](probability_of_improvement.png)")
     return text + "\n" + "\n".join(figures) + "\n", paths
+
+
+def profile_taus(scores: dict[str, np.ndarray], points: int = 61) -> np.ndarray:
+    """The performance profiles' thresholds τ over the range of the normalised scores (from 0, or below it
+    where a score is negative, to the highest score), so the x-axis shows where the runs lie."""
+    values = np.concatenate([np.ravel(m) for m in scores.values()])
+    low, high = min(0.0, float(values.min())), float(values.max())
+    return np.linspace(low, high if high > low else low + 1.0, points)
+
+
+def visible_interval(interval, width: float = 0.02) -> tuple[float, float]:
+    """An interval on [0, 1] drawn at least `width` wide (centred on it, kept inside [0, 1]): a bar of P = 1.0
+    [1, 1] would have no width and leave its row looking empty."""
+    low, high = (float(v) for v in np.ravel(interval))
+    if high - low >= width:
+        return low, high
+    start = min(max((low + high - width) / 2, 0.0), 1.0 - width)
+    return start, start + width
 
 
 def plot_aggregates(points, intervals, styles, stem: Path) -> list[Path]:
@@ -555,9 +629,13 @@ def plot_improvement(probabilities, intervals, stem: Path) -> list[Path]:
 
     fig = new_figure((6.0, 0.6 * len(probabilities) + 1.5))
     ax = fig.add_subplot()
-    plot_utils.plot_probability_of_improvement(probabilities, intervals, ax=ax, xticks=[0, 0.25, 0.5, 0.75, 1],
-                                               xlabel="P(X > Y): a run of X beats a run of Y on a task")
-    ax.set_xlim(0, 1)
+    shown = {pair: visible_interval(interval) for pair, interval in intervals.items()}
+    plot_utils.plot_probability_of_improvement(probabilities, shown, ax=ax, xticks=[0, 0.25, 0.5, 0.75, 1],
+                                               xlabel="P(X > Y): a run of X beats a run of Y on a task "
+                                                      "(◆: the estimate; bars at least 0.02 wide)")
+    for row, value in enumerate(probabilities.values()):
+        ax.plot(float(np.ravel(value)[0]), row, marker="D", color="k", markersize=5, zorder=3, clip_on=False)
+    ax.set_xlim(-0.02, 1.02)
     return save_figure(fig, stem)
 
 
@@ -595,6 +673,20 @@ def parse_thresholds(items: list[str]) -> dict[str, float]:
     return out
 
 
+def check_out_dir(out) -> None:
+    """--out must be a folder that can be made and written (not an existing file): refused before any run is read."""
+    if out is None:
+        return
+    from rlgeom.persistence.outputs import OutputError, ensure_writable_dir
+
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CompareError(f"--out {out} is an existing file; give a folder for the report (it is created if missing)")
+    try:
+        ensure_writable_dir(out, "report folder (--out)")
+    except OutputError as err:
+        raise CompareError(str(err)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
     p = argparse.ArgumentParser(prog="python -m rlgeom.compare", description=__doc__.splitlines()[0])
@@ -618,8 +710,9 @@ def main(argv=None) -> int:
     """CLI entry point: 0 on success, 2 with 'error: ...' on stderr for bad input."""
     args = build_parser().parse_args(argv)
     try:
-        if args.reps < 100:
-            raise CompareError(f"--reps must be at least 100 for a 95% interval, got {args.reps}")
+        if not MIN_REPS <= args.reps <= MAX_REPS:
+            raise CompareError(f"--reps must be from {MIN_REPS} (for a 95% interval) to {MAX_REPS:,} (rliable's default "
+                               f"for its aggregates; more takes hours and gigabytes), got {args.reps}")
         paths = write_report(args.logdir, args.out, parse_thresholds(args.threshold), args.tag, args.ci,
                              parse_ranges(args.return_range), args.reps, args.skip_incomplete)
     except CompareError as exc:

@@ -12,11 +12,12 @@ import inspect
 import json
 
 
-def resolved_hyperparameters(algo: str, env_id: str, overrides: dict) -> tuple[list[tuple[str, object, str, str]], dict]:
+def resolved_hyperparameters(algo: str, env_id: str, overrides: dict,
+                             n_envs: int | None = None) -> tuple[list[tuple[str, object, str, str]], dict]:
     """([(name, value, origin, help)], preset) for one agent on one task; ValueError for an unknown --hp name."""
     from rlgeom.tools.benchmark import algo_preset, accepted_hyperparameters
 
-    preset = algo_preset(algo, env_id)
+    preset = algo_preset(algo, env_id, n_envs=n_envs, overrides=overrides)
     fields = _fields(algo)
     unknown = sorted(set(overrides) - accepted_hyperparameters(algo))
     if unknown:
@@ -50,7 +51,7 @@ def run_settings(preset: dict, args) -> list[tuple[str, object, str, str]]:
 
 
 def format_help(algo: str, env_id: str, overrides: dict, args) -> str:
-    rows, preset = resolved_hyperparameters(algo, env_id, overrides)
+    rows, preset = resolved_hyperparameters(algo, env_id, overrides, n_envs=args.n_envs)
     settings = run_settings(preset, args)
     every = rows + settings
     width = max(len(name) for name, *_ in every)
@@ -84,6 +85,17 @@ def _fields(algo: str) -> dict[str, tuple[object, str]]:
             for name in SB3_HYPERPARAMETERS[algo]}
 
 
+def _config_class(algo: str):
+    """rlgeom's Config dataclass for `algo` (its --hp values are checked against its field types); None for SB3's."""
+    from rlgeom.tools.benchmark import SB3_ALGOS
+
+    if algo in SB3_ALGOS:
+        return None
+    from rlgeom.tools.train import agent_class
+
+    return agent_class(algo).Config
+
+
 def _show(value) -> str:
     return json.dumps(value) if isinstance(value, (dict, list)) else repr(value)
 
@@ -97,7 +109,6 @@ def print_help(args) -> None:
     import_gym_packages(args.gym_packages)
     algos = split_list(args.algo, "--algo")
     check_algos(algos)
-    overrides = parse_overrides(args.hp)
-    tables = [format_help(algo, env_id, overrides, args)
+    tables = [format_help(algo, env_id, parse_overrides(args.hp, _config_class(algo)), args)
               for algo in algos for env_id in split_list(args.env or DEFAULT_ENV, "--env")]
     print("\n\n".join(tables))

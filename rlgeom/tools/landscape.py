@@ -507,9 +507,17 @@ class Landscape:
             for k, (title, quantity, axes, grid) in enumerate(panels):
                 ax = fig.add_subplot(1, len(panels), k + 1)
                 x, y = np.meshgrid(axes[0], axes[1], indexing="ij")
-                filled = ax.contourf(x, y, grid, levels=20, cmap="viridis")
-                ax.contour(x, y, grid, levels=10, colors="k", linewidths=0.4)
-                fig.colorbar(filled, ax=ax).set_label(quantity)  # the panel's title says it in full
+                flat = bool(np.ptp(grid) == 0)  # a constant quantity: one colour, its value on the bar
+                value = float(grid.flat[0])
+                levels = np.linspace(value - max(abs(value), 1.0) * 1e-3, value + max(abs(value), 1.0) * 1e-3,
+                                     3) if flat else 20
+                filled = ax.contourf(x, y, grid, levels=levels, cmap="viridis")
+                if not flat:
+                    ax.contour(x, y, grid, levels=10, colors="k", linewidths=0.4)
+                bar = fig.colorbar(filled, ax=ax, ticks=[value] if flat else None)
+                bar.set_label(f"{quantity} (constant: {value:.6g})" if flat else quantity)  # the title says it in full
+                bar.formatter.set_useOffset(False)  # no "1e−11+5e2" offset label above the bar
+                bar.update_ticks()
                 if self.trajectory is not None:
                     path = np.vstack([self.trajectory, np.zeros((1, 2))])  # the checkpoints, then the model
                     ax.plot(path[:, 0], path[:, 1], "w.-", lw=1, label="training trajectory (checkpoints)")

@@ -7,9 +7,11 @@ hyperparameter of the agent's config (`--help-hp` lists them with their document
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
+import signal
 import sys
 import time
 
@@ -43,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: 1 for MlpPolicy, whose small matmuls only pay thread "
-                        "overhead with more; torch's default for CnnPolicy)")
+                        "overhead with more; for other policies learn() measures 1 against torch's default and "
+                        "takes the faster)")
     p.add_argument("--logdir", default=None, help=f"TensorBoard root (one run dir per task/agent/seed; default: "
                    f"{DEFAULT_LOGDIR}, or with --resume the resumed run's own folder)")
     p.add_argument("--save", default=None, help="model path (default: <run dir>/model.safetensors)")
@@ -69,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_overrides(pairs: list[str]) -> dict:
+def parse_overrides(pairs: list[str], config=None) -> dict:
+    """--hp KEY=VALUE pairs; with the agent's Config class each value is parsed and checked as its field's
+    type (UsageError naming the field, what it accepts and the value)."""
     from rlgeom.agents.config import parse_hp_value
 
     out = {}
@@ -77,7 +82,14 @@ def parse_overrides(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UsageError(f"--hp expects KEY=VALUE pairs, got {pair!r}")
-        out[key.strip()] = parse_hp_value(value.strip())
+        key = key.strip()
+        if config is not None and key in config.__dataclass_fields__:
+            try:
+                out[key] = config.parse_cli_value(key, value.strip())
+            except ValueError as err:
+                raise UsageError(f"--hp {err}") from None
+        else:
+            out[key] = parse_hp_value(value.strip())
     return out
 
 
@@ -95,13 +107,15 @@ def run(args) -> dict:
     from rlgeom.envs import make_vec_env
     from rlgeom.training import distributed
     from rlgeom.training.evaluation import evaluate
+    from rlgeom.training.guards import TrainingDivergedError
 
     cls = agent_class(args.algo)
     check_run_args(args)
     logdir = args.logdir or DEFAULT_LOGDIR
     env_id = args.env or DEFAULT_ENV
-    cfg = preset(args.algo, env_id)
-    hyperparameters = {**cfg["hyperparameters"], **parse_overrides(args.hp)}
+    overrides = parse_overrides(args.hp, cls.Config)
+    cfg = preset(args.algo, env_id, n_envs=args.n_envs, overrides=overrides)
+    hyperparameters = {**cfg["hyperparameters"], **overrides}
     policy_kwargs = {**cfg["policy_kwargs"], **parse_policy_kwargs(args.policy_kwargs)}
     threads = args.threads if args.threads is not None else (1 if cfg["policy"] == "MlpPolicy" else None)
     if threads is not None:
@@ -117,7 +131,7 @@ def run(args) -> dict:
                                  ("geometry_every", args.geometry_every))
                if v is not None}
     if args.resume is not None:
-        agent, env_id = resume_agent(args, cls, env_id, {**parse_overrides(args.hp), **options})
+        agent, env_id = resume_agent(args, cls, env_id, {**overrides, **options})
         if args.timesteps is None and agent._target_timesteps:
             timesteps = agent._target_timesteps
     else:
@@ -126,6 +140,14 @@ def run(args) -> dict:
             tensorboard_log=logdir, verbose=args.verbose, vectorization=args.vectorization,
             policy_kwargs=policy_kwargs, **options, **hyperparameters,
         )
+    if args.save is not None and args.resume is not None:  # the resumed run's own folder is its to write in
+        from rlgeom.persistence.outputs import check_outside_other_runs
+        from rlgeom.persistence.serialization import model_path
+
+        check_outside_other_runs(os.path.dirname(os.path.abspath(model_path(args.save))), "model file (--save)",
+                                 agent._run_dir)
+    if args.threads is not None:
+        agent.threads = threads  # obeyed even where it equals torch's default
     every = args.checkpoint_every if args.checkpoint_every is not None else agent._checkpoint_every
     remaining = timesteps - agent.num_timesteps
     start, start_steps = time.perf_counter(), agent.num_timesteps  # after --resume: this part only
@@ -134,13 +156,19 @@ def run(args) -> dict:
             remaining, progress_bar=not args.no_progress, reset_num_timesteps=args.resume is None,
             checkpoint_every=every, checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep_checkpoints,
         )
+        if agent.untrained_reason:  # not exit 0 as if it had trained (the warnings named each skip)
+            raise TrainingDivergedError(f"{agent.untrained_reason}, so it is not saved as the run's model. Try "
+                                        "observation/reward normalisation, or check the env's observations and rewards")
     wall = time.perf_counter() - start
     save_path = save_with_fallback(agent.save, args.save or os.path.join(agent._run_dir or logdir, "model"),
                                    agent._run_dir or logdir)
     mean = std = float("nan")
     if distributed.is_main():  # under torchrun rank 0 evaluates, logs and reports
-        eval_env = make_vec_env(env_id, 1, device=agent.device)
-        mean, std = evaluate(agent, eval_env, args.eval_episodes, deterministic=True, seed=args.seed + 10_000)
+        # a GPU-batched simulator runs every evaluation episode at once, one world each (one kernel launch per
+        # physics step either way); other envs evaluate in one env, as before
+        eval_env = make_vec_env(env_id, args.eval_episodes if env_id.startswith("warp/") else 1, device=agent.device)
+        mean, std = evaluate(agent, eval_env, args.eval_episodes, deterministic=True, seed=args.seed + 10_000,
+                             progress_bar=not args.no_progress)
         eval_env.close()
     agent.env.close()
     summary = {
@@ -169,7 +197,7 @@ def resume_agent(args, cls, env_id: str, overrides: dict):
         path = latest_checkpoint(args.resume)
     description = open_model(path).description
     env_id = args.env or description.get("env_id") or DEFAULT_ENV
-    agent = cls.load(path, env=env_id, device=args.device, **overrides)
+    agent = load_to_resume(cls, path, env_id, description.get("n_envs", 1), args, overrides)
     agent.verbose = args.verbose
     if args.logdir is not None and not _inside(agent._run_dir, args.logdir):
         # a new --logdir: the resumed run logs and checkpoints there, leaving the original run untouched
@@ -180,14 +208,39 @@ def resume_agent(args, cls, env_id: str, overrides: dict):
     return agent, env_id
 
 
+def load_to_resume(cls, path: str, env_id: str, saved_envs: int, args, overrides: dict):
+    """The checkpoint's agent on `env_id`, with the checkpoint's number of envs, or --n-envs when it names
+    another: as SB3's load(path, env=a VecEnv of that size) does. The rollouts then differ from the
+    uninterrupted run's (stderr says so), and a batch_size that no longer divides n_steps * n_envs is refused
+    (exit 2) before training."""
+    from rlgeom.agents.devices import resolve_device
+    from rlgeom.envs import make_vec_env
+
+    if args.n_envs is None or args.n_envs == saved_envs:
+        return cls.load(path, env=env_id, device=args.device, **overrides)
+    env = make_vec_env(env_id, args.n_envs, device=resolve_device(args.device), vectorization=args.vectorization)
+    try:
+        agent = cls.load(path, env=env, device=args.device, **overrides)
+    except BaseException:
+        env.close()
+        raise
+    print(f"rlgeom: resuming with --n-envs {args.n_envs} instead of the checkpoint's {saved_envs}: the run continues "
+          "with its weights, optimiser and statistics, but its rollouts differ from an uninterrupted run's",
+          file=sys.stderr)
+    return agent
+
+
 def _inside(path: str | None, folder: str) -> bool:
-    return path is not None and os.path.commonpath([os.path.abspath(path), os.path.abspath(folder)]) == os.path.abspath(folder)
+    """Whether `path` lies in `folder`, symlinks resolved (a link in a new --logdir to another run's folder is not
+    inside it: that run is left untouched)."""
+    return path is not None and os.path.commonpath([os.path.realpath(path), os.path.realpath(folder)]) == os.path.realpath(folder)
 
 
 def check_run_args(args) -> None:
     """Values argparse lets through that would crash later or be silently replaced, and output folders
     that cannot be written: all refused before anything is built or trained."""
-    from rlgeom.persistence.outputs import check_writable_file, ensure_writable_dir
+    from rlgeom.persistence.checkpoint import check_checkpoint_dir
+    from rlgeom.persistence.outputs import check_outside_other_runs, check_writable_file, ensure_writable_dir
 
     if args.env is not None and not args.env.strip():
         raise UsageError("--env is empty; give an env id such as CartPole-v1 (or leave --env out for CartPole-v1)")
@@ -196,12 +249,17 @@ def check_run_args(args) -> None:
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be a positive integer, got {value}")
     if args.resume is None or args.logdir is not None:
+        check_outside_other_runs(args.logdir or DEFAULT_LOGDIR, "log directory (--logdir)")
         ensure_writable_dir(args.logdir or DEFAULT_LOGDIR, "log directory (--logdir)")
     if args.checkpoint_dir is not None:
+        if args.resume is None:  # a new run owns no checkpoint yet (a resumed one is checked once it is loaded)
+            check_checkpoint_dir(args.checkpoint_dir, None, set())
         ensure_writable_dir(args.checkpoint_dir, "checkpoint directory (--checkpoint-dir)")
     if args.save is not None:
         from rlgeom.persistence.serialization import model_path
 
+        if args.resume is None:
+            check_outside_other_runs(os.path.dirname(os.path.abspath(model_path(args.save))), "model file (--save)")
         check_writable_file(model_path(args.save), "model file (--save)")
 
 
@@ -258,11 +316,35 @@ def lost_peers(err: RuntimeError) -> bool:
         word in str(err) for word in ("gloo", "NCCL", "Connection closed", "Connection reset", "Timed out"))
 
 
+@contextlib.contextmanager
+def termination_signals_interrupt():
+    """While a run trains, SIGTERM and SIGHUP (a scheduler's stop, a closed terminal) stop it as Ctrl-C does: a
+    KeyboardInterrupt carrying the signal, so no temporary file is left, the run's lock is released and the exit
+    status says which signal (128 + its number), instead of Python's silent default death. The previous
+    handlers come back afterwards (main may be called from a program). Main thread only."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from rlgeom.tools import benchmark
     from rlgeom.envs.boundary import NonFiniteEnvError
+    from rlgeom.envs.warp_mujoco import MissingExtraError
     from rlgeom.training.guards import TrainingDivergedError
     from rlgeom.persistence.outputs import OutputWriteError
     from rlgeom.persistence.serialization import ModelFileError
@@ -278,16 +360,18 @@ def main(argv=None) -> int:
             print_help(args)
             return 0
         benchmark.import_gym_packages(args.gym_packages)
-        summary = run(args)
-    except (UsageError, ValueError, TypeError, ModelFileError) as err:
+        with termination_signals_interrupt():
+            summary = run(args)
+    except (UsageError, ValueError, TypeError, ModelFileError, MissingExtraError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (TrainingDivergedError, NonFiniteEnvError, OutputWriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        signum = err.args[0] if err.args and isinstance(err.args[0], int) else signal.SIGINT
+        print(f"interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
     except RuntimeError as err:  # under torchrun: another rank died or a collective timed out
         if not lost_peers(err):
             raise

@@ -21,6 +21,10 @@ class SkippedUpdate(ArithmeticError):
         super().__init__(f"non-finite {', '.join(self.names)}")
 
 
+class SkippedUpdateWarning(RuntimeWarning):
+    """An update was skipped (non-finite values): its parameters, optimiser and agent state were put back."""
+
+
 class NonFinitePolicyError(RuntimeError):
     """The policy's parameters hold NaN or inf before a rollout (set from outside training: the update
     itself never leaves them so), so its actions would be NaN."""
@@ -55,4 +59,14 @@ def guard_finite(**named) -> None:
         raise SkippedUpdate(bad)
 
 
-__all__ = ["SkippedUpdate", "TrainingDivergedError", "guard_finite"]
+def read_stats(stats: dict) -> dict:
+    """An update's statistics as Python numbers, the tensors among them read in one host transfer
+    (a `.item()` each would wait for the device once per statistic)."""
+    keys = [k for k, v in stats.items() if isinstance(v, torch.Tensor)]
+    if not keys:
+        return dict(stats)
+    values = torch.stack([stats[k].detach().reshape(()).double() for k in keys]).tolist()  # float32 → float64: exact
+    return {**stats, **dict(zip(keys, values))}
+
+
+__all__ = ["SkippedUpdate", "SkippedUpdateWarning", "TrainingDivergedError", "guard_finite", "read_stats"]

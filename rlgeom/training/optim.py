@@ -1,9 +1,9 @@
 """Optimiser plumbing tuned for small policy networks (the update's per-minibatch overhead).
 
 On a CPU, a minibatch step of a 64-64 MLP costs far more in per-tensor kernel launches than in
-arithmetic. `adam(params, ...)` therefore returns a `ContiguousAdam`: torch's own fused Adam, run on
-ONE tensor. The parameters are re-homed as views into a single contiguous buffer, and their
-gradients as views into a second one, so that:
+arithmetic. `adam(params, ...)` therefore returns a `ContiguousAdam`: torch.optim.Adam(fused=True), run
+on ONE tensor. The parameters are re-homed (Tensor.set_) as views into a single contiguous buffer, and
+their gradients as views into a second one, so that:
 - backward accumulates every gradient in place into that buffer (autograd adds into an existing
   `.grad`), and `zero_grad()` zeroes it at once;
 - the Adam step is one fused kernel over the buffer instead of one per parameter tensor;
@@ -23,9 +23,8 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
-from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-from rlgeom.geometry.fisher import flat_parameters
+from rlgeom.models.parameters import flat_parameters
 
 
 class ContiguousAdam(torch.optim.Adam):
@@ -35,9 +34,8 @@ class ContiguousAdam(torch.optim.Adam):
     learning rate is set through `param_groups[0]["lr"]` as for any torch optimiser.
     """
 
-    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, direct_kernel: bool = True, **kwargs):
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, **kwargs):
         self.params = list(params)
-        self.direct_kernel = direct_kernel  # False: every step through Adam.step (the agents' written_out_derivatives)
         if not self.params:
             raise ValueError("ContiguousAdam got no parameters")
         first = self.params[0]
@@ -47,10 +45,11 @@ class ContiguousAdam(torch.optim.Adam):
         self.flat = torch.nn.Parameter(flat_parameters(self.params))
         self.flat.grad = torch.zeros_like(self.flat)
         self._slices, self._grad_views, self._data_ptrs = [], [], []
-        offset = 0
+        offset, values = 0, self.flat.detach()
         for p in self.params:
             n = p.numel()
-            p.data = self.flat.data[offset:offset + n].view_as(p)
+            with torch.no_grad():  # the parameter object stays (modules and hooks keep it), its storage moves
+                p.set_(values[offset:offset + n].view_as(p))
             p.grad = self.flat.grad[offset:offset + n].view_as(p)
             # kept to check cheaply, per step, that nothing moved: identity of the gradient view, address of the data
             self._slices.append((offset, n))
@@ -125,33 +124,7 @@ class ContiguousAdam(torch.optim.Adam):
 
     def step(self, closure=None):
         self._reattach_gradients()
-        if closure is None and self.direct_kernel and self._kernel_step_applies():
-            return self._kernel_step()
         return super().step(closure)
-
-    def _kernel_step_applies(self) -> bool:
-        """Whether Adam.step would run exactly torch._fused_adam_ on the buffer: state made (the first step
-        goes through Adam.step), fused, plain Adam options, a float lr, no optimiser hooks."""
-        group, state = self.param_groups[0], self.state.get(self.flat)
-        return (state is not None and "step" in state and group["fused"] and not group["amsgrad"]
-                and not group["capturable"] and not group["differentiable"]
-                and not group.get("decoupled_weight_decay", False) and isinstance(group["lr"], float)
-                and not self._optimizer_step_pre_hooks and not self._optimizer_step_post_hooks
-                and not _global_optimizer_pre_hooks and not _global_optimizer_post_hooks)
-
-    @torch.no_grad()
-    def _kernel_step(self) -> None:
-        """Adam.step's fused path on the one buffer, called directly: the same kernel and arguments
-        (torch.optim.adam._fused_adam: step += 1, then torch._fused_adam_), without the per-call Python
-        bookkeeping around it (~35 µs per step, about a third of a small minibatch's optimiser cost).
-        Tested against torch.optim.Adam over the separate parameters (tests/test_optim.py)."""
-        group, state = self.param_groups[0], self.state[self.flat]
-        beta1, beta2 = group["betas"]
-        state["step"].add_(1)
-        torch._fused_adam_([self.flat], [self.flat.grad], [state["exp_avg"]], [state["exp_avg_sq"]], [], [state["step"]],
-                           amsgrad=False, lr=group["lr"], beta1=float(beta1), beta2=float(beta2),
-                           weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
-        self._opt_called = True  # what Adam.step's wrapper records (LR schedulers read it)
 
 
 def adam(params: Iterable[torch.nn.Parameter], lr: float, **kwargs) -> ContiguousAdam:
@@ -160,13 +133,11 @@ def adam(params: Iterable[torch.nn.Parameter], lr: float, **kwargs) -> Contiguou
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, optimizer_class=None,
-                   optimizer_kwargs: dict | None = None, default_eps: float | None = None,
-                   direct_kernel: bool = True) -> torch.optim.Optimizer:
+                   optimizer_kwargs: dict | None = None, default_eps: float | None = None) -> torch.optim.Optimizer:
     """A first-order optimiser as SB3's policy_kwargs ask for it (`optimizer_class`, `optimizer_kwargs`).
 
     Adam (the default, or torch.optim.Adam named) is rlgeom's ContiguousAdam: the same algorithm, one
-    fused step (its kernel called directly unless `direct_kernel` is False: the agents pass their
-    `written_out_derivatives` switch). `default_eps` is the agent's Adam eps when `optimizer_kwargs` is
+    fused step over one buffer. `default_eps` is the agent's Adam eps when `optimizer_kwargs` is
     not given (SB3 sets 1e-5 for its policies' Adam the same way). Any other class is built as it is:
     `optimizer_class(params, lr=lr, **optimizer_kwargs)`.
     """
@@ -175,7 +146,7 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, optimizer_cl
     if optimizer_kwargs is None and default_eps is not None and optimizer_class in (None, torch.optim.Adam):
         kwargs["eps"] = default_eps
     if optimizer_class in (None, torch.optim.Adam) and not {"fused", "foreach", "capturable", "differentiable"} & set(kwargs):
-        return ContiguousAdam(params, lr=lr, direct_kernel=direct_kernel, **kwargs)
+        return ContiguousAdam(params, lr=lr, **kwargs)
     try:
         return (optimizer_class or torch.optim.Adam)(params, lr=lr, **kwargs)
     except TypeError as err:

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Issue 29 part 1: ACKTR's controlled arms on MuJoCo, one run at a time, resumable.
+#
+#   nice -n 5 bash experiments/acktr/arms_300k.sh
+#   TASKS=Hopper-v5 SEEDS=100,101 ARMS="preset" bash experiments/acktr/arms_300k.sh
+#
+# Each arm is the CLI's MuJoCo preset plus its --hp overrides (below). Runs go one by one, seed by seed with
+# the arms side by side (so a stopped session leaves paired seeds), task after task, through the CLI's grid
+# (rlgeom.tools.benchmark): a finished run has done.json (final deterministic evaluation of 10 episodes, the
+# git commit, the preset and the overrides) and is skipped on a rerun; an unfinished one is set aside and run
+# again. The table: python experiments/acktr/arms_table.py LOGDIR
+set -u
+cd "$(dirname "$0")/../.."
+
+TASKS="${TASKS:-Hopper-v5 HalfCheetah-v5 Walker2d-v5}"
+SEEDS="${SEEDS:-100,101,102,103,104}"   # diagnostic seeds, not the grid's 0-4
+ARMS="${ARMS:-preset log-std-own}"
+TIMESTEPS="${TIMESTEPS:-300000}"
+LOGDIR="${LOGDIR:-experiments/results/acktr_arms_300k}"
+
+arm_hp() {  # the arm's --hp overrides on top of the preset
+    case "$1" in
+        preset) echo "" ;;
+        log-std-own) echo "log_std_step=own" ;;
+        *) echo "unknown arm $1 (preset, log-std-own)" >&2; return 2 ;;
+    esac
+}
+
+status=0
+for task in $TASKS; do
+    for seed in ${SEEDS//,/ }; do
+        for arm in $ARMS; do
+            hp=$(arm_hp "$arm") || exit 2
+            python -m rlgeom.train --algo acktr --env "$task" --seeds "$seed" --timesteps "$TIMESTEPS" \
+                --eval-episodes 10 --workers 1 --no-progress --logdir "$LOGDIR/$arm" ${hp:+--hp $hp}
+            code=$?
+            [ "$code" -eq 2 ] && exit 2
+            [ "$code" -ne 0 ] && status=1
+            rm -f "$LOGDIR/$arm/$task/acktr/seed$seed/model.safetensors"  # 1-5 MB each; done.json and events are the record
+        done
+    done
+done
+exit $status

@@ -1,0 +1,249 @@
+"""Fault injection (issue 30): paths into another run's folders (a checkpoint folder given twice, a symlinked
+run directory, a log folder, tensorboard_log or --save inside another run, hard-linked copies), two grids on
+one log directory, Ctrl-C on a grid.
+
+A checkpoint folder belongs to one run; a run writes only into folders it created or that hold its own files,
+symlinks resolved. Each test asserts that the other run's files are byte-identical (SHA-256) and that the
+refusal is a clear error (CLI: exit 2, no traceback). The table is experiments/RESULTS_faults.md, "Issue 30"."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from agents import PPO
+from rlgeom.persistence import checkpoint as ckpt
+from rlgeom.persistence.outputs import DirectoryInUseError, OutputError
+from rlgeom.tools.train import main as train_main
+from test_faults import CLI_SMALL, ENV, REPO, _cli, _digests  # tests/ is on sys.path (pytest prepends it)
+
+SMALL = dict(n_steps=32, batch_size=32, n_epochs=1)
+
+
+@pytest.fixture(scope="module")
+def other_run(tmp_path_factory):
+    """Another user's finished CLI run: <logdir>/CartPole-v1/ppo/seed0 with checkpoints at 64 and 128 and its model."""
+    logdir = tmp_path_factory.mktemp("other")
+    assert train_main([*CLI_SMALL, "--timesteps", "128", "--checkpoint-every", "64", "--logdir", str(logdir)]) == 0
+    return logdir / "CartPole-v1" / "ppo" / "seed0"
+
+
+# ----------------------------------------------------------------------------- item 1: a checkpoint folder twice
+def test_cli_checkpoint_dir_naming_another_runs_checkpoints_is_refused_and_leaves_them_intact(other_run, tmp_path, capsys):
+    before = _digests(other_run)
+    code, err = _cli([*CLI_SMALL, "--seed", "1", "--timesteps", "128", "--checkpoint-every", "64", "--logdir",
+                      str(tmp_path), "--checkpoint-dir", str(other_run / "checkpoints")], capsys)
+    assert code == 2 and f"lies inside the run directory {other_run} of another run (ppo on CartPole-v1, seed 0)" in err
+    assert _digests(other_run) == before
+    assert not list(tmp_path.rglob("*tfevents*"))  # refused before the new run made anything
+
+
+def test_api_checkpoint_dir_used_by_two_runs_keeps_the_first_runs_checkpoints(tmp_path, capsys):
+    shared = tmp_path / "ckpts"
+    PPO("MlpPolicy", "CartPole-v1", seed=0, device="cpu", **SMALL).learn(96, checkpoint_every=32, checkpoint_dir=shared)
+    before = _digests(shared)
+    second = PPO("MlpPolicy", "CartPole-v1", seed=1, device="cpu", **SMALL)
+    with pytest.raises(OutputError, match=r"holds the checkpoints of another run \(ppo on CartPole-v1, seed 0, at step 96\)"):
+        second.learn(96, checkpoint_every=32, checkpoint_dir=shared)
+    assert _digests(shared) == before
+    # the CLI says the same, exit 2, for a plain folder of another run's checkpoints
+    code, err = _cli([*CLI_SMALL, "--seed", "1", "--timesteps", "64", "--checkpoint-every", "32", "--logdir",
+                      str(tmp_path / "logs"), "--checkpoint-dir", str(shared)], capsys)
+    assert code == 2 and "holds the checkpoints of another run" in err and _digests(shared) == before
+
+
+def test_a_new_run_of_the_same_agent_does_not_overwrite_its_previous_runs_checkpoints(tmp_path):
+    agent = PPO("MlpPolicy", "CartPole-v1", seed=0, device="cpu", **SMALL)
+    agent.learn(64, checkpoint_every=32, checkpoint_dir=tmp_path)
+    before = _digests(tmp_path)
+    agent.learn(32, reset_num_timesteps=False, checkpoint_every=32, checkpoint_dir=tmp_path)  # the same run goes on
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [32, 64, 96]
+    with pytest.raises(OutputError, match="holds the checkpoints of another run"):  # a new run would rewrite step 32
+        agent.learn(64, checkpoint_every=32, checkpoint_dir=tmp_path)
+    assert {k: v for k, v in _digests(tmp_path).items() if k in before} == before
+
+
+# ----------------------------------------------------------------------------- item 2: a symlinked run directory
+def test_resume_latest_through_a_symlinked_run_directory_leaves_the_linked_run_untouched(other_run, tmp_path, capsys):
+    before = _digests(other_run)
+    link = tmp_path / "L" / "CartPole-v1" / "ppo" / "seed0"
+    link.parent.mkdir(parents=True)
+    os.symlink(other_run, link)
+    code, err = _cli([*CLI_SMALL, "--timesteps", "192", "--checkpoint-every", "64", "--resume", "latest",
+                      "--logdir", str(tmp_path / "L")], capsys)
+    assert code == 0, err
+    assert _digests(other_run) == before  # A's model, checkpoints, events and run.json: not one byte changed
+    new_run = tmp_path / "L" / "CartPole-v1" / "ppo" / "seed0_2"  # the resumed run continues in L, beside the link
+    assert [s for s, _ in ckpt.list_checkpoints(new_run / "checkpoints")] == [192]
+    assert PPO.load(new_run / "model.safetensors").num_timesteps == 192
+
+
+# ----------------------------------------------------------------------------- neighbours: other paths in
+def test_a_logdir_or_tensorboard_log_inside_another_run_is_refused(other_run, tmp_path, capsys):
+    before = _digests(other_run)
+    code, err = _cli([*CLI_SMALL, "--timesteps", "64", "--logdir", str(other_run / "nested")], capsys)
+    assert code == 2 and f"lies inside the run directory {other_run} of another run" in err
+    with pytest.raises(OutputError, match="lies inside the run directory"):
+        PPO("MlpPolicy", "CartPole-v1", seed=0, device="cpu", tensorboard_log=str(other_run), **SMALL).learn(32)
+    code, err = _cli(["--algo", "ppo,vpg", "--env", "CartPole-v1", "--timesteps", "64", "--logdir", str(other_run)],
+                     capsys)  # a grid: refused before any run starts
+    assert code == 2 and "lies inside the run directory" in err
+    assert _digests(other_run) == before
+
+
+def test_only_a_run_json_that_names_a_run_marks_a_run_directory(tmp_path):
+    from rlgeom.persistence.outputs import check_outside_other_runs, enclosing_run_dir
+
+    (tmp_path / "run.json").write_text('{"name": "another tool\'s file"}')
+    check_outside_other_runs(tmp_path / "logs", "log directory")  # not a run: no error
+    (tmp_path / "run.json").write_text('{"algo": "ppo", "env_id": "CartPole-v1", "seed": 3}')
+    link = tmp_path.parent / f"{tmp_path.name}-link"
+    os.symlink(tmp_path, link)
+    assert enclosing_run_dir(link / "a" / "b") == str(tmp_path)  # symlinks resolved
+    with pytest.raises(OutputError, match=r"of another run \(ppo on CartPole-v1, seed 3\)"):
+        check_outside_other_runs(link / "logs", "log directory")
+
+
+def test_save_onto_another_runs_model_is_refused_before_training(other_run, tmp_path, capsys):
+    before = _digests(other_run)
+    start = time.perf_counter()
+    code, err = _cli([*CLI_SMALL, "--timesteps", "100000", "--logdir", str(tmp_path), "--save",
+                      str(other_run / "model")], capsys)
+    assert code == 2 and "model file (--save)" in err and "of another run (ppo on CartPole-v1, seed 0)" in err
+    assert time.perf_counter() - start < 10 and _digests(other_run) == before
+
+
+def test_saving_into_a_live_runs_folder_is_refused(tmp_path):
+    """The API: a folder another process is writing (it holds the run's lock) is not saved into."""
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from rlgeom.persistence.outputs import lock_directory
+        held = lock_directory({str(tmp_path)!r}, "run directory")
+        print("locked", flush=True)
+        time.sleep(60)
+    """)], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(DirectoryInUseError, match="another process is writing"):
+            PPO("MlpPolicy", "CartPole-v1", seed=0, device="cpu", **SMALL).save(tmp_path / "model")
+        assert not (tmp_path / "model.safetensors").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_resuming_a_hard_linked_copy_of_a_run_leaves_the_original_untouched(other_run, tmp_path, capsys):
+    """`cp -al A B` then resuming B in place: every write is a new file renamed into place (run.json included),
+    never a write through a link into A's inode."""
+    before = _digests(other_run)
+    copy = tmp_path / "B" / "CartPole-v1" / "ppo" / "seed0"
+    copy.parent.mkdir(parents=True)
+    assert subprocess.run(["cp", "-al", str(other_run), str(copy)]).returncode == 0
+    os.remove(copy / ".rlgeom.lock")  # the copy's own lock file, not A's
+    code, err = _cli([*CLI_SMALL, "--timesteps", "192", "--checkpoint-every", "64", "--resume", str(copy)], capsys)
+    assert code == 0, err
+    assert _digests(other_run) == before
+    assert ckpt.list_checkpoints(copy / "checkpoints")[-1][0] == 192
+
+
+# ----------------------------------------------------------------------------- items 12-13: grids
+GRID = [sys.executable, "-m", "rlgeom.train", "--algo", "ppo,vpg", "--env", "CartPole-v1", "--workers", "2",
+        "--eval-episodes", "1", "--hp", "n_steps=32"]
+
+
+def _start_grid(argv, logdir) -> subprocess.Popen:
+    return subprocess.Popen([*argv, "--logdir", str(logdir)], env=ENV, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _wait_for_events(logdir, n: int, proc, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while len(list(logdir.rglob("*tfevents*"))) < n:
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else "slow"
+        time.sleep(0.2)
+
+
+def _stop(proc) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.slow
+def test_a_second_grid_on_the_same_logdir_leaves_the_first_grids_live_runs_alone_and_ctrl_c_stops_it(tmp_path):
+    """Two grids on one --logdir: the second finds both runs in use and moves nothing; Ctrl-C (SIGINT to the
+    first grid's process group) then stops it within seconds, with no done.json written."""
+    first = _start_grid([*GRID, "--timesteps", "10000000"], tmp_path)
+    try:
+        _wait_for_events(tmp_path, 2, first)
+        second = subprocess.run([*GRID, "--timesteps", "10000000", "--logdir", str(tmp_path)], env=ENV, cwd=REPO,
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1 and second.stdout.count("in use by another process") >= 2, second.stdout
+        assert "Traceback" not in second.stdout + second.stderr
+        assert not [p for p in tmp_path.rglob("*") if ".incomplete-" in p.name]  # nothing moved aside
+        assert first.poll() is None  # the first grid trains on
+        start = time.perf_counter()
+        os.killpg(first.pid, signal.SIGINT)
+        out, _ = first.communicate(timeout=30)
+        assert first.returncode == 130 and "interrupted" in out and time.perf_counter() - start < 20
+    finally:
+        _stop(first)
+    assert not list(tmp_path.rglob("done.json"))
+    for algo in ("ppo", "vpg"):  # still where they were, unfinished: the next run of the grid starts them again
+        assert list((tmp_path / "CartPole-v1" / algo / "seed0").glob("*tfevents*"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_a_grids_parent_alone_stops_it_launches_nothing_and_a_rerun_finishes(tmp_path):
+    argv = [*GRID, "--seeds", "0,1"]  # four runs, two workers: two wait in the queue
+    grid = _start_grid([*argv, "--timesteps", "10000000"], tmp_path)
+    try:
+        _wait_for_events(tmp_path, 2, grid)
+        start = time.perf_counter()
+        grid.send_signal(signal.SIGINT)  # the parent only, not its workers
+        out, _ = grid.communicate(timeout=30)
+        assert grid.returncode == 130 and time.perf_counter() - start < 20, out
+    finally:
+        _stop(grid)
+    assert not list(tmp_path.rglob("done.json")) and len(list(tmp_path.rglob("*tfevents*"))) == 2  # none started after
+    # one interrupted run, rerun (the whole grid's rerun does the same for each): set aside, run again, finished
+    rerun = subprocess.run([*GRID[:4], "ppo", *GRID[5:], "--seeds", "0", "--timesteps", "64", "--logdir", str(tmp_path)],
+                           env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "unfinished run directory moved aside" in rerun.stdout
+    assert (tmp_path / "CartPole-v1" / "ppo" / "seed0" / "done.json").is_file()
+
+
+# ----------------------------------------------------------------------------- neighbours: other signals
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_stops_a_run_with_its_status_and_it_resumes(signum, tmp_path, capsys):
+    run = subprocess.Popen([sys.executable, "-m", "rlgeom.train", *CLI_SMALL, "--timesteps", "10000000",
+                            "--checkpoint-every", "64", "--logdir", str(tmp_path)], env=ENV, cwd=REPO,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    checkpoints = tmp_path / "CartPole-v1" / "ppo" / "seed0" / "checkpoints"
+    try:
+        deadline = time.time() + 120
+        while not ckpt.list_checkpoints(checkpoints):
+            assert run.poll() is None and time.time() < deadline
+            time.sleep(0.1)
+        start = time.perf_counter()
+        run.send_signal(signum)
+        _, err = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 128 + signum and f"interrupted by {signal.Signals(signum).name}" in err, err
+    assert "Traceback" not in err and time.perf_counter() - start < 10
+    assert not [n for n in os.listdir(checkpoints) if ".tmp" in n]  # no temporary left, even mid-write
+    last = ckpt.list_checkpoints(checkpoints)[-1][0]
+    code, err = _cli([*CLI_SMALL, "--timesteps", str(last + 32), "--resume", "latest", "--logdir", str(tmp_path)], capsys)
+    assert code == 0 and PPO.load(checkpoints.parent / "model.safetensors").num_timesteps == last + 32
