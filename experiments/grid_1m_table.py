@@ -104,7 +104,9 @@ def seeds_table(runs) -> list[str]:
     return lines
 
 
-def improvement_table(runs) -> list[str]:
+def peer_table(runs, cell) -> list[str]:
+    """One row per (rlgeom agent, peer), one column per task: cell(rlgeom returns, peer returns), or — where a side
+    has no finished run."""
     lines = ["| rlgeom agent | peer | " + " | ".join(TASKS) + " |", "|---|---" + "|---" * len(TASKS) + "|"]
     for agent, peer in PEERS.items():
         cells = []
@@ -112,11 +114,15 @@ def improvement_table(runs) -> list[str]:
             if (task, agent) in runs and (task, peer) in runs:
                 x = np.array([r["eval_return"] for r in runs[(task, agent)]])
                 y = np.array([r["eval_return"] for r in runs[(task, peer)]])
-                cells.append(f"{prob_improvement(x, y):.2f} ({len(x)}×{len(y)}, p {mann_whitney_p(x, y):.2f})")
+                cells.append(cell(x, y))
             else:
                 cells.append("—")
         lines.append(f"| {LABELS[agent]} | {LABELS[peer]} | " + " | ".join(cells) + " |")
     return lines
+
+
+def improvement_cell(x: np.ndarray, y: np.ndarray) -> str:
+    return f"{prob_improvement(x, y):.2f} ({len(x)}×{len(y)}, p {mann_whitney_p(x, y):.2f})"
 
 
 def _share(value: float) -> str:
@@ -134,21 +140,6 @@ def difference_cell(x: np.ndarray, y: np.ndarray) -> str:
     return head + f"no difference detected, gaps > {excluded_gap((low, high), ref):.0%} excluded"
 
 
-def difference_table(runs) -> list[str]:
-    lines = ["| rlgeom agent | peer | " + " | ".join(TASKS) + " |", "|---|---" + "|---" * len(TASKS) + "|"]
-    for agent, peer in PEERS.items():
-        cells = []
-        for task in TASKS:
-            if (task, agent) in runs and (task, peer) in runs:
-                x = np.array([r["eval_return"] for r in runs[(task, agent)]])
-                y = np.array([r["eval_return"] for r in runs[(task, peer)]])
-                cells.append(difference_cell(x, y))
-            else:
-                cells.append("—")
-        lines.append(f"| {LABELS[agent]} | {LABELS[peer]} | " + " | ".join(cells) + " |")
-    return lines
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("logdir", type=Path, help="the grid's log directory (experiments/results/grid_1m)")
@@ -160,11 +151,11 @@ def main(argv=None) -> int:
     print("\n".join(returns_table(runs)))
     print("\nP(the rlgeom agent's run beats its peer's), over all seed pairs (rlgeom seeds × peer seeds); p: two-sided\n"
           "Mann–Whitney test of the two sets of returns\n")
-    print("\n".join(improvement_table(runs)))
+    print("\n".join(peer_table(runs, improvement_cell)))
     print("\nmean(rlgeom) − mean(peer) (as a share of the peer's mean) [95 % percentile-bootstrap interval, "
           f"{BOOTSTRAP_RESAMPLES} resamples of each side's seeds]; the data exclude\nonly gaps larger than the "
           "interval's farther end, as a share of the peer's mean: smaller gaps, either way, they cannot rule out\n")
-    print("\n".join(difference_table(runs)))
+    print("\n".join(peer_table(runs, difference_cell)))
     print("\nPer seed: the final evaluation, the wall time of each run (under the grid's load: other runs on the same\n"
           "cores), mean FPS\n")
     print("\n".join(seeds_table(runs)))

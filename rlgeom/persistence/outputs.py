@@ -92,11 +92,18 @@ def remove_dead_writers_temps(path: str) -> list[str]:
     removed when their pid no longer runs. A live process's temporary, or one from another host (a shared
     folder), is never touched. Returns what was removed."""
     stem = _temp_stem(path)
-    removed = []
-    for tmp in glob.glob(glob.escape(stem) + ".tmp*"):
+
+    def dead_writers(tmp: str) -> bool:
         m = _TEMP_SUFFIX.fullmatch(tmp[len(stem):])
-        if m is None or m.group(2) != _HOST_TAG or _pid_alive(int(m.group(1))):
-            continue
+        return m is not None and m.group(2) == _HOST_TAG and not _pid_alive(int(m.group(1)))
+
+    return _remove_files(filter(dead_writers, glob.glob(glob.escape(stem) + ".tmp*")))
+
+
+def _remove_files(paths) -> list[str]:
+    """Remove each path; one that is already gone (or cannot be removed) is skipped. Returns what was removed."""
+    removed = []
+    for tmp in paths:
         try:
             os.remove(tmp)
             removed.append(tmp)
@@ -294,14 +301,7 @@ def check_not_in_use(folder: str, what: str) -> None:
 def remove_stale_temps(directory: str, pattern: str) -> list[str]:
     """Remove temporary files matching `pattern` in `directory`, which the caller holds locked: any such
     file is a leftover of a killed process (no live rlgeom process writes there). Returns what was removed."""
-    removed = []
-    for tmp in glob.glob(os.path.join(glob.escape(directory), pattern)):
-        try:
-            os.remove(tmp)
-            removed.append(tmp)
-        except OSError:
-            pass
-    return removed
+    return _remove_files(glob.glob(os.path.join(glob.escape(directory), pattern)))
 
 
 __all__ = [
