@@ -272,10 +272,11 @@ class RoundedBudgetWarning(UserWarning):
 
 def warn_rounded_budget(total_timesteps: int, per_rollout: int, n_envs: int, n_steps: int) -> None:
     """Say (once per budget and rollout size, as Python shows a warning once per place) when learn() will
-    run more steps than asked: SB3 does so silently, ending after the rollout that crosses the budget."""
+    run materially more steps than asked (1% or more: learn(4096) running 8000 steps, not the CLI's 100,000
+    running 100,096): SB3 does so silently, ending after the rollout that crosses the budget."""
     total = int(total_timesteps)
-    if total % per_rollout:
-        rounded = -(-total // per_rollout) * per_rollout
+    rounded = -(-total // per_rollout) * per_rollout
+    if rounded - total >= 0.01 * total and rounded != total:
         import warnings
 
         warnings.warn(RoundedBudgetWarning(
