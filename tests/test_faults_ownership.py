@@ -247,3 +247,21 @@ def test_sigterm_or_sighup_stops_a_run_with_its_status_and_it_resumes(signum, tm
     last = ckpt.list_checkpoints(checkpoints)[-1][0]
     code, err = _cli([*CLI_SMALL, "--timesteps", str(last + 32), "--resume", "latest", "--logdir", str(tmp_path)], capsys)
     assert code == 0 and PPO.load(checkpoints.parent / "model.safetensors").num_timesteps == last + 32
+
+
+def test_continuing_a_run_never_follows_a_link_to_another_runs_folder(tmp_path):
+    """learn(reset_num_timesteps=False) after load continues the latest run folder, as SB3 does, but not one
+    that is a link out of the log directory (a resumed run through a symlink must leave the linked run alone)."""
+    from rlgeom.persistence.logger import latest_run_directory, sb3_run_directory
+
+    elsewhere = tmp_path / "A"
+    elsewhere.mkdir()
+    root = tmp_path / "logs"
+    (root / "CartPole-v1" / "ppo").mkdir(parents=True)
+    os.symlink(elsewhere, root / "CartPole-v1" / "ppo" / "seed0")
+    assert latest_run_directory(str(root), "CartPole-v1", "ppo", 0) is None
+    os.symlink(elsewhere, root / "PPO_1")
+    assert sb3_run_directory(str(root), "PPO", new_run=False) == str(root / "PPO_2")
+    (root / "PPO_2").mkdir()  # a real folder of this log directory is continued
+    assert sb3_run_directory(str(root), "PPO", new_run=False) == str(root / "PPO_2")
+    assert latest_run_directory(str(root), "CartPole-v1", "ppo", 1) is None

@@ -46,14 +46,22 @@ def run_directory_base(root: str, env_id: str | None, name: str, seed: int | Non
 
 
 def latest_run_directory(root: str, env_id: str | None, name: str, seed: int | None) -> str | None:
-    """The newest existing run directory run_directory() made for (task, name, seed), or None."""
+    """The newest existing run directory run_directory() made for (task, name, seed) that really lies under
+    `root`, or None. A folder reached through a link to elsewhere (another run's directory) is never the one a
+    run continues in: symlinks are resolved before the comparison (issue 30)."""
     base = run_directory_base(root, env_id, name, seed)
     runs = [base] if os.path.isdir(base) else []
     k = 2
     while os.path.isdir(f"{base}_{k}"):
         runs.append(f"{base}_{k}")
         k += 1
-    return runs[-1] if runs else None
+    return runs[-1] if runs and resolves_under(runs[-1], root) else None
+
+
+def resolves_under(path: str, root: str) -> bool:
+    """Whether `path`, symlinks resolved, lies inside `root` (also resolved)."""
+    real_root = os.path.realpath(root)
+    return os.path.commonpath([os.path.realpath(path), real_root]) == real_root
 
 
 def sb3_run_directory(root: str, name: str, new_run: bool = True) -> str:
@@ -66,7 +74,9 @@ def sb3_run_directory(root: str, name: str, new_run: bool = True) -> str:
     ids = [int(m.group(1)) for path in glob.glob(os.path.join(glob.escape(root), f"{glob.escape(name)}_*"))
            if (m := pattern.match(os.path.basename(path))) and os.path.isdir(path)]
     latest = max(ids, default=0)
-    return os.path.join(root, f"{name}_{latest + 1 if new_run or latest == 0 else latest}")
+    if not new_run and latest and resolves_under(os.path.join(root, f"{name}_{latest}"), root):
+        return os.path.join(root, f"{name}_{latest}")
+    return os.path.join(root, f"{name}_{latest + 1}")  # a new run, or the latest is a link to elsewhere
 
 
 #: run directories chosen by run_directory whose lock the RunLogger opened on them takes over
