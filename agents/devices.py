@@ -91,7 +91,8 @@ def mlp_parameters(policy_kwargs: dict | None) -> int:
 
 def _env_on_cuda(env) -> bool:
     if isinstance(env, str):
-        return env.startswith("torch/") and torch.cuda.is_available()
+        # torch-native and MuJoCo Warp tasks step on the agent's device (envs.make: TORCH_NATIVE_PREFIX, WARP_PREFIX)
+        return env.startswith(("torch/", "warp/")) and torch.cuda.is_available()
     device = getattr(env, "device", None)
     return isinstance(device, torch.device) and device.type == "cuda"
 

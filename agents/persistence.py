@@ -22,6 +22,7 @@ from rlgeom.persistence.statecheck import check_json_state, check_tensors
 from rlgeom.persistence.modelfile import (
     EXTRA_STATE_BYTES, EXTRA_STATE_FACTOR, check_description, check_envs_to_build, open_model,
 )
+from rlgeom.agents import devices
 from rlgeom.agents.devices import resolve_device, set_global_seeds
 from rlgeom.envs.make import TORCH_NATIVE_PREFIX
 from rlgeom.training import distributed
@@ -120,6 +121,9 @@ class Persistence:
             policy = d["policy"]
             if isinstance(policy, dict):
                 policy = class_from_json(policy, "policy", custom_objects, str(path))
+            if device in ("auto", None):  # as a new agent would choose: for this policy and the env it will run on
+                task = env if env is not None else d.get("env_id")
+                device = resolve_device(device, lambda: devices.auto_device(task, _n_envs(env, d), policy, policy_kwargs))
             agent = cls(
                 policy, None, policy_kwargs=policy_kwargs, n_envs=_n_envs(env, d),
                 seed=d.get("seed"), device=device, _spaces=(obs_space, act_space), **options, **hyperparameters,

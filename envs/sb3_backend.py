@@ -62,6 +62,7 @@ class SB3VecEnvAdapter(VecEnv):
             final_obs = obs.copy()
             for i in np.flatnonzero(done):
                 final_obs[i] = self._pack.one(infos[i]["terminal_observation"])
+            check_finite(final_obs, "final observation", self._t, self.env_id)  # as the gymnasium backend
         check_finite(obs, "observation", self._t, self.env_id)
         check_finite(np.asarray(reward), "reward", self._t, self.env_id)
         # Monitor-recorded episodes carry the unnormalised return (VecNormalize scales rewards).

@@ -233,3 +233,39 @@ def test_every_update_statistic_is_a_host_number_read_without_item(algo, monkeyp
     assert items == []
     assert stats and all(isinstance(v, (int, float)) for v in stats.values()), \
         {k: type(v).__name__ for k, v in stats.items()}
+
+
+def test_warp_ids_step_on_the_gpu_for_auto(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert devices._env_on_cuda("warp/Hopper-v5") and devices._env_on_cuda("torch/CartPole-v1")
+    assert not devices._env_on_cuda("Hopper-v5")
+
+
+def test_load_decides_auto_for_the_env_the_model_will_run_on(tmp_path, monkeypatch):
+    """A loaded model's "auto" asks the same rule as a new agent, with the env it is given (or the saved task):
+    a resumed run does not change device because the file was built without an env."""
+    path = PPO("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, seed=0, device="cpu").save(tmp_path / "m")
+    asked = []
+    monkeypatch.setattr(devices, "auto_device", lambda env, n_envs, policy, kw: asked.append((env, n_envs)) or torch.device("cpu"))
+    PPO.load(path, env="torch/CartPole-v1")
+    PPO.load(path)
+    assert asked == [("torch/CartPole-v1", 1), ("CartPole-v1", 1)]
+    PPO.load(path, device="cpu")  # an explicit device: the rule is not asked
+    assert len(asked) == 2
+
+
+def test_the_sb3_backend_checks_final_observations_as_the_gymnasium_backend_does():
+    import gymnasium as gym
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from envs.boundary import NonFiniteEnvError
+
+    class NaNAtTheEnd(gym.Wrapper):  # the observation of the last step is NaN
+        def step(self, action):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            return np.full_like(obs, np.nan), reward, True, truncated, info
+
+    env = make_vec_env(DummyVecEnv([lambda: NaNAtTheEnd(gym.make("CartPole-v1"))]), device="cpu")
+    env.reset(seed=0)
+    with pytest.raises(NonFiniteEnvError, match="final observation"):
+        env.step(torch.zeros(1, dtype=torch.long))

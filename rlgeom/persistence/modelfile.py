@@ -163,10 +163,10 @@ def open_model(path) -> ModelFile:
         try:  # header and tensors from this one open file (ModelFile keeps it)
             size = os.fstat(f.fileno()).st_size
             entries, metadata, header_len = _read_header(f, size, name)
-        except BaseException:
+            return ModelFile(name, name, size, entries, metadata, 8 + header_len, opened=f)
+        except BaseException:  # a bad header or description: the file is closed here, not whenever GC runs
             f.close()
             raise
-    return ModelFile(name, name, size, entries, metadata, 8 + header_len, opened=f)
 
 
 def _check_regular_file(name: str) -> None:

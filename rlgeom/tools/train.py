@@ -197,7 +197,7 @@ def resume_agent(args, cls, env_id: str, overrides: dict):
         path = latest_checkpoint(args.resume)
     description = open_model(path).description
     env_id = args.env or description.get("env_id") or DEFAULT_ENV
-    agent = load_to_resume(cls, path, env_id, description.get("n_envs", 1), args, overrides)
+    agent = load_to_resume(cls, path, env_id, description, args, overrides)
     agent.verbose = args.verbose
     if args.logdir is not None and not _inside(agent._run_dir, args.logdir):
         # a new --logdir: the resumed run logs and checkpoints there, leaving the original run untouched
@@ -208,19 +208,24 @@ def resume_agent(args, cls, env_id: str, overrides: dict):
     return agent, env_id
 
 
-def load_to_resume(cls, path: str, env_id: str, saved_envs: int, args, overrides: dict):
+def load_to_resume(cls, path: str, env_id: str, description: dict, args, overrides: dict):
     """The checkpoint's agent on `env_id`, with the checkpoint's number of envs, or --n-envs when it names
     another: as SB3's load(path, env=a VecEnv of that size) does. The rollouts then differ from the
     uninterrupted run's (stderr says so), and a batch_size that no longer divides n_steps * n_envs is refused
     (exit 2) before training."""
+    from rlgeom.agents import devices
     from rlgeom.agents.devices import resolve_device
     from rlgeom.envs import make_vec_env
 
+    saved_envs = description.get("n_envs", 1)
     if args.n_envs is None or args.n_envs == saved_envs:
         return cls.load(path, env=env_id, device=args.device, **overrides)
-    env = make_vec_env(env_id, args.n_envs, device=resolve_device(args.device), vectorization=args.vectorization)
+    # one device for the env and the agent: "auto" decided as for a new run of this task with --n-envs envs
+    device = resolve_device(args.device, lambda: devices.auto_device(env_id, args.n_envs, description.get("policy"),
+                                                             description.get("policy_kwargs")))
+    env = make_vec_env(env_id, args.n_envs, device=device, vectorization=args.vectorization)
     try:
-        agent = cls.load(path, env=env, device=args.device, **overrides)
+        agent = cls.load(path, env=env, device=device, **overrides)
     except BaseException:
         env.close()
         raise
