@@ -10,10 +10,11 @@ from rlgeom.training import distributed
 from rlgeom.training.optim import make_optimizer
 
 
-def critic_optimizer(policy, learning_rate: float) -> torch.optim.Optimizer:
-    """Adam (torch's eps), or the policy_kwargs' optimizer_class, over the critic's parameters only (the
-    actor is moved by its own rule)."""
-    return make_optimizer(policy.critic_parameters(), learning_rate, policy.optimizer_class, policy.optimizer_kwargs)
+def critic_optimizer(policy, learning_rate: float, default_eps: float | None = None) -> torch.optim.Optimizer:
+    """Adam (eps `default_eps`, else torch's), or the policy_kwargs' optimizer_class, over the critic's parameters
+    only (the actor is moved by its own rule)."""
+    return make_optimizer(policy.critic_parameters(), learning_rate, policy.optimizer_class, policy.optimizer_kwargs,
+                          default_eps=default_eps)
 
 
 def fit_value_function(

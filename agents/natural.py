@@ -155,7 +155,10 @@ class NaturalGradientAgent(OnPolicyAgent):
     needs_separate_networks = True
 
     def _setup(self) -> None:
-        self.critic_optimizer = critic_optimizer(self.policy, schedule_value(self.config.learning_rate, 1.0))
+        # sb3-contrib's TRPO (the peer) fits its critic with SB3's policy Adam, eps 1e-5 (issue 29: with torch's
+        # 1e-8 the critic's step differed from the peer's by 0.6-1.7% per update; experiments/trpo_adam_eps.py)
+        self.critic_optimizer = critic_optimizer(self.policy, schedule_value(self.config.learning_rate, 1.0),
+                                                 default_eps=1e-5)
 
     def update(self, buffer, progress_remaining: float) -> dict:
         cfg = self.config

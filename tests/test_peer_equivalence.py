@@ -64,7 +64,6 @@ def make_pair(batch_size: int):
     peer = sb3_contrib.TRPO(
         "MlpPolicy", make_vec_env(TASK, n_envs=N_ENVS), n_steps=N_STEPS, batch_size=batch_size, target_kl=TARGET_KL, cg_damping=DAMPING,
         cg_max_steps=15, n_critic_updates=3, learning_rate=CRITIC_LR, seed=0, device="cpu",
-        policy_kwargs={"optimizer_kwargs": {"eps": 1e-8}},  # rlgeom's critic Adam uses torch's default eps
     )
     return same_start(agent, peer)
 
@@ -128,6 +127,8 @@ def one_update(agent, peer):
 
 def test_same_advantages_and_same_update_as_sb3_contrib():
     agent, peer = make_pair(batch_size=N_STEPS * N_ENVS)  # one critic minibatch: no shuffling difference
+    # both sides at their own defaults: the critic's Adam eps is sb3-contrib's (SB3's policy Adam, 1e-5)
+    assert agent.critic_optimizer.param_groups[0]["eps"] == peer.policy.optimizer.param_groups[0]["eps"] == 1e-5
     stats, moved, actor_diff, critic_diff = one_update(agent, peer)
     assert stats["geometry/line_search_accepted"] == 1.0
     assert moved > 1e-2  # the update did something, so agreement below means something
