@@ -4,7 +4,7 @@
 #   nice -n 5 bash experiments/acktr/arms_300k.sh
 #   TASKS=Hopper-v5 SEEDS=100,101 ARMS="preset" bash experiments/acktr/arms_300k.sh
 #
-# Each arm is the CLI's MuJoCo preset plus its --hp overrides (below). Runs go one by one, seed by seed with
+# Each arm is the CLI's MuJoCo preset plus its overrides (below). Runs go one by one, seed by seed with
 # the arms side by side (so a stopped session leaves paired seeds), task after task, through the CLI's grid
 # (rlgeom.tools.benchmark): a finished run has done.json (final deterministic evaluation of 10 episodes, the
 # git commit, the preset and the overrides) and is skipped on a rerun; an unfinished one is set aside and run
@@ -18,11 +18,13 @@ ARMS="${ARMS:-preset log-std-own}"
 TIMESTEPS="${TIMESTEPS:-300000}"
 LOGDIR="${LOGDIR:-experiments/results/acktr_arms_300k}"
 
-arm_hp() {  # the arm's --hp overrides on top of the preset
+arm_args() {  # the arm's CLI overrides on top of the preset (--hp, --policy-kwargs)
     case "$1" in
         preset) echo "" ;;
-        log-std-own) echo "log_std_step=own" ;;
-        *) echo "unknown arm $1 (preset, log-std-own)" >&2; return 2 ;;
+        log-std-own) echo "--hp log_std_step=own" ;;
+        # σ starts at e^-2 = 0.135, as the TRPO MuJoCo preset's policy does (rl-zoo's log_std_init -2)
+        log-std-init-m2) echo '--policy-kwargs {"log_std_init":-2.0}' ;;
+        *) echo "unknown arm $1 (preset, log-std-own, log-std-init-m2)" >&2; return 2 ;;
     esac
 }
 
@@ -30,9 +32,10 @@ status=0
 for task in $TASKS; do
     for seed in ${SEEDS//,/ }; do
         for arm in $ARMS; do
-            hp=$(arm_hp "$arm") || exit 2
+            overrides=$(arm_args "$arm") || exit 2
+            # shellcheck disable=SC2086  # the overrides are words: an option and its value
             python -m rlgeom.train --algo acktr --env "$task" --seeds "$seed" --timesteps "$TIMESTEPS" \
-                --eval-episodes 10 --workers 1 --no-progress --logdir "$LOGDIR/$arm" ${hp:+--hp $hp}
+                --eval-episodes 10 --workers 1 --no-progress --logdir "$LOGDIR/$arm" $overrides
             code=$?
             [ "$code" -eq 2 ] && exit 2
             [ "$code" -ne 0 ] && status=1
