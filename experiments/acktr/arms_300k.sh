@@ -22,7 +22,7 @@ arm_args() {  # the arm's CLI overrides on top of the preset (--hp, --policy-kwa
     case "$1" in
         preset) echo "" ;;
         log-std-own) echo "--hp log_std_step=own" ;;
-        # σ starts at e^-2 = 0.135, as the TRPO MuJoCo preset's policy does (rl-zoo's log_std_init -2)
+        # σ starts at e^-2 = 0.135 (rl-zoo's MuJoCo policy_kwargs, log_std_init -2), where TRPO's σ ends at 1M
         log-std-init-m2) echo '--policy-kwargs {"log_std_init":-2.0}' ;;
         *) echo "unknown arm $1 (preset, log-std-own, log-std-init-m2)" >&2; return 2 ;;
     esac
