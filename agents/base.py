@@ -401,7 +401,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             return policy.draw
 
         def draw(obs: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode():
+            with torch.no_grad():  # not inference_mode: a CUDA graph's output must stay a normal tensor
                 return compiler.call(f"draw{id(policy)}", lambda: draw_function(policy), obs)
         return draw
 
