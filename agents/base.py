@@ -394,10 +394,11 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         return self.policy.env_actions(actions)
 
     def _rollout_draw(self):
-        """The rollout's step, obs ↦ actions: `policy.draw`, or with compile on its compiled form (gSDE's
-        draw, whose exploration matrices are redrawn within a rollout, stays eager)."""
+        """The rollout's step, obs ↦ actions: `policy.draw`, or its compiled form where the compiler compiles the
+        rollout (rlgeom.training.compiled; gSDE's draw, whose exploration matrices are redrawn within a rollout,
+        stays eager)."""
         compiler, policy = self.compiler, self.policy
-        if not compiler.enabled or policy.use_sde:
+        if not compiler.rollout or policy.use_sde:
             return policy.draw
 
         def draw(obs: torch.Tensor) -> torch.Tensor:

@@ -135,6 +135,15 @@ def test_compile_options_accept_torch_compile_names_and_refuse_others():
     assert compile_options(True, "cpu").mode == "default"
     assert compile_options("auto", "cuda").mode == "reduce-overhead"  # CUDA graphs, LeanRL's choice
     assert compile_options({"backend": "aot_eager"}, "cpu").backend == "aot_eager"
+    from rlgeom.training.compiled import Compiler
+
+    on_cpu, on_cuda = (Compiler(compile_options(True, d), d) for d in ("cpu", "cuda"))
+    assert not on_cpu.rollout and not on_cpu.syncless  # measured slower on the CPU: only asked for
+    assert on_cuda.rollout and on_cuda.syncless and on_cuda.cuda_graphs
+    forced = Compiler(compile_options({"rollout": True, "syncless": True}, "cpu"), "cpu")
+    assert forced.rollout and forced.syncless and not forced.cuda_graphs
+    with pytest.raises(ValueError, match="rollout and syncless None, True or False"):
+        compile_options({"rollout": "yes"}, "cpu")
     with pytest.raises(ValueError, match="unknown compile mode 'fast'; accepted: .*reduce-overhead"):
         compile_options("fast", "cpu")
     with pytest.raises(ValueError, match="unknown option.*speed"):
@@ -190,7 +199,7 @@ def test_compiled_ppo_update_matches_the_plain_one():
 def test_compiled_natural_update_matches_the_plain_one(cls):
     """TRPO / NPG with compile on: the critic's loss compiled, CG and the line search without host syncs.
     The step (direction, line search, accepted fraction) and the critic fit are the plain path's."""
-    plain, fast, (s_plain, s_fast) = one_update(cls, "cpu", {"mode": "default", "backend": "eager"},
+    plain, fast, (s_plain, s_fast) = one_update(cls, "cpu", {"mode": "default", "backend": "eager", "syncless": True},
                                                 env="Pendulum-v1", batch_size=16, n_critic_updates=2)
     torch.testing.assert_close(parameters(fast), parameters(plain), rtol=1e-5, atol=1e-6)
     for tag in ("geometry/cg_iterations", "geometry/line_search_backtracks", "geometry/line_search_accepted"):
@@ -206,9 +215,10 @@ def test_compiled_rollout_draws_the_plain_actions():
     """The compiled step (the policy's modules traced, aot_eager's random numbers being eager's) draws the
     actions policy.draw draws from the same generator state."""
     agent = PPO("MlpPolicy", "Pendulum-v1", n_envs=3, n_steps=8, batch_size=24, seed=0, device="cpu",
-                compile={"mode": "default", "backend": "aot_eager"})
+                compile={"mode": "default", "backend": "aot_eager", "rollout": True})
     obs = agent.env.reset(seed=0)
     draw = agent._rollout_draw()
+    assert draw != agent.policy.draw
     for _ in range(2):  # the second call runs the compiled function without tracing
         torch.manual_seed(5)
         expected = agent.policy.draw(obs)

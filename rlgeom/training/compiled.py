@@ -15,6 +15,12 @@ the plain layers itself.
 With compile on, NPG and TRPO also solve CG and run the line search without host syncs
 (`syncless`: rlgeom.geometry.fisher), so an update queues its kernels without waiting.
 
+Two parts are on CUDA only unless asked for (`compile={"mode": ..., "rollout": True, "syncless": True}`),
+because on the CPU they were measured slower (experiments/RESULTS_speed.md, "The compiled path"): the
+compiled draw (per call, dynamo's guards and the plain layers cost more than the written-out inference
+function they replace: ~1.7 against ~0.5 ms on the loaded 2-core machine), and the syncless step (every CG
+iteration and every line-search trial computed, where the host would stop early; no sync to save there).
+
 On CUDA, mode "reduce-overhead" (what `compile=True` picks there) captures CUDA graphs (LeanRL's
 approach): a graph's outputs live in memory the next replay overwrites, so a caller that keeps one
 across calls takes `keep(t)`, and every call starts with `step_begin()`.
@@ -29,11 +35,11 @@ import torch
 
 #: torch.compile's modes
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-#: the torch.compile options `compile=` may give as a dict
-OPTIONS = ("mode", "backend", "fullgraph", "dynamic")
+#: the torch.compile options `compile=` may give as a dict, then rlgeom's own (None: on CUDA only)
+OPTIONS = ("mode", "backend", "fullgraph", "dynamic", "rollout", "syncless")
 ACCEPTED = ("None/False/'off' (eager), True/'auto' ('reduce-overhead' on CUDA: CUDA graphs; 'default' on the CPU), "
             f"one of torch.compile's modes ({', '.join(MODES)}), or a dict of torch.compile options "
-            f"({', '.join(OPTIONS)})")
+            "(mode, backend, fullgraph, dynamic) and rlgeom's rollout, syncless (True/False; default: on CUDA only)")
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,8 @@ class CompileOptions:
     backend: str = "inductor"
     fullgraph: bool = False
     dynamic: bool | None = False  # the shapes of a run are fixed (n_envs, batch_size): no symbolic shapes
+    rollout: bool | None = None  # compile the rollout's draw (None: on CUDA only)
+    syncless: bool | None = None  # NPG/TRPO's step without host syncs (None: on CUDA only)
 
     @property
     def enabled(self) -> bool:
@@ -70,10 +78,11 @@ def compile_options(value, device: torch.device | str) -> CompileOptions:
     if not isinstance(backend, str) or not backend:
         raise ValueError(f"compile's backend must be the name of a torch.compile backend, got {backend!r}")
     fullgraph, dynamic = settings.get("fullgraph", False), settings.get("dynamic", False)
-    if not isinstance(fullgraph, bool) or dynamic not in (None, True, False):
-        raise ValueError(f"compile's fullgraph must be True or False and dynamic None, True or False, got "
-                         f"{fullgraph!r}, {dynamic!r}")
-    return CompileOptions(mode, backend, fullgraph, dynamic)
+    rollout, syncless = settings.get("rollout"), settings.get("syncless")
+    if not isinstance(fullgraph, bool) or any(v not in (None, True, False) for v in (dynamic, rollout, syncless)):
+        raise ValueError(f"compile's fullgraph must be True or False, and dynamic, rollout and syncless None, True or "
+                         f"False, got {fullgraph!r}, {dynamic!r}, {rollout!r}, {syncless!r}")
+    return CompileOptions(mode, backend, fullgraph, dynamic, rollout, syncless)
 
 
 class Compiler:
@@ -90,8 +99,17 @@ class Compiler:
 
     @property
     def syncless(self) -> bool:
-        """Whether NPG/TRPO take CG and the line search without host syncs (with compile on)."""
-        return self.enabled
+        """Whether NPG/TRPO take CG and the line search without host syncs (compile on; CUDA unless asked)."""
+        return self.enabled and self._on("syncless")
+
+    @property
+    def rollout(self) -> bool:
+        """Whether the rollout's draw is compiled (compile on; CUDA unless asked)."""
+        return self.enabled and self._on("rollout")
+
+    def _on(self, part: str) -> bool:
+        chosen = getattr(self.options, part)
+        return self.device.type == "cuda" if chosen is None else chosen
 
     @property
     def written_out(self) -> bool | None:
