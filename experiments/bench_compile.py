@@ -98,7 +98,7 @@ def measure(task: str, algo: str, n_envs: int, args) -> dict:
         "per_iteration_s": {name: {k: statistics.median(p[k] for p in ps) for k in ("rollout", "update")}
                             for name, ps in parts.items()},
         "compiled_over_plain": sps["compiled"] / sps["plain"],
-        "pays_off_after_steps": int(overhead / gain_per_step) if gain_per_step > 0 else None,
+        "pays_off_after_steps": max(0, int(overhead / gain_per_step)) if gain_per_step > 0 else None,
     }
     it = row["per_iteration_s"]
     print(f"  {task} {algo} {n_envs} env(s): plain {sps['plain']:,.0f}, compiled {sps['compiled']:,.0f} steps/s "
