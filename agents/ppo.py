@@ -90,8 +90,8 @@ class PPO(OnPolicyAgent):
         # the update back). approx_kl is computed per minibatch only to stop early on target_kl.
         step_losses, step_log_ratios, step_grad_norms = [], [], []
         compiler = self.compiler
-        # compiled: ε as a tensor, so that a scheduled clip range does not recompile
-        clip = torch.tensor(eps, device=self.device) if compiler.enabled else eps
+        # compiled: ε as a tensor, so that a scheduled clip range does not recompile (filled on the device: no copy)
+        clip = torch.full((), eps, device=self.device) if compiler.enabled else eps
         for epoch in range(cfg.n_epochs):
             epoch_start = len(step_log_ratios)
             for batch in buffer.minibatches(cfg.batch_size, self.generator, cfg.normalize_advantage):

@@ -50,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", default=None, metavar="MODE",
                    help="torch.compile the rollout's step and the update's losses (rlgeom.training.compiled): off "
                         "(the default), auto (reduce-overhead on CUDA, which captures CUDA graphs; default on the "
-                        "CPU), default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs. Compiling "
-                        "takes tens of seconds at the start of a run")
+                        "CPU, where only the losses are compiled), default, reduce-overhead, max-autotune, "
+                        "max-autotune-no-cudagraphs. Compiling takes a minute or so at the start of a run; on the "
+                        "CPU it pays off for long PPO runs")
     p.add_argument("--logdir", default=None, help=f"TensorBoard root (one run dir per task/agent/seed; default: "
                    f"{DEFAULT_LOGDIR}, or with --resume the resumed run's own folder)")
     p.add_argument("--save", default=None, help="model path (default: <run dir>/model.safetensors)")
