@@ -1,7 +1,7 @@
 #!/bin/bash
 # the default CLI run (PPO on CartPole-v1, the rl-zoo preset: 100k steps, 8 envs), plain and --compile default,
 # alternated twice, each compiled run with an empty inductor cache (the cold compile a first-time user pays)
-cd /work/wt/compile
+cd "$(dirname "$0")/../../../.."  # the repository root
 export PYTHONPATH=$PWD
 for rep in 1 2; do
   for mode in off default; do
