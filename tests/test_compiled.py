@@ -234,5 +234,13 @@ def test_reduce_overhead_on_cuda_matches_the_plain_update(cls):
     hp = {"batch_size": 16, "n_epochs": 2} if cls is PPO else {"batch_size": 16, "n_critic_updates": 2}
     plain, fast, _ = one_update(cls, "cuda", "reduce-overhead", **hp)
     torch.testing.assert_close(parameters(fast), parameters(plain), rtol=1e-4, atol=1e-5)
+    if cls is TRPO:  # the direction and the step queue their kernels without one host sync
+        batch = plain.buffer.full_batch(fast.config.normalize_advantage)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            fast.take_step(natural_direction(fast.policy, batch, fast.config, fast.generator, syncless=True))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
     fast.learn(96)
     assert torch.isfinite(parameters(fast)).all() and fast.num_timesteps >= 96

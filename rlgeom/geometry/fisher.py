@@ -478,7 +478,9 @@ def _syncless_line_search(params, step, evaluate, max_kl, expected_improvement, 
     any_accepted = accepted.any()
     # the first accepted trial (argmax of a bool row is its first True); none: the last one tried
     first = torch.where(any_accepted, accepted.to(torch.uint8).argmax(), max_backtracks)
-    fractions = torch.tensor([backtrack_coef**j for j in range(max_backtracks + 1)], device=old.device)
+    # βʲ as the plain search computes it (in double, then float32 in the product), made on the device: no copy
+    exponents = torch.arange(max_backtracks + 1, dtype=torch.float64, device=old.device)
+    fractions = torch.full_like(exponents, backtrack_coef).pow(exponents).to(old.dtype)
     fraction = torch.where(any_accepted, fractions[first], 0.0)
     # the accepted trial's parameters as it computed them (old + βʲ·step), or θ_old itself
     assign_flat_parameters(params, torch.where(any_accepted, old + fractions[first] * step, old))
