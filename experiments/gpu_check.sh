@@ -44,7 +44,7 @@ stamp "pytest on $DEVICE"
 if [ $QUICK = 1 ]; then
   RLGEOM_TEST_DEVICE=$DEVICE timeout 300 $PY -m pytest -q -p no:cacheprovider -rfEs tests/test_devices.py > "$OUT/pytest.log" 2>&1
 else
-  RLGEOM_TEST_DEVICE=$DEVICE timeout 130 $PY -m pytest -q -p no:cacheprovider -n 14 --timeout 110 -rfE tests \
+  RLGEOM_TEST_DEVICE=$DEVICE timeout 150 $PY -m pytest -q -p no:cacheprovider -n 14 --timeout 120 -rfE tests \
     --ignore=tests/test_compare.py --ignore=tests/test_ray_grid.py > "$OUT/pytest.log" 2>&1
 fi
 echo "pytest exit $?" | tee "$OUT/pytest.exit"; tail -3 "$OUT/pytest.log"
@@ -63,7 +63,7 @@ timeout 30 $PY experiments/bench_gpu.py --device "$DEVICE" --n-envs $BIG --secti
   --throughput-updates 10 --out "$OUT/bench_gpu_$BIG.json" 2>&1 | tail -3
 
 stamp "8-env table (rlgeom plain and compiled, SB3)"
-timeout 110 $PY experiments/gpu_table.py --device "$DEVICE" --steps 8192 --compile "$COMPILE" \
+timeout 100 $PY experiments/gpu_table.py --device "$DEVICE" --steps 8192 --compile "$COMPILE" \
   $([ $QUICK = 1 ] && echo --quick) --out "$OUT/table.json" 2>&1 | tee "$OUT/table.log" | tail -6
 
 stamp "compiled beside plain at 64 envs"
