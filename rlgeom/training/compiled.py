@@ -4,8 +4,7 @@ losses, behind one switch (the agents' `compile=`, the CLI's `--compile`), off b
 What it wraps, each a function that exists once and runs eagerly when the switch is off:
 - the rollout's step: the policy's `dist_params` and the family's `sample` (agents/base.py);
 - PPO's minibatch losses (outputs, log-density, entropy, `PPO.losses`) and the critic's regression loss
-  (agents/critic.py: NPG, TRPO, VPG). autograd's backward of a compiled forward is compiled with it;
-  the optimiser's step stays the fused Adam it is.
+  (agents/critic.py: NPG, TRPO, VPG). autograd's backward of a compiled forward is compiled with it.
 
 The compiled functions trace the plain modules (`written_out=False`): the written-out MLP node
 (rlgeom.models.networks.WrittenOutMLP, a torch.autograd.Function) makes torch.compile break the graph
@@ -23,7 +22,12 @@ iteration and every line-search trial computed, where the host would stop early;
 
 On CUDA, mode "reduce-overhead" (what `compile=True` picks there) captures CUDA graphs (LeanRL's
 approach): a graph's outputs live in memory the next replay overwrites, so a caller that keeps one
-across calls takes `keep(t)`, and every call starts with `step_begin()`.
+across calls takes `keep(t)`, and `call` starts each call as a new CUDA-graph step
+(`torch.compiler.cudagraph_mark_step_begin`).
+
+Not compiled: log π_old and V_old of a rollout (once per rollout, one batched eager pass), the optimiser's
+step, ACKTR's update (K-FAC's statistics need the modules' hooks). PPO with `target_kl` still reads the
+KL once per minibatch to decide the early stop.
 """
 
 from __future__ import annotations
