@@ -185,6 +185,7 @@ def one_update(cls, device, compile, env="CartPole-v1", **hp):
     return plain, fast, stats
 
 
+@pytest.mark.slow  # ~10 s on the loaded 2-core machine: AOT autograd traces PPO's loss forward and backward
 def test_compiled_ppo_update_matches_the_plain_one():
     """PPO's minibatch losses compiled with AOT autograd (forward and backward graphs): after one update
     (2 epochs of 2 minibatches, Adam, clipping) the parameters are the plain path's to float rounding."""
