@@ -49,6 +49,7 @@ from rlgeom.persistence import checkpoint as ckpt
 from rlgeom.data.buffer import RolloutBuffer
 from rlgeom.training import distributed
 from rlgeom.training.guards import NonFinitePolicyError, SkippedUpdate, TrainingDivergedError, guard_finite
+from rlgeom.training.compiled import Compiler, compile_options, draw_function
 from rlgeom.training.threads import learning_threads
 from rlgeom.persistence.logger import RunLogger, latest_run_directory, run_directory, sb3_run_directory
 from rlgeom.data.normalization import RewardScaler
@@ -106,6 +107,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         geometry_every: int | None = None,
         stats_window_size: int = 100,
         threads: int | None = None,
+        compile=None,
         _spaces=None,
         **hyperparameters,
     ):
@@ -145,6 +147,9 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         self.config.validate(self.n_envs)
         self.policy = self._make_policy().to(self.device)
         self.policy.written_out_derivatives = self.config.written_out_derivatives
+        # torch.compile around the rollout's step and the update's losses (rlgeom.training.compiled; None: off)
+        self.compile = compile
+        self.compiler = Compiler(compile_options(compile, self.device), self.device)
         self._check_rollout_memory()
         if distributed.active():  # one start on every rank; then each rank samples its own actions
             distributed.broadcast_module(self.policy)
@@ -388,6 +393,19 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         """The policy's actions as the env takes them (ActorCriticPolicy.env_actions)."""
         return self.policy.env_actions(actions)
 
+    def _rollout_draw(self):
+        """The rollout's step, obs ↦ actions: `policy.draw`, or its compiled form where the compiler compiles the
+        rollout (rlgeom.training.compiled; gSDE's draw, whose exploration matrices are redrawn within a rollout,
+        stays eager)."""
+        compiler, policy = self.compiler, self.policy
+        if not compiler.rollout or policy.use_sde:
+            return policy.draw
+
+        def draw(obs: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():  # not inference_mode: a CUDA graph's output must stay a normal tensor
+                return compiler.call(f"draw{id(policy)}", lambda: draw_function(policy), obs)
+        return draw
+
     def collect_rollout(self, callback=None) -> bool:
         """Fill the buffer with n_steps vector steps; False if a callback asked to stop."""
         buffer = self.buffer
@@ -397,12 +415,13 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             callback.on_rollout_start()
         self.policy.start_rollout()  # parameters are fixed until the update: inference functions built once
         use_sde, sample_freq, stopped = self.config.use_sde, self.config.sde_sample_freq, False
+        draw = self._rollout_draw()
         steps_per_step = self.n_envs * distributed.world_size()  # every rank's envs count in num_timesteps
         try:
             for step_index in range(self.config.n_steps):
                 if use_sde and (step_index == 0 or sample_freq > 0 and step_index % sample_freq == 0):
                     self.policy.reset_noise(self.n_envs)  # gSDE: new exploration matrices, one per env
-                actions = self.policy.draw(self._last_obs)  # inference mode, the actor alone
+                actions = draw(self._last_obs)  # inference mode, the actor alone
                 step = self.env.step(self._env_actions(actions))
                 buffer.add(self._last_obs, actions, self._last_episode_starts, step)
                 self._last_obs, self._last_episode_starts = step.obs, step.done

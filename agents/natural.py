@@ -80,8 +80,10 @@ class NaturalDirection:
         return improvement, self.fisher.mean_kl(current)
 
 
-def natural_direction(policy, batch: Batch, cfg: NaturalGradientConfig, generator: torch.Generator) -> NaturalDirection:
-    """g = ∇L(θ_old); x = CG(F + λI, g); step = √(2δ / xᵀFx)·x (rlgeom.geometry.fisher does the maths)."""
+def natural_direction(policy, batch: Batch, cfg: NaturalGradientConfig, generator: torch.Generator,
+                      syncless: bool = False) -> NaturalDirection:
+    """g = ∇L(θ_old); x = CG(F + λI, g); step = √(2δ / xᵀFx)·x (rlgeom.geometry.fisher does the maths;
+    `syncless`: CG without host syncs, the compiled path's)."""
     fisher = PolicyFisher(
         policy.actor, policy.family, policy.actor_inputs(batch.obs), damping=cfg.cg_damping,
         method=cfg.fisher_method, subsample=1.0 / cfg.sub_sampling_factor, generator=generator,
@@ -90,7 +92,7 @@ def natural_direction(policy, batch: Batch, cfg: NaturalGradientConfig, generato
     objective = surrogate(fisher, batch)
     gradient = distributed.mean(flat_gradient(objective, fisher.parameters))  # every rank's batch (torchrun)
     with fisher.linearised():  # θ is fixed during CG: every product reuses one forward pass
-        step = natural_step(gradient, fisher.fvp, cfg.max_kl, cfg.cg_max_steps, cfg.cg_tolerance)
+        step = natural_step(gradient, fisher.fvp, cfg.max_kl, cfg.cg_max_steps, cfg.cg_tolerance, syncless=syncless)
     return NaturalDirection(fisher, batch, gradient, step, distributed.mean(objective.detach()))
 
 
@@ -127,7 +129,8 @@ def fit_critic(agent, buffer, progress_remaining: float) -> dict:
     for group in agent.critic_optimizer.param_groups:
         group["lr"] = lr
     value_loss = fit_value_function(
-        agent.policy, agent.critic_optimizer, buffer, cfg.n_critic_updates, cfg.batch_size, agent.generator
+        agent.policy, agent.critic_optimizer, buffer, cfg.n_critic_updates, cfg.batch_size, agent.generator,
+        agent.compiler,
     )
     guard_finite(value_loss=value_loss)
     return {"train/value_loss": value_loss, "train/learning_rate": lr}
@@ -163,7 +166,7 @@ class NaturalGradientAgent(OnPolicyAgent):
     def update(self, buffer, progress_remaining: float) -> dict:
         cfg = self.config
         batch = buffer.full_batch(cfg.normalize_advantage)
-        direction = natural_direction(self.policy, batch, cfg, self.generator)
+        direction = natural_direction(self.policy, batch, cfg, self.generator, syncless=self.compiler.syncless)
         direction.guard()  # a non-finite gradient, FVP or CG result never reaches the parameters
         step_fraction, step_stats = self.take_step(direction)
         stats = fit_critic(self, buffer, progress_remaining)  # fit V_φ to R

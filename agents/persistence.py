@@ -31,6 +31,8 @@ from rlgeom.agents.sb3_compat import filter_description, hyperparameters_from_sa
 #: constructor options saved with the model that are not hyperparameters of the algorithm
 AGENT_OPTIONS = ("nonfinite", "max_consecutive_skips", "geometry_every", "stats_window_size", "tensorboard_log",
                  "verbose")
+#: agent options load() takes from its caller and save() does not write (rlgeom.training.compiled)
+RUN_OPTIONS = ("compile",)
 
 
 class Persistence:
@@ -111,6 +113,8 @@ class Persistence:
                 f"load it with {str(d.get('algo')).upper()}.load"
             )
         options = {k: overrides.pop(k) if k in overrides else d[k] for k in AGENT_OPTIONS if k in overrides or k in d}
+        # how to run, not what was trained: never saved, taken only from the caller
+        options.update({k: overrides.pop(k) for k in RUN_OPTIONS if k in overrides})
         if device not in ("auto", None):  # "auto" is decided by the agent, for its policy and env
             device = resolve_device(device)  # an unavailable device is the caller's problem, not the file's
         try:

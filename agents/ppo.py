@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +23,7 @@ from rlgeom.agents import config as c
 from rlgeom.agents.base import OnPolicyAgent
 from rlgeom.agents.config import OnPolicyConfig, hp
 from rlgeom.agents.critic import explained_variance
+from rlgeom.data.buffer import Batch
 from rlgeom.geometry.fisher import approximate_kl
 from rlgeom.training import distributed
 from rlgeom.training.guards import guard_finite, read_stats
@@ -55,6 +58,8 @@ class PPOConfig(OnPolicyConfig):
         c.positive(self, "target_kl", allow_none=True)
 
 
+BATCH_FIELDS = dataclasses.fields(Batch)
+
 #: train/ tags of PPO's minibatch statistics, SB3's names (policy_gradient_loss is SB3's tag for the clipped loss)
 STAT_NAMES = ("policy_gradient_loss", "value_loss", "entropy_loss", "loss", "approx_kl", "clip_fraction")
 
@@ -84,22 +89,23 @@ class PPO(OnPolicyAgent):
         # computed from them once after the epochs (one host sync; non-finite values make the base roll
         # the update back). approx_kl is computed per minibatch only to stop early on target_kl.
         step_losses, step_log_ratios, step_grad_norms = [], [], []
-        family = self.policy.family
+        compiler = self.compiler
+        # compiled: ε as a tensor, so that a scheduled clip range does not recompile (filled on the device: no copy)
+        clip = torch.full((), eps, device=self.device) if compiler.enabled else eps
         for epoch in range(cfg.n_epochs):
             epoch_start = len(step_log_ratios)
             for batch in buffer.minibatches(cfg.batch_size, self.generator, cfg.normalize_advantage):
-                out = self.policy.outputs(batch.obs)
-                log_probs, entropy = family.log_prob(out.dist_params, batch.actions), family.entropy(out.dist_params)
-                policy_loss, value_loss, entropy_loss, loss, ratio, log_ratio = self.losses(
-                    batch, log_probs, entropy, out.values, eps)
+                policy_loss, value_loss, entropy_loss, loss, log_ratio = compiler.call(
+                    "ppo_losses", lambda: functools.partial(self.minibatch_losses, written_out=compiler.written_out),
+                    *(getattr(batch, f.name) for f in BATCH_FIELDS), clip)
                 with torch.no_grad():  # as SB3, the minibatch that triggers the early stop is in the statistics
                     step_losses.append(torch.stack([policy_loss, value_loss, entropy_loss, loss]))
-                    step_log_ratios.append(log_ratio.detach())
+                    step_log_ratios.append(compiler.keep(log_ratio.detach()))
                     if cfg.target_kl is not None and distributed.mean(approximate_kl(log_ratio)) > 1.5 * cfg.target_kl:
                         stopped_early = True  # every rank sees the same mean, so every rank stops here
                         break
                 self.optimizer.zero_grad(set_to_none=True)
-                out.backward(loss)  # autograd on the loss; the network's part written out for plain MLPs
+                loss.backward()  # autograd on the loss; the network's part written out for plain MLPs (eager)
                 distributed.average_gradients(self.policy.parameters())  # torchrun: the union minibatch's
                 grad_norm = clip_gradient_norm(self.optimizer, cfg.max_grad_norm)  # no host sync
                 self.optimizer.step()
@@ -121,6 +127,18 @@ class PPO(OnPolicyAgent):
             "train/explained_variance": explained_variance(buffer.values.flatten(), buffer.returns.flatten()),
         })
         return read_stats(stats)  # the explained variance's host read
+
+    def minibatch_losses(self, *fields: torch.Tensor, written_out: bool | None = None):
+        """(policy, value, entropy, total loss, log-ratio) of one minibatch given as Batch's fields then ε:
+        the policy's outputs, the family's log-density and entropy, `losses`. The function the compiled path
+        compiles (rlgeom.training.compiled), with `written_out=False`."""
+        *tensors, eps = fields
+        batch = Batch(*tensors)
+        family = self.policy.family
+        out = self.policy.outputs(batch.obs, written_out=written_out)
+        log_probs, entropy = family.log_prob(out.dist_params, batch.actions), family.entropy(out.dist_params)
+        policy_loss, value_loss, entropy_loss, loss, _, log_ratio = self.losses(batch, log_probs, entropy, out.values, eps)
+        return policy_loss, value_loss, entropy_loss, loss, log_ratio
 
     def losses(self, batch, log_probs, entropy, values, eps: float):
         """PPO's loss on one minibatch: (policy, value, entropy, total loss, ratio, log-ratio)."""

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from rlgeom.agents import config as c
 from rlgeom.agents.config import hp
 from rlgeom.agents.natural import NaturalDirection, NaturalGradientAgent, NaturalGradientConfig
@@ -44,16 +46,26 @@ class TRPO(NaturalGradientAgent):
     def take_step(self, direction: NaturalDirection) -> tuple[float, dict]:
         """θ = θ_old + βʲ s for the first j whose surrogate improves within the KL radius, else θ_old."""
         cfg = self.config
+        valid = direction.step.valid
         backtracks, accepted, fraction = 0, False, 0.0
-        if direction.step.valid:
+        # syncless (the compiled path): `valid` is a device tensor, not read; an invalid step is zeros, whose
+        # trials improve nothing and are rejected, so θ_old stays
+        if self.compiler.syncless or valid:
             search = backtracking_line_search(
                 direction.fisher.parameters, direction.step.step, direction.improvement_and_kl,
                 max_kl=cfg.max_kl, expected_improvement=direction.step.expected_improvement,
                 backtrack_coef=cfg.line_search_shrinking_factor, max_backtracks=cfg.line_search_max_iter,
+                syncless=self.compiler.syncless,
             )
             backtracks, accepted, fraction = search.backtracks, search.accepted, search.step_fraction
+        if isinstance(accepted, torch.Tensor):
+            return fraction, {
+                "geometry/line_search_backtracks": torch.where(valid, backtracks, 0),
+                "geometry/line_search_accepted": accepted.float(),
+                "geometry/line_search_rejected": (valid & ~accepted).float(),
+            }
         return fraction, {
             "geometry/line_search_backtracks": backtracks,
             "geometry/line_search_accepted": float(accepted),
-            "geometry/line_search_rejected": float(direction.step.valid and not accepted),
+            "geometry/line_search_rejected": float(valid and not accepted),
         }

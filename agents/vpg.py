@@ -79,7 +79,8 @@ class VPG(OnPolicyAgent):
             approx_kl = approximate_kl(family.log_prob(self.policy.dist_params(batch.obs), batch.actions)
                                        - batch.old_log_probs)
         value_loss = fit_value_function(
-            self.policy, self.critic_optimizer, buffer, cfg.n_critic_updates, cfg.batch_size, self.generator
+            self.policy, self.critic_optimizer, buffer, cfg.n_critic_updates, cfg.batch_size, self.generator,
+            self.compiler,
         )
         guard_finite(value_loss=value_loss)  # the base rolls the critic back too
         return read_stats({  # one host transfer for every statistic

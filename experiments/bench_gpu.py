@@ -64,10 +64,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_agent(algo: str, env_id: str, n_envs: int, device: str, seed: int, hp: dict):
+def make_agent(algo: str, env_id: str, n_envs: int, device: str, seed: int, hp: dict, compile=None):
     from rlgeom.agents import AGENTS
 
-    return AGENTS[algo]("MlpPolicy", env_id, n_envs=n_envs, seed=seed, device=device, **hp)
+    return AGENTS[algo]("MlpPolicy", env_id, n_envs=n_envs, seed=seed, device=device, compile=compile_arg(compile),
+                        **hp)
+
+
+def compile_arg(text: str | None):
+    """--compile as the agents' compile=: a mode name, or a JSON dict of torch.compile options
+    ('{"mode": "default", "backend": "eager"}', what the CPU dry run of gpu_check.sh passes)."""
+    return json.loads(text) if text and text.lstrip().startswith("{") else text
 
 
 def solve(args) -> dict:
@@ -76,7 +83,7 @@ def solve(args) -> dict:
     from rlgeom.training.evaluation import evaluate
 
     hp = hyperparameters("ppo", args.n_envs)
-    agent = make_agent("ppo", "torch/CartPole-v1", args.n_envs, args.device, args.seed, hp)
+    agent = make_agent("ppo", "torch/CartPole-v1", args.n_envs, args.device, args.seed, hp, args.compile)
     eval_env = make_vec_env("torch/CartPole-v1", n_envs=EVAL_ENVS, seed=args.seed + 10_000, device=agent.device)
     chunk = args.eval_every * args.n_envs * hp["n_steps"]
     train_s = eval_s = 0.0
@@ -109,23 +116,29 @@ def solve(args) -> dict:
     }
 
 
-def throughput(args) -> list[dict]:
+def throughput(args, record: dict) -> list[dict]:
     """Steps per second of learn() on torch/CartPole-v1 for PPO, TRPO and ACKTR."""
     rows = []
     for algo in args.algos:
         hp = hyperparameters(algo, args.n_envs)
-        agent = make_agent(algo, "torch/CartPole-v1", args.n_envs, args.device, args.seed, hp)
+        agent = make_agent(algo, "torch/CartPole-v1", args.n_envs, args.device, args.seed, hp, args.compile)
         per_update = args.n_envs * hp["n_steps"]
-        agent.learn(per_update)  # warm-up: allocations, kernels, the first K-FAC decompositions
         sync(agent.device)
+        start = time.perf_counter()
+        agent.learn(per_update)  # warm-up: allocations, kernels, the first K-FAC decompositions; compiling
+        sync(agent.device)
+        warmup = time.perf_counter() - start
         start = time.perf_counter()
         agent.learn(args.throughput_updates * per_update, reset_num_timesteps=False)
         sync(agent.device)
         seconds = time.perf_counter() - start
         steps = args.throughput_updates * per_update
-        rows.append({"algo": algo, "hyperparameters": hp, "n_envs": args.n_envs, "steps": steps,
-                     "seconds": seconds, "steps_per_s": steps / seconds})
-        print(f"  throughput: {algo} {steps / seconds:,.0f} steps/s ({steps:,} steps in {seconds:.2f} s)", flush=True)
+        rows.append({"algo": algo, "hyperparameters": hp, "n_envs": args.n_envs, "steps": steps, "compile": args.compile,
+                     "warmup_s": warmup, "seconds": seconds, "steps_per_s": steps / seconds})
+        print(f"  throughput: {algo}{' compiled ' + args.compile if args.compile else ''} {steps / seconds:,.0f} "
+              f"steps/s ({steps:,} steps in {seconds:.2f} s; first update {warmup:.1f} s)", flush=True)
+        if args.out:  # a run cut short by its timeout keeps what it measured
+            write_record(args.out, {**record, "throughput": rows})
     return rows
 
 
@@ -168,6 +181,8 @@ def main(argv=None) -> int:
     p.add_argument("--gym-steps", type=int, default=20480, help="training steps per cuda_vs_cpu measurement")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1, as the CPU benchmarks)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", default=None, help="the agents' compile= (rlgeom.training.compiled): auto, "
+                   "reduce-overhead (CUDA graphs), default; throughput and solve (default: off)")
     p.add_argument("--out", default=None, help="write the record as JSON here")
     args = p.parse_args(argv)
     if args.budget_s <= 0 or args.eval_every < 1 or args.throughput_updates < 1 or args.n_envs < 1:
@@ -182,11 +197,12 @@ def main(argv=None) -> int:
     print(f"# torch {torch.__version__}, device {args.device} ({device_name}), {os.cpu_count()} CPUs, "
           f"threads={args.threads}, n_envs={args.n_envs}", flush=True)
     record = {"argv": sys.argv, "torch": torch.__version__, "device": args.device, "device_name": device_name,
-              "cpus": os.cpu_count(), "threads": args.threads, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+              "cpus": os.cpu_count(), "threads": args.threads, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "compile": args.compile}
     if "solve" in args.sections:
         record["solve"] = solve(args)
     if "throughput" in args.sections:
-        record["throughput"] = throughput(args)
+        record["throughput"] = throughput(args, record)
     if "cuda_vs_cpu" in args.sections and args.device.startswith("cuda"):
         record["cuda_vs_cpu"] = cuda_vs_cpu(args)
     if args.out:

@@ -233,7 +233,9 @@ class RolloutBuffer:
         """
         full = self.full_batch()
         n = len(full)
-        order = torch.randperm(n, generator=generator, device="cpu").to(self.device)
+        order = torch.randperm(n, generator=generator, device="cpu")
+        # to a GPU from pinned memory without waiting: a pageable copy would sync the host once per epoch
+        order = order.pin_memory().to(self.device, non_blocking=True) if torch.device(self.device).type == "cuda" else order
         # One gather per field per pass, then contiguous slices: the same minibatches as indexing
         # each one by order[start:start + batch_size], with 6 kernels per pass instead of per minibatch.
         fields = [x.index_select(0, order) for x in (

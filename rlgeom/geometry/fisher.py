@@ -26,7 +26,8 @@ Costs, for d parameters and a batch of B (or the subsample used for products):
 - `conjugate_gradient`: one matvec per iteration plus one for the true final residual (whose
   product A·x `natural_step` reuses for xᵀAx, so a natural step costs iterations + 1 products).
 - Host syncs: one per CG iteration (early stop), one per line-search trial (acceptance), one for
-  `NaturalStep.valid`. `kl_scale` itself never syncs.
+  `NaturalStep.valid`; none with `syncless=True` (the compiled path: fixed iteration and trial counts,
+  device-side masks, tested against the plain path). `kl_scale` itself never syncs.
 """
 
 from __future__ import annotations
@@ -256,13 +257,13 @@ class PolicyFisher:
 class CGResult:
     """Outcome of `conjugate_gradient`.
 
-    solution: x ≈ A⁻¹b. iterations: CG iterations run (≤ max_iterations). residual_norm: the true
-    ‖b − A x‖ (recomputed, not CG's recursive estimate), a 0-dim tensor. product: A x, computed once
-    for that residual and reused by `natural_step` for xᵀAx.
+    solution: x ≈ A⁻¹b. iterations: CG iterations that moved x (≤ max_iterations; a 0-dim tensor when
+    syncless). residual_norm: the true ‖b − A x‖ (recomputed, not CG's recursive estimate), a 0-dim
+    tensor. product: A x, computed once for that residual and reused by `natural_step` for xᵀAx.
     """
 
     solution: torch.Tensor
-    iterations: int
+    iterations: int | torch.Tensor
     residual_norm: torch.Tensor
     product: torch.Tensor
 
@@ -272,6 +273,7 @@ def conjugate_gradient(
     b: torch.Tensor,
     max_iterations: int = 10,
     residual_tolerance: float = 1e-10,
+    syncless: bool = False,
 ) -> CGResult:
     """Solve A x = b for symmetric positive-definite A given only v ↦ A v (Hestenes & Stiefel 1952).
 
@@ -279,27 +281,43 @@ def conjugate_gradient(
     residual, as in Schulman et al. 2015's implementation) or after max_iterations, and stops
     early, keeping the last iterate, if a search direction has non-positive or non-finite
     curvature pᵀAp (A is not SPD on it). b = 0 returns x = 0 after zero iterations.
+
+    syncless: the same iterates without reading anything on the host (2 syncs per iteration
+    otherwise): every one of the max_iterations products is computed, and from the iteration that
+    would have stopped on, a device-side mask keeps x, r, p and ‖r‖² as they were. The solution is
+    the early-stopping one (tests/test_compiled.py compares them); it costs the products the early
+    stop would have saved, and A x is computed even for x = 0 (exactly 0 for a linear A).
     """
     x = torch.zeros_like(b)
     r = b.clone()  # r = b − A·0
     p = r.clone()
     rr = torch.dot(r, r)
-    iterations = 0
+    iterations = torch.zeros((), dtype=torch.long, device=b.device) if syncless else 0
+    running = torch.ones((), dtype=torch.bool, device=b.device) if syncless else None
     for _ in range(max_iterations):
-        if not bool(rr > residual_tolerance):  # converged, or b itself is non-finite
+        if syncless:
+            running = running & (rr > residual_tolerance)
+        elif not bool(rr > residual_tolerance):  # converged, or b itself is non-finite
             break
         ap = matvec(p)
         curvature = torch.dot(p, ap)
-        if not bool(curvature > 0):  # also catches NaN
+        if syncless:
+            running = running & (curvature > 0)
+        elif not bool(curvature > 0):  # also catches NaN
             break
         alpha = rr / curvature
-        x = x + alpha * p
-        r = r - alpha * ap
-        rr_new = torch.dot(r, r)
-        p = r + (rr_new / rr) * p
-        rr = rr_new
-        iterations += 1
-    product = matvec(x) if iterations > 0 else torch.zeros_like(b)
+        x_next = x + alpha * p
+        r_next = r - alpha * ap
+        rr_next = torch.dot(r_next, r_next)
+        p_next = r_next + (rr_next / rr) * p
+        if syncless:  # a stopped solve keeps its iterate (where, not a 0·step: the step may be NaN)
+            x, r, p, rr = (torch.where(running, new, old) for new, old in ((x_next, x), (r_next, r), (p_next, p),
+                                                                            (rr_next, rr)))
+            iterations = iterations + running.long()
+        else:
+            x, r, p, rr = x_next, r_next, p_next, rr_next
+            iterations += 1
+    product = matvec(x) if syncless or iterations > 0 else torch.zeros_like(b)
     return CGResult(x, iterations, torch.linalg.vector_norm(b - product), product)
 
 
@@ -339,7 +357,7 @@ class NaturalStep:
     direction: torch.Tensor
     quadratic_form: torch.Tensor
     cg: CGResult
-    valid: bool
+    valid: bool | torch.Tensor
     expected_improvement: torch.Tensor
 
 
@@ -349,18 +367,24 @@ def natural_step(
     max_kl: float,
     cg_iterations: int = 10,
     cg_tolerance: float = 1e-10,
+    syncless: bool = False,
 ) -> NaturalStep:
     """x = CG(F, g); step = √(2δ / xᵀFx) · x, the ascent step whose quadratic-model KL is δ = max_kl.
 
     `gradient` is of the objective to *maximise* (e.g. the surrogate advantage); add `step` to θ.
+    syncless: CG without host syncs (`conjugate_gradient`) and `valid` a 0-dim bool tensor, not read.
     """
-    cg = conjugate_gradient(fvp, gradient, cg_iterations, cg_tolerance)
+    cg = conjugate_gradient(fvp, gradient, cg_iterations, cg_tolerance, syncless=syncless)
     x = cg.solution
     q = torch.dot(x, cg.product)  # xᵀFx from the product CG already computed for its residual
     scale = kl_scale(q, max_kl)
     finite = torch.isfinite(gradient).all() & torch.isfinite(x).all()
-    valid = bool(finite & (scale > 0))  # kl_scale is 0 exactly when q ≤ 0 or non-finite
-    step = x * scale if valid else torch.zeros_like(x)
+    valid = finite & (scale > 0)  # kl_scale is 0 exactly when q ≤ 0 or non-finite
+    if syncless:
+        step = torch.where(valid, x * scale, torch.zeros_like(x))
+    else:
+        valid = bool(valid)
+        step = x * scale if valid else torch.zeros_like(x)
     return NaturalStep(step, x, q, cg, valid, torch.dot(gradient, step))
 
 
@@ -376,13 +400,24 @@ class LineSearchResult:
     accepted: whether a trial was kept. step_fraction: the fraction of the step applied (0.0 when
     none was). backtracks: how many times the step was shrunk before acceptance (max_backtracks
     when none was accepted). kl, improvement: of the accepted trial, else of the last one tried.
+    Python numbers, or 0-dim tensors (not read) from the syncless search.
     """
 
-    accepted: bool
-    step_fraction: float
-    backtracks: int
-    kl: float
-    improvement: float
+    accepted: bool | torch.Tensor
+    step_fraction: float | torch.Tensor
+    backtracks: int | torch.Tensor
+    kl: float | torch.Tensor
+    improvement: float | torch.Tensor
+
+
+def _trial_accepted(improvement, kl, max_kl: float, threshold):
+    """The line search's test of one trial: finite, within the KL radius, improving by more than the
+    threshold. On Python floats a bool; on tensors a bool tensor (nothing is read)."""
+    if isinstance(improvement, torch.Tensor):
+        finite = torch.isfinite(improvement) & torch.isfinite(kl)
+    else:
+        finite = math.isfinite(improvement) and math.isfinite(kl)
+    return finite & (kl <= max_kl) & (improvement > threshold)
 
 
 @torch.no_grad()
@@ -396,6 +431,7 @@ def backtracking_line_search(
     backtrack_coef: float = 0.8,
     max_backtracks: int = 10,
     accept_ratio: float = 0.0,
+    syncless: bool = False,
 ) -> LineSearchResult:
     """Try θ_old + βʲ·step for j = 0, 1, …, max_backtracks (β = backtrack_coef) and keep the first
     whose surrogate improvement is finite, > 0 and > accept_ratio · expected · βʲ, and whose mean KL
@@ -403,7 +439,16 @@ def backtracking_line_search(
 
     `evaluate()` returns (surrogate improvement, mean KL(π_old ‖ π)) at the parameters currently
     assigned; it runs under torch.no_grad like the whole search. At most max_backtracks + 1 trials.
+
+    syncless: every trial is evaluated (no host read to stop at the first accepted one), and the first
+    accepted is chosen on the device. The same parameters and result, except that the test compares
+    in the evaluations' float32 where the host compares their float64 values: a trial whose KL is within
+    a float32 rounding of max_kl may be decided the other way. It costs the trials the early exit
+    would have saved (usually max_backtracks of them).
     """
+    if syncless:
+        return _syncless_line_search(params, step, evaluate, max_kl, expected_improvement, backtrack_coef,
+                                     max_backtracks, accept_ratio)
     old = flat_parameters(params)
     expected = float(expected_improvement)
     improvement = kl = float("nan")
@@ -411,8 +456,32 @@ def backtracking_line_search(
         fraction = backtrack_coef**j
         assign_flat_parameters(params, old + fraction * step)
         improvement, kl = (float(t) for t in evaluate())
-        finite = math.isfinite(improvement) and math.isfinite(kl)
-        if finite and kl <= max_kl and improvement > max(0.0, accept_ratio * expected * fraction):
+        if _trial_accepted(improvement, kl, max_kl, max(0.0, accept_ratio * expected * fraction)):
             return LineSearchResult(True, fraction, j, kl, improvement)
     assign_flat_parameters(params, old)  # copying the saved tensor back: exact, not old + 0·step
     return LineSearchResult(False, 0.0, max_backtracks, kl, improvement)
+
+
+def _syncless_line_search(params, step, evaluate, max_kl, expected_improvement, backtrack_coef, max_backtracks,
+                          accept_ratio) -> LineSearchResult:
+    old = flat_parameters(params)
+    expected = torch.as_tensor(expected_improvement, device=old.device)
+    accepted, improvements, kls = [], [], []
+    for j in range(max_backtracks + 1):
+        fraction = backtrack_coef**j
+        assign_flat_parameters(params, old + fraction * step)
+        improvement, kl = (torch.as_tensor(t, device=old.device) for t in evaluate())
+        accepted.append(_trial_accepted(improvement, kl, max_kl, (accept_ratio * expected * fraction).clamp_min(0.0)))
+        improvements.append(improvement)
+        kls.append(kl)
+    accepted, improvements, kls = torch.stack(accepted), torch.stack(improvements), torch.stack(kls)
+    any_accepted = accepted.any()
+    # the first accepted trial (argmax of a bool row is its first True); none: the last one tried
+    first = torch.where(any_accepted, accepted.to(torch.uint8).argmax(), max_backtracks)
+    # βʲ as the plain search computes it (in double, then float32 in the product), made on the device: no copy
+    exponents = torch.arange(max_backtracks + 1, dtype=torch.float64, device=old.device)
+    fractions = torch.full_like(exponents, backtrack_coef).pow(exponents).to(old.dtype)
+    fraction = torch.where(any_accepted, fractions[first], 0.0)
+    # the accepted trial's parameters as it computed them (old + βʲ·step), or θ_old itself
+    assign_flat_parameters(params, torch.where(any_accepted, old + fractions[first] * step, old))
+    return LineSearchResult(any_accepted, fraction, first, kls[first], improvements[first])

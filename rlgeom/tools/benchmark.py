@@ -110,7 +110,7 @@ TABLE_COLUMNS = (
 
 
 #: rlgeom.tools.train options passed on to every rlgeom run of a grid (SB3 runs ignore them)
-GRID_FORWARDS = ("--checkpoint-every", "--nonfinite", "--max-consecutive-skips", "--geometry-every")
+GRID_FORWARDS = ("--checkpoint-every", "--nonfinite", "--max-consecutive-skips", "--geometry-every", "--compile")
 #: rlgeom.tools.train options that name one run's files, refused in a grid
 GRID_REJECTS = ("--resume", "--checkpoint-dir")
 

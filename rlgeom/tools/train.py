@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch CPU threads (default: 1 for MlpPolicy, whose small matmuls only pay thread "
                         "overhead with more; for other policies learn() measures 1 against torch's default and "
                         "takes the faster)")
+    p.add_argument("--compile", default=None, metavar="MODE",
+                   help="torch.compile the rollout's step and the update's losses (rlgeom.training.compiled): off "
+                        "(the default), auto (reduce-overhead on CUDA, which captures CUDA graphs; default on the "
+                        "CPU, where only the losses are compiled), default, reduce-overhead, max-autotune, "
+                        "max-autotune-no-cudagraphs. Compiling takes a minute or so at the start of a run; on the "
+                        "CPU it pays off for long PPO runs")
     p.add_argument("--logdir", default=None, help=f"TensorBoard root (one run dir per task/agent/seed; default: "
                    f"{DEFAULT_LOGDIR}, or with --resume the resumed run's own folder)")
     p.add_argument("--save", default=None, help="model path (default: <run dir>/model.safetensors)")
@@ -128,7 +134,7 @@ def run(args) -> dict:
     if timesteps < 1:
         raise UsageError(f"--timesteps must be positive, got {timesteps}")
     options = {k: v for k, v in (("nonfinite", args.nonfinite), ("max_consecutive_skips", args.max_consecutive_skips),
-                                 ("geometry_every", args.geometry_every))
+                                 ("geometry_every", args.geometry_every), ("compile", args.compile))
                if v is not None}
     if args.resume is not None:
         agent, env_id = resume_agent(args, cls, env_id, {**overrides, **options})
@@ -247,6 +253,7 @@ def check_run_args(args) -> None:
     from rlgeom.persistence.checkpoint import check_checkpoint_dir
     from rlgeom.persistence.outputs import check_outside_other_runs, check_writable_file, ensure_writable_dir
 
+    check_compile_flag(args.compile)
     if args.env is not None and not args.env.strip():
         raise UsageError("--env is empty; give an env id such as CartPole-v1 (or leave --env out for CartPole-v1)")
     for flag, value in (("--n-envs", args.n_envs), ("--eval-episodes", args.eval_episodes),
@@ -266,6 +273,15 @@ def check_run_args(args) -> None:
         if args.resume is None:
             check_outside_other_runs(os.path.dirname(os.path.abspath(model_path(args.save))), "model file (--save)")
         check_writable_file(model_path(args.save), "model file (--save)")
+
+
+def check_compile_flag(value: str | None) -> None:
+    """--compile's value is one compile= accepts as a string (UsageError naming them otherwise)."""
+    from rlgeom.training.compiled import MODES
+
+    accepted = ("off", "auto", *MODES)
+    if value is not None and value not in accepted:
+        raise UsageError(f"--compile {value!r} is not a compile mode; accepted: {', '.join(accepted)}")
 
 
 def parse_policy_kwargs(text: str | None) -> dict:
@@ -355,6 +371,11 @@ def main(argv=None) -> int:
     from rlgeom.persistence.serialization import ModelFileError
 
     if benchmark.is_grid(args) and not args.help_hp:
+        try:
+            check_compile_flag(args.compile)  # before any run starts
+        except UsageError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         args.logdir = args.logdir or DEFAULT_LOGDIR
         return benchmark.main(args)
 
