@@ -1,8 +1,8 @@
-"""The learning tests of tests/test_policy_spaces.py at their seed, with the test's own metric every 1024 steps
-(MatchTask: mean reward of 20 deterministic episodes; ActionTask: largest |action - best|), to choose budgets that
+"""The learning tests of tests/test_policy_spaces.py and tests/test_sde.py at their seed, with the test's own metric every
+1024 steps (MatchTask, FollowTask: mean reward of deterministic episodes; ActionTask: largest |action - best|), to choose budgets that
 learn with margin (experiments/RESULTS_core.md, "Test suite time"). Usage, from the repository root:
     PYTHONPATH=$PWD:$PWD/tests python experiments/test_budget_curves.py [discrete multidiscrete multibinary
-        channel_last_image PPO TRPO act0 act1 act2 act3]   (no argument: all)
+        channel_last_image PPO TRPO act0 act1 act2 act3 sde-PPO sde-TRPO sde-NPG sde-VPG]   (no argument: all)
 Evaluating between rollouts does not change training: predict is deterministic and the eval env is separate."""
 import sys, time
 import numpy as np, torch
@@ -48,3 +48,16 @@ for i, (space, best, budget) in enumerate([
     err = lambda: float(np.abs(np.asarray(agent.predict(np.zeros(2, np.float32), deterministic=True)[0], np.float64) - np.asarray(best)).max())
     s = time.time(); agent.learn(budget, callback=Every(err))
     print("act", i, "final err", err(), "(atol 0.25)", f"{time.time()-s:.0f}s", flush=True)
+
+# tests/test_sde.py: each agent with gSDE on FollowTask (chance -0.24, target 0; the test needs > max(-0.08, before + 0.05))
+import test_sde as sde
+for cls, kwargs in [(sde.PPO, dict(learning_rate=3e-3, batch_size=64)),
+                    (sde.TRPO, dict(max_kl=0.05, batch_size=64, policy_kwargs=dict(squash_output=True, use_expln=True))),
+                    (sde.NPG, dict(max_kl=0.05, batch_size=64, policy_kwargs=dict(full_std=False))),
+                    (sde.VPG, dict(learning_rate=1e-3, batch_size=64))]:
+    if which and f"sde-{cls.__name__}" not in which: continue
+    agent = cls("MlpPolicy", sde.FollowTask(), seed=0, device="cpu", n_steps=256, use_sde=True, sde_sample_freq=8,
+                **{"policy_kwargs": {"log_std_init": -1.0, **kwargs.pop("policy_kwargs", {})}, **kwargs})
+    before = sde.mean_reward(agent); print("sde", cls.__name__, "before", before, "need >", max(-0.08, before + 0.05), flush=True)
+    s = time.time(); agent.learn(6144, callback=Every(lambda: sde.mean_reward(agent)))
+    print("sde", cls.__name__, "final", sde.mean_reward(agent), f"{time.time()-s:.0f}s", flush=True)
