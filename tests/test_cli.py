@@ -27,8 +27,8 @@ def train(*args, cwd, capsys, monkeypatch) -> subprocess.CompletedProcess:
     capsys.readouterr()
     try:
         code = main(list(args))
-    except SystemExit as exit:
-        code = exit.code
+    except SystemExit as stop:  # argparse's own errors
+        code = stop.code
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(["python", "-m", "rlgeom.train", *args], code, out, err)
 
