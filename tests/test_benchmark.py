@@ -98,7 +98,9 @@ def test_grid_reports_failure_and_rerun_skips(grid, capsys):
     assert (bad / "error.log").is_file()  # ... and the run tried again
     assert "another preset" not in out and "other overrides" not in out
 
-    # the command's overrides are recorded beside the preset; a resume under other ones keeps the run and names it
+    # the command's overrides are recorded beside the preset; a resume under other ones keeps the run and names it.
+    # From here on the grid is the good run's alone: the failing one would only start a worker each time to fail again
+    argv = [a if a != "CartPole-v1,BenchResetFails-v0" else "CartPole-v1" for a in argv]
     assert done["overrides"] == {"hp": {"n_steps": "32", "batch_size": "32", "n_epochs": "1"}, "n_envs": None,
                                  "policy_kwargs": None}
     other = [a if a != "n_epochs=1" else "n_epochs=2" for a in argv]

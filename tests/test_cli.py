@@ -1,4 +1,8 @@
-"""`python -m rlgeom.train`: a smoke run of every --algo, and bad input exiting 2 without a traceback."""
+"""`python -m rlgeom.train`: a smoke run of every --algo, and bad input exiting 2 without a traceback.
+
+The command's own process is started once (`test_the_documented_command_runs_in_its_own_process`); the other
+tests call its main() in this process, which prints, exits and writes the same (an uncaught exception, which
+the command would print as a traceback, fails them), without paying an interpreter and torch import each."""
 
 import subprocess
 import sys
@@ -6,6 +10,7 @@ import sys
 import pytest
 
 from agents import AGENTS
+from rlgeom.tools.train import main
 
 TINY_HP = {
     "vpg": ["n_steps=32", "batch_size=32"],
@@ -16,16 +21,35 @@ TINY_HP = {
 }
 
 
-def train(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "rlgeom.train", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
+def train(*args, cwd, capsys, monkeypatch) -> subprocess.CompletedProcess:
+    """main(args) run in `cwd` as the command would be: its exit status (argparse's exit included) and output."""
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as stop:  # argparse's own errors
+        code = stop.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["python", "-m", "rlgeom.train", *args], code, out, err)
+
+
+def test_the_documented_command_runs_in_its_own_process(tmp_path):
+    """`python -m rlgeom.train` itself: trains, reports, exits 0; bad input exits 2 without a traceback."""
+    out = subprocess.run([sys.executable, "-m", "rlgeom.train", "--algo", "ppo", "--timesteps", "64", "--no-progress",
+                          "--eval-episodes", "1", "--n-envs", "1", "--hp", *TINY_HP["ppo"]], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "ppo on CartPole-v1 (seed 0): eval return" in out.stdout
+    assert (tmp_path / "runs" / "CartPole-v1" / "ppo" / "seed0" / "model.safetensors").exists()
+    out = subprocess.run([sys.executable, "-m", "rlgeom.train", "--hp", "oops"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 2 and "--hp expects KEY=VALUE" in out.stderr and "Traceback" not in out.stderr
 
 
 @pytest.mark.parametrize("algo", sorted(AGENTS))
-def test_every_algo_trains_saves_and_logs(algo, tmp_path):
+def test_every_algo_trains_saves_and_logs(algo, tmp_path, capsys, monkeypatch):
     out = train("--algo", algo, "--timesteps", "256", "--no-progress", "--eval-episodes", "1", "--n-envs", "2",
-                "--hp", *TINY_HP[algo], cwd=tmp_path)
+                "--hp", *TINY_HP[algo], cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
     assert out.returncode == 0, out.stderr
     assert f"{algo} on CartPole-v1 (seed 0): eval return" in out.stdout
     run_dir = tmp_path / "runs" / "CartPole-v1" / algo / "seed0"
@@ -50,16 +74,16 @@ def test_every_algo_trains_saves_and_logs(algo, tmp_path):
     (["--env", "ALE/Pong-v5", "--algo", "trpo", "--policy-kwargs", '{"share_features_extractor": true}'],
      "cannot share a feature extractor"),
 ])
-def test_bad_input_exits_2_with_a_message_and_no_traceback(args, message, tmp_path):
+def test_bad_input_exits_2_with_a_message_and_no_traceback(args, message, tmp_path, capsys, monkeypatch):
     out = train(*args, "--timesteps" if "--timesteps" not in args else "--seed", "64" if "--timesteps" not in args else "0",
-                "--no-progress", cwd=tmp_path)
+                "--no-progress", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert message in out.stderr
     assert "Traceback" not in out.stderr
 
 
-def test_help_hp_lists_documented_fields(tmp_path):
-    out = train("--algo", "trpo", "--help-hp", cwd=tmp_path)
+def test_help_hp_lists_documented_fields(tmp_path, capsys, monkeypatch):
+    out = train("--algo", "trpo", "--help-hp", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
     assert out.returncode == 0
     assert "max_kl" in out.stdout and "KL(π_old‖π_new) radius" in out.stdout
 

@@ -177,76 +177,85 @@ def _stop(proc) -> None:
 
 
 @pytest.mark.slow
-def test_a_second_grid_on_the_same_logdir_leaves_the_first_grids_live_runs_alone_and_ctrl_c_stops_it(tmp_path):
-    """Two grids on one --logdir: the second finds both runs in use and moves nothing; Ctrl-C (SIGINT to the
-    first grid's process group) then stops it within seconds, with no done.json written."""
-    first = _start_grid([*GRID, "--timesteps", "10000000"], tmp_path)
+def test_ctrl_c_stops_a_grid_a_second_grid_leaves_its_live_runs_alone_and_a_rerun_finishes(tmp_path, capsys):
+    """Two grids started at once (each pays its interpreter and worker starts; two cores):
+    - `group` (2 runs): a second grid on the same --logdir finds both runs in use and moves nothing; Ctrl-C
+      (SIGINT to the grid's process group) then stops it within seconds, with no done.json written;
+    - `parent` (4 runs, two workers: two wait in the queue): SIGINT to the grid's process alone stops it and
+      launches nothing more; a rerun of one interrupted run sets it aside, runs it again and finishes it."""
+    group_dir, parent_dir = tmp_path / "group", tmp_path / "parent"
+    group = _start_grid([*GRID, "--timesteps", "10000000"], group_dir)
+    parent = _start_grid([*GRID, "--seeds", "0,1", "--timesteps", "10000000"], parent_dir)
     try:
-        _wait_for_events(tmp_path, 2, first)
-        second = subprocess.run([*GRID, "--timesteps", "10000000", "--logdir", str(tmp_path)], env=ENV, cwd=REPO,
-                                capture_output=True, text=True, timeout=120)
-        assert second.returncode == 1 and second.stdout.count("in use by another process") >= 2, second.stdout
-        assert "Traceback" not in second.stdout + second.stderr
-        assert not [p for p in tmp_path.rglob("*") if ".incomplete-" in p.name]  # nothing moved aside
-        assert first.poll() is None  # the first grid trains on
+        _wait_for_events(group_dir, 2, group)
+        # the second grid's own process is not what is tested: in this one (it starts no worker)
+        code, out, err = (train_main([*GRID[3:], "--timesteps", "10000000", "--logdir", str(group_dir)]),
+                          *capsys.readouterr())
+        assert code == 1 and out.count("in use by another process") >= 2, out
+        assert "Traceback" not in out + err
+        assert not [p for p in group_dir.rglob("*") if ".incomplete-" in p.name]  # nothing moved aside
+        assert group.poll() is None  # the first grid trains on
         start = time.perf_counter()
-        os.killpg(first.pid, signal.SIGINT)
-        out, _ = first.communicate(timeout=30)
-        assert first.returncode == 130 and "interrupted" in out and time.perf_counter() - start < 20
+        os.killpg(group.pid, signal.SIGINT)
+        out, _ = group.communicate(timeout=30)
+        assert group.returncode == 130 and "interrupted" in out and time.perf_counter() - start < 20
+
+        _wait_for_events(parent_dir, 2, parent)
+        start = time.perf_counter()
+        parent.send_signal(signal.SIGINT)  # the parent only, not its workers
+        out, _ = parent.communicate(timeout=30)
+        assert parent.returncode == 130 and time.perf_counter() - start < 20, out
     finally:
-        _stop(first)
-    assert not list(tmp_path.rglob("done.json"))
+        _stop(group)
+        _stop(parent)
+    assert not list(group_dir.rglob("done.json"))
     for algo in ("ppo", "vpg"):  # still where they were, unfinished: the next run of the grid starts them again
-        assert list((tmp_path / "CartPole-v1" / algo / "seed0").glob("*tfevents*"))
-
-
-@pytest.mark.slow
-def test_ctrl_c_to_a_grids_parent_alone_stops_it_launches_nothing_and_a_rerun_finishes(tmp_path):
-    argv = [*GRID, "--seeds", "0,1"]  # four runs, two workers: two wait in the queue
-    grid = _start_grid([*argv, "--timesteps", "10000000"], tmp_path)
-    try:
-        _wait_for_events(tmp_path, 2, grid)
-        start = time.perf_counter()
-        grid.send_signal(signal.SIGINT)  # the parent only, not its workers
-        out, _ = grid.communicate(timeout=30)
-        assert grid.returncode == 130 and time.perf_counter() - start < 20, out
-    finally:
-        _stop(grid)
-    assert not list(tmp_path.rglob("done.json")) and len(list(tmp_path.rglob("*tfevents*"))) == 2  # none started after
-    # one interrupted run, rerun (the whole grid's rerun does the same for each): set aside, run again, finished
-    rerun = subprocess.run([*GRID[:4], "ppo", *GRID[5:], "--seeds", "0", "--timesteps", "64", "--logdir", str(tmp_path)],
-                           env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert "unfinished run directory moved aside" in rerun.stdout
-    assert (tmp_path / "CartPole-v1" / "ppo" / "seed0" / "done.json").is_file()
+        assert list((group_dir / "CartPole-v1" / algo / "seed0").glob("*tfevents*"))
+    assert not list(parent_dir.rglob("done.json")) and len(list(parent_dir.rglob("*tfevents*"))) == 2  # none after
+    # one interrupted run, rerun (the whole grid's rerun does the same for each): set aside, run again, finished;
+    # the grid's process here, its worker a real process
+    code, out, err = (train_main([*GRID[3:4], "ppo", *GRID[5:], "--seeds", "0", "--timesteps", "64", "--logdir",
+                                  str(parent_dir)]), *capsys.readouterr())
+    assert code == 0, out + err
+    assert "unfinished run directory moved aside" in out
+    assert (parent_dir / "CartPole-v1" / "ppo" / "seed0" / "done.json").is_file()
 
 
 # ----------------------------------------------------------------------------- neighbours: other signals
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
-def test_sigterm_or_sighup_stops_a_run_with_its_status_and_it_resumes(signum, tmp_path, capsys):
-    run = subprocess.Popen([sys.executable, "-m", "rlgeom.train", *CLI_SMALL, "--timesteps", "10000000",
-                            "--checkpoint-every", "64", "--logdir", str(tmp_path)], env=ENV, cwd=REPO,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    checkpoints = tmp_path / "CartPole-v1" / "ppo" / "seed0" / "checkpoints"
+def test_sigterm_or_sighup_stops_a_run_with_its_status_and_it_resumes(tmp_path, capsys):
+    """One run per signal, both started at once (each pays its own interpreter start; two cores)."""
+    signals = (signal.SIGTERM, signal.SIGHUP)
+    runs = {signum: subprocess.Popen([sys.executable, "-m", "rlgeom.train", *CLI_SMALL, "--timesteps", "10000000",
+                                      "--checkpoint-every", "64", "--logdir", str(tmp_path / signum.name)], env=ENV,
+                                     cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for signum in signals}
+    checkpoints = {signum: tmp_path / signum.name / "CartPole-v1" / "ppo" / "seed0" / "checkpoints" for signum in signals}
+    errors, stop_s = {}, {}
     try:
         deadline = time.time() + 120
-        while not ckpt.list_checkpoints(checkpoints):
-            assert run.poll() is None and time.time() < deadline
-            time.sleep(0.1)
-        start = time.perf_counter()
-        run.send_signal(signum)
-        _, err = run.communicate(timeout=30)
+        for signum, run in runs.items():
+            while not ckpt.list_checkpoints(checkpoints[signum]):
+                assert run.poll() is None and time.time() < deadline
+                time.sleep(0.1)
+            start = time.perf_counter()
+            run.send_signal(signum)
+            errors[signum] = run.communicate(timeout=30)[1]
+            stop_s[signum] = time.perf_counter() - start
     finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-    assert run.returncode == 128 + signum and f"interrupted by {signal.Signals(signum).name}" in err, err
-    assert "Traceback" not in err and time.perf_counter() - start < 10
-    assert not [n for n in os.listdir(checkpoints) if ".tmp" in n]  # no temporary left, even mid-write
-    last = ckpt.list_checkpoints(checkpoints)[-1][0]
-    code, err = _cli([*CLI_SMALL, "--timesteps", str(last + 32), "--resume", "latest", "--logdir", str(tmp_path)], capsys)
-    assert code == 0 and PPO.load(checkpoints.parent / "model.safetensors").num_timesteps == last + 32
+        for run in runs.values():
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    for signum, run in runs.items():
+        err = errors[signum]
+        assert run.returncode == 128 + signum and f"interrupted by {signum.name}" in err, err
+        assert "Traceback" not in err and stop_s[signum] < 10
+        assert not [n for n in os.listdir(checkpoints[signum]) if ".tmp" in n]  # no temporary left, even mid-write
+        last = ckpt.list_checkpoints(checkpoints[signum])[-1][0]
+        code, err = _cli([*CLI_SMALL, "--timesteps", str(last + 32), "--resume", "latest", "--logdir",
+                          str(tmp_path / signum.name)], capsys)
+        assert code == 0 and PPO.load(checkpoints[signum].parent / "model.safetensors").num_timesteps == last + 32
 
 
 def test_continuing_a_run_never_follows_a_link_to_another_runs_folder(tmp_path):

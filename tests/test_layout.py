@@ -109,7 +109,11 @@ assert envs.MINE == 'user envs' and agents.MINE == 'user agents'   # the user's 
 model = PPO('MlpPolicy', make_vec_env('CartPole-v1', n_envs=1, seed=0), n_steps=64, batch_size=32, seed=0)
 model.learn(64)
 action, _ = model.predict(np.zeros(4, dtype=np.float32), deterministic=True)
-print('ok', int(action))
+print('ok', int(action), flush=True)
+# then the CLI in the same process (one interpreter start, not two), run as `python -m rlgeom.train ...` runs it
+import runpy, sys
+sys.argv = ['rlgeom.train', *sys.argv[1:]]
+runpy.run_module('rlgeom.train', run_name='__main__', alter_sys=True)
 """
 
 
@@ -125,10 +129,8 @@ def test_a_users_own_agents_and_envs_packages_break_nothing(tmp_path):
         (tmp_path / name / "__init__.py").write_text(f"MINE = 'user {name}'\n")
     (tmp_path / "rlgeom").mkdir()  # a folder named like the package, without __init__.py (a clone's parent)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-c", USER_PACKAGE_SMOKE], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
-    cli = subprocess.run([sys.executable, "-m", "rlgeom.train", "--algo", "ppo", "--timesteps", "256",
-                          "--logdir", str(tmp_path / "runs"), "--hp", "n_steps=128", "batch_size=64"],
+    run = subprocess.run([sys.executable, "-c", USER_PACKAGE_SMOKE, "--algo", "ppo", "--timesteps", "256", "--logdir",
+                          str(tmp_path / "runs"), "--hp", "n_steps=128", "batch_size=64"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
+    assert "ppo on CartPole-v1 (seed 0): eval return" in run.stdout  # the CLI's run, after the API's

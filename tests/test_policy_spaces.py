@@ -97,7 +97,7 @@ def test_ppo_learns_a_tiny_task_on_each_observation_space(task):
     agent = PPO("MlpPolicy", MatchTask(make_space(), target), seed=0, device="cpu", n_steps=256, batch_size=64,
                 learning_rate=3e-3, ent_coef=0.0, policy_kwargs=policy_kwargs)
     before = mean_reward(agent, env)
-    agent.learn(6144)
+    agent.learn(2048)  # 1.0 from 1024 steps on, through 6144 (experiments/RESULTS_core.md, suite time)
     after = mean_reward(agent, env)
     assert after > max(0.8, before + 0.3), (before, after)  # chance is 1/3
 
@@ -157,9 +157,10 @@ class ActionTask(gym.Env):
 
 
 @pytest.mark.parametrize("action_space, best, budget", [
-    (spaces.Discrete(3, start=-1), -1, 4096),
-    (spaces.MultiDiscrete([3, 2], start=[2, -1]), [4, -1], 4096),
-    (spaces.MultiBinary(3), [1, 0, 1], 4096),
+    # the discrete ones are exact from 1024 steps on, through 4096 (experiments/RESULTS_core.md, suite time)
+    (spaces.Discrete(3, start=-1), -1, 2048),
+    (spaces.MultiDiscrete([3, 2], start=[2, -1]), [4, -1], 2048),
+    (spaces.MultiBinary(3), [1, 0, 1], 2048),
     # a continuous target: σ must shrink before the mean settles (clipped samples bias it meanwhile)
     (spaces.Box(-1, 1, (2, 2), np.float32), [[0.5, -0.5], [0.0, 0.5]], 12288),
 ])
@@ -195,7 +196,7 @@ def test_multi_input_policy_learns_a_tiny_dict_task(cls, kwargs):
     agent = cls("MultiInputPolicy", MatchTask(dict_space(), dict_target), seed=0, device="cpu", n_steps=256,
                 normalize_observations=True, **kwargs)
     before = mean_reward(agent, env)
-    agent.learn(6144)
+    agent.learn(4096)  # PPO 1.0, TRPO 0.99 here; >= 0.98 from here to 6144 (RESULTS_core.md)
     after = mean_reward(agent, env)
     assert after > max(0.8, before + 0.3), (before, after)  # chance is 1/3
 

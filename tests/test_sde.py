@@ -92,17 +92,19 @@ def mean_reward(agent, episodes: int = 10) -> float:
     return total / (16 * episodes)
 
 
-@pytest.mark.parametrize("cls, kwargs", [
-    (PPO, dict(learning_rate=3e-3, batch_size=64)),
-    (TRPO, dict(max_kl=0.05, batch_size=64, policy_kwargs=dict(squash_output=True, use_expln=True))),
-    (NPG, dict(max_kl=0.05, batch_size=64, policy_kwargs=dict(full_std=False))),
-    (VPG, dict(learning_rate=1e-3, batch_size=64)),
+# budgets: PPO, TRPO and NPG score -0.02 or better from 4096 steps on, through 6144; VPG passes -0.08 only after
+# 5120 (experiments/test_budget_curves.py, experiments/results/test_budget_curves.txt)
+@pytest.mark.parametrize("cls, kwargs, budget", [
+    (PPO, dict(learning_rate=3e-3, batch_size=64), 4096),
+    (TRPO, dict(max_kl=0.05, batch_size=64, policy_kwargs=dict(squash_output=True, use_expln=True)), 4096),
+    (NPG, dict(max_kl=0.05, batch_size=64, policy_kwargs=dict(full_std=False)), 4096),
+    (VPG, dict(learning_rate=1e-3, batch_size=64), 6144),
 ])
-def test_each_agent_learns_a_continuous_task_with_gsde(cls, kwargs):
+def test_each_agent_learns_a_continuous_task_with_gsde(cls, kwargs, budget):
     agent = cls("MlpPolicy", FollowTask(), seed=0, device="cpu", n_steps=256, use_sde=True, sde_sample_freq=8,
                 **{"policy_kwargs": {"log_std_init": -1.0, **kwargs.pop("policy_kwargs", {})}, **kwargs})
     before = mean_reward(agent)
-    agent.learn(6144)
+    agent.learn(budget)
     after = mean_reward(agent)
     # chance (a = 0) scores −0.24; the target scores 0
     assert after > max(-0.08, before + 0.05), (before, after)

@@ -394,16 +394,17 @@ def test_the_header_and_tensors_come_from_one_open_file(tmp_path):
 
 # ----------------------------------------------------------------------------- 8. resume with another --n-envs
 @pytest.mark.slow
-def test_resume_with_another_n_envs_honours_it_or_refuses_clearly(tmp_path):
+def test_resume_with_another_n_envs_honours_it_or_refuses_clearly(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the CLI in this process: what is tested is the resume, not the process
     run = ["--algo", "ppo", "--env", "CartPole-v1", "--hp", "n_steps=16", "batch_size=16", "n_epochs=1",
            "--no-progress", "--eval-episodes", "1", "--logdir", "runs", "--checkpoint-every", "128"]
-    assert _cli([*run, "--n-envs", "8", "--timesteps", "128"], tmp_path)[0] == 0
-    code, out, _ = _cli([*run, "--n-envs", "3", "--timesteps", "256", "--resume", "latest"], tmp_path)
+    assert _main([*run, "--n-envs", "8", "--timesteps", "128"], capsys)[0] == 0
+    code, out = _main([*run, "--n-envs", "3", "--timesteps", "256", "--resume", "latest"], capsys)
     assert code == 0 and "resuming with --n-envs 3 instead of the checkpoint's 8" in out
     newest = ckpt.list_checkpoints(tmp_path / "runs" / "CartPole-v1" / "ppo" / "seed0" / "checkpoints")[-1][1]
     assert PPO.load(newest).n_envs == 3
     run[run.index("batch_size=16")] = "batch_size=32"
-    code, out, _ = _cli([*run, "--n-envs", "5", "--timesteps", "512", "--resume", "latest"], tmp_path)
+    code, out = _main([*run, "--n-envs", "5", "--timesteps", "512", "--resume", "latest"], capsys)
     assert code == 2 and "batch_size=32 does not divide the rollout size n_steps * n_envs (80)" in out
     assert "does not load with the hyperparameters given (batch_size" in out
 
