@@ -25,12 +25,21 @@ class ModelFileError(ValueError):
 
 
 def model_path(path: str | os.PathLike) -> str:
-    """The file a model is saved to: `.safetensors` is appended, and SB3's `.zip` (which its
-    CheckpointCallback and user code pass) becomes `.safetensors`: the format is never a zip."""
+    """The file a model is saved to: the path as given when it ends in `.safetensors` or in SB3's `.zip`
+    (SB3 code, its CheckpointCallback included, saves to `x.zip` and later loads or deletes that path; the
+    content is rlgeom's safetensors format all the same, never a zip), else with `.safetensors` appended."""
     path = os.fspath(path)
-    if path.endswith(".zip"):
-        path = path[: -len(".zip")]
-    return path if path.endswith(SUFFIX) else path + SUFFIX
+    return path if path.endswith((SUFFIX, ".zip")) else path + SUFFIX
+
+
+def model_file_candidates(path: str | os.PathLike) -> list[str]:
+    """Where `load(path)` looks, in order: the path as given, `model_path(path)`, then for a `.zip` path
+    `x.safetensors` (what earlier rlgeom versions wrote for save("x.zip")) and otherwise `path + ".zip"` (as SB3's
+    load(path) finds path + ".zip"). Which format a file holds is read from its content, not its name."""
+    path = os.fspath(path)
+    found = [path, model_path(path)]
+    found.append(path[: -len(".zip")] + SUFFIX if path.endswith(".zip") else path + ".zip")
+    return list(dict.fromkeys(found))
 
 
 #: modules whose classes a model file may name and `load` imports by itself; any other class (a user's
