@@ -261,6 +261,11 @@ def test_cnn_policy_takes_float_images_with_normalize_images_false():
     assert ours.predict(np.zeros((3, 40, 40), np.float32))[0] in (0, 1)
     with pytest.raises(ValueError, match="CnnPolicy needs uint8 image"):
         PPO("CnnPolicy", FloatImage(), **TINY)
+    # with normalize_images=True SB3's NatureCNN asserts; SB3 code expecting that error gets it from rlgeom too
+    with pytest.raises(AssertionError):
+        sb3.PPO("CnnPolicy", FloatImage(), **TINY)
+    with pytest.raises(AssertionError, match="normalize_images=False"):
+        PPO("CnnPolicy", FloatImage(), **TINY)
 
 
 class NestedDict(Float64Actions):

@@ -78,6 +78,11 @@ def channel_first_space(space):
     return spaces.Box(0, 255, (c, h, w), np.uint8)
 
 
+class NotAnImageError(ValueError, AssertionError):
+    """CnnPolicy given observations that are not images: a ValueError naming what is accepted, and also the
+    AssertionError SB3's NatureCNN raises for them, so SB3 code that expects that error keeps working."""
+
+
 OBSERVATION_SPACES = ("Box (vectors, any shape, uint8 images channel-first or -last), Discrete, MultiDiscrete, "
                       "MultiBinary, and Dict of those (MultiInputPolicy)")
 
@@ -345,8 +350,9 @@ class ActorCriticPolicy(SB3PolicySurface, nn.Module):
         # as SB3: with normalize_images=False a float Box of 3 dimensions is an image the user already scaled
         prescaled = not normalize_images and isinstance(observation_space, spaces.Box) and len(observation_space.shape) == 3
         if policy == "CnnPolicy" and not image and not prescaled and features_extractor_class is None:
-            raise ValueError(f"CnnPolicy needs uint8 image observations ([C, H, W] or [H, W, C]), got "
-                             f"{observation_space}; use MlpPolicy or pass a features_extractor_class")
+            raise NotAnImageError(f"CnnPolicy needs uint8 image observations ([C, H, W] or [H, W, C]), or float "
+                                  "ones already scaled with policy_kwargs=dict(normalize_images=False), got "
+                                  f"{observation_space}; use MlpPolicy or pass a features_extractor_class")
         if dict_obs != (policy == "MultiInputPolicy"):
             raise ValueError("Dict observations need policy='MultiInputPolicy', and MultiInputPolicy needs Dict "
                              f"observations (SB3's rule); got {policy} for {observation_space}")
