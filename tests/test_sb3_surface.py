@@ -551,3 +551,9 @@ def test_an_sb3_policy_class_overriding_forward_is_told_that_rlgeom_runs_its_mod
 
     with pytest.warns(UserWarning, match="overrides forward, which rlgeom does not call"):
         PPO(ConstantValue, "CartPole-v1", **TINY)
+
+
+def test_model_env_has_sb3s_vecenv_space_names():
+    ours, theirs = PPO("MlpPolicy", "Pendulum-v1", **TINY), sb3.PPO("MlpPolicy", "Pendulum-v1", **TINY)
+    assert ours.env.observation_space == theirs.env.observation_space == gym.make("Pendulum-v1").observation_space
+    assert ours.env.action_space == theirs.env.action_space
