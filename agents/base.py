@@ -87,6 +87,9 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
     needs_separate_networks: bool = False
     #: whether the agent takes gSDE (use_sde=True)
     supports_sde: bool = True
+    #: whether update() takes log π, V and entropy from `policy.loss_terms` alone, so that an SB3 policy class's
+    #: evaluate_actions (and what it calls) is honoured; the others' updates differentiate the policy's modules
+    update_calls_evaluate_actions: bool = False
 
     def __init__(
         self,
@@ -205,7 +208,8 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                     self.policy_name, self.observation_space, self.action_space,
                     as_float_schedule(getattr(self.config, "learning_rate", 3e-4)),
                     normalize_observations=self.config.normalize_observations, use_sde=self.config.use_sde,
-                    needs_separate_networks=self.needs_separate_networks, **kwargs)
+                    needs_separate_networks=self.needs_separate_networks, agent=type(self).__name__,
+                    update_calls_evaluate_actions=self.update_calls_evaluate_actions, **kwargs)
             except TypeError as err:
                 raise ValueError(f"invalid policy_kwargs {self.policy_kwargs!r} for {self.policy_name.__name__}: "
                                  f"{err}") from None
@@ -397,14 +401,21 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             callback.on_rollout_start()
         self.policy.start_rollout()  # parameters are fixed until the update: inference functions built once
         use_sde, sample_freq, stopped = self.config.use_sde, self.config.sde_sample_freq, False
+        # an SB3 policy class whose methods rlgeom calls: its forward gives (a, V, log π) at each step, as in SB3
+        each_step = self.policy.terms_at_each_step
         steps_per_step = self.n_envs * distributed.world_size()  # every rank's envs count in num_timesteps
         try:
             for step_index in range(self.config.n_steps):
                 if use_sde and (step_index == 0 or sample_freq > 0 and step_index % sample_freq == 0):
                     self.policy.reset_noise(self.n_envs)  # gSDE: new exploration matrices, one per env
-                actions = self.policy.draw(self._last_obs)  # inference mode, the actor alone
+                if each_step:
+                    actions, values, log_probs = self.policy.act(self._last_obs)
+                else:
+                    actions = self.policy.draw(self._last_obs)  # inference mode, the actor alone
                 step = self.env.step(self._env_actions(actions))
                 buffer.add(self._last_obs, actions, self._last_episode_starts, step)
+                if each_step:
+                    buffer.add_terms(log_probs, values)
                 self._last_obs, self._last_episode_starts = step.obs, step.done
                 self.num_timesteps += steps_per_step
                 if callback is not None:
@@ -412,7 +423,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                     if not callback.on_step():
                         stopped = True
                         break
-            if not stopped:  # log π_old and V_old of the whole rollout, in one batch with the same parameters
+            if not stopped and not each_step:  # log π_old and V_old of the whole rollout, in one batch with the same parameters
                 buffer.evaluate_policy_terms(self.policy.rollout_terms)
         finally:
             self.policy.end_rollout()
@@ -425,7 +436,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         self.ep_info_buffer.extend({"r": r, "l": l} for r, l in zip(returns, lengths))
         if self.reward_scaler is not None:
             buffer.rewards.copy_(self.reward_scaler.scale_rollout(buffer.rewards, buffer.dones))  # in place: add() keeps views
-        buffer.compute_advantages(self.policy.value, self.config.gamma, self.config.gae_lambda)
+        buffer.compute_advantages(self.policy.value, self.config.gamma, self.config.gae_lambda, logged_successors=each_step)
         if callback is not None:
             callback.on_rollout_end()
         return True

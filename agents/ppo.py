@@ -62,6 +62,7 @@ STAT_NAMES = ("policy_gradient_loss", "value_loss", "entropy_loss", "loss", "app
 class PPO(OnPolicyAgent):
     Config = PPOConfig
     algo = "ppo"
+    update_calls_evaluate_actions = True  # its loss takes policy.loss_terms (an SB3 class's evaluate_actions)
 
     def _setup(self) -> None:
         lr = schedule_value(self.config.learning_rate, 1.0)
@@ -84,12 +85,10 @@ class PPO(OnPolicyAgent):
         # computed from them once after the epochs (one host sync; non-finite values make the base roll
         # the update back). approx_kl is computed per minibatch only to stop early on target_kl.
         step_losses, step_log_ratios, step_grad_norms = [], [], []
-        family = self.policy.family
         for epoch in range(cfg.n_epochs):
             epoch_start = len(step_log_ratios)
             for batch in buffer.minibatches(cfg.batch_size, self.generator, cfg.normalize_advantage):
-                out = self.policy.outputs(batch.obs)
-                log_probs, entropy = family.log_prob(out.dist_params, batch.actions), family.entropy(out.dist_params)
+                out, log_probs, entropy = self.policy.loss_terms(batch.obs, batch.actions)
                 policy_loss, value_loss, entropy_loss, loss, ratio, log_ratio = self.losses(
                     batch, log_probs, entropy, out.values, eps)
                 with torch.no_grad():  # as SB3, the minibatch that triggers the early stop is in the statistics

@@ -30,6 +30,7 @@ def test_predict_shapes_follow_sb3(algo):
     obs = np.zeros(4, dtype=np.float32)
     action, state = model.predict(obs, deterministic=True)
     assert state is None and np.shape(action) == () and action in (0, 1)
+    assert isinstance(action, np.ndarray)  # a 0-d array, as SB3's predict returns (its test_predict.py checks)
     actions, _ = model.predict(np.zeros((5, 4), dtype=np.float32))
     assert actions.shape == (5,)
     cont = tiny(algo, "Pendulum-v1")

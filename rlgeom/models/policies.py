@@ -10,6 +10,7 @@ The policy contract, once:
 | outputs(obs)              | raw obs -> params, V(s) for a loss, and its `backward(loss)` | [B, P], [B] |
 | draw(obs)                 | raw obs -> actions (the rollout's step, no graph)            | [B, ...]           |
 | rollout_terms(obs, a)     | raw obs, actions -> log π(a|s), V(s) (once per rollout)      | [B], [B]           |
+| loss_terms(obs, a)        | raw obs, actions -> outputs, log π(a|s), H (a first-order loss's, differentiable) | -, [B], [B] |
 | get_distribution(obs)     | raw obs -> torch Distribution          | batch shape [B]              |
 | value(obs)                | raw obs -> V(s)                        | [B]                          |
 | family                    | rlgeom.models.distributions.ActionDistribution (log π, H, sampling, its Fisher) |
@@ -459,6 +460,16 @@ class ActorCriticPolicy(SB3PolicySurface, nn.Module):
         values = next(outs).squeeze(-1) if critic else None
         return PolicyOutputs(dist_params, values)
 
+    def loss_terms(self, obs: torch.Tensor, actions: torch.Tensor, critic: bool = True):
+        """(outputs, log π(actions|obs), entropy) of a minibatch on autograd's graph: what a first-order loss
+        (PPO's) takes, and `outputs.backward(loss)` differentiates it."""
+        out = self.outputs(obs, critic=critic)
+        return out, self.family.log_prob(out.dist_params, actions), self.family.entropy(out.dist_params)
+
+    #: True where the rollout's log π_old and V_old come from each step's `act` (an SB3 policy class whose
+    #: overridden methods rlgeom calls: rlgeom.models.sb3_policy) rather than from `rollout_terms` afterwards
+    terms_at_each_step = False
+
     def forward(self, obs: torch.Tensor, deterministic: bool = False):
         """(actions, values, log_probs) for a batch of raw observations."""
         dist_params = self.dist_params(obs)
@@ -546,7 +557,7 @@ class ActorCriticPolicy(SB3PolicySurface, nn.Module):
             actions = self.env_actions(self.draw(tensor, deterministic)).cpu().numpy()
         if isinstance(self.action_space, spaces.Box):  # the space's dtype, as SB3 returns (float64 Box: float64)
             actions = actions.astype(self.action_space.dtype, copy=False)
-        return (actions if batched else actions[0]), state
+        return (actions if batched else actions.squeeze(axis=0)), state  # an array, 0-d for one Discrete action (SB3)
 
     def _observation_rows(self, observation) -> tuple[np.ndarray, bool]:
         """(observations as the policy takes them [N, ...], whether the caller passed a batch)."""
