@@ -75,6 +75,10 @@ class SB3Compat:
             params = load_path_or_dict
             if "policy" not in params:
                 raise ValueError(f"set_parameters needs a 'policy' entry (as get_parameters gives); got {sorted(params)}")
+            known = ["policy", *self._optimizers()]
+            unknown = sorted(set(params) - set(known))
+            if unknown:  # as SB3: a name that is none of the model's objects is refused before anything is loaded
+                raise ValueError(f"set_parameters: {unknown} are not objects of this model; accepted: {known}")
             import torch
 
             from rlgeom.persistence.statecheck import check_tensors

@@ -35,7 +35,7 @@ def test_save_and_load_with_file_objects(tmp_path):
         PPO.load(f)
 
 
-def test_save_zip_name_writes_that_path_in_safetensors_format(tmp_path):
+def test_save_writes_the_path_named_as_sb3_does_in_safetensors_format(tmp_path):
     model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
     written = model.save(tmp_path / "x.zip")  # SB3 code saves, loads and deletes the path it named (test_cnn.py)
     assert written == str(tmp_path / "x.zip") and not (tmp_path / "x.safetensors").exists()
@@ -44,6 +44,12 @@ def test_save_zip_name_writes_that_path_in_safetensors_format(tmp_path):
     same_actions(model, PPO.load(tmp_path / "x"))  # SB3's load(path) finds path + ".zip"
     (tmp_path / "x.zip").rename(tmp_path / "old.safetensors")  # what save("old.zip") wrote before
     same_actions(model, PPO.load(tmp_path / "old.zip"))
+    # any extension is kept, as SB3 keeps it (its tests save policies to "policy.pkl"); none gets .safetensors
+    assert model.policy.save(tmp_path / "policy.pkl") == str(tmp_path / "policy.pkl")
+    assert (tmp_path / "policy.pkl").read_bytes()[:1] != b"\x80"  # not a pickle: safetensors' header length
+    assert model.save(tmp_path / "plain") == str(tmp_path / "plain.safetensors")
+    (tmp_path / "plain.safetensors").rename(tmp_path / "m.pt.safetensors")  # what save("m.pt") wrote before
+    same_actions(model, PPO.load(tmp_path / "m.pt"))
 
 
 def test_save_exclude_and_include(tmp_path):

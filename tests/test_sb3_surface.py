@@ -631,3 +631,13 @@ def test_model_env_has_sb3s_vecenv_space_names():
     ours, theirs = PPO("MlpPolicy", "Pendulum-v1", **TINY), sb3.PPO("MlpPolicy", "Pendulum-v1", **TINY)
     assert ours.env.observation_space == theirs.env.observation_space == gym.make("Pendulum-v1").observation_space
     assert ours.env.action_space == theirs.env.action_space
+
+
+def test_set_parameters_refuses_names_that_are_not_the_models_objects_as_sb3():
+    for model in (PPO("MlpPolicy", "CartPole-v1", **TINY), sb3.PPO("MlpPolicy", "CartPole-v1", **TINY)):
+        params = {**model.get_parameters(), "not_an_object": "x"}
+        for exact_match in (True, False):
+            with pytest.raises(ValueError):
+                model.set_parameters(params, exact_match=exact_match)
+    with pytest.raises(ValueError, match="'not_an_object'.*accepted: \\['policy', 'optimizer'\\]"):
+        PPO("MlpPolicy", "CartPole-v1", **TINY).set_parameters(params)
