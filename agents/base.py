@@ -314,6 +314,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             # at most 0: the last rollout may pass the target, and a linear schedule must not go below its end
             # (a negative learning rate would ascend the loss)
             progress_remaining = max(0.0, 1.0 - self.num_timesteps / self._target_timesteps)
+            self.policy.set_training_mode(True)  # as SB3's train(): dropout on, batch norm's statistics updated
             stats = self._guarded_update(progress_remaining)
             self._rollout_trained = True
             if self.geometry_every and self.n_updates % self.geometry_every == 0:
@@ -396,6 +397,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         """Fill the buffer with n_steps vector steps; False if a callback asked to stop."""
         buffer = self.buffer
         buffer.reset()
+        self.policy.set_training_mode(False)  # as SB3's collect_rollouts: no dropout, batch norm's statistics fixed
         self._rollout_trained = False  # model.rollout_buffer's layout (agents/sb3_buffer.py), as SB3's get() sets it
         if callback is not None:
             callback.on_rollout_start()

@@ -641,3 +641,42 @@ def test_set_parameters_refuses_names_that_are_not_the_models_objects_as_sb3():
                 model.set_parameters(params, exact_match=exact_match)
     with pytest.raises(ValueError, match="'not_an_object'.*accepted: \\['policy', 'optimizer'\\]"):
         PPO("MlpPolicy", "CartPole-v1", **TINY).set_parameters(params)
+
+
+class BatchNormDropout(torch.nn.Module):
+    """SB3's test_train_eval_mode.py extractor: a batch norm and a dropout, which act differently in eval mode."""
+
+    def __init__(self, observation_space):
+        super().__init__()
+        self.features_dim = int(np.prod(observation_space.shape))
+        self.batch_norm, self.dropout = torch.nn.BatchNorm1d(self.features_dim), torch.nn.Dropout(0.5)
+
+    def forward(self, obs):
+        return self.dropout(self.batch_norm(obs.flatten(1)))
+
+
+def test_training_mode_as_sb3_sets_it_and_the_users_extractor_under_its_name():
+    kw = dict(policy_kwargs=dict(features_extractor_class=BatchNormDropout, net_arch=[8]), **TINY)
+    model = PPO("MlpPolicy", "CartPole-v1", **kw)
+    norm = model.policy.features_extractor.batch_norm  # the user's module, as in SB3 (not rlgeom's Preprocess)
+    assert norm is model.policy.actor.features[1].batch_norm
+    obs = np.stack([model.observation_space.sample() for _ in range(4)])
+    mean = norm.running_mean.clone()
+    first = model.predict(obs, deterministic=True)[0]  # eval mode: no dropout, running statistics left alone
+    for _ in range(3):
+        np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], first)
+    assert torch.equal(norm.running_mean, mean)
+    model.learn(32)  # a rollout of single rows runs in eval mode (train mode would refuse one row), updates in train
+    assert not torch.equal(norm.running_mean, mean)
+
+
+def test_a_vec_env_returning_fewer_infos_while_no_env_is_done_is_taken_as_sb3_takes_it():
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    class FewInfos(DummyVecEnv):  # SB3's test_vec_extract_dict_obs.py env returns [] while no env is done
+        def step_wait(self):
+            obs, rewards, dones, infos = super().step_wait()
+            return obs, rewards, dones, infos if dones.any() else []
+
+    for agent in (PPO, sb3.PPO):
+        agent("MlpPolicy", FewInfos([lambda: gym.make("CartPole-v1")]), **TINY).learn(64)

@@ -552,6 +552,7 @@ class ActorCriticPolicy(SB3PolicySurface, nn.Module):
         # checked and cast as the env boundary stores them: uint8 for uint8 Boxes (images) and image-only Dicts,
         # float32 for everything else (rlgeom.models.inputs)
         obs, batched = self._observation_rows(observation)
+        self.set_training_mode(False)  # as SB3's predict: no dropout, batch norm's running statistics
         with torch.no_grad():
             tensor = torch.as_tensor(obs, device=self.device)
             actions = self.env_actions(self.draw(tensor, deterministic)).cpu().numpy()
