@@ -56,7 +56,7 @@ from rlgeom.models.policies import ActorCriticPolicy
 from rlgeom.models.sb3_policy import is_sb3_policy_class
 from rlgeom.persistence.serialization import policy_kwargs_to_json, spaces_equal
 from rlgeom.agents.checkpoints import Checkpoints
-from rlgeom.agents.config import OnPolicyConfig
+from rlgeom.agents.config import HyperparameterError, OnPolicyConfig
 from rlgeom.agents import devices
 from rlgeom.agents.devices import resolve_device, set_global_seeds
 from rlgeom.agents.guard import RollbackGuard
@@ -145,7 +145,10 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         self.observation_space, self.action_space = obs_space, act_space
         self.n_envs = self.env.num_envs if self.env is not None else n_envs
         self.env_id = getattr(self.env, "env_id", None)
-        self.config.validate(self.n_envs)
+        try:
+            self.config.validate(self.n_envs)
+        except ValueError as err:  # the same message, as the HyperparameterError that is also SB3's AssertionError
+            raise HyperparameterError(str(err)) from None
         self.policy = self._make_policy().to(self.device)
         self.policy.written_out_derivatives = self.config.written_out_derivatives
         self._check_rollout_memory()

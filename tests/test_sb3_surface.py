@@ -680,3 +680,12 @@ def test_a_vec_env_returning_fewer_infos_while_no_env_is_done_is_taken_as_sb3_ta
 
     for agent in (PPO, sb3.PPO):
         agent("MlpPolicy", FewInfos([lambda: gym.make("CartPole-v1")]), **TINY).learn(64)
+
+
+@pytest.mark.parametrize("kwargs", [dict(clip_range_vf=-0.2), dict(n_steps=1)])
+def test_an_impossible_hyperparameter_is_the_assertion_error_sb3_raises_and_a_value_error(kwargs):
+    with pytest.raises(AssertionError):
+        sb3.PPO("MlpPolicy", "Pendulum-v1", **kwargs)
+    with pytest.raises(AssertionError) as raised:
+        PPO("MlpPolicy", "Pendulum-v1", **kwargs)
+    assert isinstance(raised.value, ValueError) and ("must be" in str(raised.value) or "accepted" in str(raised.value))
