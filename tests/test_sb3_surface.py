@@ -689,3 +689,16 @@ def test_an_impossible_hyperparameter_is_the_assertion_error_sb3_raises_and_a_va
     with pytest.raises(AssertionError) as raised:
         PPO("MlpPolicy", "Pendulum-v1", **kwargs)
     assert isinstance(raised.value, ValueError) and ("must be" in str(raised.value) or "accepted" in str(raised.value))
+
+
+def test_a_function_callback_of_locals_and_globals_is_sb3s_old_form():
+    seen = []
+
+    def stop_after_three(locals_, globals_):
+        seen.append(locals_["self"].num_timesteps)
+        return len(seen) < 3
+
+    for agent in (PPO, sb3.PPO):
+        seen.clear()
+        agent("MlpPolicy", "CartPole-v1", **TINY).learn(64, callback=stop_after_three)
+        assert seen == [1, 2, 3]
