@@ -57,7 +57,7 @@ from rlgeom.models.policies import ActorCriticPolicy
 from rlgeom.models.sb3_policy import is_sb3_policy_class
 from rlgeom.persistence.serialization import policy_kwargs_to_json, spaces_equal
 from rlgeom.agents.checkpoints import Checkpoints
-from rlgeom.agents.config import OnPolicyConfig
+from rlgeom.agents.config import HyperparameterError, OnPolicyConfig
 from rlgeom.agents import devices
 from rlgeom.agents.devices import resolve_device, set_global_seeds
 from rlgeom.agents.guard import RollbackGuard
@@ -88,6 +88,9 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
     needs_separate_networks: bool = False
     #: whether the agent takes gSDE (use_sde=True)
     supports_sde: bool = True
+    #: whether update() takes log π, V and entropy from `policy.loss_terms` alone, so that an SB3 policy class's
+    #: evaluate_actions (and what it calls) is honoured; the others' updates differentiate the policy's modules
+    update_calls_evaluate_actions: bool = False
 
     def __init__(
         self,
@@ -144,7 +147,10 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         self.observation_space, self.action_space = obs_space, act_space
         self.n_envs = self.env.num_envs if self.env is not None else n_envs
         self.env_id = getattr(self.env, "env_id", None)
-        self.config.validate(self.n_envs)
+        try:
+            self.config.validate(self.n_envs)
+        except ValueError as err:  # the same message, as the HyperparameterError that is also SB3's AssertionError
+            raise HyperparameterError(str(err)) from None
         self.policy = self._make_policy().to(self.device)
         self.policy.written_out_derivatives = self.config.written_out_derivatives
         # torch.compile around the rollout's step and the update's losses (rlgeom.training.compiled; None: off)
@@ -210,7 +216,8 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                     self.policy_name, self.observation_space, self.action_space,
                     as_float_schedule(getattr(self.config, "learning_rate", 3e-4)),
                     normalize_observations=self.config.normalize_observations, use_sde=self.config.use_sde,
-                    needs_separate_networks=self.needs_separate_networks, **kwargs)
+                    needs_separate_networks=self.needs_separate_networks, agent=type(self).__name__,
+                    update_calls_evaluate_actions=self.update_calls_evaluate_actions, **kwargs)
             except TypeError as err:
                 raise ValueError(f"invalid policy_kwargs {self.policy_kwargs!r} for {self.policy_name.__name__}: "
                                  f"{err}") from None
@@ -315,6 +322,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
             # at most 0: the last rollout may pass the target, and a linear schedule must not go below its end
             # (a negative learning rate would ascend the loss)
             progress_remaining = max(0.0, 1.0 - self.num_timesteps / self._target_timesteps)
+            self.policy.set_training_mode(True)  # as SB3's train(): dropout on, batch norm's statistics updated
             stats = self._guarded_update(progress_remaining)
             self._rollout_trained = True
             if self.geometry_every and self.n_updates % self.geometry_every == 0:
@@ -410,20 +418,28 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         """Fill the buffer with n_steps vector steps; False if a callback asked to stop."""
         buffer = self.buffer
         buffer.reset()
+        self.policy.set_training_mode(False)  # as SB3's collect_rollouts: no dropout, batch norm's statistics fixed
         self._rollout_trained = False  # model.rollout_buffer's layout (agents/sb3_buffer.py), as SB3's get() sets it
         if callback is not None:
             callback.on_rollout_start()
         self.policy.start_rollout()  # parameters are fixed until the update: inference functions built once
         use_sde, sample_freq, stopped = self.config.use_sde, self.config.sde_sample_freq, False
         draw = self._rollout_draw()
+        # an SB3 policy class whose methods rlgeom calls: its forward gives (a, V, log π) at each step, as in SB3
+        each_step = self.policy.terms_at_each_step
         steps_per_step = self.n_envs * distributed.world_size()  # every rank's envs count in num_timesteps
         try:
             for step_index in range(self.config.n_steps):
                 if use_sde and (step_index == 0 or sample_freq > 0 and step_index % sample_freq == 0):
                     self.policy.reset_noise(self.n_envs)  # gSDE: new exploration matrices, one per env
-                actions = draw(self._last_obs)  # inference mode, the actor alone
+                if each_step:
+                    actions, values, log_probs = self.policy.act(self._last_obs)
+                else:
+                    actions = draw(self._last_obs)  # inference mode, the actor alone
                 step = self.env.step(self._env_actions(actions))
                 buffer.add(self._last_obs, actions, self._last_episode_starts, step)
+                if each_step:
+                    buffer.add_terms(log_probs, values)
                 self._last_obs, self._last_episode_starts = step.obs, step.done
                 self.num_timesteps += steps_per_step
                 if callback is not None:
@@ -431,7 +447,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
                     if not callback.on_step():
                         stopped = True
                         break
-            if not stopped:  # log π_old and V_old of the whole rollout, in one batch with the same parameters
+            if not stopped and not each_step:  # log π_old and V_old of the whole rollout, in one batch with the same parameters
                 buffer.evaluate_policy_terms(self.policy.rollout_terms)
         finally:
             self.policy.end_rollout()
@@ -444,7 +460,7 @@ class OnPolicyAgent(RollbackGuard, Checkpoints, Persistence, SB3Compat, abc.ABC)
         self.ep_info_buffer.extend({"r": r, "l": l} for r, l in zip(returns, lengths))
         if self.reward_scaler is not None:
             buffer.rewards.copy_(self.reward_scaler.scale_rollout(buffer.rewards, buffer.dones))  # in place: add() keeps views
-        buffer.compute_advantages(self.policy.value, self.config.gamma, self.config.gae_lambda)
+        buffer.compute_advantages(self.policy.value, self.config.gamma, self.config.gae_lambda, logged_successors=each_step)
         if callback is not None:
             callback.on_rollout_end()
         return True

@@ -172,6 +172,12 @@ def parse_hp_value(text: str):
     return text
 
 
+class HyperparameterError(ValueError, AssertionError):
+    """An impossible hyperparameter: a ValueError naming it and what is accepted, and also the AssertionError
+    SB3 raises for one (`clip_range_vf=-0.2`, `n_steps=1` with advantage normalisation), so SB3 code that
+    expects that error keeps working."""
+
+
 # Field checks: rlgeom.validation's rules applied to a config's field by name.
 def positive_int(cfg, name: str) -> None:
     validation.positive_int(name, getattr(cfg, name))

@@ -67,6 +67,7 @@ STAT_NAMES = ("policy_gradient_loss", "value_loss", "entropy_loss", "loss", "app
 class PPO(OnPolicyAgent):
     Config = PPOConfig
     algo = "ppo"
+    update_calls_evaluate_actions = True  # its loss takes policy.loss_terms (an SB3 class's evaluate_actions)
 
     def _setup(self) -> None:
         lr = schedule_value(self.config.learning_rate, 1.0)
@@ -134,9 +135,8 @@ class PPO(OnPolicyAgent):
         compiles (rlgeom.training.compiled), with `written_out=False`."""
         *tensors, eps = fields
         batch = Batch(*tensors)
-        family = self.policy.family
-        out = self.policy.outputs(batch.obs, written_out=written_out)
-        log_probs, entropy = family.log_prob(out.dist_params, batch.actions), family.entropy(out.dist_params)
+        # the policy's loss terms: its own modules, or an SB3 policy class's evaluate_actions (rlgeom.models.sb3_policy)
+        out, log_probs, entropy = self.policy.loss_terms(batch.obs, batch.actions, written_out=written_out)
         policy_loss, value_loss, entropy_loss, loss, _, log_ratio = self.losses(batch, log_probs, entropy, out.values, eps)
         return policy_loss, value_loss, entropy_loss, loss, log_ratio
 

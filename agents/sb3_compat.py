@@ -75,6 +75,10 @@ class SB3Compat:
             params = load_path_or_dict
             if "policy" not in params:
                 raise ValueError(f"set_parameters needs a 'policy' entry (as get_parameters gives); got {sorted(params)}")
+            known = ["policy", *self._optimizers()]
+            unknown = sorted(set(params) - set(known))
+            if unknown:  # as SB3: a name that is none of the model's objects is refused before anything is loaded
+                raise ValueError(f"set_parameters: {unknown} are not objects of this model; accepted: {known}")
             import torch
 
             from rlgeom.persistence.statecheck import check_tensors
@@ -251,17 +255,22 @@ def step_locals(actions, step, dict_layout=None) -> dict:
 
 
 def wrap_callback(callback):
-    """SB3 callbacks (or a list of them); imports SB3 only when a list must be combined."""
+    """SB3 callbacks (or a list of them, or SB3's old-style function of (locals, globals)); imports SB3 only when
+    a list or a function must be wrapped."""
     if callback is None:
         return None
     if isinstance(callback, (list, tuple)):
         from stable_baselines3.common.callbacks import CallbackList
 
         return CallbackList(list(callback))
+    if callable(callback) and not hasattr(callback, "init_callback"):  # SB3's old form: fn(locals, globals) -> bool
+        from stable_baselines3.common.callbacks import ConvertCallback
+
+        return ConvertCallback(callback)
     for method in ("init_callback", "on_step", "on_training_start", "on_rollout_start"):
         if not hasattr(callback, method):
             raise TypeError(
-                f"callback {callback!r} lacks {method}(); accepted: a stable_baselines3 BaseCallback or a list of them"
+                f"callback {callback!r} lacks {method}(); accepted: a stable_baselines3 BaseCallback, a list of them, or a function (locals, globals) -> bool"
             )
     return callback
 

@@ -67,6 +67,16 @@ class VecEnv(abc.ABC):
         """Release processes or resources held by the backend."""
 
     @property
+    def observation_space(self):
+        """One env's observation space under SB3's VecEnv name (`model.env.observation_space`)."""
+        return self.single_observation_space
+
+    @property
+    def action_space(self):
+        """One env's action space under SB3's VecEnv name."""
+        return self.single_action_space
+
+    @property
     def backend(self):
         """The object this interface wraps (a gymnasium or SB3 vector env), or self."""
         return self

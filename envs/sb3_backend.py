@@ -55,7 +55,10 @@ class SB3VecEnvAdapter(VecEnv):
         obs, reward, done, infos = self._env.step(
             to_action_array(self._transfer.actions_to_host(actions), self._discrete))
         obs = self._pack.batch(obs)
-        truncated = np.array([bool(i.get("TimeLimit.truncated", False)) for i in infos]) & done
+        done = np.asarray(done, dtype=np.bool_)
+        # a VecEnv may return fewer infos than envs while none is done (SB3 reads infos of done envs only)
+        infos = list(infos) + [{}] * (len(done) - len(infos))
+        truncated = np.array([bool(i.get("TimeLimit.truncated", False)) for i in infos], dtype=np.bool_) & done
         terminated = done & ~truncated
         final_obs = obs
         if done.any():

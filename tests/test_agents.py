@@ -30,6 +30,7 @@ def test_predict_shapes_follow_sb3(algo):
     obs = np.zeros(4, dtype=np.float32)
     action, state = model.predict(obs, deterministic=True)
     assert state is None and np.shape(action) == () and action in (0, 1)
+    assert isinstance(action, np.ndarray)  # a 0-d array, as SB3's predict returns (its test_predict.py checks)
     actions, _ = model.predict(np.zeros((5, 4), dtype=np.float32))
     assert actions.shape == (5,)
     cont = tiny(algo, "Pendulum-v1")
@@ -92,9 +93,9 @@ def test_evaluate_policy_and_sb3_callbacks(tmp_path):
     model.learn(1000, callback=[counter, eval_cb, ckpt])
     assert counter.started and counter.ended and counter.rollouts >= 2
     assert model.num_timesteps == 96 == counter.steps  # stopped by the threshold at the first evaluation
-    assert (tmp_path / "best" / "best_model.safetensors").exists()
+    assert (tmp_path / "best" / "best_model.safetensors").exists()  # SB3 saves "best_model" (no suffix)
     saved = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
-    assert saved == [f"ppo_{n}_steps.safetensors" for n in (32, 64, 96)]
+    assert saved == [f"ppo_{n}_steps.zip" for n in (32, 64, 96)]
     PPO.load(tmp_path / "ckpt" / saved[-1])
     mean, std = evaluate_policy(model, gym.make("CartPole-v1"), n_eval_episodes=3)
     assert mean > 0 and std >= 0

@@ -35,10 +35,21 @@ def test_save_and_load_with_file_objects(tmp_path):
         PPO.load(f)
 
 
-def test_save_zip_name_writes_safetensors_and_says_so(tmp_path):
-    written = PPO("MlpPolicy", "CartPole-v1", **SMALL).save(tmp_path / "x.zip")
-    assert written == str(tmp_path / "x.safetensors") and not (tmp_path / "x.zip").exists()
-    PPO.load(tmp_path / "x.zip")  # SB3 code loads by the name it saved under
+def test_save_writes_the_path_named_as_sb3_does_in_safetensors_format(tmp_path):
+    model = PPO("MlpPolicy", "CartPole-v1", **SMALL)
+    written = model.save(tmp_path / "x.zip")  # SB3 code saves, loads and deletes the path it named (test_cnn.py)
+    assert written == str(tmp_path / "x.zip") and not (tmp_path / "x.safetensors").exists()
+    assert (tmp_path / "x.zip").read_bytes()[:4] != b"PK\x03\x04"  # safetensors content, never a (pickle) zip
+    same_actions(model, PPO.load(tmp_path / "x.zip"))
+    same_actions(model, PPO.load(tmp_path / "x"))  # SB3's load(path) finds path + ".zip"
+    (tmp_path / "x.zip").rename(tmp_path / "old.safetensors")  # what save("old.zip") wrote before
+    same_actions(model, PPO.load(tmp_path / "old.zip"))
+    # any extension is kept, as SB3 keeps it (its tests save policies to "policy.pkl"); none gets .safetensors
+    assert model.policy.save(tmp_path / "policy.pkl") == str(tmp_path / "policy.pkl")
+    assert (tmp_path / "policy.pkl").read_bytes()[:1] != b"\x80"  # not a pickle: safetensors' header length
+    assert model.save(tmp_path / "plain") == str(tmp_path / "plain.safetensors")
+    (tmp_path / "plain.safetensors").rename(tmp_path / "m.pt.safetensors")  # what save("m.pt") wrote before
+    same_actions(model, PPO.load(tmp_path / "m.pt"))
 
 
 def test_save_exclude_and_include(tmp_path):
@@ -198,7 +209,7 @@ def test_sb3_recipe_callbacks_page(tmp_path):
     model = VPG("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=64, seed=0)
     model.learn(192, callback=CallbackList([custom, checkpoint_callback, eval_callback]))
     assert issubclass(custom.env_type, VecEnv) and custom.n_calls == 192
-    assert sorted(p.name for p in (tmp_path / "logs").iterdir())[0] == "rl_model_128_steps.safetensors"
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir())[0] == "rl_model_128_steps.zip"
     VPG.load(tmp_path / "best" / "best_model.zip")  # saved by EvalCallback under SB3's name
 
     stop = StopTrainingOnRewardThreshold(reward_threshold=-1, verbose=0)  # any CartPole return beats it

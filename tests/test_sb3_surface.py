@@ -261,6 +261,11 @@ def test_cnn_policy_takes_float_images_with_normalize_images_false():
     assert ours.predict(np.zeros((3, 40, 40), np.float32))[0] in (0, 1)
     with pytest.raises(ValueError, match="CnnPolicy needs uint8 image"):
         PPO("CnnPolicy", FloatImage(), **TINY)
+    # with normalize_images=True SB3's NatureCNN asserts; SB3 code expecting that error gets it from rlgeom too
+    with pytest.raises(AssertionError):
+        sb3.PPO("CnnPolicy", FloatImage(), **TINY)
+    with pytest.raises(AssertionError, match="normalize_images=False"):
+        PPO("CnnPolicy", FloatImage(), **TINY)
 
 
 class NestedDict(Float64Actions):
@@ -536,13 +541,164 @@ def test_an_sb3_policy_class_shows_its_own_modules_under_sb3s_names():
     assert rlgeom_own.features_dim == 4
 
 
-def test_an_sb3_policy_class_overriding_forward_is_told_that_rlgeom_runs_its_modules():
+def overriding_policy_class():
+    """SB3's test_gae.py pattern: forward makes V a constant (an attribute of the policy); and evaluate_actions
+    doubles V, so that which method computed a value can be told."""
     base = custom_policy_class()
 
-    class ConstantValue(base):
+    class Overriding(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.constant_value = 0.5
+
+        def forward(self, obs, deterministic=False):
+            actions, values, log_prob = super().forward(obs, deterministic)
+            return actions, torch.full_like(values, self.constant_value), log_prob
+
+        def evaluate_actions(self, obs, actions):
+            values, log_prob, entropy = super().evaluate_actions(obs, actions)
+            return 2 * values, log_prob, entropy
+
+    return Overriding
+
+
+class GAEAtRolloutEnd(BaseCallback):
+    """At the rollout's end: SB3's GAE recomputed from model.rollout_buffer's rewards, episode starts and values
+    (forward's), bootstrapping the last step from predict_values as SB3's collect_rollouts does."""
+
+    def _on_step(self):
+        return True
+
+    def _on_rollout_end(self):
+        b, model = self.model.rollout_buffer, self.model
+        values, rewards, starts = b.values[:, 0], b.rewards[:, 0], b.episode_starts[:, 0]
+        last_obs = torch.as_tensor(np.asarray(torch.as_tensor(model._last_obs).cpu()), dtype=torch.float32)
+        with torch.no_grad():
+            last_value = float(model.policy.predict_values(last_obs).reshape(-1)[0])
+        last_done = float(np.asarray(torch.as_tensor(model._last_episode_starts).cpu()).reshape(-1)[0])
+        advantages, running = np.zeros_like(values), 0.0
+        for t in reversed(range(len(values))):
+            not_done = 1.0 - (last_done if t == len(values) - 1 else starts[t + 1])
+            next_value = last_value if t == len(values) - 1 else values[t + 1]
+            delta = rewards[t] + model.gamma * next_value * not_done - values[t]
+            running = delta + model.gamma * model.gae_lambda * not_done * running
+            advantages[t] = running
+        self.values, self.advantages, self.expected = values.copy(), b.advantages[:, 0].copy(), advantages
+
+
+def test_an_sb3_policy_class_overriding_methods_has_them_called_where_sb3_calls_them():
+    cls, kw = overriding_policy_class(), dict(TINY, gamma=0.9, gae_lambda=0.8)
+    with pytest.warns(UserWarning, match="overrides forward, evaluate_actions: rlgeom calls its forward"):
+        ours = PPO(cls, "CartPole-v1", **kw)
+    theirs = sb3.PPO(cls, "CartPole-v1", **kw)
+    ours.policy.sb3_policy.load_state_dict(theirs.policy.state_dict())
+    ours.policy.constant_value = theirs.policy.constant_value = 0.25  # the user's attribute, on the user's policy
+    assert ours.policy.sb3_policy.constant_value == 0.25
+    obs = torch.as_tensor(np.stack([theirs.observation_space.sample() for _ in range(8)]))
+    actions = torch.arange(8) % 2
+    for mine, sb3s in zip(ours.policy.evaluate_actions(obs, actions), theirs.policy.evaluate_actions(obs, actions)):
+        torch.testing.assert_close(mine, sb3s)  # the doubled values included
+    out, log_probs, _ = ours.policy.loss_terms(obs, actions)  # what PPO's loss takes
+    torch.testing.assert_close(out.values, theirs.policy.evaluate_actions(obs, actions)[0].reshape(-1))
+    torch.testing.assert_close(ours.policy(obs)[1], torch.full((8, 1), 0.25))
+    for model in (ours, theirs):  # the rollout's values are forward's, and GAE is SB3's over them
+        seen = GAEAtRolloutEnd()
+        model.learn(32, callback=seen)
+        np.testing.assert_allclose(seen.values, 0.25)
+        np.testing.assert_allclose(seen.advantages, seen.expected, rtol=1e-5, atol=1e-5)
+
+
+def test_agents_that_differentiate_the_modules_refuse_overrides_their_update_would_not_call():
+    with pytest.raises(ValueError, match="overrides evaluate_actions; TRPO's update differentiates .* Use PPO"):
+        TRPO(overriding_policy_class(), "CartPole-v1", n_steps=32, batch_size=32, seed=0, device="cpu")
+    base = custom_policy_class()
+
+    class ForwardOnly(base):
         def forward(self, obs, deterministic=False):
             actions, values, log_prob = super().forward(obs, deterministic)
             return actions, values * 0, log_prob
 
-    with pytest.warns(UserWarning, match="overrides forward, which rlgeom does not call"):
-        PPO(ConstantValue, "CartPole-v1", **TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = VPG(ForwardOnly, "CartPole-v1", n_steps=32, batch_size=32, seed=0, device="cpu")
+    seen = GAEAtRolloutEnd()
+    model.learn(32, callback=seen)
+    np.testing.assert_array_equal(seen.values, 0.0)  # every agent's rollout calls forward
+    np.testing.assert_allclose(seen.advantages, seen.expected, rtol=1e-5, atol=1e-5)
+
+
+def test_model_env_has_sb3s_vecenv_space_names():
+    ours, theirs = PPO("MlpPolicy", "Pendulum-v1", **TINY), sb3.PPO("MlpPolicy", "Pendulum-v1", **TINY)
+    assert ours.env.observation_space == theirs.env.observation_space == gym.make("Pendulum-v1").observation_space
+    assert ours.env.action_space == theirs.env.action_space
+
+
+def test_set_parameters_refuses_names_that_are_not_the_models_objects_as_sb3():
+    for model in (PPO("MlpPolicy", "CartPole-v1", **TINY), sb3.PPO("MlpPolicy", "CartPole-v1", **TINY)):
+        params = {**model.get_parameters(), "not_an_object": "x"}
+        for exact_match in (True, False):
+            with pytest.raises(ValueError):
+                model.set_parameters(params, exact_match=exact_match)
+    with pytest.raises(ValueError, match="'not_an_object'.*accepted: \\['policy', 'optimizer'\\]"):
+        PPO("MlpPolicy", "CartPole-v1", **TINY).set_parameters(params)
+
+
+class BatchNormDropout(torch.nn.Module):
+    """SB3's test_train_eval_mode.py extractor: a batch norm and a dropout, which act differently in eval mode."""
+
+    def __init__(self, observation_space):
+        super().__init__()
+        self.features_dim = int(np.prod(observation_space.shape))
+        self.batch_norm, self.dropout = torch.nn.BatchNorm1d(self.features_dim), torch.nn.Dropout(0.5)
+
+    def forward(self, obs):
+        return self.dropout(self.batch_norm(obs.flatten(1)))
+
+
+def test_training_mode_as_sb3_sets_it_and_the_users_extractor_under_its_name():
+    kw = dict(policy_kwargs=dict(features_extractor_class=BatchNormDropout, net_arch=[8]), **TINY)
+    model = PPO("MlpPolicy", "CartPole-v1", **kw)
+    norm = model.policy.features_extractor.batch_norm  # the user's module, as in SB3 (not rlgeom's Preprocess)
+    assert norm is model.policy.actor.features[1].batch_norm
+    obs = np.stack([model.observation_space.sample() for _ in range(4)])
+    mean = norm.running_mean.clone()
+    first = model.predict(obs, deterministic=True)[0]  # eval mode: no dropout, running statistics left alone
+    for _ in range(3):
+        np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], first)
+    assert torch.equal(norm.running_mean, mean)
+    model.learn(32)  # a rollout of single rows runs in eval mode (train mode would refuse one row), updates in train
+    assert not torch.equal(norm.running_mean, mean)
+
+
+def test_a_vec_env_returning_fewer_infos_while_no_env_is_done_is_taken_as_sb3_takes_it():
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    class FewInfos(DummyVecEnv):  # SB3's test_vec_extract_dict_obs.py env returns [] while no env is done
+        def step_wait(self):
+            obs, rewards, dones, infos = super().step_wait()
+            return obs, rewards, dones, infos if dones.any() else []
+
+    for agent in (PPO, sb3.PPO):
+        agent("MlpPolicy", FewInfos([lambda: gym.make("CartPole-v1")]), **TINY).learn(64)
+
+
+@pytest.mark.parametrize("kwargs", [dict(clip_range_vf=-0.2), dict(n_steps=1)])
+def test_an_impossible_hyperparameter_is_the_assertion_error_sb3_raises_and_a_value_error(kwargs):
+    with pytest.raises(AssertionError):
+        sb3.PPO("MlpPolicy", "Pendulum-v1", **kwargs)
+    with pytest.raises(AssertionError) as raised:
+        PPO("MlpPolicy", "Pendulum-v1", **kwargs)
+    assert isinstance(raised.value, ValueError) and ("must be" in str(raised.value) or "accepted" in str(raised.value))
+
+
+def test_a_function_callback_of_locals_and_globals_is_sb3s_old_form():
+    seen = []
+
+    def stop_after_three(locals_, globals_):
+        seen.append(locals_["self"].num_timesteps)
+        return len(seen) < 3
+
+    for agent in (PPO, sb3.PPO):
+        seen.clear()
+        agent("MlpPolicy", "CartPole-v1", **TINY).learn(64, callback=stop_after_three)
+        assert seen == [1, 2, 3]

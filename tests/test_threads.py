@@ -97,3 +97,26 @@ def test_the_measurement_times_the_policy_without_drawing_random_numbers(fresh):
 def test_threads_must_be_a_positive_integer():
     with pytest.raises(ValueError, match="threads must be a positive integer or None"):
         _agent(threads=0)
+
+
+class _BatchNorm(torch.nn.Module):
+    """A features extractor whose forward in train mode moves running statistics (and refuses one row)."""
+
+    def __init__(self, observation_space):
+        super().__init__()
+        self.features_dim = observation_space.shape[0]
+        self.norm = torch.nn.BatchNorm1d(self.features_dim)
+
+    def forward(self, obs):
+        return self.norm(obs)
+
+
+def test_the_measurement_leaves_a_batch_norm_and_the_policys_mode_as_they_were(fresh, monkeypatch):
+    torch.set_num_threads(2)  # a count of 2 as torch's default, so that learning_threads measures 1 against it
+    monkeypatch.setattr(threads, "THREADS_AT_IMPORT", 2)
+    agent = _agent(policy_kwargs=dict(features_extractor_class=_BatchNorm))
+    norm = agent.policy.actor.features[1].norm
+    state = {k: v.clone() for k, v in norm.state_dict().items()}
+    with threads.learning_threads(agent.policy, 1, 16, 16, None, lambda message: None):
+        pass  # measured here: the rollout's step on one row would fail in train mode
+    assert all(torch.equal(v, norm.state_dict()[k]) for k, v in state.items()) and agent.policy.training

@@ -199,10 +199,22 @@ class RolloutBuffer:
         self.log_probs.copy_(log_probs.view(self.n_steps, self.n_envs))
         self.values.copy_(values.view(self.n_steps, self.n_envs))
 
-    def compute_advantages(self, value_fn, gamma: float, gae_lambda: float) -> None:
-        """Fill advantages and returns; `value_fn` maps observations [B, *obs] to values [B]."""
+    def add_terms(self, log_probs: torch.Tensor, values: torch.Tensor) -> None:
+        """log π_old and V_old of the step just added, where the policy gives them at each step (an SB3 policy
+        class's forward, as SB3's rollout takes them); otherwise `evaluate_policy_terms` fills them afterwards."""
+        self.log_probs[self.pos - 1] = log_probs
+        self.values[self.pos - 1] = values
+
+    def compute_advantages(self, value_fn, gamma: float, gae_lambda: float, logged_successors: bool = False) -> None:
+        """Fill advantages and returns; `value_fn` maps observations [B, *obs] to values [B]. With
+        `logged_successors`, V(s_{t+1}) within an episode is the value logged at step t+1 (SB3's GAE over the
+        values its policy's forward gave), and `value_fn` (SB3's predict_values) gives only the rollout's last
+        successors and a truncated episode's final observation. Otherwise `value_fn` gives every successor's
+        value: the same numbers where the logged values are the critic's."""
         with torch.no_grad():
             next_values = _in_chunks(value_fn, self.next_obs.flatten(0, 1)).reshape(self.n_steps, self.n_envs)
+            if logged_successors:
+                next_values[:-1] = torch.where(self.dones[:-1], next_values[:-1], self.values[1:])
         self.advantages, self.returns = compute_gae(
             self.rewards, self.values, next_values, self.terminated, self.dones, gamma, gae_lambda
         )

@@ -10,6 +10,7 @@ The policy contract, once:
 | outputs(obs)              | raw obs -> params, V(s) for a loss, and its `backward(loss)` | [B, P], [B] |
 | draw(obs)                 | raw obs -> actions (the rollout's step, no graph)            | [B, ...]           |
 | rollout_terms(obs, a)     | raw obs, actions -> log π(a|s), V(s) (once per rollout)      | [B], [B]           |
+| loss_terms(obs, a)        | raw obs, actions -> outputs, log π(a|s), H (a first-order loss's, differentiable) | -, [B], [B] |
 | get_distribution(obs)     | raw obs -> torch Distribution          | batch shape [B]              |
 | value(obs)                | raw obs -> V(s)                        | [B]                          |
 | family                    | rlgeom.models.distributions.ActionDistribution (log π, H, sampling, its Fisher) |
@@ -76,6 +77,11 @@ def channel_first_space(space):
         return space
     h, w, c = space.shape
     return spaces.Box(0, 255, (c, h, w), np.uint8)
+
+
+class NotAnImageError(ValueError, AssertionError):
+    """CnnPolicy given observations that are not images: a ValueError naming what is accepted, and also the
+    AssertionError SB3's NatureCNN raises for them, so SB3 code that expects that error keeps working."""
 
 
 OBSERVATION_SPACES = ("Box (vectors, any shape, uint8 images channel-first or -last), Discrete, MultiDiscrete, "
@@ -345,8 +351,9 @@ class ActorCriticPolicy(SB3PolicySurface, nn.Module):
         # as SB3: with normalize_images=False a float Box of 3 dimensions is an image the user already scaled
         prescaled = not normalize_images and isinstance(observation_space, spaces.Box) and len(observation_space.shape) == 3
         if policy == "CnnPolicy" and not image and not prescaled and features_extractor_class is None:
-            raise ValueError(f"CnnPolicy needs uint8 image observations ([C, H, W] or [H, W, C]), got "
-                             f"{observation_space}; use MlpPolicy or pass a features_extractor_class")
+            raise NotAnImageError(f"CnnPolicy needs uint8 image observations ([C, H, W] or [H, W, C]), or float "
+                                  "ones already scaled with policy_kwargs=dict(normalize_images=False), got "
+                                  f"{observation_space}; use MlpPolicy or pass a features_extractor_class")
         if dict_obs != (policy == "MultiInputPolicy"):
             raise ValueError("Dict observations need policy='MultiInputPolicy', and MultiInputPolicy needs Dict "
                              f"observations (SB3's rule); got {policy} for {observation_space}")
@@ -453,6 +460,16 @@ class ActorCriticPolicy(SB3PolicySurface, nn.Module):
         values = next(outs).squeeze(-1) if critic else None
         return PolicyOutputs(dist_params, values)
 
+    def loss_terms(self, obs: torch.Tensor, actions: torch.Tensor, critic: bool = True, written_out: bool | None = None):
+        """(outputs, log π(actions|obs), entropy) of a minibatch on autograd's graph: what a first-order loss
+        (PPO's) takes, and `outputs.backward(loss)` differentiates it (`written_out` as in `outputs`)."""
+        out = self.outputs(obs, critic=critic, written_out=written_out)
+        return out, self.family.log_prob(out.dist_params, actions), self.family.entropy(out.dist_params)
+
+    #: True where the rollout's log π_old and V_old come from each step's `act` (an SB3 policy class whose
+    #: overridden methods rlgeom calls: rlgeom.models.sb3_policy) rather than from `rollout_terms` afterwards
+    terms_at_each_step = False
+
     def forward(self, obs: torch.Tensor, deterministic: bool = False):
         """(actions, values, log_probs) for a batch of raw observations."""
         dist_params = self.dist_params(obs)
@@ -535,12 +552,13 @@ class ActorCriticPolicy(SB3PolicySurface, nn.Module):
         # checked and cast as the env boundary stores them: uint8 for uint8 Boxes (images) and image-only Dicts,
         # float32 for everything else (rlgeom.models.inputs)
         obs, batched = self._observation_rows(observation)
+        self.set_training_mode(False)  # as SB3's predict: no dropout, batch norm's running statistics
         with torch.no_grad():
             tensor = torch.as_tensor(obs, device=self.device)
             actions = self.env_actions(self.draw(tensor, deterministic)).cpu().numpy()
         if isinstance(self.action_space, spaces.Box):  # the space's dtype, as SB3 returns (float64 Box: float64)
             actions = actions.astype(self.action_space.dtype, copy=False)
-        return (actions if batched else actions[0]), state
+        return (actions if batched else actions.squeeze(axis=0)), state  # an array, 0-d for one Discrete action (SB3)
 
     def _observation_rows(self, observation) -> tuple[np.ndarray, bool]:
         """(observations as the policy takes them [N, ...], whether the caller passed a batch)."""

@@ -8,14 +8,25 @@ extractor -> `forward_actor` -> `action_net` (and `log_std`), the critic the sam
 `value_net`. Observations are preprocessed by rlgeom's Preprocess, which is SB3's preprocess_obs (images
 transposed to channel-first and scaled, discrete spaces one-hot). Every update then differentiates through
 autograd: the written-out MLP derivatives apply to rlgeom's own MLPs only, and the agent says so once.
+
+A class that overrides one of SB3's computing methods (COMPUTING_METHODS: SB3's test_gae.py overrides
+`forward` to make V a constant) computes something its modules alone do not. Then rlgeom calls the user's
+policy object where SB3 calls it: `forward` at each rollout step (actions, V_old, log π_old), `predict_values`
+for the values GAE bootstraps from, `_predict` in predict() and evaluation, and `evaluate_actions` in the
+update of an agent whose loss takes log π, V and entropy alone (PPO). The other agents' updates
+differentiate the modules (KL, Fisher products, separate critic regression), so they refuse an override
+that changes what those compute.
 """
 
 from __future__ import annotations
 
 import warnings
 
+import torch
 from gymnasium import spaces
 from torch import nn
+
+from rlgeom.models.policies import ActorCriticPolicy, PolicyOutputs, Preprocess, channel_first_space, channels_last
 
 
 def is_sb3_policy_class(policy) -> bool:
@@ -48,23 +59,132 @@ class _Latent(nn.Module):
 
 
 _announced: set = set()
-#: SB3 methods whose override changes what the policy computes, beyond its modules (rlgeom calls none of them)
+#: SB3 methods whose override changes what the policy computes beyond its modules
 COMPUTING_METHODS = ("forward", "_predict", "evaluate_actions", "predict_values", "get_distribution",
                      "extract_features", "_get_action_dist_from_latent")
+#: those an update that differentiates the policy's modules (every agent but PPO) would bypass
+UPDATE_METHODS = ("evaluate_actions", "get_distribution", "extract_features", "_get_action_dist_from_latent")
 
 
-def unused_overrides(policy_class) -> list[str]:
+def overridden_methods(policy_class) -> list[str]:
+    """The COMPUTING_METHODS `policy_class` defines differently from SB3's ActorCriticPolicy."""
     from stable_baselines3.common.policies import ActorCriticPolicy as SB3ActorCriticPolicy
 
     return [name for name in COMPUTING_METHODS
             if getattr(policy_class, name, None) is not getattr(SB3ActorCriticPolicy, name, None)]
 
 
-def policy_from_sb3_class(policy_class, observation_space, action_space, lr_schedule, *, normalize_observations,
-                          use_sde, needs_separate_networks: bool, **policy_kwargs):
-    """rlgeom's ActorCriticPolicy running the modules of `policy_class(...)` (see the module's docstring)."""
-    from rlgeom.models.policies import ActorCriticPolicy, Preprocess, channel_first_space
+def _channel_first(space, obs: torch.Tensor) -> torch.Tensor:
+    return obs.permute(0, 3, 1, 2) if channels_last(space) else obs
 
+
+class SB3ClassPolicy(ActorCriticPolicy):
+    """rlgeom's policy over the modules of an SB3 policy object (`sb3_policy`); when its class overrides a
+    computing method (`calls_sb3_methods`), the rollout, the bootstrap values, predict and PPO's loss call
+    that object's methods, as SB3 does (the module's docstring). Attributes of the user's class that
+    rlgeom's policy does not have (`policy.constant_value` in SB3's test_gae.py) are read and set on it."""
+
+    calls_sb3_methods = False
+
+    @property
+    def terms_at_each_step(self) -> bool:
+        return self.calls_sb3_methods
+
+    def sb3_observation(self, obs: torch.Tensor):
+        """Observations as rlgeom stores them -> as SB3's policy takes them (normalised where rlgeom's
+        normalize_observations is on, a Dict's rows unpacked into keys, channel-last images transposed)."""
+        x = self.actor_inputs(obs)
+        if self.dict_layout is None:
+            return _channel_first(self.observation_space, x)
+        return {key: _channel_first(self.observation_space[key], value)
+                for key, value in self.dict_layout.unpack(x).items()}
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = False):
+        if not self.calls_sb3_methods:
+            return super().act(obs, deterministic)
+        actions, values, log_probs = self.sb3_policy(self.sb3_observation(obs), deterministic)
+        return actions.reshape(obs.shape[0], *self.family.action_shape), values.reshape(-1), log_probs.reshape(-1)
+
+    def draw(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        if not self.calls_sb3_methods:
+            return super().draw(obs, deterministic)
+        with torch.no_grad():
+            return self.sb3_policy._predict(self.sb3_observation(obs), deterministic).reshape(
+                obs.shape[0], *self.family.action_shape)
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        if not self.calls_sb3_methods:
+            return super().value(obs)
+        return self.sb3_policy.predict_values(self.sb3_observation(obs)).reshape(-1)
+
+    def loss_terms(self, obs: torch.Tensor, actions: torch.Tensor, critic: bool = True, written_out: bool | None = None):
+        if not self.calls_sb3_methods:
+            return super().loss_terms(obs, actions, critic, written_out)
+        values, log_probs, entropy = self.sb3_policy.evaluate_actions(self.sb3_observation(obs), actions)
+        if entropy is None:  # a distribution without a closed form: SB3's PPO takes -log π as its estimate
+            entropy = -log_probs
+        return PolicyOutputs(None, values.reshape(-1)), log_probs, entropy
+
+    @torch.no_grad()
+    def rollout_terms(self, obs: torch.Tensor, actions: torch.Tensor):
+        if not self.calls_sb3_methods:
+            return super().rollout_terms(obs, actions)
+        _, log_probs, _ = self.loss_terms(obs, actions)
+        return log_probs, self.value(obs)
+
+    # SB3's surface called by the user: the user's methods, on observations as SB3 code passes them
+    def forward(self, obs, deterministic: bool = False):
+        if not self.calls_sb3_methods:
+            return super().forward(obs, deterministic)
+        return self.sb3_policy(self.sb3_observation(self._as_rows(obs)), deterministic)
+
+    def evaluate_actions(self, obs, actions):
+        if not self.calls_sb3_methods:
+            return super().evaluate_actions(obs, actions)
+        return self.sb3_policy.evaluate_actions(self.sb3_observation(self._as_rows(obs)),
+                                                self._as_family_actions(actions))
+
+    def predict_values(self, obs) -> torch.Tensor:
+        if not self.calls_sb3_methods:
+            return super().predict_values(obs)
+        return self.sb3_policy.predict_values(self.sb3_observation(self._as_rows(obs)))
+
+    def get_distribution(self, obs):
+        if not self.calls_sb3_methods:
+            return super().get_distribution(obs)
+        return self.sb3_policy.get_distribution(self.sb3_observation(self._as_rows(obs)))
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)  # nn.Module's parameters, buffers and submodules
+        except AttributeError:
+            sb3_policy = self.__dict__.get("sb3_policy")
+            if sb3_policy is None or name.startswith("__"):
+                raise
+            return getattr(sb3_policy, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        sb3_policy = self.__dict__.get("sb3_policy")
+        if (sb3_policy is not None and name in vars(sb3_policy) and name not in self.__dict__
+                and not hasattr(type(self), name) and not isinstance(value, (nn.Module, torch.Tensor))):
+            setattr(sb3_policy, name, value)  # the user's own attribute, which its overridden methods read
+        else:
+            super().__setattr__(name, value)
+
+
+def policy_from_sb3_class(policy_class, observation_space, action_space, lr_schedule, *, normalize_observations,
+                          use_sde, needs_separate_networks: bool, agent: str, update_calls_evaluate_actions: bool,
+                          **policy_kwargs):
+    """rlgeom's policy running the modules of `policy_class(...)`, and its overridden methods (see the module's
+    docstring)."""
+    overridden = overridden_methods(policy_class)
+    bypassed = [name for name in overridden if name in UPDATE_METHODS and not update_calls_evaluate_actions]
+    if bypassed:
+        raise ValueError(f"{policy_class.__name__} overrides {', '.join(bypassed)}; {agent}'s update differentiates "
+                         "the policy's modules (not SB3's evaluate_actions), so it would not train what that computes. "
+                         "Use PPO, which calls the overridden methods, or override only forward, predict_values or "
+                         "_predict (every agent calls those)")
     if use_sde:
         raise ValueError(f"gSDE (use_sde=True) is not available with an SB3 policy class ({policy_class.__name__}); "
                          "use policy='MlpPolicy' for gSDE")
@@ -74,7 +194,7 @@ def policy_from_sb3_class(policy_class, observation_space, action_space, lr_sche
         raise ValueError(f"{policy_class.__name__} does not build SB3's mlp_extractor, action_net and value_net; "
                          "accepted: a stable_baselines3 ActorCriticPolicy subclass")
     optimizer = {k: policy_kwargs[k] for k in ("optimizer_class", "optimizer_kwargs") if k in policy_kwargs}
-    policy = ActorCriticPolicy(observation_space, action_space, "MultiInputPolicy" if dict_obs else "MlpPolicy",
+    policy = SB3ClassPolicy(observation_space, action_space, "MultiInputPolicy" if dict_obs else "MlpPolicy",
                                net_arch=[], share_features_extractor=False, ortho_init=False,
                                normalize_observations=normalize_observations, **optimizer)
     preprocess = Preprocess(observation_space, getattr(sb3_policy, "normalize_images", True))
@@ -95,12 +215,13 @@ def policy_from_sb3_class(policy_class, observation_space, action_space, lr_sche
     policy.share_features_extractor = shared
     policy.policy_name, policy.sb3_policy_class = policy_class.__name__, policy_class
     object.__setattr__(policy, "sb3_policy", sb3_policy)  # SB3's view of the same modules (not registered twice)
+    policy.calls_sb3_methods = bool(overridden)
     if policy_class not in _announced:
         _announced.add(policy_class)
-        unused = unused_overrides(policy_class)
         warnings.warn(f"{policy_class.__name__} (an SB3 policy class) trains through autograd; rlgeom's written-out "
                       "MLP derivatives apply to its own MlpPolicy only"
-                      + (f". It overrides {', '.join(unused)}, which rlgeom does not call: it runs the policy's "
-                         "modules (features extractor, mlp_extractor, action_net, value_net, log_std)"
-                         if unused else ""), UserWarning, stacklevel=4)
+                      + (f". It overrides {', '.join(overridden)}: rlgeom calls its forward at each rollout step, "
+                         "predict_values for bootstrap values, _predict in predict"
+                         + (" and evaluate_actions in the update" if update_calls_evaluate_actions else "")
+                         + ", as SB3 does" if overridden else ""), UserWarning, stacklevel=4)
     return policy

@@ -82,6 +82,16 @@ class Distribution:
         return getattr(self.distribution, name)
 
 
+def _extractor(features: nn.Module) -> nn.Module:
+    """The features extractor SB3 code knows (the user's features_extractor_class instance, SB3's
+    CombinedExtractor) without the Preprocess module rlgeom runs before it (SB3 preprocesses in the policy)."""
+    from rlgeom.models.policies import Preprocess
+
+    if isinstance(features, nn.Sequential) and len(features) == 2 and isinstance(features[0], Preprocess):
+        return features[1]
+    return features
+
+
 def _linear_widths(body: nn.Module) -> list[int]:
     return [m.out_features for m in body.modules() if isinstance(m, nn.Linear)]
 
@@ -92,15 +102,15 @@ class SB3PolicySurface:
     # ------------------------------------------------------------------ modules under SB3's names
     @property
     def features_extractor(self) -> nn.Module:
-        return self.actor.features
+        return _extractor(self.actor.features)
 
     @property
     def pi_features_extractor(self) -> nn.Module:
-        return self.actor.features
+        return _extractor(self.actor.features)
 
     @property
     def vf_features_extractor(self) -> nn.Module:
-        return self.critic.features
+        return _extractor(self.critic.features)
 
     @property
     def action_net(self) -> nn.Module:

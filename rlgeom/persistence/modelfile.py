@@ -26,7 +26,7 @@ import stat
 import torch
 
 from rlgeom.validation import hidden_weights
-from rlgeom.persistence.serialization import FORMAT, FORMAT_VERSION, ModelFileError, model_path
+from rlgeom.persistence.serialization import FORMAT, FORMAT_VERSION, ModelFileError, model_file_candidates, model_path
 
 #: safetensors' own limit on the header (a model's description included)
 MAX_HEADER_BYTES = 100 * 2**20
@@ -153,10 +153,8 @@ def open_model(path) -> ModelFile:
         with _Borrowed(path) as f, _read_errors(name):
             entries, metadata, header_len = _read_header(f, size, name)
         return ModelFile(path, name, size, entries, metadata, start + 8 + header_len)
-    name = model_path(path) if not os.path.exists(os.fspath(path)) else os.fspath(path)
-    zipped = os.fspath(path) + ".zip"  # SB3's load(path) finds path + ".zip"
-    if not os.path.exists(name) and os.path.isfile(zipped):
-        raise ModelFileError(sb3_format_message(zipped))
+    # the first of the names load(path) accepts that exists (an SB3 zip among them is named by its content)
+    name = next((c for c in model_file_candidates(path) if os.path.exists(c)), model_path(path))
     _check_regular_file(name)
     with _read_errors(name):
         f = open(name, "rb")

@@ -25,12 +25,22 @@ class ModelFileError(ValueError):
 
 
 def model_path(path: str | os.PathLike) -> str:
-    """The file a model is saved to: `.safetensors` is appended, and SB3's `.zip` (which its
-    CheckpointCallback and user code pass) becomes `.safetensors`: the format is never a zip."""
+    """The file a model is saved to, named as SB3 names it: the path as given when its name has an extension
+    (`x.zip`, which SB3 code and its CheckpointCallback pass and later load or delete; `policy.pkl`), else
+    with `.safetensors` appended (SB3 appends `.zip`). The content is rlgeom's safetensors format whatever
+    the name: never a zip, never a pickle."""
     path = os.fspath(path)
-    if path.endswith(".zip"):
-        path = path[: -len(".zip")]
-    return path if path.endswith(SUFFIX) else path + SUFFIX
+    return path if os.path.splitext(os.path.basename(path))[1] else path + SUFFIX
+
+
+def model_file_candidates(path: str | os.PathLike) -> list[str]:
+    """Where `load(path)` looks, in order: the path as given, `path + ".safetensors"` (what earlier rlgeom
+    versions wrote for any path), for `x.zip` also `x.safetensors` (earlier versions' save("x.zip")), else
+    `path + ".zip"` (as SB3's load(path) finds path + ".zip"). A file's format is read from its content."""
+    path = os.fspath(path)
+    found = [path, path if path.endswith(SUFFIX) else path + SUFFIX]
+    found.append(path[: -len(".zip")] + SUFFIX if path.endswith(".zip") else path + ".zip")
+    return list(dict.fromkeys(found))
 
 
 #: modules whose classes a model file may name and `load` imports by itself; any other class (a user's

@@ -34,6 +34,7 @@ def _episodes(agent, env, n_episodes: int, deterministic: bool, seed: int | None
 
         bar = tqdm(total=int(targets.sum()), desc="evaluation", unit="episode", dynamic_ncols=True, file=sys.stderr)
     obs = env.reset(seed=seed)
+    agent.policy.set_training_mode(False)  # as SB3's predict
     while (counts < targets).any():
         actions = agent.policy.draw(obs, deterministic)
         step = env.step(agent._env_actions(actions))

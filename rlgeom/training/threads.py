@@ -15,7 +15,8 @@ image batches may gain from threads. So `learn` (on the CPU) uses, in this order
    by how often a rollout and an update run them. More threads must win by `MARGIN` to be chosen.
 
 The previous count is restored when `learn` returns: the setting is process-wide, and a library call should
-not leave it changed. The measurement draws no random numbers (deterministic actions, torch's generator forked).
+not leave it changed. The measurement draws no random numbers (deterministic actions, torch's generator forked) and runs the policy
+in eval mode, so a batch norm's running statistics stay as they were.
 """
 
 from __future__ import annotations
@@ -118,8 +119,13 @@ def learning_threads(policy, n_envs: int, n_steps: int, batch_size: int, request
         key = (repr(policy), tuple(policy.observation_space.shape or ()), n_envs, batch_size, before)
         if key not in _CHOSEN:
             step, minibatch = policy_workloads(policy, n_envs, batch_size)
-            with torch.random.fork_rng(devices=[]):
-                cost = measure(step, minibatch, n_steps, max(1, n_steps * n_envs // batch_size), (1, before))
+            training = policy.training
+            policy.train(False)  # eval mode: a batch norm's running statistics are not moved by the measurement
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    cost = measure(step, minibatch, n_steps, max(1, n_steps * n_envs // batch_size), (1, before))
+            finally:
+                policy.train(training)
             chosen = before if cost[before] * MARGIN < cost[1] else 1
             _CHOSEN[key] = chosen, (f"measured for this policy: {1e3 * cost[1]:.0f} ms per rollout's steps and "
                                     f"minibatches at 1 thread, {1e3 * cost[before]:.0f} ms at {before}")
