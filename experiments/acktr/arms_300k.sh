@@ -14,7 +14,7 @@ cd "$(dirname "$0")/../.."
 
 TASKS="${TASKS:-Hopper-v5 HalfCheetah-v5 Walker2d-v5}"
 SEEDS="${SEEDS:-100,101,102,103,104}"   # diagnostic seeds, not the grid's 0-4
-ARMS="${ARMS:-preset log-std-own}"
+ARMS="${ARMS:-preset log-std-init-m2}"  # log-std-own: the 100k arm of §0.7 (no gain)
 TIMESTEPS="${TIMESTEPS:-300000}"
 LOGDIR="${LOGDIR:-experiments/results/acktr_arms_300k}"
 
