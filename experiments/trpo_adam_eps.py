@@ -1,7 +1,7 @@
 """Issue 29: does the TRPO critic's Adam eps matter? rlgeom's critic Adam took torch's eps (1e-8) until d37118d
 (now 1e-5), sb3-contrib's SB3's (1e-5). Two TRPO agents with the MuJoCo preset, the same seed and the same
-action noise (so the same weights and, while their policies agree, the same rollouts), one with each eps, take a few updates side by
-side, beside a control pair with the same eps (which must stay 0 apart); printed per task:
+action noise (so the same weights and, while their policies agree, the same rollouts), one with each eps,
+take a few updates side by side, beside a control pair with the same eps (which must stay 0 apart); printed per task:
 the critic's Adam denominators √v̂ after the first update (eps is negligible where √v̂ ≫ 1e-5), and how far apart
 the two critics and the two policies are after each update, against how far the critic moved.
 
