@@ -49,6 +49,8 @@ Defaults and where they come from:
 |                        |         | ACKTR (acktr_cont) adapts its step size with desired_kl=0.002   |
 | log_std_step           | with_actor | log σ's exact natural-gradient step sized with the actor's;  |
 |                        |         | "own": its own η at the scheduled lr (issue 29; see below)      |
+| critic_step            | with_actor | the critic's step size: the actor's (target_kl-adapted) lr,  |
+|                        |         | or "own": the scheduled lr (issue 29; see below)                |
 
 Why lr·(1 − m): the trust region scales the *fresh* step only. SGD with momentum m and step size lr
 moves θ by the sum of the past clipped steps, up to 1/(1 − m) = 10 of them when they agree, so a KL
@@ -107,6 +109,13 @@ own η, min(1, √(2 kl_clip / Δ_logσᵀ F_raw Δ_logσ)) (a group beside the 
 KfacOptimizer gives a variable without factors (acktr_cont's logstd) its raw gradient, unpreconditioned,
 counted with lr²·gᵀg in the one clip; kfac-pytorch leaves unregistered parameters to the base optimiser.
 
+`critic_step`: the step size of the critic's own parameters under target_kl. "with_actor" (default) steps
+the whole policy, critic included, at the lr that the measured KL of the *policy* sets. "own" steps the
+critic's parameters at the scheduled lr (its η still from kl_clip under trust_region="per_network"), so the KL
+rule throttles the actor only; a torso shared with the actor stays at the actor's lr. For reference, baselines'
+acktr_cont fits its value function with an optimiser of its own (K-FAC, a fixed step size, 25 passes per batch),
+untouched by desired_kl.
+
 A shared feature extractor (CnnPolicy's NatureCNN) is called once per update, so its factors see the
 *sum* of the actor's and the critic's output gradients: the Fisher of the joint model (a categorical
 policy and a unit-variance Gaussian value head on the same torso), as in baselines' single network.
@@ -140,6 +149,7 @@ from rlgeom.training.schedules import schedule_value
 
 TRUST_REGIONS = ("joint", "per_network")
 LOG_STD_STEPS = ("with_actor", "own")
+CRITIC_STEPS = ("with_actor", "own")
 
 
 @dataclass
@@ -156,6 +166,8 @@ class ACKTRConfig(OnPolicyConfig):
     log_std_step: str = hp("with_actor", "log σ's natural-gradient step (exact Fisher block): the actor's η and lr "
                                          "(with_actor) or its own η at the scheduled lr, without target_kl's "
                                          "adaptation (own)")
+    critic_step: str = hp("with_actor", "the critic's step size: the actor's, adapted by target_kl (with_actor), or "
+                                        "the scheduled lr, outside target_kl's adaptation (own)")
     ent_coef: float = hp(0.01, "entropy bonus coefficient c_e")
     vf_coef: float = hp(0.5, "value loss coefficient c_v")
     max_grad_norm: float | None = hp(0.5, "clip the gradient's global norm before preconditioning (None: off)")
@@ -177,6 +189,8 @@ class ACKTRConfig(OnPolicyConfig):
             raise ValueError(f"trust_region must be one of {', '.join(TRUST_REGIONS)}, got {self.trust_region!r}")
         if self.log_std_step not in LOG_STD_STEPS:
             raise ValueError(f"log_std_step must be one of {', '.join(LOG_STD_STEPS)}, got {self.log_std_step!r}")
+        if self.critic_step not in CRITIC_STEPS:
+            raise ValueError(f"critic_step must be one of {', '.join(CRITIC_STEPS)}, got {self.critic_step!r}")
         c.positive(self, "damping")
         c.non_negative(self, "ent_coef")
         c.non_negative(self, "vf_coef")
@@ -222,9 +236,16 @@ class ACKTR(OnPolicyAgent):
             raise ValueError("log_std_step='own' needs a Gaussian policy with a state-independent scale (log σ); "
                              "this policy has none: use log_std_step='with_actor'")
         own = cfg.log_std_step == "own"
-        # log_std_step="own": log σ is the optimiser's second group, with its own step size
-        params = ([{"params": [p for p in self.policy.parameters() if p is not self._scale_param]},
-                   {"params": [self._scale_param]}] if own else self.policy.parameters())
+        # parameters that step at the scheduled lr, outside target_kl's adaptation: log σ under
+        # log_std_step="own", the critic's own parameters under critic_step="own" (a torso shared with the
+        # actor stays with the actor: the measured KL is the policy's). They are the optimiser's second group.
+        actor_ids = {id(p) for p in self.policy.actor_parameters()}
+        scheduled = [self._scale_param] if own else []
+        if cfg.critic_step == "own":
+            scheduled += [p for p in self.policy.critic_parameters() if id(p) not in actor_ids]
+        self._scheduled_ids = {id(p) for p in scheduled}
+        params = ([{"params": [p for p in self.policy.parameters() if id(p) not in self._scheduled_ids]},
+                   {"params": scheduled}] if scheduled else self.policy.parameters())
         self.optimizer = torch.optim.SGD(
             params, lr=self._sgd_step_size(schedule_value(cfg.learning_rate, 1.0)), momentum=cfg.momentum)
         self._updates_bound = 0  # applied updates where the trust region shrank the policy's step (η < 1)
@@ -245,7 +266,7 @@ class ACKTR(OnPolicyAgent):
         cfg, family = self.config, self.policy.family
         scheduled_lr = schedule_value(cfg.learning_rate, progress_remaining)
         lr = scheduled_lr * self._lr_multiplier
-        # log_std_step="own": log σ steps at the scheduled lr, outside target_kl's adaptation
+        # log_std_step / critic_step "own": the second group steps at the scheduled lr, outside target_kl's adaptation
         lrs = [lr, scheduled_lr][: len(self.optimizer.param_groups)]
         for group, group_lr in zip(self.optimizer.param_groups, lrs):
             group["lr"] = self._sgd_step_size(group_lr)
@@ -320,8 +341,9 @@ class ACKTR(OnPolicyAgent):
         return quad
 
     def _step_lr(self, p, lr: float, scheduled_lr: float) -> float:
-        """The lr of p's step: log σ's is the scheduled one under log_std_step="own", all others the adapted one."""
-        return scheduled_lr if p is self._scale_param and self.config.log_std_step == "own" else lr
+        """The lr of p's step: the scheduled one for log σ under log_std_step="own" and for the critic's own
+        parameters under critic_step="own", the adapted one for all others."""
+        return scheduled_lr if id(p) in self._scheduled_ids else lr
 
     def _adapt_learning_rate(self, kl: float, scheduled: float) -> None:
         """baselines' acktr_cont rule: the next update's lr ÷1.5 if this one's KL > 2·target_kl, ×1.5 if

@@ -24,7 +24,10 @@ arm_args() {  # the arm's CLI overrides on top of the preset (--hp, --policy-kwa
         log-std-own) echo "--hp log_std_step=own" ;;
         # σ starts at e^-2 = 0.135 (rl-zoo's MuJoCo policy_kwargs, log_std_init -2), where TRPO's σ ends at 1M
         log-std-init-m2) echo '--policy-kwargs {"log_std_init":-2.0}' ;;
-        *) echo "unknown arm $1 (preset, log-std-own, log-std-init-m2)" >&2; return 2 ;;
+        # the critic steps at the scheduled lr; target_kl's multiplier (set by the policy's KL) steers the actor only
+        critic-own) echo "--hp critic_step=own" ;;
+        critic-own-m2) echo '--hp critic_step=own --policy-kwargs {"log_std_init":-2.0}' ;;
+        *) echo "unknown arm $1 (preset, log-std-own, log-std-init-m2, critic-own, critic-own-m2)" >&2; return 2 ;;
     esac
 }
 
