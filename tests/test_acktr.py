@@ -399,3 +399,34 @@ def test_own_log_std_trust_region_needs_a_gaussian_scale():
         ACKTR("MlpPolicy", "CartPole-v1", n_steps=8, seed=0, device="cpu", log_std_step="own")
     with pytest.raises(ValueError, match="log_std_step must be one of with_actor, own"):
         ACKTR("MlpPolicy", "Pendulum-v1", n_steps=8, seed=0, device="cpu", log_std_step="exact")
+
+
+def critic_and_actor_steps(critic_step: str, multiplier: float):
+    """One update from the same state and rollout (seed 3), target_kl's multiplier set to `multiplier`, the
+    trust regions too wide to bind: the applied steps of the critic's and the actor's parameters."""
+    agent = ACKTR("MlpPolicy", ReachEnv(), n_envs=1, n_steps=64, seed=3, device="cpu", momentum=0.0,
+                  learning_rate=0.25, kl_clip=1e6, ent_coef=0.0, max_grad_norm=None,
+                  trust_region="per_network", critic_step=critic_step, target_kl=0.01)
+    agent._lr_multiplier = multiplier
+    before, stats = one_update(agent)
+    assert stats["geometry/eta"] == 1.0 and stats["geometry/eta_critic"] == 1.0
+    steps = {id(p): p.detach() - b for p, b in zip(agent.policy.parameters(), before)}
+    critic_ids = {id(p) for p in agent.policy.critic_parameters()}
+    critic = torch.cat([steps[i].flatten() for i in steps if i in critic_ids])
+    actor = torch.cat([steps[id(p)].flatten() for p in agent.policy.actor_parameters()])
+    return critic, actor
+
+
+def test_critic_step_own_keeps_the_critic_at_the_scheduled_lr():
+    """critic_step="own": target_kl's multiplier (the policy's measured KL) scales the actor's step only.
+    With the multiplier at 0.1 the critic's step is 10× that of critic_step="with_actor" from the same
+    state, and the same as with_actor's at multiplier 1; the actor's step is the same under both values."""
+    critic_own, actor_own = critic_and_actor_steps("own", 0.1)
+    critic_with, actor_with = critic_and_actor_steps("with_actor", 0.1)
+    critic_full, _ = critic_and_actor_steps("with_actor", 1.0)
+    assert critic_with.abs().max() > 0
+    torch.testing.assert_close(critic_own, 10 * critic_with, rtol=1e-4, atol=1e-6)  # float32 p - p_old
+    torch.testing.assert_close(critic_own, critic_full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(actor_own, actor_with, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="critic_step must be one of with_actor, own"):
+        ACKTR("MlpPolicy", "Pendulum-v1", n_steps=8, seed=0, device="cpu", critic_step="scheduled")
