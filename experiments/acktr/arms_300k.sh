@@ -29,9 +29,10 @@ arm_args() {  # the arm's CLI overrides on top of the preset (--hp, --policy-kwa
         critic-own-m2) echo '--hp critic_step=own --policy-kwargs {"log_std_init":-2.0}' ;;
         # + baselines' acktr_cont advantage estimator: GAE(0.97), advantages standardised per batch
         cont) echo "--hp critic_step=own gae_lambda=0.97 normalize_advantage=True" ;;
+        cont-m2) echo '--hp critic_step=own gae_lambda=0.97 normalize_advantage=True --policy-kwargs {"log_std_init":-2.0}' ;;
         # + a KL budget per update near TRPO's measured one on these tasks (0.03-0.2 per 1024 steps)
         cont-kl10) echo "--hp critic_step=own gae_lambda=0.97 normalize_advantage=True target_kl=0.02 kl_clip=0.1" ;;
-        *) echo "unknown arm $1 (preset, log-std-own, log-std-init-m2, critic-own, critic-own-m2, cont, cont-kl10)" >&2
+        *) echo "unknown arm $1 (preset, log-std-own, log-std-init-m2, critic-own, critic-own-m2, cont, cont-m2, cont-kl10)" >&2
            return 2 ;;
     esac
 }
