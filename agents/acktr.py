@@ -48,7 +48,8 @@ Defaults and where they come from:
 | target_kl              | None    | off, as in the paper's Atari runs; baselines' continuous-control |
 |                        |         | ACKTR (acktr_cont) adapts its step size with desired_kl=0.002   |
 | log_std_step           | with_actor | log σ's exact natural-gradient step sized with the actor's;  |
-|                        |         | "own": its own η at the scheduled lr (issue 29; see below)      |
+|                        |         | "own": its own η at the scheduled lr; "budget": its step spends  |
+|                        |         | half the KL target every update (issue 29; see below)           |
 | critic_step            | with_actor | the critic's step size: the actor's (target_kl-adapted) lr,  |
 |                        |         | or "own": the scheduled lr (issue 29; see below)                |
 
@@ -105,7 +106,11 @@ the factors' eigenvalues are far below λ, so most of the measured KL is the mea
 lr at 0.13–0.67 × the scheduled 0.2, and σ moved from 1 to 0.96–0.99 in 1M steps (the trust region
 itself stops binding after the first updates: experiments/acktr/RESULTS.md §0.7). "own" gives log σ its
 own η, min(1, √(2 kl_clip / Δ_logσᵀ F_raw Δ_logσ)) (a group beside the actor's weights and, under
-"per_network", the critic's), and steps it at the scheduled lr, outside target_kl's adaptation. For reference, openai/baselines'
+"per_network", the critic's), and steps it at the scheduled lr, outside target_kl's adaptation. "budget"
+normalises log σ's natural step to spend a KL of k = target_kl / 2 (kl_clip / 2 without a target) on every
+update, η = √(2k / Δ_logσᵀ F_raw Δ_logσ) unclipped: TRPO's normalisation, on log σ alone, so σ moves by a
+fixed KL per update wherever the weights' K-FAC step takes the rest of the measured KL (the KL rule still sees
+both); momentum then averages these unit-KL steps, so a gradient of noisy sign moves σ little. For reference, openai/baselines'
 KfacOptimizer gives a variable without factors (acktr_cont's logstd) its raw gradient, unpreconditioned,
 counted with lr²·gᵀg in the one clip; kfac-pytorch leaves unregistered parameters to the base optimiser.
 
@@ -148,7 +153,7 @@ from rlgeom.training.schedules import schedule_value
 
 
 TRUST_REGIONS = ("joint", "per_network")
-LOG_STD_STEPS = ("with_actor", "own")
+LOG_STD_STEPS = ("with_actor", "own", "budget")
 CRITIC_STEPS = ("with_actor", "own")
 
 
@@ -165,7 +170,8 @@ class ACKTRConfig(OnPolicyConfig):
     trust_region: str = hp("joint", "joint (one η for actor + critic, the paper's) or per_network (one η each)")
     log_std_step: str = hp("with_actor", "log σ's natural-gradient step (exact Fisher block): the actor's η and lr "
                                          "(with_actor) or its own η at the scheduled lr, without target_kl's "
-                                         "adaptation (own)")
+                                         "adaptation (own), or its own step normalised to a KL of half the KL "
+                                         "target (target_kl, else kl_clip) every update (budget)")
     critic_step: str = hp("with_actor", "the critic's step size: the actor's, adapted by target_kl (with_actor), or "
                                         "the scheduled lr, outside target_kl's adaptation (own)")
     ent_coef: float = hp(0.01, "entropy bonus coefficient c_e")
@@ -232,10 +238,10 @@ class ACKTR(OnPolicyAgent):
         )
         scale = self.policy.actor.scale
         self._scale_param = None if scale is None else scale.raw
-        if cfg.log_std_step == "own" and self._scale_param is None:
-            raise ValueError("log_std_step='own' needs a Gaussian policy with a state-independent scale (log σ); "
+        own = cfg.log_std_step in ("own", "budget")
+        if own and self._scale_param is None:
+            raise ValueError(f"log_std_step={cfg.log_std_step!r} needs a Gaussian policy with a state-independent scale (log σ); "
                              "this policy has none: use log_std_step='with_actor'")
-        own = cfg.log_std_step == "own"
         # parameters that step at the scheduled lr, outside target_kl's adaptation: log σ under
         # log_std_step="own", the critic's own parameters under critic_step="own" (a torso shared with the
         # actor stays with the actor: the measured KL is the policy's). They are the optimiser's second group.
@@ -300,7 +306,7 @@ class ACKTR(OnPolicyAgent):
         # per trust-region group: one joint group, or the actor's and the critic's (trust_region="per_network")
         steps = {p: -self._step_lr(p, lr, scheduled_lr) * p.grad for p in self.policy.parameters() if p.grad is not None}
         quads = [self._quadratic_form(group, steps, scale_fisher) for group in self._trust_region_groups.values()]
-        etas = [kl_scale(q, cfg.kl_clip, clip=True) for q in quads]
+        etas = [self._trust_region_scale(name, q) for name, q in zip(self._trust_region_groups, quads)]
         # non-finite guard, before the parameters move (a skip restores the K-FAC state too)
         guard_finite(loss=loss, grad_norm=grad_norm, quadratic_form=quads,
                      natural_gradient=[p.grad for p in self.policy.parameters()])
@@ -339,6 +345,14 @@ class ACKTR(OnPolicyAgent):
         if scale_fisher is not None and any(p is self._scale_param for p in group):
             quad = quad + (scale_fisher * steps[self._scale_param].pow(2)).sum()
         return quad
+
+    def _trust_region_scale(self, group: str, quad: torch.Tensor) -> torch.Tensor:
+        """η of one trust-region group: min(1, √(2 kl_clip / ΔᵀF̂Δ)), the KL clip; for log σ under
+        log_std_step="budget", √(2 k / ΔᵀFΔ) unclipped with k half the KL target: its step always spends k."""
+        cfg = self.config
+        if group == "log_std" and cfg.log_std_step == "budget":
+            return kl_scale(quad, (cfg.target_kl if cfg.target_kl is not None else cfg.kl_clip) / 2)
+        return kl_scale(quad, cfg.kl_clip, clip=True)
 
     def _step_lr(self, p, lr: float, scheduled_lr: float) -> float:
         """The lr of p's step: the scheduled one for log σ under log_std_step="own" and for the critic's own

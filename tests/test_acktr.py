@@ -349,7 +349,7 @@ def log_std_fisher_by_jacobians(mean: torch.Tensor, log_std: torch.Tensor, sampl
     return fisher / mean.shape[0]
 
 
-@pytest.mark.parametrize("log_std_step", ["with_actor", "own"])
+@pytest.mark.parametrize("log_std_step", ["with_actor", "own", "budget"])
 def test_log_std_step_is_the_exact_natural_gradient_in_its_trust_region(log_std_step):
     """log σ's update against an independent computation: its gradient from per-sample Jacobians of
     torch.distributions' log-density, its Fisher block from per-sample Jacobians over sampled actions
@@ -384,7 +384,11 @@ def test_log_std_step_is_the_exact_natural_gradient_in_its_trust_region(log_std_
     torch.testing.assert_close(log_std_fisher_by_jacobians(mean[:4], log_std, 20_000), exact, rtol=0, atol=0.1)
 
     step = -lr * torch.linalg.solve(exact + damping * torch.eye(3, dtype=torch.float64), g)
-    if log_std_step == "own":
+    if log_std_step == "budget":  # its own η, unclipped: the step spends half of target_kl (0.01)
+        eta = math.sqrt(2 * 0.005 / float(step @ exact @ step))
+        assert stats["geometry/eta_log_std"] == pytest.approx(eta, rel=1e-4)
+        assert float(applied.double() @ exact @ applied.double()) == pytest.approx(2 * 0.005, rel=1e-4)
+    elif log_std_step == "own":
         eta = min(1.0, math.sqrt(2 * kl_clip / float(step @ exact @ step)))
         assert eta < 1 and stats["geometry/eta_log_std"] == pytest.approx(eta, rel=1e-4)
         assert float(applied.double() @ exact @ applied.double()) == pytest.approx(2 * kl_clip, rel=1e-4)
@@ -395,9 +399,10 @@ def test_log_std_step_is_the_exact_natural_gradient_in_its_trust_region(log_std_
 
 
 def test_own_log_std_trust_region_needs_a_gaussian_scale():
-    with pytest.raises(ValueError, match="log_std_step='own' needs a Gaussian policy"):
-        ACKTR("MlpPolicy", "CartPole-v1", n_steps=8, seed=0, device="cpu", log_std_step="own")
-    with pytest.raises(ValueError, match="log_std_step must be one of with_actor, own"):
+    for value in ("own", "budget"):
+        with pytest.raises(ValueError, match=f"log_std_step='{value}' needs a Gaussian policy"):
+            ACKTR("MlpPolicy", "CartPole-v1", n_steps=8, seed=0, device="cpu", log_std_step=value)
+    with pytest.raises(ValueError, match="log_std_step must be one of with_actor, own, budget"):
         ACKTR("MlpPolicy", "Pendulum-v1", n_steps=8, seed=0, device="cpu", log_std_step="exact")
 
 

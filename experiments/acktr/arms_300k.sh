@@ -30,9 +30,11 @@ arm_args() {  # the arm's CLI overrides on top of the preset (--hp, --policy-kwa
         # + baselines' acktr_cont advantage estimator: GAE(0.97), advantages standardised per batch
         cont) echo "--hp critic_step=own gae_lambda=0.97 normalize_advantage=True" ;;
         cont-m2) echo '--hp critic_step=own gae_lambda=0.97 normalize_advantage=True --policy-kwargs {"log_std_init":-2.0}' ;;
+        # + log σ's natural step normalised to half the KL target every update (agents/acktr.py, log_std_step)
+        cont-sigma) echo "--hp critic_step=own gae_lambda=0.97 normalize_advantage=True log_std_step=budget" ;;
         # + a KL budget per update near TRPO's measured one on these tasks (0.03-0.2 per 1024 steps)
         cont-kl10) echo "--hp critic_step=own gae_lambda=0.97 normalize_advantage=True target_kl=0.02 kl_clip=0.1" ;;
-        *) echo "unknown arm $1 (preset, log-std-own, log-std-init-m2, critic-own, critic-own-m2, cont, cont-m2, cont-kl10)" >&2
+        *) echo "unknown arm $1 (preset, log-std-own, log-std-init-m2, critic-own, critic-own-m2, cont, cont-m2, cont-sigma, cont-kl10)" >&2
            return 2 ;;
     esac
 }
