@@ -110,8 +110,9 @@ own η, min(1, √(2 kl_clip / Δ_logσᵀ F_raw Δ_logσ)) (a group beside the 
 normalises log σ's natural step to spend a KL of k = target_kl / 2 (kl_clip / 2 without a target) on every
 update, η = √(2k / Δ_logσᵀ F_raw Δ_logσ) unclipped: TRPO's normalisation, on log σ alone, so σ moves by a
 fixed KL per update wherever the weights' K-FAC step takes the rest of the measured KL (the KL rule still sees
-both); momentum then averages these unit-KL steps, so a gradient of noisy sign moves σ little. For reference, openai/baselines'
-KfacOptimizer gives a variable without factors (acktr_cont's logstd) its raw gradient, unpreconditioned,
+both); momentum then averages these unit-KL steps, so a gradient of noisy sign moves σ little. Measured on
+MuJoCo at 300k (RESULTS.md §0.9): σ learns (0.62–0.86) but the returns are not better. For reference,
+openai/baselines' KfacOptimizer gives a variable without factors (acktr_cont's logstd) its raw gradient, unpreconditioned,
 counted with lr²·gᵀg in the one clip; kfac-pytorch leaves unregistered parameters to the base optimiser.
 
 `critic_step`: the step size of the critic's own parameters under target_kl. "with_actor" (default) steps
@@ -240,10 +241,10 @@ class ACKTR(OnPolicyAgent):
         self._scale_param = None if scale is None else scale.raw
         own = cfg.log_std_step in ("own", "budget")
         if own and self._scale_param is None:
-            raise ValueError(f"log_std_step={cfg.log_std_step!r} needs a Gaussian policy with a state-independent scale (log σ); "
-                             "this policy has none: use log_std_step='with_actor'")
+            raise ValueError(f"log_std_step={cfg.log_std_step!r} needs a Gaussian policy with a state-independent "
+                             "scale (log σ); this policy has none: use log_std_step='with_actor'")
         # parameters that step at the scheduled lr, outside target_kl's adaptation: log σ under
-        # log_std_step="own", the critic's own parameters under critic_step="own" (a torso shared with the
+        # log_std_step="own" or "budget", the critic's own parameters under critic_step="own" (a torso shared with the
         # actor stays with the actor: the measured KL is the policy's). They are the optimiser's second group.
         actor_ids = {id(p) for p in self.policy.actor_parameters()}
         scheduled = [self._scale_param] if own else []
