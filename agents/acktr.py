@@ -112,8 +112,9 @@ update, η = √(2k / Δ_logσᵀ F_raw Δ_logσ) unclipped: TRPO's normalisatio
 fixed KL per update wherever the weights' K-FAC step takes the rest of the measured KL (the KL rule still sees
 both); momentum then averages these unit-KL steps, so a gradient of noisy sign moves σ little. Measured on
 MuJoCo at 300k (RESULTS.md §0.9): σ learns (0.62–0.86) but the returns are not better. For reference,
-openai/baselines' KfacOptimizer gives a variable without factors (acktr_cont's logstd) its raw gradient, unpreconditioned,
-counted with lr²·gᵀg in the one clip; kfac-pytorch leaves unregistered parameters to the base optimiser.
+openai/baselines' KfacOptimizer gives a variable without factors (acktr_cont's logstd) its raw gradient,
+unpreconditioned, counted with lr²·gᵀg in the one clip; kfac-pytorch leaves unregistered parameters to the
+base optimiser.
 
 `critic_step`: the step size of the critic's own parameters under target_kl. "with_actor" (default) steps
 the whole policy, critic included, at the lr that the measured KL of the *policy* sets. "own" steps the
