@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from rlgeom.agents.natural import NaturalDirection, NaturalGradientAgent, NaturalGradientConfig
 from rlgeom.models.parameters import assign_flat_parameters, flat_parameters
 
@@ -33,9 +31,9 @@ class NPG(NaturalGradientAgent):
     def take_step(self, direction: NaturalDirection) -> tuple[float, dict]:
         """θ ← θ_old + s, the whole natural step (invalid only for zero curvature, e.g. g = 0: stay put)."""
         valid = direction.step.valid
-        syncless = isinstance(valid, torch.Tensor)  # the compiled path: not read; an invalid step is zeros, θ stays
-        if not syncless and not valid:
+        # syncless (the compiled path, as TRPO's): `valid` is a device tensor, not read; an invalid step is zeros
+        if not self.compiler.syncless and not valid:
             return 0.0, {}
         params = direction.fisher.parameters
         assign_flat_parameters(params, flat_parameters(params) + direction.step.step)
-        return (valid.float() if syncless else 1.0), {}
+        return (valid.float() if self.compiler.syncless else 1.0), {}
