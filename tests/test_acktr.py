@@ -435,3 +435,71 @@ def test_critic_step_own_keeps_the_critic_at_the_scheduled_lr():
     torch.testing.assert_close(actor_own, actor_with, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="critic_step must be one of with_actor, own"):
         ACKTR("MlpPolicy", "Pendulum-v1", n_steps=8, seed=0, device="cpu", critic_step="scheduled")
+
+
+def critic_pass_run(critic_updates: int, kl_clip: float):
+    """One update (seed 3, ReachEnv, small networks so that the explicit Kronecker products stay small)."""
+    agent = ACKTR("MlpPolicy", ReachEnv(), n_envs=1, n_steps=64, seed=3, device="cpu", momentum=0.0,
+                  learning_rate=0.25, kl_clip=kl_clip, ent_coef=0.0, max_grad_norm=None, update_inverse_every=1,
+                  trust_region="per_network", critic_updates=critic_updates, policy_kwargs={"net_arch": [8, 8]})
+    agent._reset_env()
+    agent.collect_rollout()
+    batch = agent.buffer.full_batch(False)
+    stats = agent.update(agent.buffer, 1.0)
+    return agent, batch, stats
+
+
+def explicit_kfac_critic_step(agent, batch, lr: float, kl_clip: float) -> list[torch.Tensor]:
+    """The critic's next step from `agent`'s state, computed independently of ACKTR's code: the gradient of
+    c_v·E[(V − R)²] by autograd, each layer's (A ⊗ G + λI) built with torch.kron from the running factors and
+    solved with torch.linalg.solve (float64), the K-FAC quadratic form of the whole step by the same explicit
+    matrices, η = min(1, √(2 kl_clip / ΔᵀF̂Δ)); the step −lr·η·(A ⊗ G + λI)⁻¹ vec g per critic parameter."""
+    policy, damping = agent.policy, agent.config.damping
+    loss = agent.config.vf_coef * torch.nn.functional.mse_loss(policy.value(batch.obs), batch.returns)
+    names = {module: name for name, module in policy.named_modules()}
+    factors = agent.kfac.factors()
+    layers = [m for m in policy.critic.modules() if isinstance(m, torch.nn.Linear)]
+    grads = torch.autograd.grad(loss, [p for m in layers for p in (m.weight, m.bias)])
+    steps, quad = {}, 0.0
+    for i, m in enumerate(layers):
+        A, G = (f.double() for f in factors[names[m]])
+        g = torch.cat([grads[2 * i], grads[2 * i + 1][:, None]], dim=1).double()   # [out, in + 1]
+        K = torch.kron(A, G)                                                        # vec(G X A) = (A ⊗ G) vec X
+        vec_g = g.t().reshape(-1)                                                   # column-major vec
+        vec_step = -lr * torch.linalg.solve(K + damping * torch.eye(K.shape[0], dtype=K.dtype), vec_g)
+        quad += float(vec_step @ K @ vec_step)
+        step = vec_step.reshape(g.shape[1], g.shape[0]).t()
+        steps[m.weight], steps[m.bias] = step[:, :-1], step[:, -1]
+    eta = min(1.0, math.sqrt(2 * kl_clip / quad))
+    return [eta * steps[p] for p in policy.critic_parameters()]
+
+
+@pytest.mark.parametrize("kl_clip", [1e6, 1e-4])  # the critic's trust region wide (η = 1), or binding
+def test_critic_updates_take_more_kfac_steps_of_the_critic_alone(kl_clip):
+    """critic_updates=2 against an independent computation: from the state that critic_updates=1 leaves (the
+    same joint step, same rollout), the critic takes one more step, explicit_kfac_critic_step's; the actor's
+    parameters are critic_updates=1's exactly; inside the trust region the extra step lowers the batch's value loss."""
+    one, batch, _ = critic_pass_run(1, kl_clip)
+    two, batch_two, stats = critic_pass_run(2, kl_clip)
+    torch.testing.assert_close(batch_two.obs, batch.obs, rtol=0, atol=0)
+    for p_one, p_two in zip(one.policy.actor_parameters(), two.policy.actor_parameters()):
+        torch.testing.assert_close(p_two, p_one, rtol=0, atol=0)
+    expected = explicit_kfac_critic_step(one, batch, lr=0.25, kl_clip=kl_clip)
+    for p_one, p_two, step in zip(one.policy.critic_parameters(), two.policy.critic_parameters(), expected):
+        torch.testing.assert_close((p_two - p_one).double(), step, rtol=1e-3, atol=1e-7)
+    assert max(float(s.abs().max()) for s in expected) > 1e-4  # the step is not vacuous
+    with torch.no_grad():
+        loss_one = torch.nn.functional.mse_loss(one.policy.value(batch.obs), batch.returns)
+        values_two = two.policy.value(batch.obs)
+    if kl_clip < 1:  # within the trust region the natural step lowers the loss (the unclipped one overshoots)
+        assert float(torch.nn.functional.mse_loss(values_two, batch.returns)) < float(loss_one)
+    ev = 1 - float((batch.returns - values_two).var(correction=0) / batch.returns.var(correction=0))
+    assert stats["train/explained_variance_after_fit"] == pytest.approx(ev, rel=1e-4, abs=1e-6)
+    assert two.kfac.counters["steps"] == one.kfac.counters["steps"] == 1  # the pass is a repeat: no T_inv count
+
+
+def test_critic_updates_need_separate_networks():
+    with pytest.raises(ValueError, match="critic_updates=5 steps the critic alone.*shares its feature extractor"):
+        ACKTR("CnnPolicy", TinyImageEnv(), n_steps=8, seed=0, device="cpu", critic_updates=5)
+    with pytest.raises(ValueError, match="critic_updates"):
+        ACKTR("MlpPolicy", "Pendulum-v1", n_steps=8, seed=0, device="cpu", critic_updates=0)

@@ -322,6 +322,27 @@ def test_statistics_and_inverse_schedule():
         }
 
 
+def test_a_repeat_step_reuses_the_decompositions_and_keeps_the_cadence():
+    """step(repeat=True), a further pass on the same statistics: no refresh and no T_inv count, even where
+    a counted step would refresh (T_inv = 1); the next counted step refreshes as it would have."""
+    model = mlp(5)
+    pre = KFACPreconditioner(model, update_inverse_every=1)
+    x = torch.randn(6, 3, dtype=DT)
+    collect(pre, model, x)
+    update_grads(model, x)
+    assert pre.step().inverses_updated
+    eig = {k: v.clone() for k, v in pre.state_dict()["tensors"].items() if ".Q_" in k or ".d_" in k}
+    collect(pre, model, torch.randn(6, 3, dtype=DT))  # new factors: a counted step would decompose them
+    update_grads(model, x)
+    stats = pre.step(repeat=True)
+    assert not stats.inverses_updated and stats.finite
+    assert all(torch.equal(pre.state_dict()["tensors"][k], v) for k, v in eig.items())
+    assert pre.counters["steps"] == 1 and pre.counters["inverse_updates"] == 1
+    update_grads(model, x)
+    assert pre.step().inverses_updated
+    assert pre.counters["steps"] == 2 and pre.counters["inverse_updates"] == 2
+
+
 def test_backward_outside_the_context_collects_nothing():
     model = mlp(7)
     pre = KFACPreconditioner(model)

@@ -34,7 +34,11 @@ arm_args() {  # the arm's CLI overrides on top of the preset (--hp, --policy-kwa
         cont-sigma) echo "--hp critic_step=own gae_lambda=0.97 normalize_advantage=True log_std_step=budget" ;;
         # + a KL budget per update near TRPO's measured one on these tasks (0.03-0.2 per 1024 steps)
         cont-kl10) echo "--hp critic_step=own gae_lambda=0.97 normalize_advantage=True target_kl=0.02 kl_clip=0.1" ;;
-        *) echo "unknown arm $1 (preset, log-std-own, log-std-init-m2, critic-own, critic-own-m2, cont, cont-m2, cont-sigma, cont-kl10)" >&2
+        # the critic fitted in 25 K-FAC passes per batch (baselines' acktr_cont value function), at the scheduled lr
+        critic25) echo "--hp critic_step=own critic_updates=25" ;;
+        # + acktr_cont's estimator: with a fitted critic, GAE(0.97) and standardised advantages
+        cont25) echo "--hp critic_step=own gae_lambda=0.97 normalize_advantage=True critic_updates=25" ;;
+        *) echo "unknown arm $1 (preset, log-std-own, log-std-init-m2, critic-own, critic-own-m2, cont, cont-m2, cont-sigma, cont-kl10, critic25, cont25)" >&2
            return 2 ;;
     esac
 }

@@ -443,7 +443,7 @@ class KFACPreconditioner:
     @property
     def counters(self) -> dict[str, int]:
         """statistics_calls: entries of `track_statistics()`; statistics_updates: entries that
-        collected and folded statistics; steps: calls of `step()`; inverse_updates: refreshes."""
+        collected and folded statistics; steps: calls of `step()` (repeats not counted); inverse_updates: refreshes."""
         return {
             "statistics_calls": self._statistics_calls,
             "statistics_updates": self._statistics_updates,
@@ -518,13 +518,16 @@ class KFACPreconditioner:
         return active
 
     @torch.no_grad()
-    def step(self) -> KFACStats:
+    def step(self, *, repeat: bool = False) -> KFACStats:
         """Overwrite the grads of tracked layers with (F̂ + λ)⁻¹ ∇ and report what was done.
 
         Layers whose parameters have no grad are skipped; untracked parameters are never touched.
+        repeat: another step on the statistics of the previous one (a further pass over the same batch, e.g.
+        ACKTR's extra critic passes); it reuses the eigendecompositions and does not count toward T_inv, so
+        the refresh cadence of the main steps is the same with or without repeats.
         """
         active = self._active_layers()
-        refresh = self._steps % self.update_inverse_every == 0 or any(
+        refresh = (not repeat and self._steps % self.update_inverse_every == 0) or any(
             layer.eig is None and layer.eig_ok for layer in active)
         seconds = 0.0
         if refresh:
@@ -536,7 +539,8 @@ class KFACPreconditioner:
             _synchronize(with_stats)
             seconds = time.perf_counter() - start
             self._inverse_updates += 1
-        self._steps += 1
+        if not repeat:
+            self._steps += 1
 
         damping, form = self.damping, self.damping_form
         bad = [layer.name for layer in active if layer.eig is None]
