@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 29 part 1: ACKTR's controlled arms on MuJoCo, one run at a time, resumable.
+# Issue 29 part 1: ACKTR's controlled arms on MuJoCo (and an NPG reference arm), one run at a time, resumable.
 #
 #   nice -n 5 bash experiments/acktr/arms_300k.sh
 #   TASKS=Hopper-v5 SEEDS=100,101 ARMS="preset" bash experiments/acktr/arms_300k.sh
@@ -38,8 +38,18 @@ arm_args() {  # the arm's CLI overrides on top of the preset (--hp, --policy-kwa
         critic25) echo "--hp critic_step=own critic_updates=25" ;;
         # + acktr_cont's estimator: with a fitted critic, GAE(0.97) and standardised advantages
         cont25) echo "--hp critic_step=own gae_lambda=0.97 normalize_advantage=True critic_updates=25" ;;
-        *) echo "unknown arm $1 (preset, log-std-own, log-std-init-m2, critic-own, critic-own-m2, cont, cont-m2, cont-sigma, cont-kl10, critic25, cont25)" >&2
+        # not ACKTR: rlgeom's NPG (TRPO's MuJoCo preset, the exact Fisher by conjugate gradient, an Adam critic of 20
+        # epochs) held to ACKTR's KL budget, 0.002 per 2048 steps: does that budget alone stall these tasks?
+        npg-budget) echo "--hp max_kl=0.002" ;;
+        *) echo "unknown arm $1 (preset, log-std-own, log-std-init-m2, critic-own, critic-own-m2, cont, cont-m2, cont-sigma, cont-kl10, critic25, cont25, npg-budget)" >&2
            return 2 ;;
+    esac
+}
+
+arm_algo() {  # the agent an arm runs: ACKTR, but for the npg- reference arms
+    case "$1" in
+        npg-*) echo npg ;;
+        *) echo acktr ;;
     esac
 }
 
@@ -48,13 +58,14 @@ for task in $TASKS; do
     for seed in ${SEEDS//,/ }; do
         for arm in $ARMS; do
             overrides=$(arm_args "$arm") || exit 2
+            algo=$(arm_algo "$arm")
             # shellcheck disable=SC2086  # the overrides are words: an option and its value
-            python -m rlgeom.train --algo acktr --env "$task" --seeds "$seed" --timesteps "$TIMESTEPS" \
+            python -m rlgeom.train --algo "$algo" --env "$task" --seeds "$seed" --timesteps "$TIMESTEPS" \
                 --eval-episodes 10 --workers 1 --no-progress --logdir "$LOGDIR/$arm" $overrides
             code=$?
             [ "$code" -eq 2 ] && exit 2
             [ "$code" -ne 0 ] && status=1
-            rm -f "$LOGDIR/$arm/$task/acktr/seed$seed/model.safetensors"  # 1-5 MB each; done.json and events are the record
+            rm -f "$LOGDIR/$arm/$task/$algo/seed$seed/model.safetensors"  # 1-5 MB each; done.json and events are the record
         done
     done
 done
