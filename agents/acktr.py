@@ -134,8 +134,9 @@ preconditioned by the same K-FAC factors (no new statistics: `KFACPreconditioner
 the eigendecompositions' refresh cadence as it was), clipped to the critic's trust region
 η = min(1, √(2 kl_clip / ΔᵀF̂Δ)) and stepped at the critic's lr (critic_step). The actor does not move. It
 needs separate actor and critic networks. baselines' acktr_cont fits its value function in 25 K-FAC passes
-per batch; TRPO's MuJoCo presets give their critic 10–20 Adam epochs. `train/explained_variance_after_fit` is
-the critic's explained variance on the batch after its passes (baselines' EVAfter).
+per batch; TRPO's MuJoCo preset fits its critic in 20 Adam epochs (minibatches of 128).
+`train/explained_variance_after_fit` is the critic's explained variance on the batch after its passes
+(baselines' EVAfter).
 
 A shared feature extractor (CnnPolicy's NatureCNN) is called once per update, so its factors see the
 *sum* of the actor's and the critic's output gradients: the Fisher of the joint model (a categorical
