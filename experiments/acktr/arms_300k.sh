@@ -42,10 +42,13 @@ arm_args() {  # the arm's CLI overrides on top of the preset (--hp, --policy-kwa
         critic25-kl10) echo "--hp critic_step=own critic_updates=25 target_kl=0.02 kl_clip=0.1" ;;
         # + log σ's own step spending half that target every update (σ otherwise keeps ~0.2 % of the KL)
         critic25-kl10-sigma) echo "--hp critic_step=own critic_updates=25 target_kl=0.02 kl_clip=0.1 log_std_step=budget" ;;
+        # + K-FAC damping 0.1 in place of 0.01 (baselines' value-function K-FAC; TRPO's CG damping on Walker2d is 0.6):
+        # less of the 1/λ amplification of the factors' small eigen-directions in the mean's step
+        critic25-kl10-sigma-d01) echo "--hp critic_step=own critic_updates=25 target_kl=0.02 kl_clip=0.1 log_std_step=budget damping=0.1" ;;
         # not ACKTR: rlgeom's NPG (TRPO's MuJoCo preset, the exact Fisher by conjugate gradient, an Adam critic of 20
         # epochs) held to ACKTR's KL budget, 0.002 per 2048 steps: does that budget alone stall these tasks?
         npg-budget) echo "--hp max_kl=0.002" ;;
-        *) echo "unknown arm $1 (preset, log-std-own, log-std-init-m2, critic-own, critic-own-m2, cont, cont-m2, cont-sigma, cont-kl10, critic25, cont25, critic25-kl10, critic25-kl10-sigma, npg-budget)" >&2
+        *) echo "unknown arm $1 (preset, log-std-own, log-std-init-m2, critic-own, critic-own-m2, cont, cont-m2, cont-sigma, cont-kl10, critic25, cont25, critic25-kl10, critic25-kl10-sigma, critic25-kl10-sigma-d01, npg-budget)" >&2
            return 2 ;;
     esac
 }
