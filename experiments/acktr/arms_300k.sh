@@ -48,7 +48,9 @@ arm_args() {  # the arm's CLI overrides on top of the preset (--hp, --policy-kwa
         # not ACKTR: rlgeom's NPG (TRPO's MuJoCo preset, the exact Fisher by conjugate gradient, an Adam critic of 20
         # epochs) held to ACKTR's KL budget, 0.002 per 2048 steps: does that budget alone stall these tasks?
         npg-budget) echo "--hp max_kl=0.002" ;;
-        *) echo "unknown arm $1 (preset, log-std-own, log-std-init-m2, critic-own, critic-own-m2, cont, cont-m2, cont-sigma, cont-kl10, critic25, cont25, critic25-kl10, critic25-kl10-sigma, critic25-kl10-sigma-d01, npg-budget)" >&2
+        # NPG at critic25-kl10's budget (0.02): the exact-Fisher direction where ACKTR's K-FAC one spends 0.015
+        npg-kl10) echo "--hp max_kl=0.02" ;;
+        *) echo "unknown arm $1 (preset, log-std-own, log-std-init-m2, critic-own, critic-own-m2, cont, cont-m2, cont-sigma, cont-kl10, critic25, cont25, critic25-kl10, critic25-kl10-sigma, critic25-kl10-sigma-d01, npg-budget, npg-kl10)" >&2
            return 2 ;;
     esac
 }
