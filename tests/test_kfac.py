@@ -332,6 +332,7 @@ def test_a_repeat_step_reuses_the_decompositions_and_keeps_the_cadence():
     update_grads(model, x)
     assert pre.step().inverses_updated
     eig = {k: v.clone() for k, v in pre.state_dict()["tensors"].items() if ".Q_" in k or ".d_" in k}
+    assert len(eig) == 8  # Q_A, d_A, Q_G, d_G of both layers
     collect(pre, model, torch.randn(6, 3, dtype=DT))  # new factors: a counted step would decompose them
     update_grads(model, x)
     stats = pre.step(repeat=True)
