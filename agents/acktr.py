@@ -322,24 +322,15 @@ class ACKTR(OnPolicyAgent):
         self.optimizer.zero_grad(set_to_none=True)
         out.backward(loss)
         distributed.average_gradients(self.policy.parameters())  # torchrun: every rank's batch
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.policy.parameters(), cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf)
-        kfac_stats = self.kfac.step()
-        if not kfac_stats.finite:  # a skip before anything uses the step (a rejected layer has no factors)
-            raise SkippedUpdate([_kfac_failure(kfac_stats)])
+        grad_norm, kfac_stats = self._clip_and_precondition(list(self.policy.parameters()))
         scale_fisher = self._precondition_scale(cfg.damping, dist_params)
         # trust region: η = min(1, √(2 kl_clip / ΔᵀF̂Δ)) for the full step Δ = -lr (F̂ + λI)⁻¹ g,
         # per trust-region group: one joint group, or the actor's and the critic's (trust_region="per_network")
-        steps = {p: -self._step_lr(p, lr, scheduled_lr) * p.grad for p in self.policy.parameters() if p.grad is not None}
-        quads = [self._quadratic_form(group, steps, scale_fisher) for group in self._trust_region_groups.values()]
-        etas = [self._trust_region_scale(name, q) for name, q in zip(self._trust_region_groups, quads)]
+        quads, etas = self._trust_region_scales(self._trust_region_groups, lr, scheduled_lr, scale_fisher)
         # non-finite guard, before the parameters move (a skip restores the K-FAC state too)
         guard_finite(loss=loss, grad_norm=grad_norm, quadratic_form=quads,
                      natural_gradient=[p.grad for p in self.policy.parameters()])
-        for group, eta in zip(self._trust_region_groups.values(), etas):
-            for p in group:
-                if p.grad is not None:
-                    p.grad.mul_(eta)
+        self._scale_gradients(self._trust_region_groups, etas)
         self.optimizer.step()  # SGD with momentum, step lr (1 - m), on η (F̂ + λI)⁻¹ g
         for _ in range(cfg.critic_updates - 1):
             self._critic_pass(batch, lr, scheduled_lr)
@@ -379,19 +370,39 @@ class ACKTR(OnPolicyAgent):
         out = self.policy.outputs(batch.obs, actor=False, written_out=False)
         out.backward(cfg.vf_coef * F.mse_loss(out.values, batch.returns))
         distributed.average_gradients(self._critic_own)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self._critic_own, cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf)
-        kfac_stats = self.kfac.step(repeat=True)
-        if not kfac_stats.finite:
-            raise SkippedUpdate([_kfac_failure(kfac_stats)])
-        steps = {p: -self._step_lr(p, lr, scheduled_lr) * p.grad for p in self._critic_own if p.grad is not None}
-        quad = self._quadratic_form(self._critic_own, steps, None)
-        eta = self._trust_region_scale("critic", quad)
-        guard_finite(critic_pass_grad_norm=grad_norm, critic_pass_quadratic_form=quad,
+        grad_norm, _ = self._clip_and_precondition(self._critic_own, repeat=True)
+        group = {"critic": self._critic_own}
+        quads, etas = self._trust_region_scales(group, lr, scheduled_lr, None)
+        guard_finite(critic_pass_grad_norm=grad_norm, critic_pass_quadratic_form=quads,
                      critic_pass_natural_gradient=[p.grad for p in self._critic_own])
-        for p in steps:
-            p.grad.mul_(eta)
+        self._scale_gradients(group, etas)
         self.optimizer.step()  # only the critic's parameters have a gradient: nothing else moves
+
+    def _clip_and_precondition(self, params: list, repeat: bool = False):
+        """g clipped to max_grad_norm over `params`, then (F̂ + λI)⁻¹ g in place (K-FAC; `repeat`: on the
+        previous step's statistics); a failed K-FAC step is a skip before anything uses it. -> (norm, stats)"""
+        max_norm = self.config.max_grad_norm
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else math.inf)
+        kfac_stats = self.kfac.step(repeat=repeat)
+        if not kfac_stats.finite:  # a rejected layer has no factors
+            raise SkippedUpdate([_kfac_failure(kfac_stats)])
+        return grad_norm, kfac_stats
+
+    def _trust_region_scales(self, groups: dict, lr: float, scheduled_lr: float, scale_fisher):
+        """ΔᵀF̂Δ and η of every trust-region group for the full step Δ = −lr (F̂ + λI)⁻¹ g (each parameter at
+        its own lr, `_step_lr`) -> (quads, etas), in the groups' order."""
+        steps = {p: -self._step_lr(p, lr, scheduled_lr) * p.grad
+                 for group in groups.values() for p in group if p.grad is not None}
+        quads = [self._quadratic_form(group, steps, scale_fisher) for group in groups.values()]
+        return quads, [self._trust_region_scale(name, q) for name, q in zip(groups, quads)]
+
+    @staticmethod
+    def _scale_gradients(groups: dict, etas) -> None:
+        """η·(F̂ + λI)⁻¹ g: each group's preconditioned gradients scaled by its η, before the SGD step."""
+        for group, eta in zip(groups.values(), etas):
+            for p in group:
+                if p.grad is not None:
+                    p.grad.mul_(eta)
 
     def _quadratic_form(self, group, steps, scale_fisher) -> torch.Tensor:
         """ΔᵀF̂Δ over one trust-region group: K-FAC blocks, plus the Gaussian scale's exact block."""
