@@ -127,6 +127,16 @@ rule throttles the actor only; a torso shared with the actor stays at the actor'
 acktr_cont fits its value function with an optimiser of its own (K-FAC, a fixed step size, 25 passes per batch),
 untouched by desired_kl.
 
+`policy_step`: how the policy's step is sized. "clip" (default) is the paper's trust region: the step
+lr·(F̂ + λI)⁻¹g is shrunk to spend at most kl_clip under K-FAC's quadratic model, and is smaller where it
+fits; with target_kl the lr, and so the step, follows the measured KL by factors of 1.5. "normalised" always
+scales it to spend exactly kl_clip under that model, η = √(2 kl_clip / ΔᵀF̂Δ) unclipped, so the lr cancels from
+the policy's step: NPG's rule (which normalises to max_kl under the exact Fisher) with K-FAC's Fisher. Under
+trust_region="joint" the normalised group is the whole policy, critic included; under "per_network" the critic
+keeps the clip at its own lr. On Walker2d with target_kl the measured KL per update swung over 0.002–0.08
+(the lr multiplier's steps of 1.5), where NPG's stays within 0.008–0.013 (experiments/acktr/RESULTS.md §0.11).
+It does not take target_kl (an error says so). Momentum, if any, averages the normalised steps.
+
 `critic_updates`: how many K-FAC steps the critic takes per rollout. With the default 1 the critic moves once
 per batch, in the joint step, as in A2C and the paper's Atari ACKTR. With n > 1 the critic's own parameters
 take n − 1 more steps on the value loss alone, over the same batch and targets R: each is its gradient
@@ -172,6 +182,7 @@ from rlgeom.training.schedules import schedule_value
 TRUST_REGIONS = ("joint", "per_network")
 LOG_STD_STEPS = ("with_actor", "own", "budget")
 CRITIC_STEPS = ("with_actor", "own")
+POLICY_STEPS = ("clip", "normalised")
 
 
 @dataclass
@@ -185,6 +196,9 @@ class ACKTRConfig(OnPolicyConfig):
     momentum: float = hp(0.9, "SGD momentum, in [0, 1)")
     kl_clip: float = hp(0.001, "trust region: the step is scaled by min(1, sqrt(2 kl_clip / ΔᵀF̂Δ)); > 0")
     trust_region: str = hp("joint", "joint (one η for actor + critic, the paper's) or per_network (one η each)")
+    policy_step: str = hp("clip", "the policy's η: min(1, sqrt(2 kl_clip / ΔᵀF̂Δ)), the paper's clip (clip), or "
+                                  "sqrt(2 kl_clip / ΔᵀF̂Δ) unclipped, every step spending kl_clip under K-FAC's "
+                                  "quadratic model whatever the lr, as NPG's step does under the exact one (normalised)")
     log_std_step: str = hp("with_actor", "log σ's natural-gradient step (exact Fisher block): the actor's η and lr "
                                          "(with_actor) or its own η at the scheduled lr, without target_kl's "
                                          "adaptation (own), or its own step normalised to a KL of half the KL "
@@ -217,6 +231,12 @@ class ACKTRConfig(OnPolicyConfig):
             raise ValueError(f"log_std_step must be one of {', '.join(LOG_STD_STEPS)}, got {self.log_std_step!r}")
         if self.critic_step not in CRITIC_STEPS:
             raise ValueError(f"critic_step must be one of {', '.join(CRITIC_STEPS)}, got {self.critic_step!r}")
+        if self.policy_step not in POLICY_STEPS:
+            raise ValueError(f"policy_step must be one of {', '.join(POLICY_STEPS)}, got {self.policy_step!r}")
+        if self.policy_step == "normalised" and self.target_kl is not None:
+            raise ValueError("policy_step='normalised' gives every policy step a K-FAC KL of kl_clip whatever the "
+                             "learning rate, so target_kl (which adapts the learning rate) would not act on it; "
+                             "use target_kl=None with it, or policy_step='clip'")
         c.positive(self, "damping")
         c.non_negative(self, "ent_coef")
         c.non_negative(self, "vf_coef")
@@ -412,11 +432,14 @@ class ACKTR(OnPolicyAgent):
         return quad
 
     def _trust_region_scale(self, group: str, quad: torch.Tensor) -> torch.Tensor:
-        """η of one trust-region group: min(1, √(2 kl_clip / ΔᵀF̂Δ)), the KL clip; for log σ under
-        log_std_step="budget", √(2 k / ΔᵀFΔ) unclipped with k half the KL target: its step always spends k."""
+        """η of one trust-region group: min(1, √(2 kl_clip / ΔᵀF̂Δ)), the KL clip; for the policy's group under
+        policy_step="normalised", √(2 kl_clip / ΔᵀF̂Δ) unclipped; for log σ under log_std_step="budget",
+        √(2 k / ΔᵀFΔ) unclipped with k half the KL target: its step always spends k."""
         cfg = self.config
         if group == "log_std" and cfg.log_std_step == "budget":
             return kl_scale(quad, (cfg.target_kl if cfg.target_kl is not None else cfg.kl_clip) / 2)
+        if group == "policy" and cfg.policy_step == "normalised":  # lr·η = √(2 kl_clip / q₁): the lr cancels
+            return kl_scale(quad, cfg.kl_clip)
         return kl_scale(quad, cfg.kl_clip, clip=True)
 
     def _step_lr(self, p, lr: float, scheduled_lr: float) -> float:

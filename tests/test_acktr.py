@@ -503,3 +503,38 @@ def test_critic_updates_need_separate_networks():
         ACKTR("CnnPolicy", TinyImageEnv(), n_steps=8, seed=0, device="cpu", critic_updates=5)
     with pytest.raises(ValueError, match="critic_updates"):
         ACKTR("MlpPolicy", "Pendulum-v1", n_steps=8, seed=0, device="cpu", critic_updates=0)
+
+
+def normalised_run(policy_step: str, learning_rate: float, kl_clip: float = 1e-3):
+    agent = ACKTR("MlpPolicy", "Pendulum-v1", n_envs=2, n_steps=16, seed=0, device="cpu", momentum=0.0,
+                  learning_rate=learning_rate, kl_clip=kl_clip, update_inverse_every=1, trust_region="per_network",
+                  policy_step=policy_step)
+    before, stats = one_update(agent)
+    return agent, before, stats
+
+
+def test_normalised_policy_step_always_spends_kl_clip_whatever_the_lr():
+    """policy_step="normalised": the actor's applied step sits on the K-FAC KL of kl_clip (½ΔᵀF̂Δ = kl_clip)
+    at a small and a large lr alike, and is the same step at both (the lr cancels); the critic keeps the clip
+    at its own lr. The paper's clip, at the small lr, stays inside (η = 1)."""
+    kl_clip = 1e-3
+    small, small_before, small_stats = normalised_run("normalised", 1e-4, kl_clip)
+    large, large_before, large_stats = normalised_run("normalised", 10.0, kl_clip)
+    for agent, before in ((small, small_before), (large, large_before)):
+        assert applied_step_quadratic(agent, before, "actor") == pytest.approx(2 * kl_clip, rel=1e-3)
+    for p_small, p_large, b in zip(small.policy.actor_parameters(), large.policy.actor_parameters(),
+                                   small_before):
+        torch.testing.assert_close(p_small - b, p_large - b, rtol=1e-4, atol=1e-8)
+    assert small_stats["geometry/eta"] > 1 > large_stats["geometry/eta"]
+    # the critic is outside the normalisation: its step grows with the lr (clipped at the large one)
+    assert applied_step_quadratic(small, small_before, "critic") < applied_step_quadratic(large, large_before, "critic")
+    clipped, clipped_before, clipped_stats = normalised_run("clip", 1e-4, kl_clip)
+    assert clipped_stats["geometry/eta"] == 1.0
+    assert applied_step_quadratic(clipped, clipped_before, "actor") < 0.01 * 2 * kl_clip
+
+
+def test_normalised_policy_step_refuses_target_kl():
+    with pytest.raises(ValueError, match="policy_step='normalised'.*target_kl=None"):
+        ACKTR("MlpPolicy", "Pendulum-v1", n_steps=8, seed=0, device="cpu", policy_step="normalised", target_kl=0.01)
+    with pytest.raises(ValueError, match="policy_step must be one of clip, normalised, got 'exact'"):
+        ACKTR("MlpPolicy", "Pendulum-v1", n_steps=8, seed=0, device="cpu", policy_step="exact")
