@@ -50,10 +50,6 @@ arm_args() {  # the arm's CLI overrides on top of the preset (--hp, --policy-kwa
         kl10-net64) echo '--hp critic_step=own critic_updates=25 target_kl=0.02 kl_clip=0.1 gae_lambda=0.95 --policy-kwargs {"net_arch":[64,64]}' ;;
         # + no momentum: each update is the K-FAC step of its own batch, as NPG's is its own CG solve
         kl10-net64-m0) echo '--hp critic_step=own critic_updates=25 target_kl=0.02 kl_clip=0.1 gae_lambda=0.95 momentum=0.0 --policy-kwargs {"net_arch":[64,64]}' ;;
-        # + K-FAC damping 0.6, NPG's CG damping on Walker2d: at λ 0.01 the weights' low-curvature directions (1/λ
-        # amplified) take the KL budget and log σ gets ~1 % of the step's dᵀFd, against ~11 % in NPG's direction
-        # (experiments/acktr/direction_quality.py)
-        kl10-net64-d06) echo '--hp critic_step=own critic_updates=25 target_kl=0.02 kl_clip=0.1 gae_lambda=0.95 damping=0.6 --policy-kwargs {"net_arch":[64,64]}' ;;
         # NPG's step rule with K-FAC's Fisher: every policy step normalised to a K-FAC KL of 0.02 (NPG's max_kl), no
         # momentum, no lr multiplier (whose steps of 1.5 swung the measured KL per update over 0.002-0.08 on Walker2d)
         kl-norm-net64) echo '--hp critic_step=own critic_updates=25 gae_lambda=0.95 target_kl=None policy_step=normalised kl_clip=0.02 momentum=0.0 --policy-kwargs {"net_arch":[64,64]}' ;;
@@ -62,7 +58,7 @@ arm_args() {  # the arm's CLI overrides on top of the preset (--hp, --policy-kwa
         npg-budget) echo "--hp max_kl=0.002" ;;
         # NPG at critic25-kl10's budget (0.02): the exact-Fisher direction where ACKTR's K-FAC one spends 0.015
         npg-kl10) echo "--hp max_kl=0.02" ;;
-        *) echo "unknown arm $1 (preset, log-std-own, log-std-init-m2, critic-own, critic-own-m2, cont, cont-m2, cont-sigma, cont-kl10, critic25, cont25, critic25-kl10, critic25-kl10-sigma, critic25-kl10-sigma-d01, kl10-net64, kl10-net64-m0, kl10-net64-d06, kl-norm-net64, npg-budget, npg-kl10)" >&2
+        *) echo "unknown arm $1 (preset, log-std-own, log-std-init-m2, critic-own, critic-own-m2, cont, cont-m2, cont-sigma, cont-kl10, critic25, cont25, critic25-kl10, critic25-kl10-sigma, critic25-kl10-sigma-d01, kl10-net64, kl10-net64-m0, kl-norm-net64, npg-budget, npg-kl10)" >&2
            return 2 ;;
     esac
 }
