@@ -53,12 +53,16 @@ arm_args() {  # the arm's CLI overrides on top of the preset (--hp, --policy-kwa
         # NPG's step rule with K-FAC's Fisher: every policy step normalised to a K-FAC KL of 0.02 (NPG's max_kl), no
         # momentum, no lr multiplier (whose steps of 1.5 swung the measured KL per update over 0.002-0.08 on Walker2d)
         kl-norm-net64) echo '--hp critic_step=own critic_updates=25 gae_lambda=0.95 target_kl=None policy_step=normalised kl_clip=0.02 momentum=0.0 --policy-kwargs {"net_arch":[64,64]}' ;;
+        # + K-FAC statistics of the current batch only, inverted every update (stat_decay 0, T_inv 1): with the
+        # running factors K-FAC's ΔᵀF̂Δ was 35-125x below the measured KL on kl-norm-net64's steps (1.2-1.4 nats per
+        # update), with the batch's own factors 1.0-1.9x (direction_quality.py)
+        kl-norm-net64-fresh) echo '--hp critic_step=own critic_updates=25 gae_lambda=0.95 target_kl=None policy_step=normalised kl_clip=0.02 momentum=0.0 stat_decay=0.0 update_inverse_every=1 --policy-kwargs {"net_arch":[64,64]}' ;;
         # not ACKTR: rlgeom's NPG (TRPO's MuJoCo preset, the exact Fisher by conjugate gradient, an Adam critic of 20
         # epochs) held to ACKTR's KL budget, 0.002 per 2048 steps: does that budget alone stall these tasks?
         npg-budget) echo "--hp max_kl=0.002" ;;
         # NPG at critic25-kl10's budget (0.02): the exact-Fisher direction where ACKTR's K-FAC one spends 0.015
         npg-kl10) echo "--hp max_kl=0.02" ;;
-        *) echo "unknown arm $1 (preset, log-std-own, log-std-init-m2, critic-own, critic-own-m2, cont, cont-m2, cont-sigma, cont-kl10, critic25, cont25, critic25-kl10, critic25-kl10-sigma, critic25-kl10-sigma-d01, kl10-net64, kl10-net64-m0, kl-norm-net64, npg-budget, npg-kl10)" >&2
+        *) echo "unknown arm $1 (preset, log-std-own, log-std-init-m2, critic-own, critic-own-m2, cont, cont-m2, cont-sigma, cont-kl10, critic25, cont25, critic25-kl10, critic25-kl10-sigma, critic25-kl10-sigma-d01, kl10-net64, kl10-net64-m0, kl-norm-net64, kl-norm-net64-fresh, npg-budget, npg-kl10)" >&2
            return 2 ;;
     esac
 }

@@ -22,7 +22,9 @@ thing left, the direction of the policy step, on fixed data:
    improvement L(θ + s d) − L(θ) on A (in-sample) and on each held-out batch (its mean ± standard error over
    the batches: the improvement of the policy itself, not of the fit to A's noise) and its paired difference
    from NPG's direction on the same batches (the sharper test), the share of the step's
-   exact quadratic form that is log σ's, and the cosine with the most exact direction in the Fisher metric.
+   exact quadratic form that is log σ's, the cosine with the most exact direction in the Fisher metric, and, for
+   the K-FAC directions, the exact dᵀFd over K-FAC's own dᵀF̂d (the quadratic form ACKTR's trust region uses:
+   above 1, the trust region under-predicts the step's KL by that factor).
 
 Nothing here trains ACKTR: the directions are compared on the same policy and the same batches. Results go to
 experiments/results/acktr_direction/<env>_<net>_seed<k>.json (--out) and the table to stdout.
@@ -73,9 +75,10 @@ def cg_direction(fisher: PolicyFisher, g: torch.Tensor, damping: float, iteratio
 
 
 def kfac_direction(policy, batch, fisher: PolicyFisher, g: torch.Tensor, damping: float, form: str,
-                   seed: int) -> torch.Tensor:
+                   seed: int) -> tuple[torch.Tensor, float]:
     """ACKTR's direction for the actor: K-FAC blocks of this batch's sampled-target statistics for the
-    layers, and log σ's exact diagonal block (read from F by Fisher-vector products), each damped by λ."""
+    layers, and log σ's exact diagonal block (read from F by Fisher-vector products), each damped by λ.
+    -> (d, dᵀF̂d under ACKTR's model: the undamped K-FAC blocks and log σ's exact one)"""
     params = fisher.parameters
     kfac = KFACPreconditioner(policy.actor, damping=damping, damping_form=form)
     try:
@@ -98,7 +101,11 @@ def kfac_direction(policy, batch, fisher: PolicyFisher, g: torch.Tensor, damping
         with fisher.linearised():
             diag = torch.stack([fisher.fvp(unit_vector(g, offset + i))[offset + i] for i in range(scale.numel())])
         scale.grad = scale.grad / (diag.reshape_as(scale) + damping)
-        return torch.cat([p.grad.reshape(-1) for p in params])
+        d = torch.cat([p.grad.reshape(-1) for p in params])
+        # ACKTR's quadratic model of d's KL: the undamped K-FAC blocks plus log σ's exact block (its trust region)
+        model_quad = kfac.fisher_quadratic_form({p: p.grad for p in params if p is not scale})
+        model_quad = float(model_quad + (diag.reshape_as(scale) * scale.grad.pow(2)).sum())
+        return d, model_quad
     finally:
         kfac.remove_hooks()
         for p in params:
@@ -153,8 +160,10 @@ def measure(agent, args, at: int) -> dict:
     directions = {"gradient": g}
     for damping, iterations in CG_DIRECTIONS:
         directions[f"cg λ={damping:g}, {iterations} it"] = cg_direction(fisher, g, damping, iterations)
+    model_quads = {}  # ACKTR's own quadratic form of each K-FAC direction
     for damping, form in KFAC_DIRECTIONS:
-        directions[f"kfac λ={damping:g} ({form})"] = kfac_direction(policy, batch, fisher, g, damping, form, args.seed)
+        name = f"kfac λ={damping:g} ({form})"
+        directions[name], model_quads[name] = kfac_direction(policy, batch, fisher, g, damping, form, args.seed)
     reference = directions[f"cg λ={CG_DIRECTIONS[-1][0]:g}, {CG_DIRECTIONS[-1][1]} it"]
     fisher.damping = 0.0
     scale = policy.actor.scale.raw
@@ -180,6 +189,8 @@ def measure(agent, args, at: int) -> dict:
                 "heldout_kl": statistics.fmean(h[1] for h in held), "heldout_gains": gains,
                 "log_std_share": sigma_quad / quad if quad > 0 else float("nan"),
                 "predicted_kl": 0.5 * s * s * quad, "fisher_cosine_to_reference": cosine,
+                # how far K-FAC's own quadratic form (the trust region's) is below the exact one on this step
+                "exact_over_kfac_quadratic": quad / model_quads[name] if name in model_quads else float("nan"),
             })
     npg = next(r for r in rows if r["direction"].startswith(f"cg λ={CG_DIRECTIONS[0][0]:g},"))
     for r in rows:  # the same held-out batches for every direction: the paired difference is the sharper test
@@ -197,12 +208,13 @@ def print_table(result: dict, kl: float) -> None:
           f"(training return {result['ep_rew_mean']:.0f}, σ {result['sigma']:.2f}); every step scaled to a measured "
           f"KL of {kl:g} on batch A")
     print("| direction | gain on A | gain held out (mean ± s.e.) | minus NPG's, paired (mean ± s.e.) | KL held out | "
-          "log σ share of dᵀFd | Fisher cosine to cg λ=0.001 |")
-    print("|---|---|---|---|---|---|---|")
+          "log σ share of dᵀFd | Fisher cosine to cg λ=0.001 | exact dᵀFd ÷ K-FAC's dᵀF̂d |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in result["rows"]:
         print(f"| {r['direction']} | {r['in_sample']:.4f} | {r['heldout_mean']:.4f} ± {r['heldout_se']:.4f} | "
               f"{r['heldout_minus_npg']:+.4f} ± {r['heldout_minus_npg_se']:.4f} | {r['heldout_kl']:.4f} | "
-              f"{r['log_std_share']:.3f} | {r['fisher_cosine_to_reference']:.2f} |")
+              f"{r['log_std_share']:.3f} | {r['fisher_cosine_to_reference']:.2f} | "
+              f"{'—' if math.isnan(r['exact_over_kfac_quadratic']) else format(r['exact_over_kfac_quadratic'], '.1f')} |")
 
 
 def main(argv=None) -> int:
