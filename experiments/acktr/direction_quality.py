@@ -51,6 +51,7 @@ from agents.presets import preset  # noqa: E402
 from rlgeom.geometry.fisher import PolicyFisher, conjugate_gradient  # noqa: E402
 from rlgeom.geometry.kfac import KFACPreconditioner  # noqa: E402
 from rlgeom.models.parameters import assign_flat_parameters, flat_gradient, flat_parameters, unflatten  # noqa: E402
+from rlgeom.tools.benchmark import code_identity  # noqa: E402
 
 OUT = os.path.join(ROOT, "experiments", "results", "acktr_direction")
 CG_DIRECTIONS = ((0.6, 15), (0.1, 15), (0.01, 15), (1e-3, 100))  # (λ, iterations); the last is the reference
@@ -238,7 +239,7 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"{args.env}_{'x'.join(map(str, net))}_seed{args.seed}.json")
     record = {"command": "python experiments/acktr/direction_quality.py " + " ".join(argv or sys.argv[1:]),
-              "results": []}
+              "code": code_identity(), "results": []}
     for steps in at:
         start = time.perf_counter()
         if steps > agent.num_timesteps:
