@@ -3,11 +3,19 @@ deterministic evaluation (done.json), the commit it ran at, and from the run's e
 of the last 100 episodes, σ and the KL-target multiplier at the end. Markdown on stdout.
 
     python experiments/acktr/arms_table.py [experiments/results/acktr_arms_100k]
+    python experiments/acktr/arms_table.py experiments/results/acktr_arms_300k --kl [--stopped DIR]
+
+--kl prints instead how each run's step size behaved: the measured KL(π_old ‖ π_new) per update (median and
+10th-90th percentiles, the first 10 updates left out) and, for ACKTR, the median of the measured KL over the KL
+that K-FAC's quadratic model predicted for the step (geometry/kl ÷ geometry/kl_predicted: how far its trust
+region under-predicts). --stopped adds the runs of another folder that were stopped before the end (no done.json),
+with the steps they reached.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 from pathlib import Path
 
 from rlgeom.persistence.runlogs import find_run_dirs, read_run
@@ -32,13 +40,51 @@ def rows(logdir: Path) -> list[str]:
     return lines
 
 
+def kl_summary(scalars) -> tuple[str, str]:
+    """('median [q10, q90]' of the measured KL per update, 'median' of measured ÷ K-FAC-predicted), first 10 left out."""
+    kl = scalars["geometry/kl"].values[10:] if "geometry/kl" in scalars else []
+    if len(kl) < 2:
+        return "—", "—"
+    deciles = statistics.quantiles(kl, n=10)
+    measured = f"{statistics.median(kl):.4f} [{deciles[0]:.4f}, {deciles[-1]:.4f}]"
+    if "geometry/kl_predicted" not in scalars:
+        return measured, "—"
+    ratios = [m / p for m, p in zip(scalars["geometry/kl"].values, scalars["geometry/kl_predicted"].values)][10:]
+    ratios = [r for r in ratios if r == r and r != float("inf")]
+    return measured, f"{statistics.median(ratios):.1f}" if ratios else "—"
+
+
+def kl_rows(logdir: Path, stopped: Path | None) -> list[str]:
+    lines = ["| arm | task | seed | run | measured KL per update, median [10th, 90th percentile] | "
+             "measured ÷ K-FAC-predicted KL, median |", "|---" * 6 + "|"]
+    for folder, finished in ((logdir, True), (stopped, False)):
+        if folder is None:
+            continue
+        for run_dir in find_run_dirs(folder):
+            done = read_done(str(run_dir))
+            if finished != (done is not None and done.get("status") == "done"):
+                continue
+            arm, env, _, seed = run_dir.relative_to(folder).parts[:4]
+            scalars, _ = read_run(run_dir)
+            steps = int(scalars["rollout/ep_rew_mean"].steps[-1]) if "rollout/ep_rew_mean" in scalars else 0
+            measured, ratio = kl_summary(scalars)
+            status = f"done ({done['timesteps']} steps)" if finished else f"stopped at {steps} steps"
+            lines.append(f"| {arm} | {env} | {seed.removeprefix('seed')} | {status} | {measured} | {ratio} |")
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("logdir", type=Path, nargs="?", default=Path("experiments/results/acktr_arms_100k"))
+    parser.add_argument("--kl", action="store_true", help="the step size's behaviour instead (see above)")
+    parser.add_argument("--stopped", type=Path, help="with --kl: a folder of runs stopped before the end")
     args = parser.parse_args(argv)
-    if not args.logdir.is_dir():
-        parser.error(f"{args.logdir} is not a directory")
-    print("\n".join(rows(args.logdir)))
+    for folder in (args.logdir, args.stopped):
+        if folder is not None and not folder.is_dir():
+            parser.error(f"{folder} is not a directory")
+    if args.stopped is not None and not args.kl:
+        parser.error("--stopped goes with --kl")
+    print("\n".join(kl_rows(args.logdir, args.stopped) if args.kl else rows(args.logdir)))
     return 0
 
 
