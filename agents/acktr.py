@@ -133,9 +133,14 @@ fits; with target_kl the lr, and so the step, follows the measured KL by factors
 scales it to spend exactly kl_clip under that model, η = √(2 kl_clip / ΔᵀF̂Δ) unclipped, so the lr cancels from
 the policy's step: NPG's rule (which normalises to max_kl under the exact Fisher) with K-FAC's Fisher. Under
 trust_region="joint" the normalised group is the whole policy, critic included; under "per_network" the critic
-keeps the clip at its own lr. On Walker2d with target_kl the measured KL per update swung over 0.002–0.08
-(the lr multiplier's steps of 1.5), where NPG's stays within 0.008–0.013 (experiments/acktr/RESULTS.md §0.11).
-It does not take target_kl (an error says so). Momentum, if any, averages the normalised steps.
+keeps the clip at its own lr. It does not take target_kl (an error says so). Momentum, if any, averages the
+normalised steps. A normalised step is only as good as ΔᵀF̂Δ's estimate of its KL, and with the running factors
+(stat_decay 0.99, eigendecompositions every 10 updates: ~100 updates of a moving policy) that estimate was 30–90×
+too small on Walker2d-v5 (1.2–1.8 nats per update for a kl_clip of 0.02). With each update's own statistics
+(stat_decay=0, update_inverse_every=1) it was 3.5–3.7× too small, and steady, and ACKTR then learned Walker2d
+(experiments/acktr/RESULTS.md §0.11). With target_kl the same under-estimate is why the trust region never
+binds on MuJoCo and the lr multiplier sets the step: its steps of 1.5 spread the KL per update over 0.001–0.08
+(10th–90th percentiles), where NPG's stays within 0.009–0.012.
 
 `critic_updates`: how many K-FAC steps the critic takes per rollout. With the default 1 the critic moves once
 per batch, in the joint step, as in A2C and the paper's Atari ACKTR. With n > 1 the critic's own parameters
