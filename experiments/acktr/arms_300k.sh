@@ -51,11 +51,11 @@ arm_args() {  # the arm's CLI overrides on top of the preset (--hp, --policy-kwa
         # + no momentum: each update is the K-FAC step of its own batch, as NPG's is its own CG solve
         kl10-net64-m0) echo '--hp critic_step=own critic_updates=25 target_kl=0.02 kl_clip=0.1 gae_lambda=0.95 momentum=0.0 --policy-kwargs {"net_arch":[64,64]}' ;;
         # NPG's step rule with K-FAC's Fisher: every policy step normalised to a K-FAC KL of 0.02 (NPG's max_kl), no
-        # momentum, no lr multiplier (whose steps of 1.5 swung the measured KL per update over 0.002-0.08 on Walker2d)
+        # momentum, no lr multiplier (whose steps of 1.5 spread the measured KL per update over 0.001-0.08 on Walker2d)
         kl-norm-net64) echo '--hp critic_step=own critic_updates=25 gae_lambda=0.95 target_kl=None policy_step=normalised kl_clip=0.02 momentum=0.0 --policy-kwargs {"net_arch":[64,64]}' ;;
         # + K-FAC statistics of the current batch only, inverted every update (stat_decay 0, T_inv 1): with the
-        # running factors K-FAC's ΔᵀF̂Δ was 35-125x below the measured KL on kl-norm-net64's steps (1.2-1.4 nats per
-        # update), with the batch's own factors 1.0-1.9x (direction_quality.py)
+        # running factors the measured KL of kl-norm-net64's steps was 58-90x K-FAC's ΔᵀF̂Δ (1.2-1.8 nats per update);
+        # with the batch's own factors the exact dᵀFd is 4.3-4.5x K-FAC's (direction_quality.py, RESULTS.md §0.11)
         kl-norm-net64-fresh) echo '--hp critic_step=own critic_updates=25 gae_lambda=0.95 target_kl=None policy_step=normalised kl_clip=0.02 momentum=0.0 stat_decay=0.0 update_inverse_every=1 --policy-kwargs {"net_arch":[64,64]}' ;;
         # not ACKTR: rlgeom's NPG (TRPO's MuJoCo preset, the exact Fisher by conjugate gradient, an Adam critic of 20
         # epochs) held to ACKTR's KL budget, 0.002 per 2048 steps: does that budget alone stall these tasks?
