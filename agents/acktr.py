@@ -133,13 +133,18 @@ fits; with target_kl the lr, and so the step, follows the measured KL by factors
 scales it to spend exactly kl_clip under that model, η = √(2 kl_clip / ΔᵀF̂Δ) unclipped, so the lr cancels from
 the policy's step: NPG's rule (which normalises to max_kl under the exact Fisher) with K-FAC's Fisher. Under
 trust_region="joint" the normalised group is the whole policy, critic included; under "per_network" the critic
-keeps the clip at its own lr. It does not take target_kl (an error says so). Momentum, if any, averages the
-normalised steps. A normalised step is only as good as ΔᵀF̂Δ's estimate of its KL, and with the running factors
-(stat_decay 0.99, eigendecompositions every 10 updates: ~100 updates of a moving policy) that estimate was 30–90×
-too small on Walker2d-v5 (1.2–1.8 nats per update for a kl_clip of 0.02). With each update's own statistics
-(stat_decay=0, update_inverse_every=1) it was 3.5–3.7× too small, and steady, and ACKTR then learned Walker2d
-(experiments/acktr/RESULTS.md §0.11). With target_kl the same under-estimate is why the trust region never
-binds on MuJoCo and the lr multiplier sets the step: its steps of 1.5 spread the KL per update over 0.001–0.08
+keeps the clip at its own lr. "measured" takes the normalised step, measures its KL on the batch (a forward
+pass of the actor), and rescales the actor's change by √(kl_clip / KL), then once more by the power of the step
+that KL was measured to grow with, so the step spends kl_clip as measured (to ~1 %), whatever K-FAC's error; it
+needs momentum 0 and logs the factor as geometry/kl_rescale (a shared torso, part of the actor, is rescaled
+with it). Neither takes target_kl (an error says so). Momentum, if any, averages the normalised steps.
+Why: a normalised step is only as good as ΔᵀF̂Δ's estimate of its KL. With the running factors (stat_decay
+0.99, eigendecompositions every 10 updates: ~100 updates of a moving policy) that estimate was 30–90× too
+small on Walker2d-v5 (1.2–1.8 nats per update for a kl_clip of 0.02). With each update's own statistics
+(stat_decay=0, update_inverse_every=1) it was 3.5–3.7× too small on Walker2d and 6–7× on Hopper, steady from
+update to update, and ACKTR then learned Walker2d (experiments/acktr/RESULTS.md §0.11); "measured" removes
+the task-dependent remainder. With target_kl the same under-estimate is why the trust region never binds on
+MuJoCo and the lr multiplier sets the step: its steps of 1.5 spread the KL per update over 0.001–0.08
 (10th–90th percentiles), where NPG's stays within 0.009–0.012.
 
 `critic_updates`: how many K-FAC steps the critic takes per rollout. With the default 1 the critic moves once
@@ -187,7 +192,7 @@ from rlgeom.training.schedules import schedule_value
 TRUST_REGIONS = ("joint", "per_network")
 LOG_STD_STEPS = ("with_actor", "own", "budget")
 CRITIC_STEPS = ("with_actor", "own")
-POLICY_STEPS = ("clip", "normalised")
+POLICY_STEPS = ("clip", "normalised", "measured")
 
 
 @dataclass
@@ -203,7 +208,8 @@ class ACKTRConfig(OnPolicyConfig):
     trust_region: str = hp("joint", "joint (one η for actor + critic, the paper's) or per_network (one η each)")
     policy_step: str = hp("clip", "the policy's η: min(1, sqrt(2 kl_clip / ΔᵀF̂Δ)), the paper's clip (clip), or "
                                   "sqrt(2 kl_clip / ΔᵀF̂Δ) unclipped, every step spending kl_clip under K-FAC's "
-                                  "quadratic model whatever the lr, as NPG's step does under the exact one (normalised)")
+                                  "quadratic model whatever the lr, as NPG's step does under the exact one "
+                                  "(normalised), then rescaled once by the step's measured KL (measured; momentum 0)")
     log_std_step: str = hp("with_actor", "log σ's natural-gradient step (exact Fisher block): the actor's η and lr "
                                          "(with_actor) or its own η at the scheduled lr, without target_kl's "
                                          "adaptation (own), or its own step normalised to a KL of half the KL "
@@ -238,10 +244,13 @@ class ACKTRConfig(OnPolicyConfig):
             raise ValueError(f"critic_step must be one of {', '.join(CRITIC_STEPS)}, got {self.critic_step!r}")
         if self.policy_step not in POLICY_STEPS:
             raise ValueError(f"policy_step must be one of {', '.join(POLICY_STEPS)}, got {self.policy_step!r}")
-        if self.policy_step == "normalised" and self.target_kl is not None:
-            raise ValueError("policy_step='normalised' gives every policy step a K-FAC KL of kl_clip whatever the "
+        if self.policy_step != "clip" and self.target_kl is not None:
+            raise ValueError(f"policy_step={self.policy_step!r} gives every policy step a KL of kl_clip whatever the "
                              "learning rate, so target_kl (which adapts the learning rate) would not act on it; "
                              "use target_kl=None with it, or policy_step='clip'")
+        if self.policy_step == "measured" and self.momentum != 0:
+            raise ValueError(f"policy_step='measured' rescales the step just taken by its measured KL, but with "
+                             f"momentum={self.momentum} the step is an average of past ones; use momentum=0 with it")
         c.positive(self, "damping")
         c.non_negative(self, "ent_coef")
         c.non_negative(self, "vf_coef")
@@ -356,14 +365,21 @@ class ACKTR(OnPolicyAgent):
         guard_finite(loss=loss, grad_norm=grad_norm, quadratic_form=quads,
                      natural_gradient=[p.grad for p in self.policy.parameters()])
         self._scale_gradients(self._trust_region_groups, etas)
+        measured = cfg.policy_step == "measured"
+        actor_start = [p.detach().clone() for p in self.policy.actor_parameters()] if measured else None
         self.optimizer.step()  # SGD with momentum, step lr (1 - m), on η (F̂ + λI)⁻¹ g
         for _ in range(cfg.critic_updates - 1):
             self._critic_pass(batch, lr, scheduled_lr)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             kl = distributed.mean(policy_kl(family, dist_params.detach(), self.policy.dist_params(batch.obs)).mean())
+            rescale = None
+            if actor_start is not None:  # the step's KL from the distributions themselves, not K-FAC's model of it
+                kl, rescale = self._rescale_to_kl(actor_start, dist_params.detach(), batch.obs, kl)
         # the policy's group comes first; a separate critic's and log σ's η and ΔᵀF̂Δ are reported beside it
-        reported = torch.stack([*quads, *etas, kl]).tolist()  # one host sync
+        extra = [rescale] if rescale is not None else []
+        reported = torch.stack([*quads, *etas, kl, *extra]).tolist()  # one host sync
+        rescale_value = reported.pop() if extra else None
         n = len(quads)
         quad_value, eta_value, kl_value = reported[0], reported[n], reported[-1]
         others = {}
@@ -372,6 +388,8 @@ class ACKTR(OnPolicyAgent):
             others[f"geometry/quadratic_form_{name}"] = reported[i]
         self._updates_bound += eta_value < 1.0
         stats = self._stats(lr, policy_loss, value_loss, entropy, buffer, kfac_stats, eta_value, quad_value, kl_value)
+        if rescale_value is not None:  # √(kl_clip / KL of the normalised step): K-FAC's error, undone
+            stats["geometry/kl_rescale"] = rescale_value
         if cfg.critic_updates > 1:  # baselines' EVAfter: how well the passes fit this batch's returns
             with torch.no_grad():
                 fitted = self.policy.value(batch.obs)
@@ -402,6 +420,30 @@ class ACKTR(OnPolicyAgent):
                      critic_pass_natural_gradient=[p.grad for p in self._critic_own])
         self._scale_gradients(group, etas)
         self.optimizer.step()  # only the critic's parameters have a gradient: nothing else moves
+
+    def _rescale_to_kl(self, actor_start: list, old_dist_params: torch.Tensor, obs: torch.Tensor, kl: torch.Tensor):
+        """policy_step="measured": the actor's step Δ scaled by c so that c·Δ spends kl_clip as measured on the
+        batch (NPG's radius, without CG) -> (KL of c·Δ, c). First c₁ = √(kl_clip / KL(Δ)), as if KL were quadratic
+        in the step; then, KL growing as c^p with p read off the two measurements, c₂ = c₁·(kl_clip / KL(c₁Δ))^(1/p)
+        (p kept within [1, 4]). One forward pass each. A step whose KL is zero or not finite is left as it is."""
+        family, target = self.policy.family, self.config.kl_clip
+        params = self.policy.actor_parameters()
+        steps = [p - start for p, start in zip(params, actor_start)]
+
+        def measure_at(scale):
+            for p, start, step in zip(params, actor_start, steps):
+                p.copy_(start + scale * step)
+            return distributed.mean(policy_kl(family, old_dist_params, self.policy.dist_params(obs)).mean())
+
+        one = torch.ones_like(kl)
+        valid = torch.isfinite(kl) & (kl > 0)
+        first = torch.where(valid, torch.sqrt(target / torch.where(valid, kl, one)), one)
+        kl_first = measure_at(first)
+        ok = valid & torch.isfinite(kl_first) & (kl_first > 0) & (first != 1)
+        power = torch.log(torch.where(ok, kl_first / kl, 4 * one)) / torch.log(torch.where(ok, first, 2 * one))
+        power = power.clamp(1.0, 4.0)
+        second = torch.where(ok, first * (target / torch.where(ok, kl_first, one)) ** (1 / power), first)
+        return measure_at(second), second
 
     def _clip_and_precondition(self, params: list, repeat: bool = False):
         """g clipped to max_grad_norm over `params`, then (F̂ + λI)⁻¹ g in place (K-FAC; `repeat`: on the
@@ -443,7 +485,7 @@ class ACKTR(OnPolicyAgent):
         cfg = self.config
         if group == "log_std" and cfg.log_std_step == "budget":
             return kl_scale(quad, (cfg.target_kl if cfg.target_kl is not None else cfg.kl_clip) / 2)
-        if group == "policy" and cfg.policy_step == "normalised":  # lr·η = √(2 kl_clip / q₁): the lr cancels
+        if group == "policy" and cfg.policy_step != "clip":  # lr·η = √(2 kl_clip / q₁): the lr cancels
             return kl_scale(quad, cfg.kl_clip)
         return kl_scale(quad, cfg.kl_clip, clip=True)
 

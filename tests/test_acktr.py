@@ -543,5 +543,49 @@ def test_normalised_policy_step_always_spends_kl_clip_whatever_the_lr():
 def test_normalised_policy_step_refuses_target_kl():
     with pytest.raises(ValueError, match="policy_step='normalised'.*target_kl=None"):
         ACKTR("MlpPolicy", "Pendulum-v1", n_steps=8, seed=0, device="cpu", policy_step="normalised", target_kl=0.01)
-    with pytest.raises(ValueError, match="policy_step must be one of clip, normalised, got 'exact'"):
+    with pytest.raises(ValueError, match="policy_step must be one of clip, normalised, measured, got .exact."):
         ACKTR("MlpPolicy", "Pendulum-v1", n_steps=8, seed=0, device="cpu", policy_step="exact")
+
+
+def batch_kl(policy, start_params: list, obs: torch.Tensor) -> float:
+    """Mean KL(π_start ‖ π_now) of a diagonal-Gaussian policy on obs, with torch.distributions (not rlgeom's
+    KL): π_start is a copy of the policy with the parameters `start_params` (params_of's order)."""
+    import copy
+
+    old = copy.deepcopy(policy)
+    with torch.no_grad():
+        for p, start in zip(old.parameters(), start_params):
+            p.copy_(start)
+        dists = []
+        for net in (old, policy):
+            mean, log_std = net.dist_params(obs).chunk(2, dim=-1)
+            dists.append(torch.distributions.Normal(mean, log_std.exp()))
+    return float(torch.distributions.kl_divergence(*dists).sum(-1).mean())
+
+
+def test_measured_policy_step_spends_kl_clip_as_measured():
+    """policy_step="measured": the update's KL, computed here from the distributions before and after, is
+    kl_clip (to 1 %, after two rescales), where the normalised step alone misses it; the actor's step is the
+    normalised one times geometry/kl_rescale; the critic's step is not rescaled."""
+    kl_clip = 0.02
+    normalised, normalised_before, _ = normalised_run("normalised", 1.0, kl_clip)
+    measured, measured_before, stats = normalised_run("measured", 1.0, kl_clip)
+    obs = measured.buffer.full_batch().obs
+    kl_normalised = batch_kl(normalised.policy, normalised_before, obs)
+    kl_measured = batch_kl(measured.policy, measured_before, obs)
+    assert kl_measured == pytest.approx(kl_clip, rel=0.01)
+    assert stats["geometry/kl"] == pytest.approx(kl_measured, rel=1e-3)
+    assert abs(kl_normalised / kl_clip - 1) > 0.1  # K-FAC's model alone misses the target here
+    rescale = stats["geometry/kl_rescale"]
+    for step_n, step_m in zip(actor_step(normalised, normalised_before), actor_step(measured, measured_before)):
+        torch.testing.assert_close(step_m, rescale * step_n, rtol=1e-3, atol=1e-7)  # float32 θ + cΔ − θ
+    for p_n, p_m in zip(normalised.policy.critic_parameters(), measured.policy.critic_parameters()):
+        torch.testing.assert_close(p_m, p_n, rtol=0, atol=0)
+
+
+def test_measured_policy_step_needs_momentum_zero():
+    with pytest.raises(ValueError, match="policy_step='measured'.*momentum=0.9.*use momentum=0"):
+        ACKTR("MlpPolicy", "Pendulum-v1", n_steps=8, seed=0, device="cpu", policy_step="measured", momentum=0.9)
+    with pytest.raises(ValueError, match="policy_step='measured'.*target_kl=None"):
+        ACKTR("MlpPolicy", "Pendulum-v1", n_steps=8, seed=0, device="cpu", policy_step="measured", momentum=0.0,
+              target_kl=0.01)
