@@ -8,7 +8,8 @@ of the last 100 episodes, σ and the KL-target multiplier at the end. Markdown o
 --kl prints instead how each run's step size behaved: the measured KL(π_old ‖ π_new) per update (median and
 10th-90th percentiles, the first 10 updates left out) and, for ACKTR, the median of the measured KL over the KL
 that K-FAC's quadratic model predicted for the step (geometry/kl ÷ geometry/kl_predicted: how far its trust
-region under-predicts). --stopped adds the runs of another folder that were stopped before the end (no done.json),
+region under-predicts; under policy_step="measured", of the normalised step before its rescale, 1 / kl_rescale²,
+which the second rescale's power correction makes approximate). --stopped adds the runs of another folder that were stopped before the end (no done.json),
 with the steps they reached.
 """
 
@@ -47,9 +48,12 @@ def kl_summary(scalars) -> tuple[str, str]:
         return "—", "—"
     deciles = statistics.quantiles(kl, n=10)
     measured = f"{statistics.median(kl):.4f} [{deciles[0]:.4f}, {deciles[-1]:.4f}]"
-    if "geometry/kl_predicted" not in scalars:
+    if "geometry/kl_rescale" in scalars:  # policy_step="measured": the KL is rescaled to target; c = √(target / KL)
+        ratios = [1.0 / (c * c) for c in scalars["geometry/kl_rescale"].values[10:] if c > 0]  # of the normalised step
+    elif "geometry/kl_predicted" in scalars:
+        ratios = [m / p for m, p in zip(scalars["geometry/kl"].values, scalars["geometry/kl_predicted"].values)][10:]
+    else:
         return measured, "—"
-    ratios = [m / p for m, p in zip(scalars["geometry/kl"].values, scalars["geometry/kl_predicted"].values)][10:]
     ratios = [r for r in ratios if r == r and r != float("inf")]
     return measured, f"{statistics.median(ratios):.1f}" if ratios else "—"
 
