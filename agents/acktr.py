@@ -209,7 +209,7 @@ class ACKTRConfig(OnPolicyConfig):
     policy_step: str = hp("clip", "the policy's η: min(1, sqrt(2 kl_clip / ΔᵀF̂Δ)), the paper's clip (clip), or "
                                   "sqrt(2 kl_clip / ΔᵀF̂Δ) unclipped, every step spending kl_clip under K-FAC's "
                                   "quadratic model whatever the lr, as NPG's step does under the exact one "
-                                  "(normalised), then rescaled once by the step's measured KL (measured; momentum 0)")
+                                  "(normalised), then rescaled to kl_clip by the step's measured KL (measured; momentum 0)")
     log_std_step: str = hp("with_actor", "log σ's natural-gradient step (exact Fisher block): the actor's η and lr "
                                          "(with_actor) or its own η at the scheduled lr, without target_kl's "
                                          "adaptation (own), or its own step normalised to a KL of half the KL "
@@ -388,7 +388,7 @@ class ACKTR(OnPolicyAgent):
             others[f"geometry/quadratic_form_{name}"] = reported[i]
         self._updates_bound += eta_value < 1.0
         stats = self._stats(lr, policy_loss, value_loss, entropy, buffer, kfac_stats, eta_value, quad_value, kl_value)
-        if rescale_value is not None:  # √(kl_clip / KL of the normalised step): K-FAC's error, undone
+        if rescale_value is not None:  # what brought the normalised step to kl_clip as measured: K-FAC's error undone
             stats["geometry/kl_rescale"] = rescale_value
         if cfg.critic_updates > 1:  # baselines' EVAfter: how well the passes fit this batch's returns
             with torch.no_grad():
