@@ -372,7 +372,7 @@ class ACKTR(OnPolicyAgent):
             self._critic_pass(batch, lr, scheduled_lr)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
-            kl = distributed.mean(policy_kl(family, dist_params.detach(), self.policy.dist_params(batch.obs)).mean())
+            kl = self._batch_kl(dist_params.detach(), batch.obs)
             rescale = None
             if actor_start is not None:  # the step's KL from the distributions themselves, not K-FAC's model of it
                 kl, rescale = self._rescale_to_kl(actor_start, dist_params.detach(), batch.obs, kl)
@@ -426,14 +426,14 @@ class ACKTR(OnPolicyAgent):
         batch (NPG's radius, without CG) -> (KL of c·Δ, c). First c₁ = √(kl_clip / KL(Δ)), as if KL were quadratic
         in the step; then, KL growing as c^p with p read off the two measurements, c₂ = c₁·(kl_clip / KL(c₁Δ))^(1/p)
         (p kept within [1, 4]). One forward pass each. A step whose KL is zero or not finite is left as it is."""
-        family, target = self.policy.family, self.config.kl_clip
+        target = self.config.kl_clip
         params = self.policy.actor_parameters()
         steps = [p - start for p, start in zip(params, actor_start)]
 
         def measure_at(scale):
             for p, start, step in zip(params, actor_start, steps):
                 p.copy_(start + scale * step)
-            return distributed.mean(policy_kl(family, old_dist_params, self.policy.dist_params(obs)).mean())
+            return self._batch_kl(old_dist_params, obs)
 
         one = torch.ones_like(kl)
         valid = torch.isfinite(kl) & (kl > 0)
@@ -444,6 +444,10 @@ class ACKTR(OnPolicyAgent):
         power = power.clamp(1.0, 4.0)
         second = torch.where(ok, first * (target / torch.where(ok, kl_first, one)) ** (1 / power), first)
         return measure_at(second), second
+
+    def _batch_kl(self, old_dist_params: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """Mean KL(π_old ‖ π_θ) over the batch at the current parameters (every rank's batch under torchrun)."""
+        return distributed.mean(policy_kl(self.policy.family, old_dist_params, self.policy.dist_params(obs)).mean())
 
     def _clip_and_precondition(self, params: list, repeat: bool = False):
         """g clipped to max_grad_norm over `params`, then (F̂ + λI)⁻¹ g in place (K-FAC; `repeat`: on the
@@ -480,7 +484,7 @@ class ACKTR(OnPolicyAgent):
 
     def _trust_region_scale(self, group: str, quad: torch.Tensor) -> torch.Tensor:
         """η of one trust-region group: min(1, √(2 kl_clip / ΔᵀF̂Δ)), the KL clip; for the policy's group under
-        policy_step="normalised", √(2 kl_clip / ΔᵀF̂Δ) unclipped; for log σ under log_std_step="budget",
+        policy_step="normalised" or "measured", √(2 kl_clip / ΔᵀF̂Δ) unclipped; for log σ under log_std_step="budget",
         √(2 k / ΔᵀFΔ) unclipped with k half the KL target: its step always spends k."""
         cfg = self.config
         if group == "log_std" and cfg.log_std_step == "budget":

@@ -98,7 +98,7 @@ def kfac_direction(policy, batch, fisher: PolicyFisher, g: torch.Tensor, damping
         assert stats.finite, "K-FAC step not finite"
         scale = policy.actor.scale.raw
         fisher.damping = 0.0
-        offset = sum(p.numel() for p in params[: [id(p) for p in params].index(id(scale))])
+        offset = flat_offset(params, scale)
         with fisher.linearised():
             diag = torch.stack([fisher.fvp(unit_vector(g, offset + i))[offset + i] for i in range(scale.numel())])
         scale.grad = scale.grad / (diag.reshape_as(scale) + damping)
@@ -113,6 +113,11 @@ def kfac_direction(policy, batch, fisher: PolicyFisher, g: torch.Tensor, damping
             p.grad = None
 
 
+def flat_offset(params: list, param: torch.Tensor) -> int:
+    """Where `param` starts in the flat vector of `params` (rlgeom.models.parameters' order)."""
+    return sum(p.numel() for p in params[: [id(p) for p in params].index(id(param))])
+
+
 def unit_vector(like: torch.Tensor, index: int) -> torch.Tensor:
     e = torch.zeros_like(like)
     e[index] = 1.0
@@ -120,9 +125,8 @@ def unit_vector(like: torch.Tensor, index: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def improvement_and_kl(policy, batch, params, theta, step) -> tuple[float, float]:
-    """(L(θ + step) − L(θ), mean KL(π_θ ‖ π_θ+step)) on one batch."""
-    fisher = fisher_on(policy, batch)  # snapshots π_θ on this batch
+def improvement_and_kl(policy, fisher: PolicyFisher, batch, params, theta, step) -> tuple[float, float]:
+    """(L(θ + step) − L(θ), mean KL(π_θ ‖ π_θ+step)) on one batch; `fisher` snapshots π_θ on it."""
     before = float(surrogate(fisher, batch))
     assign_flat_parameters(params, theta + step)
     try:
@@ -134,16 +138,16 @@ def improvement_and_kl(policy, batch, params, theta, step) -> tuple[float, float
     return after - before, kl
 
 
-def scale_to_kl(policy, batch, params, theta, d, target: float) -> float:
+def scale_to_kl(policy, fisher: PolicyFisher, batch, params, theta, d, target: float) -> float:
     """s with mean KL(π_θ ‖ π_θ+sd) = target on `batch` (bisection on log s; the KL grows with s)."""
     low, high = 0.0, 1.0
-    while improvement_and_kl(policy, batch, params, theta, high * d)[1] < target:
+    while improvement_and_kl(policy, fisher, batch, params, theta, high * d)[1] < target:
         low, high = high, high * 4.0
         if high > 1e12:
             return high
     for _ in range(40):
         mid = 0.5 * (low + high) if low == 0.0 else math.sqrt(low * high)
-        if improvement_and_kl(policy, batch, params, theta, mid * d)[1] < target:
+        if improvement_and_kl(policy, fisher, batch, params, theta, mid * d)[1] < target:
             low = mid
         else:
             high = mid
@@ -168,7 +172,8 @@ def measure(agent, args, at: int) -> dict:
     reference = directions[f"cg λ={CG_DIRECTIONS[-1][0]:g}, {CG_DIRECTIONS[-1][1]} it"]
     fisher.damping = 0.0
     scale = policy.actor.scale.raw
-    offset = sum(p.numel() for p in params[: [id(p) for p in params].index(id(scale))])
+    offset = flat_offset(params, scale)
+    snapshots = {id(b): fisher_on(policy, b) for b in [batch, *heldout]}  # π_θ on each batch, taken once
     rows = []
     with fisher.linearised():
         f_reference = fisher.fisher_product(reference)
@@ -179,9 +184,9 @@ def measure(agent, args, at: int) -> dict:
             sigma_part[offset: offset + scale.numel()] = d[offset: offset + scale.numel()]
             sigma_quad = float(sigma_part @ fisher.fisher_product(sigma_part))
             cosine = float(d @ f_reference) / math.sqrt(max(quad * float(reference @ f_reference), 1e-300))
-            s = scale_to_kl(policy, batch, params, theta, d, args.kl)
-            in_sample, kl = improvement_and_kl(policy, batch, params, theta, s * d)
-            held = [improvement_and_kl(policy, b, params, theta, s * d) for b in heldout]
+            s = scale_to_kl(policy, snapshots[id(batch)], batch, params, theta, d, args.kl)
+            in_sample, kl = improvement_and_kl(policy, snapshots[id(batch)], batch, params, theta, s * d)
+            held = [improvement_and_kl(policy, snapshots[id(b)], b, params, theta, s * d) for b in heldout]
             gains = [h[0] for h in held]
             rows.append({
                 "direction": name, "in_sample": in_sample, "kl": kl,
