@@ -62,12 +62,14 @@ arm_args() {  # the arm's CLI overrides on top of the preset (--hp, --policy-kwa
         kl-measured-net64-fresh) echo '--hp critic_step=own critic_updates=25 gae_lambda=0.95 target_kl=None policy_step=measured kl_clip=0.03 momentum=0.0 stat_decay=0.0 update_inverse_every=1 --policy-kwargs {"net_arch":[64,64]}' ;;
         # the same at kl_clip 0.06, near what kl-norm-net64-fresh's fixed K-FAC budget measured on Walker2d (0.07), its best arm there
         kl-measured06-net64-fresh) echo '--hp critic_step=own critic_updates=25 gae_lambda=0.95 target_kl=None policy_step=measured kl_clip=0.06 momentum=0.0 stat_decay=0.0 update_inverse_every=1 --policy-kwargs {"net_arch":[64,64]}' ;;
+        # the same at kl_clip 0.24, TRPO's max_kl on HalfCheetah (the zoo's target_kl 0.04 × 6 action dimensions)
+        kl-measured24-net64-fresh) echo '--hp critic_step=own critic_updates=25 gae_lambda=0.95 target_kl=None policy_step=measured kl_clip=0.24 momentum=0.0 stat_decay=0.0 update_inverse_every=1 --policy-kwargs {"net_arch":[64,64]}' ;;
         # not ACKTR: rlgeom's NPG (TRPO's MuJoCo preset, the exact Fisher by conjugate gradient, an Adam critic of 20
         # epochs) held to ACKTR's KL budget, 0.002 per 2048 steps: does that budget alone stall these tasks?
         npg-budget) echo "--hp max_kl=0.002" ;;
         # NPG at critic25-kl10's budget (0.02): the exact-Fisher direction where ACKTR's K-FAC one spends 0.015
         npg-kl10) echo "--hp max_kl=0.02" ;;
-        *) echo "unknown arm $1 (preset, log-std-own, log-std-init-m2, critic-own, critic-own-m2, cont, cont-m2, cont-sigma, cont-kl10, critic25, cont25, critic25-kl10, critic25-kl10-sigma, critic25-kl10-sigma-d01, kl10-net64, kl10-net64-m0, kl-norm-net64, kl-norm-net64-fresh, kl-measured-net64-fresh, kl-measured06-net64-fresh, npg-budget, npg-kl10)" >&2
+        *) echo "unknown arm $1 (preset, log-std-own, log-std-init-m2, critic-own, critic-own-m2, cont, cont-m2, cont-sigma, cont-kl10, critic25, cont25, critic25-kl10, critic25-kl10-sigma, critic25-kl10-sigma-d01, kl10-net64, kl10-net64-m0, kl-norm-net64, kl-norm-net64-fresh, kl-measured-net64-fresh, kl-measured06-net64-fresh, kl-measured24-net64-fresh, npg-budget, npg-kl10)" >&2
            return 2 ;;
     esac
 }
