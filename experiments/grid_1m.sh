@@ -14,8 +14,9 @@
 # PAIR_SEEDS (default: none) also runs rlgeom TRPO and PPO and their peers (sb3-contrib TRPO, SB3 PPO) on every
 # task with those seeds (issue 29: 10 seeds a side, so that the intervals of the differences can say more);
 # the seeds already finished are skipped like any finished run.
-# The grid spans sessions: rerunning skips finished runs (done.json) and sets unfinished ones aside before
-# running them again, so an interrupted grid continues where it stopped. Half-way, a report of what has
+# The grid spans sessions: rerunning skips finished runs (done.json) and continues each unfinished rlgeom run
+# from its newest checkpoint (one every 100k steps: at most that much is run twice); an SB3 run, which writes
+# none, is set aside and run again. Half-way, a report of what has
 # finished: python -m rlgeom.compare experiments/results/grid_1m --tag eval/mean_reward --skip-incomplete
 # Exit status: 2 for bad arguments, else the grids' (0 all runs succeeded, 1 some failed).
 set -u
@@ -25,7 +26,7 @@ WORKERS="${WORKERS:-$(nproc)}"
 LOGDIR="${LOGDIR:-experiments/results/grid_1m}"
 OUT="${OUT:-experiments/results/grid_1m_report}"
 common=(--env Hopper-v5,HalfCheetah-v5,Walker2d-v5 --timesteps 1000000 --eval-episodes 10
-        --workers "$WORKERS" --logdir "$LOGDIR")
+        --workers "$WORKERS" --logdir "$LOGDIR" --checkpoint-every 100000)
 
 # sb3-contrib TRPO gets TRPO's 5 seeds: on HalfCheetah both libraries are bimodal (issue 18: 5/10 runs in
 # the high mode for each at 300k), and its seeds 0-2 are three of its five high ones there
@@ -37,7 +38,7 @@ main=$?
 # float rounding on the same data (tests/test_peer_equivalence.py): ten seeds per side say more.
 # They run before the VPG/NPG/SB3 cells: the TRPO question is the one the table was started for.
 python -m rlgeom.train --algo trpo,sb3contrib:trpo --seeds 5,6,7,8,9 --env HalfCheetah-v5 --timesteps 1000000 \
-    --eval-episodes 10 --workers "$WORKERS" --logdir "$LOGDIR"
+    --eval-episodes 10 --workers "$WORKERS" --logdir "$LOGDIR" --checkpoint-every 100000
 cheetah=$?
 [ "$cheetah" -eq 2 ] && exit 2
 python -m rlgeom.train --algo vpg,npg,sb3:ppo,sb3:a2c --seeds 0,1,2 "${common[@]}"

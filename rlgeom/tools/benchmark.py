@@ -10,8 +10,12 @@ sb3contrib-trpo), so TensorBoard's run selector groups by task and agent and
 `python -m rlgeom.compare <logdir>` reports the whole grid.
 
 A run that finishes writes `done.json` (its summary) into its run directory, atomically, as its last
-act. Rerunning the same command skips those runs; a run directory without `done.json` (an interrupted
-or failed run) is moved aside to `<dir>.incomplete-<timestamp>` (nothing is deleted) and run again.
+act. Rerunning the same command skips those runs. A run directory without `done.json` (an interrupted
+or failed run) is continued from its newest checkpoint when it has one (a grid run with --checkpoint-every N)
+and started with exactly this command's task, seed, envs, policy and hyperparameters, short of the budget;
+otherwise it is moved aside to `<dir>.incomplete-<timestamp>` (nothing is deleted) and run again. Each start
+of a run (the first and every continuation) appends its commit and step to `parts.json`, which done.json
+repeats, so a run that spans several sessions names every commit it ran on.
 The grid holds a run directory's lock (rlgeom.persistence.outputs) while it sets it aside, and its worker holds
 it while the run trains: a run directory that another process (a second grid on the same --logdir, a single
 run) is writing is never moved; that run is reported as in use and not started. Ctrl-C (to the process group
@@ -43,6 +47,7 @@ import time
 import traceback
 
 DONE_FILE = "done.json"
+PARTS_FILE = "parts.json"
 ERROR_LOG = "error.log"
 INCOMPLETE_MARK = ".incomplete-"
 
@@ -377,6 +382,71 @@ def write_done(run_dir: str, record: dict) -> str:
     return path
 
 
+def resumable_checkpoint(spec: dict) -> tuple[str | None, str]:
+    """(checkpoint, why not): the newest readable checkpoint of spec's unfinished run directory when the grid
+    can continue that run, else (None, the reason, '' where there is no checkpoint to speak of).
+
+    Continuing is safe only for the run this spec would start: an rlgeom agent (the grid's SB3 runs write no
+    checkpoints), the same task, seed, number of envs, policy and hyperparameters (its run.json against the
+    preset with this command's overrides, as the run would be built now), and a checkpoint short of the budget."""
+    from rlgeom.persistence.checkpoint import latest_checkpoint, list_checkpoints
+    from rlgeom.persistence.serialization import ModelFileError
+
+    run_dir = spec["run_dir"]
+    if spec["algo"] in SB3_ALGOS or not list_checkpoints(os.path.join(run_dir, "checkpoints")):
+        return None, ""
+    try:
+        path = latest_checkpoint(run_dir)
+    except ModelFileError as err:
+        return None, str(err)
+    try:
+        with open(os.path.join(run_dir, "run.json")) as f:
+            then = json.load(f)
+    except (OSError, ValueError) as err:
+        return None, f"its run.json cannot be read ({err})"
+    now = run_configuration(spec)
+    changed = sorted(key for key in now if (then.get(key) if isinstance(then, dict) else None) != now[key])
+    if changed:
+        return None, f"it was started with another {', '.join(changed)} than this command's"
+    step = dict((p, s) for s, p in list_checkpoints(os.path.dirname(path)))[path]
+    if step > spec["timesteps"]:
+        return None, f"its checkpoint is at step {step}, past this command's budget of {spec['timesteps']}"
+    return path, ""
+
+
+def run_configuration(spec: dict) -> dict:
+    """What spec's run will record in its run.json about what it trains (JSON values): task, agent, seed, envs,
+    policy, policy_kwargs and every hyperparameter, from the preset and this command's overrides."""
+    from rlgeom.agents import AGENTS
+    from rlgeom.persistence.serialization import policy_kwargs_to_json
+    from rlgeom.tools.train import parse_overrides
+
+    config_cls = AGENTS[spec["algo"]].Config
+    cfg = algo_preset(spec["algo"], spec["env"], n_envs=spec["n_envs"], overrides=parse_overrides(spec["hp"]))
+    config = config_cls.build({**cfg["hyperparameters"], **parse_overrides(spec["hp"], config_cls)})
+    policy_kwargs = {**cfg["policy_kwargs"], **(json.loads(spec["policy_kwargs"]) if spec["policy_kwargs"] else {})}
+    return json.loads(json.dumps({
+        "env_id": spec["env"], "algo": spec["algo"], "seed": spec["seed"], "n_envs": spec["n_envs"] or cfg["n_envs"],
+        "policy": cfg["policy"], "policy_kwargs": policy_kwargs_to_json(policy_kwargs),
+        "hyperparameters": config.to_dict(),
+    }, default=str))
+
+
+def record_part(run_dir: str, part: dict) -> list[dict]:
+    """Append one start of this run (its commit, its first step) to parts.json, atomically; returns them all."""
+    from rlgeom.persistence.outputs import write_atomically
+
+    path = os.path.join(run_dir, PARTS_FILE)
+    try:
+        with open(path) as f:
+            parts = json.load(f)
+    except (OSError, ValueError):
+        parts = []
+    parts = [*(parts if isinstance(parts, list) else []), part]
+    write_atomically(path, json.dumps(parts, indent=2, default=str).encode())
+    return parts
+
+
 def prepare_run_dir(run_dir: str) -> str | None:
     """With the run directory's lock held, set an unfinished run aside (set_aside) for a fresh start; returns
     where it went. DirectoryInUseError when another process holds the lock (another grid on the same --logdir,
@@ -392,12 +462,17 @@ def prepare_run_dir(run_dir: str) -> str | None:
         lock.release()
 
 
-def claim_run_dir(run_dir: str):
-    """The lock of `run_dir`, fresh (empty) for this worker's run: rlgeom's RunLogger takes it over, an SB3
-    run holds it to its end. DirectoryInUseError when another process took it after the grid prepared it."""
+def claim_run_dir(run_dir: str, resuming: bool = False):
+    """The lock of `run_dir`, fresh (empty) for this worker's run, or as it is for a run it continues: rlgeom's
+    RunLogger takes it over, an SB3 run holds it to its end. DirectoryInUseError when another process took it
+    after the grid prepared it."""
     from rlgeom.persistence import logger
-    from rlgeom.persistence.outputs import DirectoryInUseError, try_lock_fresh_directory
+    from rlgeom.persistence.outputs import DirectoryInUseError, lock_directory, try_lock_fresh_directory
 
+    if resuming:
+        lock = lock_directory(run_dir, "run directory")
+        logger._claimed[os.path.abspath(run_dir)] = lock
+        return lock
     lock = try_lock_fresh_directory(run_dir)
     if lock is None:
         raise DirectoryInUseError(f"the run directory {run_dir} was taken by another process after this grid prepared "
@@ -473,18 +548,21 @@ def run_in_worker(spec: dict) -> dict:
             "overrides": command_overrides(spec)}
     from rlgeom.persistence.outputs import OutputError
 
+    resume_from = spec.get("resume_from")
     try:
-        claim = claim_run_dir(spec["run_dir"])
+        claim = claim_run_dir(spec["run_dir"], resuming=resume_from is not None)
     except OutputError as err:  # another process's folder: nothing is written there, not even error.log
         return {**base, "status": "failed", "error": str(err), "log": "(none: the run was not started)", "wall_s": 0.0}
     _worker_state["running"] = True
     try:
         import torch
 
+        parts = record_part(spec["run_dir"], {"code": base["code"], "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                              "worker": base["worker"], "resumed_from": resume_from})
         torch.set_num_threads(1)
         import_gym_packages(spec["gym_packages"])
         summary = _train_sb3(spec) if spec["algo"] in SB3_ALGOS else _train_rlgeom(spec)
-        record = {**base, **summary, "algo": spec["algo"], "status": "done",
+        record = {**base, **summary, "algo": spec["algo"], "status": "done", "parts": parts,
                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_done(spec["run_dir"], record)
         claim.release()
@@ -518,9 +596,12 @@ def _train_rlgeom(spec: dict) -> dict:
         argv += ["--n-envs", str(spec["n_envs"])]
     if spec["policy_kwargs"]:
         argv += ["--policy-kwargs", spec["policy_kwargs"]]
+    if spec.get("resume_from"):  # the grid checked that this checkpoint is this spec's run (resumable_checkpoint)
+        argv += ["--resume", spec["resume_from"]]
     args = train.build_parser().parse_args(argv + list(spec["train_options"]))
     args.hp = list(spec["hp"])
-    # the grid moved any earlier directory aside, so rlgeom.persistence.logger.run_directory returns exactly this one
+    # the grid moved any earlier directory aside (or continues it from its checkpoint, whose run directory it
+    # is), so the run logs to exactly this one
     summary = train.run(args)
     if os.path.abspath(summary["logdir"]) != os.path.abspath(spec["run_dir"]):
         raise RuntimeError(
@@ -770,6 +851,7 @@ def _execute(specs: list[dict], workers: int, on_record) -> None:
 
     _run_pool(specs, workers, first_try)
     for spec in crashed:
+        spec = {**spec, "resume_from": None}  # a fresh start: the crash may have come from the checkpoint
         try:
             prepare_run_dir(spec["run_dir"])
         except OutputError as err:  # taken meanwhile by another process: left alone
@@ -850,7 +932,7 @@ def run_grid(args) -> int:
         from rlgeom.tools.ray_launcher import require_ray
 
         require_ray()
-    from rlgeom.persistence.outputs import OutputError
+    from rlgeom.persistence.outputs import OutputError, lock_directory
 
     specs = plan(args)
     records: dict[int, dict] = {}
@@ -863,13 +945,22 @@ def run_grid(args) -> int:
             warn_if_preset_changed(spec, done)
             warn_if_overrides_changed(spec, done)
             continue
+        checkpoint, why_not = resumable_checkpoint(spec) if os.path.isdir(spec["run_dir"]) else (None, "")
         try:
-            moved = prepare_run_dir(spec["run_dir"])
+            if checkpoint is not None:  # not a live run's: its lock is free
+                lock_directory(spec["run_dir"], "run directory").release()
+                moved = None
+            else:
+                moved = prepare_run_dir(spec["run_dir"])
         except OutputError as err:  # a live run of another grid or process: left alone, not started
             records[i] = not_started(spec, err)
             continue
-        if moved is not None:
-            print(f"{_label(spec)}: unfinished run directory moved aside to {moved}", flush=True)
+        if checkpoint is not None:
+            spec["resume_from"] = checkpoint
+            print(f"{_label(spec)}: continuing its unfinished run from {checkpoint}", flush=True)
+        elif moved is not None:
+            print(f"{_label(spec)}: unfinished run directory moved aside to {moved}"
+                  f"{f' (not continued from its checkpoint: {why_not})' if why_not else ''}", flush=True)
         pending.append(i)
     total = len(specs)
     busy = sum(r["status"] == "failed" for r in records.values())
