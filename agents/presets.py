@@ -39,6 +39,21 @@ ZOO_MUJOCO_NET = {"log_std_init": -2.0, "ortho_init": False, "activation_fn": "r
                   "net_arch": {"pi": [256, 256], "vf": [256, 256]}}
 
 
+# ACKTR on MuJoCo (issue 29, experiments/acktr/RESULTS.md §0.11-0.12). baselines' continuous-control settings (running
+# K-FAC factors, stat_decay 0.99, steps sized by a desired_kl of 0.002) left the trust region unbound: those factors
+# under-predicted the measured KL 15-90x, and σ barely moved. Here K-FAC takes NPG's setup (a 64-64 tanh network,
+# GAE 0.95, no momentum) with the statistics of each batch alone (stat_decay 0, inverted every update), the critic
+# fitted in 25 K-FAC passes per batch at its own lr (acktr_cont's value function), and every policy step rescaled
+# to spend kl_clip as measured on its batch (policy_step="measured"), the radius TRPO's preset takes on the task.
+ACKTR_MUJOCO = {**NORMALIZE, "ent_coef": 0.0, "learning_rate": 0.2, "n_steps": 2048, "max_grad_norm": 10.0,
+                "vf_coef": 0.5, "trust_region": "per_network", "gae_lambda": 0.95, "critic_step": "own",
+                "critic_updates": 25, "momentum": 0.0, "stat_decay": 0.0, "update_inverse_every": 1,
+                "policy_step": "measured", "target_kl": None}
+ACKTR_MUJOCO_SOURCE = ("rlgeom's ACKTR MuJoCo setup (experiments/acktr/RESULTS.md §0.12: chosen on seeds 100-102 at "
+                       "300k, lr 0.2 and max_grad_norm 10 from zoo1 acktr.yml HalfCheetah-v2, the critic's 25 passes "
+                       "from openai/baselines acktr_cont)")
+
+
 PPO_PAPER_MUJOCO = ("the PPO paper's MuJoCo settings (SB3 PPO defaults: 2048 steps, 10 epochs of 64, lr 3e-4) + "
                     "normalize, as rl-zoo ppo.yml's mujoco defaults and CleanRL's ppo_continuous_action; the zoo's "
                     "v3 entry fails on v5 (experiments/RESULTS_grid_1m.md)")
@@ -127,14 +142,13 @@ PRESETS: dict[str, dict[str, dict]] = {
         "Pendulum-v1": _p(4, 2e6, {"ent_coef": 0.0, "n_steps": 16, "learning_rate": 0.06},
                           "zoo1 acktr.yml Pendulum-v0"),
         "MountainCarContinuous-v0": _p(16, 3e5, {**NORMALIZE, "ent_coef": 0.0}, "zoo1 acktr.yml MountainCarContinuous-v0"),
-        "mujoco": _p(1, 1e6, {**NORMALIZE, "ent_coef": 0.0, "learning_rate": 0.2, "n_steps": 2048,
-                              "max_grad_norm": 10.0, "vf_coef": 0.5,
-                              "trust_region": "per_network", "kl_clip": 0.01, "target_kl": 0.002},
-                     "zoo1 acktr.yml HalfCheetah-v2 (without its TimeFeatureWrapper) + openai/baselines' "
-                     "continuous-control ACKTR (acktr_cont: a K-FAC step per network, KfacOptimizer's default "
-                     "clip_kl 0.01, step size adapted to desired_kl 0.002); with the paper's joint trust region "
-                     "HalfCheetah does not move in 200k steps (experiments/acktr/RESULTS.md §0.5)",
-                     policy_kwargs={"net_arch": [256, 256]}),
+        **{task: _p(1, 1e6, {**ACKTR_MUJOCO, "kl_clip": zoo_trpo_mujoco(task)["max_kl"]},
+                    f"{ACKTR_MUJOCO_SOURCE}; kl_clip = TRPO's max_kl here ({KL_NOTE})",
+                    policy_kwargs={"net_arch": [64, 64]})
+           for task in ACTION_DIMS},
+        "mujoco": _p(1, 1e6, {**ACKTR_MUJOCO, "kl_clip": 0.06},
+                     f"{ACKTR_MUJOCO_SOURCE}; kl_clip 0.06 (TRPO's Walker2d max_kl; 0.03-0.24 did alike on the "
+                     "three tasks at 300k)", policy_kwargs={"net_arch": [64, 64]}),
         "atari": _p(32, 1e7, {"learning_rate": {"kind": "linear", "start": 0.25, "end": 0.0}},
                     "ACKTR paper / baselines run_atari (32 envs, lrschedule linear); zoo1 acktr.yml atari",
                     policy="CnnPolicy"),
@@ -149,7 +163,7 @@ PRESETS: dict[str, dict[str, dict]] = {
 # target_kl 0.01; its entropy bonus 0.01 (legged robots) is left at the MuJoCo presets' 0. `minibatches`
 # sets batch_size = n_steps × n_envs / minibatches for whatever n_envs the run uses (preset(..., n_envs)).
 # TRPO/NPG take the same rollout shape with rl-zoo's TRPO values, the critic fitted in 4 minibatches × 5 epochs
-# (PPO's 20 gradient steps); ACKTR its MuJoCo entry with 24-step rollouts. The 5e7-step budget is a guess to be
+# (PPO's 20 gradient steps); ACKTR its task's entry with 24-step rollouts. The 5e7-step budget is a guess to be
 # measured on a GPU (experiments/gpu_check_warp.sh).
 WARP_TASKS = ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "Swimmer-v5")
 RUDIN = "Rudin et al. 2021 'Learning to Walk in Minutes' (4096 envs × 24 steps, 4 minibatches)"
@@ -169,9 +183,9 @@ for _task in WARP_TASKS:
         {**{k: v for k, v in zoo_trpo_mujoco(_task).items() if k not in ("n_steps", "batch_size")},
          "n_critic_updates": 5}, f"{RUDIN}'s rollout shape; rl-zoo trpo.yml {_task.replace('-v5', '-v4')}; {KL_NOTE}")
     PRESETS["acktr"]["warp/" + _task] = _warp(  # ACKTR has no minibatches
-        {k: v for k, v in PRESETS["acktr"]["mujoco"]["hyperparameters"].items() if k != "n_steps"},
-        f"{RUDIN}'s rollout shape; rlgeom's ACKTR MuJoCo entry",
-        policy_kwargs=PRESETS["acktr"]["mujoco"]["policy_kwargs"], minibatches=None)
+        {k: v for k, v in PRESETS["acktr"][_task]["hyperparameters"].items() if k != "n_steps"},
+        f"{RUDIN}'s rollout shape; rlgeom's ACKTR {_task} entry",
+        policy_kwargs=PRESETS["acktr"][_task]["policy_kwargs"], minibatches=None)
     PRESETS["vpg"]["warp/" + _task] = _warp(
         {k: v for k, v in PRESETS["vpg"]["mujoco"]["hyperparameters"].items() if k not in ("n_steps", "batch_size")},
         f"{RUDIN}'s rollout shape; rlgeom's VPG MuJoCo entry")
