@@ -4,6 +4,10 @@ of the last 100 episodes, σ and the KL-target multiplier at the end. Markdown o
 
     python experiments/acktr/arms_table.py [experiments/results/acktr_arms_100k]
     python experiments/acktr/arms_table.py experiments/results/acktr_arms_300k --kl [--stopped DIR]
+    python experiments/acktr/arms_table.py experiments/results/grid_1m --at 301056
+
+--at STEPS reads the training return, σ and multiplier at the last value logged at or before that step instead of
+at the end (the evaluation column stays the run's final one): a 1M grid's runs beside the 300k arms.
 
 --kl prints instead how each run's step size behaved: the measured KL(π_old ‖ π_new) per update (median and
 10th-90th percentiles, the first 10 updates left out) and, for ACKTR, the median of the measured KL over the KL
@@ -25,16 +29,26 @@ from rlgeom.tools.benchmark import read_done
 TAGS = {"train return": "rollout/ep_rew_mean", "σ": "train/std", "lr multiplier": "geometry/lr_multiplier"}
 
 
-def rows(logdir: Path) -> list[str]:
-    lines = ["| arm | task | seed | eval (10 ep) | " + " | ".join(f"{k} at the end" for k in TAGS) + " | steps | commit |",
+def value_at(series, at: int | None):
+    """The last value logged at or before step `at` (the last of all when `at` is None); None if none was."""
+    picked = [v for step, v in zip(series.steps, series.values) if at is None or step <= at]
+    return picked[-1] if picked else None
+
+
+def rows(logdir: Path, at: int | None = None) -> list[str]:
+    when = "at the end" if at is None else f"at {at} steps"
+    lines = ["| arm | task | seed | eval (10 ep, final) | " + " | ".join(f"{k} {when}" for k in TAGS)
+             + " | steps | commit |",
              "|---" * (6 + len(TAGS)) + "|"]
     for run_dir in find_run_dirs(logdir):
         done = read_done(str(run_dir))
         if done is None or done.get("status") != "done":
             continue
-        arm = run_dir.relative_to(logdir).parts[0]
+        parts = run_dir.relative_to(logdir).parts  # [arm, ]task, agent, seed: a grid's own folder has no arm level
+        arm = "/".join(parts[:-3]) or parts[-2]
         scalars, _ = read_run(run_dir)
-        ends = [f"{scalars[t].values[-1]:.4g}" if t in scalars else "—" for t in TAGS.values()]
+        picked = [value_at(scalars[t], at) if t in scalars else None for t in TAGS.values()]
+        ends = ["—" if v is None else f"{v:.4g}" for v in picked]
         commit = ((done.get("code") or {}).get("git_commit") or "—")[:7]
         lines.append(f"| {arm} | {done['env']} | {done['seed']} | {done['eval_return']:.1f} | " + " | ".join(ends)
                      + f" | {done['timesteps']} | {commit} |")
@@ -82,13 +96,16 @@ def main(argv=None) -> int:
     parser.add_argument("logdir", type=Path, nargs="?", default=Path("experiments/results/acktr_arms_100k"))
     parser.add_argument("--kl", action="store_true", help="the step size's behaviour instead (see above)")
     parser.add_argument("--stopped", type=Path, help="with --kl: a folder of runs stopped before the end")
+    parser.add_argument("--at", type=int, metavar="STEPS", help="the training-time columns at this step (see above)")
     args = parser.parse_args(argv)
     for folder in (args.logdir, args.stopped):
         if folder is not None and not folder.is_dir():
             parser.error(f"{folder} is not a directory")
     if args.stopped is not None and not args.kl:
         parser.error("--stopped goes with --kl")
-    print("\n".join(kl_rows(args.logdir, args.stopped) if args.kl else rows(args.logdir)))
+    if args.at is not None and (args.kl or args.at < 1):
+        parser.error("--at takes a positive step, without --kl")
+    print("\n".join(kl_rows(args.logdir, args.stopped) if args.kl else rows(args.logdir, args.at)))
     return 0
 
 
