@@ -291,14 +291,20 @@ def test_an_interrupted_grid_run_continues_from_its_checkpoint(tmp_path, capsys)
     at_128, final = load_file(str(steps[128])), load_file(str(run_dir / "model.safetensors"))
     assert [k for k in final if k in at_128 and not torch.equal(final[k], at_128[k])]  # it trained on from there
 
+    # a run that failed (error.log) is started again, not continued into the same failure
+    (run_dir / "done.json").unlink()
+    (run_dir / "error.log").write_text("RuntimeError: simulated")
+    code, out, _ = run_cli(grid(cut), capsys)
+    assert code == 0 and "not continued from its checkpoint: it failed" in out
+    assert len(list(run_dir.parent.glob("seed0.incomplete-*"))) == 1
     # another hyperparameter: not this run, so it starts again and the old one is kept aside
     (run_dir / "done.json").unlink()
     code, out, _ = run_cli(grid(cut, "gamma=0.9"), capsys)
     assert code == 0 and "not continued from its checkpoint: it was started with another hyperparameters" in out
-    assert len(list(run_dir.parent.glob("seed0.incomplete-*"))) == 1
+    assert len(list(run_dir.parent.glob("seed0.incomplete-*"))) == 2
     assert json.loads((run_dir / "done.json").read_text())["resumed_at"] is None
     # a checkpoint past a smaller budget: started again too
     (run_dir / "done.json").unlink()
     code, out, _ = run_cli([a if a != "256" else "128" for a in grid(cut, "gamma=0.9")], capsys)
     assert code == 0 and "its checkpoint is at step 256, past this command's budget of 128" in out
-    assert len(list(run_dir.parent.glob("seed0.incomplete-*"))) == 2
+    assert len(list(run_dir.parent.glob("seed0.incomplete-*"))) == 3

@@ -10,12 +10,13 @@ sb3contrib-trpo), so TensorBoard's run selector groups by task and agent and
 `python -m rlgeom.compare <logdir>` reports the whole grid.
 
 A run that finishes writes `done.json` (its summary) into its run directory, atomically, as its last
-act. Rerunning the same command skips those runs. A run directory without `done.json` (an interrupted
-or failed run) is continued from its newest checkpoint when it has one (a grid run with --checkpoint-every N)
-and started with exactly this command's task, seed, envs, policy and hyperparameters, short of the budget;
-otherwise it is moved aside to `<dir>.incomplete-<timestamp>` (nothing is deleted) and run again. Each start
-of a run (the first and every continuation) appends its commit and step to `parts.json`, which done.json
-repeats, so a run that spans several sessions names every commit it ran on.
+act. Rerunning the same command skips those runs. A run directory without `done.json` is continued from
+its newest checkpoint when the run was interrupted (killed, Ctrl-C; not failed with an error.log), has a
+checkpoint (a grid run with --checkpoint-every N) short of the budget, and was started with exactly this
+command's task, seed, envs, policy and hyperparameters; otherwise (a failed run too) it is moved aside to
+`<dir>.incomplete-<timestamp>` (nothing is deleted) and run again. Each start of a run (the first and every
+continuation) appends its commit and the checkpoint it continued from to `parts.json`, which done.json repeats,
+so a run that spans several sessions names every commit it ran on.
 The grid holds a run directory's lock (rlgeom.persistence.outputs) while it sets it aside, and its worker holds
 it while the run trains: a run directory that another process (a second grid on the same --logdir, a single
 run) is writing is never moved; that run is reported as in use and not started. Ctrl-C (to the process group
@@ -386,15 +387,18 @@ def resumable_checkpoint(spec: dict) -> tuple[str | None, str]:
     """(checkpoint, why not): the newest readable checkpoint of spec's unfinished run directory when the grid
     can continue that run, else (None, the reason, '' where there is no checkpoint to speak of).
 
-    Continuing is safe only for the run this spec would start: an rlgeom agent (the grid's SB3 runs write no
-    checkpoints), the same task, seed, number of envs, policy and hyperparameters (its run.json against the
-    preset with this command's overrides, as the run would be built now), and a checkpoint short of the budget."""
+    Continuing is safe only for the run this spec would start, stopped from outside (killed, interrupted), not by
+    an error of its own: an rlgeom agent (the grid's SB3 runs write no checkpoints), no error.log, the same task,
+    seed, number of envs, policy and hyperparameters (its run.json against the preset with this command's
+    overrides, as the run would be built now), and a checkpoint short of the budget."""
     from rlgeom.persistence.checkpoint import latest_checkpoint, list_checkpoints
     from rlgeom.persistence.serialization import ModelFileError
 
     run_dir = spec["run_dir"]
     if spec["algo"] in SB3_ALGOS or not list_checkpoints(os.path.join(run_dir, "checkpoints")):
         return None, ""
+    if os.path.exists(os.path.join(run_dir, ERROR_LOG)):  # it raised, and would likely again from its checkpoint
+        return None, f"it failed (its {ERROR_LOG} goes with it)"
     try:
         path = latest_checkpoint(run_dir)
     except ModelFileError as err:
