@@ -437,7 +437,8 @@ def run_configuration(spec: dict) -> dict:
 
 
 def record_part(run_dir: str, part: dict) -> list[dict]:
-    """Append one start of this run (its commit, its first step) to parts.json, atomically; returns them all."""
+    """Append one start of this run (its commit, the checkpoint it continued from) to parts.json, atomically;
+    returns them all."""
     from rlgeom.persistence.outputs import write_atomically
 
     path = os.path.join(run_dir, PARTS_FILE)
