@@ -259,29 +259,33 @@ def test_the_commit_is_always_recorded(monkeypatch):
 def test_an_interrupted_grid_run_continues_from_its_checkpoint(tmp_path, capsys):
     """A grid run with --checkpoint-every that stopped short of its budget is continued from its newest
     checkpoint by the next invocation (as --resume continues one run: tests/test_checkpoint.py checks that it is
-    exact where the env's state is saved too); parts.json and done.json name both starts. Under other hyperparameters, or past a smaller budget, it is moved aside and started
-    again, and the message says why it was not continued."""
+    exact where the env's state is saved too); parts.json and done.json name both starts. A run that failed, or
+    was started with other hyperparameters, or whose checkpoint lies past a smaller budget, is not continued,
+    and the grid says why when it moves it aside."""
     from safetensors.torch import load_file
 
-    def grid(logdir, *extra):
+    from rlgeom.persistence.checkpoint import list_checkpoints
+    from rlgeom.tools.train import build_parser
+
+    def grid(*extra, timesteps="256"):
         return ["--algo", "ppo", "--env", "CartPole-v1", "--seeds", "0", "--workers", "1", "--n-envs", "1",
-                "--logdir", str(logdir), "--timesteps", "256", "--eval-episodes", "2", "--checkpoint-every", "64",
+                "--logdir", str(tmp_path), "--timesteps", timesteps, "--eval-episodes", "2", "--checkpoint-every", "64",
                 "--hp", "n_steps=32", "batch_size=32", "n_epochs=1", *extra]
 
-    cut = tmp_path / "cut"
-    run_dir = cut / "CartPole-v1" / "ppo" / "seed0"
-    assert run_cli(grid(cut), capsys)[0] == 0
+    def spec(*extra, timesteps="256"):
+        return benchmark.plan(build_parser().parse_args(grid(*extra, timesteps=timesteps)))[0]
+
+    run_dir = tmp_path / "CartPole-v1" / "ppo" / "seed0"
+    assert run_cli(grid(), capsys)[0] == 0
     # as if killed after the checkpoint at step 128: what was written after it goes
     for name in ("done.json", "model.safetensors"):
         (run_dir / name).unlink()
-    from rlgeom.persistence.checkpoint import list_checkpoints
-
     steps = dict(list_checkpoints(str(run_dir / "checkpoints")))
     assert 128 in steps and max(steps) == 256
     for step, path in steps.items():
         if step > 128:
             os.remove(path)
-    code, out, _ = run_cli(grid(cut), capsys)
+    code, out, _ = run_cli(grid(), capsys)
     assert code == 0 and "ppo on CartPole-v1 (seed 0): continuing its unfinished run from" in out
     assert not list(run_dir.parent.glob("seed0.incomplete-*"))
     done = json.loads((run_dir / "done.json").read_text())
@@ -291,20 +295,16 @@ def test_an_interrupted_grid_run_continues_from_its_checkpoint(tmp_path, capsys)
     at_128, final = load_file(str(steps[128])), load_file(str(run_dir / "model.safetensors"))
     assert [k for k in final if k in at_128 and not torch.equal(final[k], at_128[k])]  # it trained on from there
 
-    # a run that failed (error.log) is started again, not continued into the same failure
+    # unfinished again (checkpoint at 256 = the budget): continued by the same command, not by another one
     (run_dir / "done.json").unlink()
+    assert benchmark.resumable_checkpoint(spec())[0] is not None
+    assert benchmark.resumable_checkpoint(spec("gamma=0.9")) == (
+        None, "it was started with another hyperparameters than this command's")
+    assert benchmark.resumable_checkpoint(spec(timesteps="128"))[1] == (
+        "its checkpoint is at step 256, past this command's budget of 128")
+    # a run that failed (error.log) starts again, rather than continuing into the same failure
     (run_dir / "error.log").write_text("RuntimeError: simulated")
-    code, out, _ = run_cli(grid(cut), capsys)
-    assert code == 0 and "not continued from its checkpoint: it failed" in out
+    code, out, _ = run_cli(grid(), capsys)
+    assert code == 0 and "moved aside" in out and "not continued from its checkpoint: it failed" in out
     assert len(list(run_dir.parent.glob("seed0.incomplete-*"))) == 1
-    # another hyperparameter: not this run, so it starts again and the old one is kept aside
-    (run_dir / "done.json").unlink()
-    code, out, _ = run_cli(grid(cut, "gamma=0.9"), capsys)
-    assert code == 0 and "not continued from its checkpoint: it was started with another hyperparameters" in out
-    assert len(list(run_dir.parent.glob("seed0.incomplete-*"))) == 2
     assert json.loads((run_dir / "done.json").read_text())["resumed_at"] is None
-    # a checkpoint past a smaller budget: started again too
-    (run_dir / "done.json").unlink()
-    code, out, _ = run_cli([a if a != "256" else "128" for a in grid(cut, "gamma=0.9")], capsys)
-    assert code == 0 and "its checkpoint is at step 256, past this command's budget of 128" in out
-    assert len(list(run_dir.parent.glob("seed0.incomplete-*"))) == 3
