@@ -79,7 +79,7 @@ geometry/lr_multiplier and saved in checkpoints). Three things to know:
 
 `trust_region`: "joint" (default) is the paper's: one η for the joint actor + critic step. The
 critic's block of F̂ (the Fisher of a unit-variance Gaussian on V) is not the policy's KL, though:
-measured on HalfCheetah-v5 with the MuJoCo preset, the critic's ΔᵀF̂Δ was 10–40× the actor's, so the
+measured on HalfCheetah-v5 with baselines' MuJoCo settings, the critic's ΔᵀF̂Δ was 10–40× the actor's, so the
 joint η spent the policy's KL budget on the value function and the policy barely moved (σ stayed at 1
 for 100k steps, per-update KL 2.5e-6; experiments/acktr/RESULTS.md). "per_network" gives the actor's
 step and the critic's step one η each (baselines' MuJoCo ACKTR likewise gives the value function its
@@ -104,8 +104,8 @@ ignored as K-FAC ignores them between layers.
 
 `log_std_step`: how that exact step is sized. "with_actor" (default) puts Δ_logσᵀ F_raw Δ_logσ into the
 actor's (or the joint) ΔᵀF̂Δ and gives it the actor's learning rate, so log σ's step is scaled by the
-weights' η and, with target_kl, by the multiplier that the measured KL sets. On MuJoCo with the preset
-both are set by the weights: K-FAC's damping λ amplifies their gradient ~1/λ in the directions where
+weights' η and, with target_kl, by the multiplier that the measured KL sets. On MuJoCo with baselines'
+settings (the MuJoCo preset until 2026-12-05) both are set by the weights: K-FAC's damping λ amplifies their gradient ~1/λ in the directions where
 the factors' eigenvalues are far below λ, so most of the measured KL is the mean's, target_kl holds the
 lr at 0.13–0.67 × the scheduled 0.2, and σ moved from 1 to 0.96–0.99 in 1M steps (the trust region
 itself stops binding after the first updates: experiments/acktr/RESULTS.md §0.7). "own" gives log σ its
@@ -145,7 +145,8 @@ small on Walker2d-v5 (1.2–1.8 nats per update for a kl_clip of 0.02). With eac
 update to update, and ACKTR then learned Walker2d (experiments/acktr/RESULTS.md §0.11); "measured" removes
 the task-dependent remainder. With target_kl the same under-estimate is why the trust region never binds on
 MuJoCo and the lr multiplier sets the step: its steps of 1.5 spread the KL per update over 0.001–0.08
-(10th–90th percentiles), where NPG's stays within 0.009–0.012.
+(10th–90th percentiles), where NPG's stays within 0.009–0.012. The MuJoCo preset (agents/presets.py) takes
+"measured" with each update's own statistics, momentum 0 and TRPO's max_kl on the task as kl_clip (§0.12).
 
 `critic_updates`: how many K-FAC steps the critic takes per rollout. With the default 1 the critic moves once
 per batch, in the joint step, as in A2C and the paper's Atari ACKTR. With n > 1 the critic's own parameters
