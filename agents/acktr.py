@@ -105,8 +105,9 @@ ignored as K-FAC ignores them between layers.
 `log_std_step`: how that exact step is sized. "with_actor" (default) puts Δ_logσᵀ F_raw Δ_logσ into the
 actor's (or the joint) ΔᵀF̂Δ and gives it the actor's learning rate, so log σ's step is scaled by the
 weights' η and, with target_kl, by the multiplier that the measured KL sets. On MuJoCo with baselines'
-settings (the MuJoCo preset until 2026-12-05) both are set by the weights: K-FAC's damping λ amplifies their gradient ~1/λ in the directions where
-the factors' eigenvalues are far below λ, so most of the measured KL is the mean's, target_kl holds the
+settings (the MuJoCo preset until 2026-12-05) both are set by the weights: K-FAC's damping λ amplifies their
+gradient ~1/λ in the directions where the factors' eigenvalues are far below λ, so most of the measured KL is
+the mean's, target_kl holds the
 lr at 0.13–0.67 × the scheduled 0.2, and σ moved from 1 to 0.96–0.99 in 1M steps (the trust region
 itself stops binding after the first updates: experiments/acktr/RESULTS.md §0.7). "own" gives log σ its
 own η, min(1, √(2 kl_clip / Δ_logσᵀ F_raw Δ_logσ)) (a group beside the actor's weights and, under
