@@ -109,9 +109,8 @@ settings (the MuJoCo preset until 2026-12-05) both are set by the weights: K-FAC
 gradient ~1/λ in the directions where the factors' eigenvalues are far below λ, so most of the measured KL is
 the mean's, target_kl holds the lr at 0.13–0.67 × the scheduled 0.2, and σ moved from 1 to 0.96–0.99 in 1M
 steps (the trust region itself stops binding after the first updates: experiments/acktr/RESULTS.md §0.7).
-"own" gives log σ its
-own η, min(1, √(2 kl_clip / Δ_logσᵀ F_raw Δ_logσ)) (a group beside the actor's weights and, under
-"per_network", the critic's), and steps it at the scheduled lr, outside target_kl's adaptation. "budget"
+"own" gives log σ its own η, min(1, √(2 kl_clip / Δ_logσᵀ F_raw Δ_logσ)) (a group beside the actor's weights
+and, under "per_network", the critic's), and steps it at the scheduled lr, outside target_kl's adaptation. "budget"
 normalises log σ's natural step to spend a KL of k = target_kl / 2 (kl_clip / 2 without a target) on every
 update, η = √(2k / Δ_logσᵀ F_raw Δ_logσ) unclipped: TRPO's normalisation, on log σ alone, so σ moves by a
 fixed KL per update wherever the weights' K-FAC step takes the rest of the measured KL (the KL rule still sees
