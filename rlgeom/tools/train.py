@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--verbose", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
-                   help="write a checkpoint every N environment steps and at the end (atomic; see --keep-checkpoints)")
+                   help="write a checkpoint every N environment steps and at the end (atomic; see --keep-checkpoints); "
+                        "in a grid, rerunning the command continues each interrupted run from its newest checkpoint")
     p.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (default: <run dir>/checkpoints)")
     p.add_argument("--keep-checkpoints", type=int, default=3, metavar="K", help="keep the newest K checkpoints")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH|latest",
