@@ -4,7 +4,10 @@
 #   nice -n 5 bash experiments/acktr/arms_300k.sh
 #   TASKS=Hopper-v5 SEEDS=100,101 ARMS="preset" bash experiments/acktr/arms_300k.sh
 #
-# Each arm is the CLI's MuJoCo preset plus its overrides (below). Runs go one by one, seed by seed with
+# Each arm is a MuJoCo preset plus its overrides (below). The arms up to kl-measured24-net64-fresh were defined on
+# the preset of their time (baselines' settings, until a74280b): they are run on it, spelled out in OLD_PRESET_*
+# below, so that they run as they ran. The measured-preset arms start from the CLI's preset of now (the
+# policy_step="measured" setup they led to). Runs go one by one, seed by seed with
 # the arms side by side (so a stopped session leaves paired seeds), task after task, through the CLI's grid
 # (rlgeom.tools.benchmark): a finished run has done.json (final deterministic evaluation of 10 episodes, the
 # git commit, the preset and the overrides) and is skipped on a rerun; an unfinished one is set aside and run
@@ -18,7 +21,41 @@ ARMS="${ARMS:-preset log-std-init-m2}"  # log-std-own: the 100k arm of §0.7 (no
 TIMESTEPS="${TIMESTEPS:-300000}"
 LOGDIR="${LOGDIR:-experiments/results/acktr_arms_300k}"
 
-arm_args() {  # the arm's CLI overrides on top of the preset (--hp, --policy-kwargs)
+# ACKTR's MuJoCo preset until a74280b, where it differs from the one of now (agents/presets.py): the arms' base
+OLD_PRESET_HP="kl_clip=0.01 target_kl=0.002 gae_lambda=1.0 critic_step=with_actor critic_updates=1 momentum=0.9 stat_decay=0.99 update_inverse_every=10 policy_step=clip"
+OLD_PRESET_NET='"net_arch":[256,256]'
+
+on_old_preset() {  # an arm's overrides ($1) on the old preset: its --hp pairs after the old ones (the last one wins)
+    local args="$1"
+    if [[ "$args" == *"--hp "* ]]; then
+        args="${args/--hp /--hp $OLD_PRESET_HP }"
+    else
+        args="--hp $OLD_PRESET_HP $args"
+    fi
+    if [[ "$args" == *'"net_arch"'* ]]; then
+        :
+    elif [[ "$args" == *"--policy-kwargs {"* ]]; then
+        args="${args/--policy-kwargs \{/--policy-kwargs \{$OLD_PRESET_NET,}"
+    else
+        args="$args --policy-kwargs {$OLD_PRESET_NET}"
+    fi
+    echo "$args"
+}
+
+arm_args() {  # the arm's CLI overrides (--hp, --policy-kwargs)
+    case "$1" in
+        # the CLI's preset of now, and it with log σ's natural step normalised to kl_clip / 2 before the measured
+        # rescale: σ then keeps ~10 % of each step's KL, about its share in NPG's direction (§0.11), against < 1 %
+        measured-preset) echo "" ;;
+        measured-preset-sigma-budget) echo "--hp log_std_step=budget" ;;
+        npg-*) arm_overrides "$1" ;;
+        *) local overrides
+           overrides=$(arm_overrides "$1") || return 2
+           on_old_preset "$overrides" ;;
+    esac
+}
+
+arm_overrides() {  # the overrides that define each arm, on the preset of its time
     case "$1" in
         preset) echo "" ;;
         log-std-own) echo "--hp log_std_step=own" ;;
@@ -69,7 +106,7 @@ arm_args() {  # the arm's CLI overrides on top of the preset (--hp, --policy-kwa
         npg-budget) echo "--hp max_kl=0.002" ;;
         # NPG at critic25-kl10's budget (0.02): the exact-Fisher direction where ACKTR's K-FAC one spends 0.015
         npg-kl10) echo "--hp max_kl=0.02" ;;
-        *) echo "unknown arm $1 (preset, log-std-own, log-std-init-m2, critic-own, critic-own-m2, cont, cont-m2, cont-sigma, cont-kl10, critic25, cont25, critic25-kl10, critic25-kl10-sigma, critic25-kl10-sigma-d01, kl10-net64, kl10-net64-m0, kl-norm-net64, kl-norm-net64-fresh, kl-measured-net64-fresh, kl-measured06-net64-fresh, kl-measured24-net64-fresh, npg-budget, npg-kl10)" >&2
+        *) echo "unknown arm $1 (measured-preset, measured-preset-sigma-budget, preset, log-std-own, log-std-init-m2, critic-own, critic-own-m2, cont, cont-m2, cont-sigma, cont-kl10, critic25, cont25, critic25-kl10, critic25-kl10-sigma, critic25-kl10-sigma-d01, kl10-net64, kl10-net64-m0, kl-norm-net64, kl-norm-net64-fresh, kl-measured-net64-fresh, kl-measured06-net64-fresh, kl-measured24-net64-fresh, npg-budget, npg-kl10)" >&2
            return 2 ;;
     esac
 }
