@@ -20,6 +20,8 @@ K-FAC (rlgeom.geometry.kfac) and shrunk to a KL trust region measured with the s
             n − 1 more K-FAC steps of the critic alone on c_v E[(V_θ(s) - R)²], same batch and factors
         optionally (target_kl, baselines' continuous-control ACKTR): measure KL(π_old ‖ π_θ) and
             lr ← lr / 1.5 if KL > 2 target_kl,  lr ← 1.5 lr if KL < target_kl / 2   (lr within [1e-8, 1])
+        or (policy_step="measured", rlgeom's MuJoCo preset; momentum 0): the actor's η = √(2 kl_clip / ΔᵀF̂Δ)
+            unclipped, then its change c·Δ with c chosen from the measured KL(π_old ‖ π_θ+cΔ) = kl_clip
 
 The update below follows this box line by line; every piece of K-FAC (statistics hooks, factors,
 eigendecompositions, damping, ΔᵀF̂Δ, the non-finite guard) lives in rlgeom.geometry.kfac and the trust-region
